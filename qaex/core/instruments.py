@@ -1,0 +1,245 @@
+"""Contract specifications and the instrument registry.
+
+A symbol is ``EXCHANGE.INSTRUMENT`` (``SHFE.cu2601``), as DIFF and TqSdk spell it. Prices travel as
+floats at the edges; inside the book they are integer numbers of ticks, so matching never compares
+floats. :meth:`Instrument.to_ticks` is the one place that converts, and it refuses prices that are not
+a whole number of ticks.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+DAY_SESSION_METALS = [["09:00:00", "10:15:00"], ["10:30:00", "11:30:00"], ["13:30:00", "15:00:00"]]
+DAY_SESSION_CFFEX = [["09:30:00", "11:30:00"], ["13:00:00", "15:00:00"]]
+
+
+class TradingTime(msgspec.Struct, frozen=True):
+    day: list[list[str]] = msgspec.field(default_factory=lambda: [list(s) for s in DAY_SESSION_METALS])
+    night: list[list[str]] = msgspec.field(default_factory=list)
+
+
+class Instrument(msgspec.Struct, kw_only=True):
+    """One futures contract. Money is CNY; rates are fractions of turnover (price × multiplier × lots)."""
+
+    exchange_id: str
+    instrument_id: str
+    product_id: str
+    instrument_name: str
+    price_tick: float
+    volume_multiple: int
+    margin_ratio_long: float
+    margin_ratio_short: float
+    # Commission: a fixed amount per lot plus a rate on turnover, separately for open, close, close-today.
+    open_commission_per_lot: float = 0.0
+    open_commission_rate: float = 0.0
+    close_commission_per_lot: float = 0.0
+    close_commission_rate: float = 0.0
+    close_today_commission_per_lot: float = 0.0
+    close_today_commission_rate: float = 0.0
+    pre_settlement: float
+    pre_close: float = math.nan
+    pre_open_interest: int = 0
+    # Daily price limits as a fraction of pre_settlement; explicit limits override the ratio.
+    limit_ratio: float = 0.06
+    upper_limit: float = math.nan
+    lower_limit: float = math.nan
+    min_limit_order_volume: int = 1
+    max_limit_order_volume: int = 500
+    min_market_order_volume: int = 1
+    max_market_order_volume: int = 100
+    trading_time: TradingTime = msgspec.field(default_factory=TradingTime)
+    expire_datetime: float = 0.0  # epoch seconds, as TqSdk's quote shows it
+    expired: bool = False
+    suspended: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.price_tick > 0:
+            raise ValueError(f"{self.exchange_id}.{self.instrument_id}: price_tick must be > 0")
+        if self.volume_multiple <= 0:
+            raise ValueError(f"{self.exchange_id}.{self.instrument_id}: volume_multiple must be > 0")
+        if math.isnan(self.pre_close):
+            self.pre_close = self.pre_settlement
+        if math.isnan(self.upper_limit) or math.isnan(self.lower_limit):
+            self.reset_limits()
+
+    # -- identity ---------------------------------------------------------------------------------
+    @property
+    def symbol(self) -> str:
+        return f"{self.exchange_id}.{self.instrument_id}"
+
+    @property
+    def price_decs(self) -> int:
+        """Number of decimals a price of this contract needs (0.02 -> 2, 10 -> 0)."""
+        text = f"{self.price_tick:.10f}".rstrip("0")
+        return len(text.split(".")[1]) if "." in text else 0
+
+    @property
+    def separates_today(self) -> bool:
+        """SHFE and INE keep today's and yesterday's positions apart (CLOSE vs CLOSETODAY)."""
+        return self.exchange_id in ("SHFE", "INE")
+
+    # -- prices -----------------------------------------------------------------------------------
+    def to_ticks(self, price: float) -> int | None:
+        """The price as a whole number of ticks, or None if it is not on the tick grid."""
+        ticks = round(price / self.price_tick)
+        if abs(ticks * self.price_tick - price) > 1e-6 * self.price_tick:
+            return None
+        return ticks
+
+    def from_ticks(self, ticks: int) -> float:
+        return round(ticks * self.price_tick, self.price_decs)
+
+    @property
+    def upper_limit_ticks(self) -> int:
+        return round(self.upper_limit / self.price_tick)
+
+    @property
+    def lower_limit_ticks(self) -> int:
+        return round(self.lower_limit / self.price_tick)
+
+    def reset_limits(self) -> None:
+        """Recompute the daily limits from pre_settlement and limit_ratio, kept on the tick grid."""
+        up = math.floor(self.pre_settlement * (1 + self.limit_ratio) / self.price_tick + 1e-9)
+        down = math.ceil(self.pre_settlement * (1 - self.limit_ratio) / self.price_tick - 1e-9)
+        self.upper_limit = self.from_ticks(up)
+        self.lower_limit = self.from_ticks(max(down, 1))
+
+    # -- money ------------------------------------------------------------------------------------
+    def margin_per_lot(self, price: float, long: bool) -> float:
+        ratio = self.margin_ratio_long if long else self.margin_ratio_short
+        return price * self.volume_multiple * ratio
+
+    def commission(self, price: float, volume: int, offset: str) -> float:
+        """Commission for `volume` lots at `price`; offset is OPEN, CLOSE or CLOSETODAY."""
+        if offset == "OPEN":
+            per_lot, rate = self.open_commission_per_lot, self.open_commission_rate
+        elif offset == "CLOSETODAY":
+            per_lot, rate = self.close_today_commission_per_lot, self.close_today_commission_rate
+        else:
+            per_lot, rate = self.close_commission_per_lot, self.close_commission_rate
+        return volume * (per_lot + rate * price * self.volume_multiple)
+
+
+def _night(end: str) -> list[list[str]]:
+    return [["21:00:00", end]]
+
+
+def default_instruments() -> list[Instrument]:
+    """Built-in contracts with realistic ticks, multipliers, margins, fees and late-2025 prices."""
+    metals = [list(s) for s in DAY_SESSION_METALS]
+    return [
+        Instrument(
+            exchange_id="SHFE", instrument_id="cu2601", product_id="cu", instrument_name="沪铜2601",
+            price_tick=10.0, volume_multiple=5, margin_ratio_long=0.10, margin_ratio_short=0.10,
+            open_commission_rate=0.00005, close_commission_rate=0.00005, close_today_commission_rate=0.0001,
+            pre_settlement=86000.0, pre_open_interest=180000, limit_ratio=0.07,
+            trading_time=TradingTime(day=metals, night=_night("25:00:00")), expire_datetime=1768460400.0,
+        ),
+        Instrument(
+            exchange_id="SHFE", instrument_id="au2602", product_id="au", instrument_name="沪金2602",
+            price_tick=0.02, volume_multiple=1000, margin_ratio_long=0.14, margin_ratio_short=0.14,
+            open_commission_per_lot=10.0, close_commission_per_lot=10.0, close_today_commission_per_lot=0.0,
+            pre_settlement=950.0, pre_open_interest=210000, limit_ratio=0.10,
+            trading_time=TradingTime(day=metals, night=_night("26:30:00")), expire_datetime=1771225200.0,
+        ),
+        Instrument(
+            exchange_id="SHFE", instrument_id="rb2601", product_id="rb", instrument_name="螺纹钢2601",
+            price_tick=1.0, volume_multiple=10, margin_ratio_long=0.07, margin_ratio_short=0.07,
+            open_commission_rate=0.0001, close_commission_rate=0.0001, close_today_commission_rate=0.0001,
+            pre_settlement=3100.0, pre_open_interest=1900000, limit_ratio=0.06, max_limit_order_volume=1000,
+            trading_time=TradingTime(day=metals, night=_night("23:00:00")), expire_datetime=1768460400.0,
+        ),
+        Instrument(
+            exchange_id="INE", instrument_id="sc2601", product_id="sc", instrument_name="原油2601",
+            price_tick=0.1, volume_multiple=1000, margin_ratio_long=0.12, margin_ratio_short=0.12,
+            open_commission_per_lot=20.0, close_commission_per_lot=20.0, close_today_commission_per_lot=0.0,
+            pre_settlement=480.0, pre_open_interest=30000, limit_ratio=0.08,
+            trading_time=TradingTime(day=metals, night=_night("26:30:00")), expire_datetime=1765868400.0,
+        ),
+        Instrument(
+            exchange_id="DCE", instrument_id="m2601", product_id="m", instrument_name="豆粕2601",
+            price_tick=1.0, volume_multiple=10, margin_ratio_long=0.07, margin_ratio_short=0.07,
+            open_commission_per_lot=1.5, close_commission_per_lot=1.5, close_today_commission_per_lot=1.5,
+            pre_settlement=3000.0, pre_open_interest=1500000, limit_ratio=0.06, max_limit_order_volume=1000,
+            trading_time=TradingTime(day=metals, night=_night("23:00:00")), expire_datetime=1768460400.0,
+        ),
+        Instrument(
+            exchange_id="DCE", instrument_id="i2601", product_id="i", instrument_name="铁矿石2601",
+            price_tick=0.5, volume_multiple=100, margin_ratio_long=0.11, margin_ratio_short=0.11,
+            open_commission_rate=0.0001, close_commission_rate=0.0001, close_today_commission_rate=0.0001,
+            pre_settlement=780.0, pre_open_interest=600000, limit_ratio=0.08, max_limit_order_volume=1000,
+            trading_time=TradingTime(day=metals, night=_night("23:00:00")), expire_datetime=1768460400.0,
+        ),
+        Instrument(
+            exchange_id="CZCE", instrument_id="SR601", product_id="SR", instrument_name="白糖601",
+            price_tick=1.0, volume_multiple=10, margin_ratio_long=0.07, margin_ratio_short=0.07,
+            open_commission_per_lot=3.0, close_commission_per_lot=3.0, close_today_commission_per_lot=0.0,
+            pre_settlement=5500.0, pre_open_interest=400000, limit_ratio=0.06, max_limit_order_volume=1000,
+            trading_time=TradingTime(day=metals, night=_night("23:00:00")), expire_datetime=1768460400.0,
+        ),
+        Instrument(
+            exchange_id="CZCE", instrument_id="TA601", product_id="TA", instrument_name="PTA601",
+            price_tick=2.0, volume_multiple=5, margin_ratio_long=0.07, margin_ratio_short=0.07,
+            open_commission_per_lot=3.0, close_commission_per_lot=3.0, close_today_commission_per_lot=0.0,
+            pre_settlement=4700.0, pre_open_interest=900000, limit_ratio=0.06, max_limit_order_volume=1000,
+            trading_time=TradingTime(day=metals, night=_night("23:00:00")), expire_datetime=1768460400.0,
+        ),
+        Instrument(
+            exchange_id="CFFEX", instrument_id="IF2512", product_id="IF", instrument_name="沪深300股指2512",
+            price_tick=0.2, volume_multiple=300, margin_ratio_long=0.12, margin_ratio_short=0.12,
+            open_commission_rate=0.000023, close_commission_rate=0.000023, close_today_commission_rate=0.00023,
+            pre_settlement=4500.0, pre_open_interest=250000, limit_ratio=0.10,
+            max_limit_order_volume=20, max_market_order_volume=10,
+            trading_time=TradingTime(day=[list(s) for s in DAY_SESSION_CFFEX], night=[]),
+            expire_datetime=1766127600.0,
+        ),
+    ]
+
+
+class InstrumentRegistry(Mapping[str, Instrument]):
+    """All contracts the exchange lists, by symbol."""
+
+    def __init__(self, instruments: list[Instrument] | None = None) -> None:
+        self._by_symbol: dict[str, Instrument] = {}
+        for instrument in default_instruments() if instruments is None else instruments:
+            self.add(instrument)
+
+    def add(self, instrument: Instrument) -> None:
+        self._by_symbol[instrument.symbol] = instrument
+
+    def __getitem__(self, symbol: str) -> Instrument:
+        return self._by_symbol[symbol]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_symbol)
+
+    def __len__(self) -> int:
+        return len(self._by_symbol)
+
+    @classmethod
+    def from_toml(cls, path: str | Path, *, include_defaults: bool | None = None) -> InstrumentRegistry:
+        """Load ``[[instrument]]`` tables from a TOML file.
+
+        The file may set ``include_defaults = true`` at top level to keep the built-in contracts
+        and add or override some of them; otherwise only the file's contracts are listed.
+        """
+        with open(path, "rb") as f:
+            document: dict[str, Any] = tomllib.load(f)
+        return cls.from_mapping(document, include_defaults=include_defaults)
+
+    @classmethod
+    def from_mapping(cls, document: dict[str, Any], *, include_defaults: bool | None = None) -> InstrumentRegistry:
+        keep = bool(document.get("include_defaults", False)) if include_defaults is None else include_defaults
+        registry = cls(None if keep else [])
+        for table in document.get("instrument", []):
+            registry.add(msgspec.convert(table, Instrument, strict=False))
+        if not registry:
+            raise ValueError("instrument file lists no [[instrument]]")
+        return registry

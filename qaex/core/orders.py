@@ -1,0 +1,118 @@
+"""Orders and trades as DIFF shows them, plus the few internal fields the engine needs.
+
+Field names follow the DIFF data tree exactly (``volume_orign`` is the protocol's spelling), so that
+rendering a record for a patch is a field copy. Prices are floats here; the book works in ticks.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+Direction = Literal["BUY", "SELL"]
+Offset = Literal["OPEN", "CLOSE", "CLOSETODAY"]
+PriceType = Literal["LIMIT", "ANY", "BEST", "FIVELEVEL"]
+TimeCondition = Literal["IOC", "GFS", "GFD", "GTD", "GTC", "GFA"]
+VolumeCondition = Literal["ANY", "MIN", "ALL"]
+Status = Literal["ALIVE", "FINISHED"]
+
+ORDER_FIELDS = (
+    "seqno", "user_id", "order_id", "exchange_id", "instrument_id", "direction", "offset", "volume_orign",
+    "price_type", "limit_price", "time_condition", "volume_condition", "insert_date_time",
+    "exchange_order_id", "status", "volume_left", "frozen_margin", "last_msg",
+)  # fmt: skip
+
+TRADE_FIELDS = (
+    "seqno", "user_id", "trade_id", "order_id", "exchange_trade_id", "exchange_id", "instrument_id",
+    "direction", "offset", "volume", "price", "trade_date_time", "commission",
+)  # fmt: skip
+
+MSG_ACCEPTED = "报单成功"
+MSG_FILLED = "全部成交"
+MSG_PARTIAL = "部分成交"
+MSG_CANCELLED = "已撤单"
+MSG_IOC_CANCELLED = "已撤单报单已提交"
+
+
+class InsertOrder(msgspec.Struct, kw_only=True, frozen=True):
+    """A request to insert an order, as DIFF's insert_order carries it (already decoded)."""
+
+    user_id: str
+    order_id: str
+    exchange_id: str
+    instrument_id: str
+    direction: Direction
+    offset: Offset
+    volume: int
+    price_type: PriceType = "LIMIT"
+    limit_price: float = 0.0
+    time_condition: TimeCondition = "GFD"
+    volume_condition: VolumeCondition = "ANY"
+
+    @property
+    def symbol(self) -> str:
+        return f"{self.exchange_id}.{self.instrument_id}"
+
+
+class Order(msgspec.Struct, kw_only=True):
+    seqno: int
+    user_id: str
+    order_id: str
+    exchange_id: str
+    instrument_id: str
+    direction: Direction
+    offset: Offset
+    volume_orign: int
+    price_type: PriceType
+    limit_price: float
+    time_condition: TimeCondition
+    volume_condition: VolumeCondition
+    insert_date_time: int
+    exchange_order_id: str = ""
+    status: Status = "ALIVE"
+    volume_left: int = 0
+    frozen_margin: float = 0.0
+    last_msg: str = ""
+    # -- internal (not sent over DIFF) --
+    frozen_commission: float = 0.0
+    frozen_volume_today: int = 0  # close orders: position lots frozen, split today / yesterday
+    frozen_volume_his: int = 0
+
+    @property
+    def symbol(self) -> str:
+        return f"{self.exchange_id}.{self.instrument_id}"
+
+    @property
+    def is_buy(self) -> bool:
+        return self.direction == "BUY"
+
+    @property
+    def is_open(self) -> bool:
+        return self.status == "ALIVE"
+
+    def to_diff(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in ORDER_FIELDS}
+
+
+class Trade(msgspec.Struct, kw_only=True):
+    seqno: int
+    user_id: str
+    trade_id: str
+    order_id: str
+    exchange_trade_id: str
+    exchange_id: str
+    instrument_id: str
+    direction: Direction
+    offset: Offset
+    volume: int
+    price: float
+    trade_date_time: int
+    commission: float
+
+    @property
+    def symbol(self) -> str:
+        return f"{self.exchange_id}.{self.instrument_id}"
+
+    def to_diff(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in TRADE_FIELDS}
