@@ -61,3 +61,7 @@ NO_LIQUIDITY = ("no_liquidity", 424)
 def risk(pair: tuple[str, int], message: str) -> RiskError:
     """Build a RiskError from one of the (code, diff_code) pairs above."""
     return RiskError(message, code=pair[0], diff_code=pair[1])
+
+
+# A deposit or withdrawal amount that is not a positive finite number (DIFF: 422, transfer failed).
+AMOUNT_INVALID = ("amount_invalid", 422)

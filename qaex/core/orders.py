@@ -92,7 +92,11 @@ class Order(msgspec.Struct, kw_only=True):
         return self.status == "ALIVE"
 
     def to_diff(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in ORDER_FIELDS}
+        """The DIFF order; a price that is not a number (market orders) travels as "-" (see DIFF.md)."""
+        rendered = {name: getattr(self, name) for name in ORDER_FIELDS}
+        if self.limit_price != self.limit_price:
+            rendered["limit_price"] = "-"
+        return rendered
 
 
 class Trade(msgspec.Struct, kw_only=True):

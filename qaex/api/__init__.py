@@ -1,0 +1,1 @@
+"""Transports: the HTTP API (Quart blueprint) and the DIFF WebSocket server. No business logic here."""

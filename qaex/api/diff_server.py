@@ -1,0 +1,213 @@
+"""The DIFF WebSocket server: trio-websocket in, DiffSession state, the exchange out.
+
+One nursery per connection runs a reader (frames -> DiffSession -> exchange calls), a writer (waits
+until the session has a peek and pending data, then sends one rtn_data) and a heartbeat (WebSocket
+pings). The protocol decisions all live in the sans-IO `DiffSession`; this module only moves frames,
+authenticates logins and maps exchange errors to notifies. A failure inside one session closes that
+session (1011) and nothing else; shutdown closes every session with 1001.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import TYPE_CHECKING, Any
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+
+from qaex.core.diff_session import DiffSession
+from qaex.core.errors import QaexError
+from qaex.exchange.snapshot import SessionLink
+from qaex.protocol import diff as messages
+
+if TYPE_CHECKING:
+    from qaex.config import Config
+    from qaex.exchange.exchange import Exchange
+
+log = logging.getLogger("qaex.diff")
+
+DIFF_PATH = "/ws/diff"
+HEARTBEAT_INTERVAL = 20.0
+HEARTBEAT_TIMEOUT = 15.0
+
+
+class DiffServer:
+    """Accepts DIFF connections for one exchange and runs each in its own nursery."""
+
+    def __init__(
+        self,
+        exchange: Exchange,
+        *,
+        max_sessions: int = 20_000,
+        max_message_size: int = 1 << 20,
+        max_messages_per_second: int = 200,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
+    ) -> None:
+        self.exchange = exchange
+        self.max_sessions = max_sessions
+        self.max_message_size = max_message_size
+        self.max_messages_per_second = max_messages_per_second
+        self.heartbeat_interval = heartbeat_interval
+        self._ids = itertools.count(1)
+        self.active = 0
+
+    async def serve(
+        self, host: str, port: int, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        async with trio.open_nursery() as handler_nursery:
+            server = await handler_nursery.start(
+                lambda task_status: serve_websocket(
+                    self.handle,
+                    host,
+                    port,
+                    None,
+                    handler_nursery=handler_nursery,
+                    max_message_size=self.max_message_size,
+                    task_status=task_status,
+                )
+            )
+            log.info("DIFF listening on ws://%s:%d%s", host, server.port, DIFF_PATH)
+            task_status.started(server)
+
+    async def handle(self, request: WebSocketRequest) -> None:
+        path = request.path.split("?", 1)[0]
+        if path != DIFF_PATH:
+            await request.reject(404, body=f"no DIFF endpoint at {path}; use {DIFF_PATH}".encode())
+            return
+        if self.active >= self.max_sessions:
+            await request.reject(503, body=b"too many sessions")
+            return
+        ws = await request.accept()
+        self.active += 1
+        link = SessionLink(DiffSession(next(self._ids)))
+        snapshots = self.exchange.snapshots
+        snapshots.add(link)
+        if self.exchange.market is not None:
+            self.exchange.market.add_session(link)
+        log.debug("session %s connected from %s", link.session.session_id, ws.remote)
+        try:
+            await ws.send_message(messages.RTN_BROKERS.decode())
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer, ws, link)
+                nursery.start_soon(self._heartbeat, ws)
+                await self._reader(ws, link)
+                nursery.cancel_scope.cancel()
+        except ConnectionClosed:
+            pass
+        except trio.Cancelled:
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await ws.aclose(1001, "server shutting down")
+            raise
+        except Exception:
+            log.exception("session %s failed; closing it", link.session.session_id)
+            with trio.move_on_after(1):
+                await ws.aclose(1011, "internal error")
+        finally:
+            self.active -= 1
+            snapshots.remove(link)
+            if self.exchange.market is not None:
+                self.exchange.market.remove_session(link)
+            log.debug("session %s closed", link.session.session_id)
+
+    async def _reader(self, ws: WebSocketConnection, link: SessionLink) -> None:
+        window, count = 0, 0
+        while True:
+            frame = await ws.get_message()
+            now = int(trio.current_time())
+            if now != window:
+                window, count = now, 0
+            count += 1
+            if count > self.max_messages_per_second:
+                if count == self.max_messages_per_second + 1:
+                    link.session.notify(
+                        429, "ERROR", f"too many messages: at most {self.max_messages_per_second} per second"
+                    )
+                    link.wake()
+                if count > 4 * self.max_messages_per_second:
+                    await ws.aclose(1008, "message rate limit exceeded")
+                    return
+                continue
+            events = link.session.receive(frame)
+            link.wake()
+            for event in events:
+                await self._dispatch(link, event)
+
+    async def _dispatch(self, link: SessionLink, event: Any) -> None:
+        session = link.session
+        exchange = self.exchange
+        try:
+            if isinstance(event, messages.ReqLogin):
+                await self._login(link, event)
+            elif isinstance(event, messages.InsertOrderMessage):
+                await exchange.insert_order(event)
+            elif isinstance(event, messages.CancelOrder):
+                await exchange.cancel_order(event.user_id, event.order_id)
+            elif isinstance(event, messages.ReqTransfer):
+                await self._transfer(link, event)
+            elif isinstance(event, messages.ChangePassword):
+                assert session.user_id is not None
+                await exchange.change_password(session.user_id, event.old_password, event.new_password)
+                session.notify(0, "INFO", "修改密码成功")
+            elif isinstance(event, (messages.SubscribeQuote, messages.SetChart)):
+                if exchange.market is not None:
+                    exchange.market.subscription_changed(link)
+            # confirm_settlement and ins_query need nothing from the exchange.
+        except QaexError as exc:
+            session.notify(exc.diff_code or 400, "ERROR", exc.message)
+        link.wake()
+
+    async def _login(self, link: SessionLink, event: messages.ReqLogin) -> None:
+        session = link.session
+        if not await self.exchange.check_password(event.user_name, event.password):
+            session.login_failed()
+            session.notify(402, "ERROR", "登录失败: 用户名或密码错误")
+            log.info("session %s: login failed for %r", session.session_id, event.user_name)
+            return
+        session.notify(401, "INFO", "登录成功")
+        self.exchange.snapshots.login(link, event.user_name)
+
+    async def _transfer(self, link: SessionLink, event: messages.ReqTransfer) -> None:
+        user_id = link.session.user_id
+        assert user_id is not None
+        if event.future_password and not await self.exchange.check_password(user_id, event.future_password):
+            link.session.notify(422, "ERROR", "转账失败: 期货账户密码错误")
+            return
+        if event.amount > 0:
+            await self.exchange.deposit(user_id, event.amount)
+        else:
+            await self.exchange.withdraw(user_id, -event.amount)
+
+    async def _writer(self, ws: WebSocketConnection, link: SessionLink) -> None:
+        session = link.session
+        while True:
+            await link.wait()
+            if session.resync_needed and session.user_id is not None:
+                session.reset([self.exchange.snapshots.full_view(session.user_id)])
+            frame = session.data_to_send()
+            if frame is not None:
+                await ws.send_message(frame.decode())
+
+    async def _heartbeat(self, ws: WebSocketConnection) -> None:
+        while True:
+            await trio.sleep(self.heartbeat_interval)
+            with trio.move_on_after(HEARTBEAT_TIMEOUT) as scope:
+                await ws.ping()
+            if scope.cancelled_caught:
+                log.info("no pong within %.0f s: closing %s", HEARTBEAT_TIMEOUT, ws.remote)
+                await ws.aclose(1001, "heartbeat timeout")
+                return
+
+
+async def serve_diff(
+    exchange: Exchange, config: Config, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run the DIFF listener of `config` for `exchange` (started by the app with nursery.start)."""
+    server = DiffServer(
+        exchange,
+        max_sessions=config.max_sessions,
+        max_message_size=config.max_message_size,
+        max_messages_per_second=config.max_messages_per_second,
+    )
+    exchange.diff_server = server
+    await server.serve(config.diff_host, config.diff_port, task_status=task_status)

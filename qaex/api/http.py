@@ -1,0 +1,537 @@
+"""The HTTP API: a Quart blueprint that decodes, authorizes, calls the Exchange and encodes.
+
+Every route is declared once with :func:`route`, which registers the view and its entry in
+``ROUTES``, the table /openapi.json is generated from. Every answer is JSON, errors included:
+``{"error": {"code": "...", "message": "..."}}``; see docs/http-api.md for the status codes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import msgspec
+import trio
+from quart import Blueprint, ResponseReturnValue, current_app, request
+from quart.wrappers import Response
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+
+from qaex.api.auth import TokenError, TokenSigner, bearer, is_admin_token
+from qaex.api.metrics import Histogram, exposition, sample
+from qaex.config import Config
+from qaex.core.errors import QaexError
+from qaex.core.orders import InsertOrder
+from qaex.core.passwords import verify_password
+from qaex.exchange.exchange import Exchange
+from qaex.protocol import http as proto
+from qaex.protocol.http import Auth, RouteDoc
+
+log = logging.getLogger("qaex.http")
+
+T = TypeVar("T")
+View = TypeVar("View", bound=Callable[..., Awaitable[ResponseReturnValue]])
+
+blueprint = Blueprint("qaex", __name__)
+ROUTES: list[RouteDoc] = []
+
+# Where a core error code deserves a more precise status than its class gives it.
+STATUS_BY_CODE = {
+    "user_exists": 409,
+    "duplicate_order_id": 409,
+    "order_finished": 409,
+    "insufficient_funds": 422,
+}
+
+
+@dataclass(slots=True)
+class Services:
+    """What the routes use, installed in ``app.extensions["qaex"]`` by qaex.app before serving."""
+
+    config: Config
+    exchange: Exchange
+    tokens: TokenSigner
+    admin_token: str
+    dummy_password_hash: str  # verified for unknown users, so login timing does not reveal who exists
+    order_latency: Histogram = field(
+        default_factory=lambda: Histogram("qaex_http_order_submit_seconds", "HTTP order submit handling time")
+    )
+    command_latency: Histogram = field(
+        default_factory=lambda: Histogram(
+            "qaex_router_command_seconds", "Time from handing a command to the router to its durable result"
+        )
+    )
+
+
+def services() -> Services:
+    found: Services = current_app.extensions["qaex"]
+    return found
+
+
+class HttpError(QaexError):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message, code=code)
+        self.http_status = status
+
+
+# -- plumbing ----------------------------------------------------------------------------------------------
+def route(
+    method: str,
+    path: str,
+    summary: str,
+    *,
+    auth: Auth = "none",
+    body: Any = None,
+    answer: Any = None,
+    status: int = 200,
+    errors: tuple[int, ...] = (),
+) -> Callable[[View], View]:
+    """Register a view on the blueprint and document it in ROUTES, from one declaration."""
+
+    def register(view: View) -> View:
+        ROUTES.append(RouteDoc(method, path, summary, auth, body, answer, status, errors))
+        blueprint.add_url_rule(path, view.__name__, view, methods=[method])
+        return view
+
+    return register
+
+
+def json_response(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        msgspec.json.encode(value), status=status, headers=headers, content_type="application/json"
+    )
+
+
+def error_response(status: int, code: str, message: str, **extra: Any) -> Response:
+    return json_response({"error": {"code": code, "message": message}, **extra}, status)
+
+
+async def decode(body_type: type[T]) -> T:
+    """The request body as `body_type`; an empty body counts as ``{}``."""
+    data = await request.get_data(cache=False)
+    try:
+        return msgspec.json.decode(data if data.strip() else b"{}", type=body_type)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise HttpError(400, "bad_request", f"invalid body: {exc}") from None
+
+
+def current_user() -> str:
+    """The user id of the request's valid bearer token (401 otherwise)."""
+    token = bearer(request.headers.get("Authorization"))
+    if token is None:
+        raise HttpError(401, "unauthorized", "missing 'Authorization: Bearer <token>' (POST /api/auth/login)")
+    try:
+        user_id = services().tokens.verify(token)
+    except TokenError as exc:
+        raise HttpError(401, "unauthorized", str(exc)) from None
+    if user_id not in services().exchange.engine.users:
+        raise HttpError(401, "unauthorized", "invalid token")
+    return user_id
+
+
+def require_admin() -> None:
+    token = bearer(request.headers.get("Authorization"))
+    if token is None:
+        raise HttpError(401, "unauthorized", "admin route: missing 'Authorization: Bearer <admin token>'")
+    if not is_admin_token(token, services().admin_token):
+        raise HttpError(403, "forbidden", "admin route: the token is not the admin token")
+
+
+def same_user(claimed: str | None, user_id: str) -> None:
+    if claimed is not None and claimed != user_id:
+        raise HttpError(403, "forbidden", "user_id in the body is not the logged-in user")
+
+
+async def timed(histogram: Histogram, call: Awaitable[T]) -> T:
+    started = time.perf_counter()
+    try:
+        return await call
+    finally:
+        histogram.observe(time.perf_counter() - started)
+
+
+# -- errors: JSON for every path, including routing errors and bugs ------------------------------------------
+@blueprint.app_errorhandler(QaexError)
+async def on_qaex_error(exc: QaexError) -> Response:
+    return error_response(STATUS_BY_CODE.get(exc.code, exc.http_status), exc.code, exc.message)
+
+
+@blueprint.app_errorhandler(HTTPException)
+async def on_http_exception(exc: HTTPException) -> Response:
+    status = exc.code or 500
+    code = (exc.name or "error").lower().replace(" ", "_")
+    response = error_response(status, code, exc.description or exc.name)
+    if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+        response.headers["Allow"] = ", ".join(exc.valid_methods)
+    return response
+
+
+@blueprint.app_errorhandler(Exception)
+async def on_unexpected(exc: Exception) -> Response:
+    log.exception("unhandled error in %s %s", request.method, request.path)
+    return error_response(500, "internal_error", "internal server error (logged)")
+
+
+# -- service -------------------------------------------------------------------------------------------------
+@route("GET", "/health", "Liveness and a few counts", answer=proto.Health)
+async def health() -> Response:
+    exchange = services().exchange
+    users, sessions = len(exchange.engine.users), len(exchange.snapshots.links)
+    return json_response(proto.Health("ok", exchange.engine.trading_day, users, sessions))
+
+
+@route("GET", "/metrics", "Prometheus text exposition")
+async def metrics() -> Response:
+    found = services()
+    exchange = found.exchange
+    engine = exchange.engine
+    text = exposition(
+        [
+            sample("qaex_sessions", "gauge", "Connected DIFF sessions", len(exchange.snapshots.links)),
+            sample("qaex_users", "gauge", "Accounts", len(engine.users)),
+            # The engine numbers orders and trades from 1, so the last number is the count ever made.
+            sample("qaex_orders_total", "counter", "Orders inserted", engine._order_seq),
+            sample("qaex_trades_total", "counter", "Trades (fills)", engine._trade_seq),
+            sample("qaex_commands_total", "counter", "Commands applied", exchange.router.commands_applied),
+            sample(
+                "qaex_batches_total", "counter", "Router batches flushed", exchange.router.batches_flushed
+            ),
+            sample("qaex_patches_total", "counter", "Per-user patches sent", exchange.gateway.patches_sent),
+            found.order_latency.render(),
+            found.command_latency.render(),
+        ]
+    )
+    return Response(text, content_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+@route("GET", "/openapi.json", "This document")
+async def openapi() -> Response:
+    return json_response(proto.openapi(ROUTES))
+
+
+# -- accounts ------------------------------------------------------------------------------------------------
+@route(
+    "POST", "/api/account/open", "Open an account", body=proto.OpenAccountRequest, answer=proto.AccountView,
+    status=201, errors=(400, 409),
+)  # fmt: skip
+async def open_account() -> Response:
+    found = services()
+    body = await decode(proto.OpenAccountRequest)
+    init_cash = found.config.init_cash if body.init_cash is None else body.init_cash
+    account = await timed(
+        found.command_latency, found.exchange.open_account(body.user_id, body.password, init_cash)
+    )
+    return json_response(account.to_diff(), 201)
+
+
+@route(
+    "POST", "/api/auth/login", "Get a bearer token", body=proto.LoginRequest, answer=proto.LoginResponse,
+    errors=(400, 401),
+)  # fmt: skip
+async def login() -> Response:
+    found = services()
+    body = await decode(proto.LoginRequest)
+    if body.user_id in found.exchange.engine.users:
+        ok = await found.exchange.check_password(body.user_id, body.password)
+    else:
+        await trio.to_thread.run_sync(verify_password, body.password, found.dummy_password_hash)
+        ok = False
+    if not ok:
+        raise HttpError(401, "bad_credentials", "wrong user_id or password")
+    token, expires_at = found.tokens.issue(body.user_id)
+    return json_response(proto.LoginResponse(token, body.user_id, expires_at))
+
+
+@route(
+    "GET", "/api/account", "The caller's account (DIFF accounts.CNY)", auth="user", answer=proto.AccountView
+)
+async def get_account() -> Response:
+    user_id = current_user()
+    return json_response(services().exchange.engine.users[user_id].account.to_diff())
+
+
+@route(
+    "POST", "/api/account/deposit", "Deposit into the caller's account",
+    auth="user", body=proto.AmountRequest, answer=proto.AccountView, errors=(400,),
+)  # fmt: skip
+async def deposit() -> Response:
+    user_id = current_user()
+    body = await decode(proto.AmountRequest)
+    found = services()
+    account = await timed(found.command_latency, found.exchange.deposit(user_id, body.amount))
+    return json_response(account.to_diff())
+
+
+@route(
+    "POST", "/api/account/withdraw", "Withdraw from the caller's account",
+    auth="user", body=proto.AmountRequest, answer=proto.AccountView, errors=(400, 422),
+)  # fmt: skip
+async def withdraw() -> Response:
+    user_id = current_user()
+    body = await decode(proto.AmountRequest)
+    found = services()
+    account = await timed(found.command_latency, found.exchange.withdraw(user_id, body.amount))
+    return json_response(account.to_diff())
+
+
+# -- orders --------------------------------------------------------------------------------------------------
+def insert_request(body: proto.SubmitOrderRequest, user_id: str, exchange: Exchange) -> InsertOrder:
+    """Translate the original design's fields and DIFF's into one InsertOrder."""
+    exchange_id, dot, instrument_id = body.instrument_id.rpartition(".")
+    if not dot:
+        exchange_id = body.exchange_id or _exchange_of(instrument_id, exchange)
+    elif body.exchange_id is not None and body.exchange_id != exchange_id:
+        raise HttpError(
+            400, "bad_request", f"exchange_id {body.exchange_id!r} contradicts {body.instrument_id!r}"
+        )
+    if body.price is not None and body.limit_price is not None and body.price != body.limit_price:
+        raise HttpError(400, "bad_request", "price and limit_price differ: send one of them")
+    price = body.price if body.price is not None else body.limit_price
+    price_type = body.price_type or ("ANY" if body.order_type == "MARKET" else "LIMIT")
+    if body.order_type is not None and (body.order_type == "MARKET") != (price_type != "LIMIT"):
+        raise HttpError(
+            400, "bad_request", f"order_type {body.order_type} contradicts price_type {price_type}"
+        )
+    if price_type == "LIMIT" and price is None:
+        raise HttpError(400, "bad_request", "a LIMIT order needs price (or limit_price)")
+    return InsertOrder(
+        user_id=user_id,
+        order_id=body.order_id or f"http-{uuid.uuid4().hex[:20]}",
+        exchange_id=exchange_id,
+        instrument_id=instrument_id,
+        direction=body.direction,
+        offset=body.offset,
+        volume=body.volume,
+        price_type=price_type,
+        limit_price=price if price is not None and price_type == "LIMIT" else 0.0,
+        time_condition=body.time_condition or ("GFD" if price_type == "LIMIT" else "IOC"),
+        volume_condition=body.volume_condition,
+    )
+
+
+def _exchange_of(instrument_id: str, exchange: Exchange) -> str:
+    """The exchange listing `instrument_id`, when the client left it out and only one exchange lists it."""
+    matches = [
+        i.exchange_id for i in exchange.engine.instruments.values() if i.instrument_id == instrument_id
+    ]
+    if len(matches) != 1:
+        raise HttpError(
+            400 if matches else 404,
+            "bad_request" if matches else "unknown_instrument",
+            f"instrument {instrument_id!r}: give it as EXCHANGE.{instrument_id} or set exchange_id",
+        )
+    return matches[0]
+
+
+async def _submit_order() -> Response:
+    user_id = current_user()
+    body = await decode(proto.SubmitOrderRequest)
+    same_user(body.user_id, user_id)
+    found = services()
+    order = await timed(
+        found.command_latency, found.exchange.insert_order(insert_request(body, user_id, found.exchange))
+    )
+    if order["status"] == "FINISHED" and not order["exchange_order_id"]:
+        return error_response(422, "order_rejected", order["last_msg"], order=order)
+    return json_response(order)
+
+
+@route(
+    "POST", "/api/order/submit", "Insert an order", auth="user", body=proto.SubmitOrderRequest,
+    answer=proto.OrderView, errors=(400, 403, 404, 409, 422),
+)  # fmt: skip
+async def submit_order() -> Response:
+    services_ = services()
+    started = time.perf_counter()
+    try:
+        return await _submit_order()
+    finally:
+        services_.order_latency.observe(time.perf_counter() - started)
+
+
+@route(
+    "POST", "/api/order/insert", "Same as /api/order/submit", auth="user", body=proto.SubmitOrderRequest,
+    answer=proto.OrderView, errors=(400, 403, 404, 409, 422),
+)  # fmt: skip
+async def insert_order() -> Response:
+    return await submit_order()
+
+
+@route(
+    "POST", "/api/order/cancel", "Cancel one of the caller's orders",
+    auth="user", body=proto.CancelOrderRequest, answer=proto.OrderView, errors=(400, 403, 404, 409),
+)  # fmt: skip
+async def cancel_order() -> Response:
+    user_id = current_user()
+    body = await decode(proto.CancelOrderRequest)
+    same_user(body.user_id, user_id)
+    found = services()
+    return json_response(
+        await timed(found.command_latency, found.exchange.cancel_order(user_id, body.order_id))
+    )
+
+
+@route(
+    "GET",
+    "/api/order/<order_id>",
+    "One of the caller's orders",
+    auth="user",
+    answer=proto.OrderView,
+    errors=(404,),
+)
+async def get_order(order_id: str) -> Response:
+    order = services().exchange.engine.users[current_user()].orders.get(order_id)
+    if order is None:
+        raise HttpError(404, "unknown_order", f"no order {order_id!r}")
+    return json_response(order.to_diff())
+
+
+@route(
+    "GET", "/api/orders", "The caller's orders of the trading day", auth="user", answer=proto.OrdersResponse
+)
+async def get_orders() -> Response:
+    record = services().exchange.engine.users[current_user()]
+    return json_response({"orders": {order_id: o.to_diff() for order_id, o in record.orders.items()}})
+
+
+@route("GET", "/api/positions", "The caller's positions", auth="user", answer=proto.PositionsResponse)
+async def get_positions() -> Response:
+    account = services().exchange.engine.users[current_user()].account
+    return json_response({"positions": {symbol: p.to_diff() for symbol, p in account.positions.items()}})
+
+
+@route(
+    "GET", "/api/trades", "The caller's trades of the trading day", auth="user", answer=proto.TradesResponse
+)
+async def get_trades() -> Response:
+    record = services().exchange.engine.users[current_user()]
+    return json_response({"trades": {trade_id: t.to_diff() for trade_id, t in record.trades.items()}})
+
+
+# -- market data ---------------------------------------------------------------------------------------------
+@route("GET", "/api/market/instruments", "Every listed contract", answer=proto.InstrumentsResponse)
+async def instruments() -> Response:
+    return json_response({"instruments": dict(services().exchange.engine.instruments)})
+
+
+def _depth(symbol: str, levels: int) -> tuple[list[tuple[float, int]], list[tuple[float, int]]]:
+    engine = services().exchange.engine
+    instrument = engine.instrument(symbol)  # 404 for an unknown symbol
+    bids, asks = engine.books[symbol].depth(levels)
+    return (
+        [(instrument.from_ticks(price), volume) for price, volume in bids],
+        [(instrument.from_ticks(price), volume) for price, volume in asks],
+    )
+
+
+@route(
+    "GET", "/api/market/quote/<symbol>", "Last price and 5 levels", answer=proto.QuoteResponse, errors=(404,)
+)
+async def quote(symbol: str) -> Response:
+    engine = services().exchange.engine
+    bids, asks = _depth(symbol, 5)
+    instrument = engine.instruments[symbol]
+    return json_response(
+        proto.QuoteResponse(
+            instrument_id=symbol,
+            exchange_id=instrument.exchange_id,
+            instrument_name=instrument.instrument_name,
+            last_price=engine.last_price.get(symbol),
+            bid_price1=bids[0][0] if bids else None,
+            bid_volume1=bids[0][1] if bids else 0,
+            ask_price1=asks[0][0] if asks else None,
+            ask_volume1=asks[0][1] if asks else 0,
+            bids=bids,
+            asks=asks,
+            upper_limit=instrument.upper_limit,
+            lower_limit=instrument.lower_limit,
+            pre_settlement=instrument.pre_settlement,
+            pre_close=instrument.pre_close,
+            open_interest=engine.open_interest.get(symbol, 0),
+            price_tick=instrument.price_tick,
+            volume_multiple=instrument.volume_multiple,
+            suspended=instrument.suspended,
+        )
+    )
+
+
+@route(
+    "GET", "/api/market/depth/<symbol>", "Order book depth (?levels=1..50, default 5)",
+    answer=proto.DepthResponse, errors=(400, 404),
+)  # fmt: skip
+async def depth(symbol: str) -> Response:
+    levels_text = request.args.get("levels", "5")
+    if not levels_text.isdigit() or not 1 <= int(levels_text) <= 50:
+        raise HttpError(400, "bad_request", f"levels must be an integer 1-50, got {levels_text!r}")
+    bids, asks = _depth(symbol, int(levels_text))
+    return json_response(proto.DepthResponse(symbol, bids, asks))
+
+
+# -- admin ---------------------------------------------------------------------------------------------------
+@route(
+    "POST", "/api/admin/instruments", "Create or update a contract", auth="admin", body=proto.InstrumentSpec,
+    answer=proto.InstrumentsResponse, errors=(400, 403),
+)  # fmt: skip
+async def upsert_instrument() -> Response:
+    require_admin()
+    spec = msgspec.to_builtins(await decode(proto.InstrumentSpec))
+    instrument = await services().exchange.upsert_instrument(spec)
+    return json_response({"instruments": {instrument.symbol: instrument}})
+
+
+async def _set_suspended(symbol: str, suspended: bool) -> Response:
+    require_admin()
+    instrument = await services().exchange.set_suspended(symbol, suspended)
+    return json_response({"instruments": {instrument.symbol: instrument}})
+
+
+@route(
+    "POST", "/api/admin/instruments/<symbol>/suspend", "Stop trading a contract", auth="admin",
+    answer=proto.InstrumentsResponse, errors=(403, 404),
+)  # fmt: skip
+async def suspend(symbol: str) -> Response:
+    return await _set_suspended(symbol, True)
+
+
+@route(
+    "POST", "/api/admin/instruments/<symbol>/resume", "Resume trading a contract", auth="admin",
+    answer=proto.InstrumentsResponse, errors=(403, 404),
+)  # fmt: skip
+async def resume(symbol: str) -> Response:
+    return await _set_suspended(symbol, False)
+
+
+@route(
+    "POST", "/api/admin/settle", "Daily settlement", auth="admin", body=proto.SettleRequest,
+    answer=proto.SettleResponse, errors=(400, 403),
+)  # fmt: skip
+async def settle() -> Response:
+    require_admin()
+    body = await decode(proto.SettleRequest)
+    exchange = services().exchange
+    unknown = sorted(set(body.prices) - set(exchange.engine.instruments))
+    if unknown:
+        raise HttpError(400, "unknown_instrument", f"prices for unknown instruments: {', '.join(unknown)}")
+    prices = await exchange.settle(body.prices, body.trading_day)
+    return json_response(proto.SettleResponse(prices, exchange.engine.trading_day))
+
+
+@route("GET", "/api/admin/users", "Every account", auth="admin", answer=proto.UsersResponse, errors=(403,))
+async def users() -> Response:
+    require_admin()
+    records = services().exchange.engine.users
+    return json_response({"users": {user_id: r.account.to_diff() for user_id, r in records.items()}})
+
+
+@route(
+    "POST", "/api/admin/deposit", "Deposit into any account", auth="admin", body=proto.AdminDepositRequest,
+    answer=proto.AccountView, errors=(400, 403, 404),
+)  # fmt: skip
+async def admin_deposit() -> Response:
+    require_admin()
+    body = await decode(proto.AdminDepositRequest)
+    account = await services().exchange.deposit(body.user_id, body.amount)
+    return json_response(account.to_diff())

@@ -1,0 +1,173 @@
+"""The QuartTrio application: ``hypercorn qaex.app:app --worker-class trio``.
+
+Configuration is read when serving starts (not at import), so a bad setting fails start-up with a
+message naming the variable. ``before_serving`` then locks the data directory (one server per data
+directory, hence one hypercorn worker), builds the Exchange and starts it and the DIFF listener in
+the app's nursery, under one supervisor task:
+
+```
+app.nursery (quart-trio lifespan)
+└── Server.supervise
+    ├── Exchange.run
+    └── serve_diff (qaex.api.diff_server)
+```
+A failure while starting fails the lifespan startup, and hypercorn exits non-zero. A failure after
+start — a crashed exchange service — would otherwise be swallowed by hypercorn's lifespan handling
+and leave an HTTP server in front of a dead exchange, so the supervisor logs it and ends the process
+(exit code 70). Shutdown (SIGTERM, Ctrl-C) cancels the supervisor, then releases the lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from typing import Any
+
+import trio
+from quart_trio import QuartTrio
+
+from qaex import logconfig
+from qaex.api.auth import TokenSigner
+from qaex.api.http import Services, blueprint
+from qaex.config import Config, ConfigError, load_instruments
+from qaex.core.engine import Engine
+from qaex.core.passwords import hash_password
+from qaex.datadir import DataDir, DataDirLocked
+from qaex.exchange.exchange import Exchange
+
+log = logging.getLogger("qaex.app")
+
+EXIT_SERVICE_CRASHED = 70  # EX_SOFTWARE
+EXIT_CANNOT_START = 78  # EX_CONFIG: bad setting, data directory in use, port taken
+SHUTDOWN_TIMEOUT = 10.0
+
+
+def build_exchange(config: Config, data_dir: DataDir) -> Exchange:
+    """The Exchange this server runs; the one place to wire the journal and the market maker."""
+    engine = Engine(load_instruments(config), max_orders_per_second=config.max_orders_per_second)
+    return Exchange(engine)
+
+
+class Server:
+    """The per-process state behind the app: data directory lock, exchange and their supervisor."""
+
+    def __init__(self, app: QuartTrio, config: Config | None) -> None:
+        self.app = app
+        self._given_config = config
+        self.config: Config | None = None
+        self.data_dir: DataDir | None = None
+        self._scope = trio.CancelScope()
+        self._stopped = trio.Event()
+
+    async def start(self) -> None:
+        """Start everything, or end the process with one clear line and EXIT_CANNOT_START.
+
+        Exiting here rather than raising spares the operator two screens of lifespan tracebacks
+        (Quart's and hypercorn's) around a message like "QAEX_DIFF_PORT: expected an integer".
+        """
+        try:
+            await self._start()
+        except Exception as exc:
+            reason = _startup_problem(exc)
+            if reason is None:
+                raise
+            log.critical("qaex cannot start: %s", reason)
+            logging.shutdown()
+            os._exit(EXIT_CANNOT_START)
+
+    async def _start(self) -> None:
+        config = self.config = self._given_config or Config.load()
+        logconfig.configure(config.log)
+        data_dir = self.data_dir = DataDir(config.data_dir)
+        data_dir.lock()
+        admin_token = config.admin_token
+        if not admin_token:
+            admin_token = secrets.token_urlsafe(24)
+            log.warning("QAEX_ADMIN_TOKEN is not set; the admin token of this run is %s", admin_token)
+        exchange = build_exchange(config, data_dir)
+        self.app.config["MAX_CONTENT_LENGTH"] = config.max_message_size
+        self.app.extensions["qaex"] = Services(
+            config=config,
+            exchange=exchange,
+            tokens=TokenSigner(data_dir.secret(), config.token_ttl),
+            admin_token=admin_token,
+            dummy_password_hash=await trio.to_thread.run_sync(hash_password, secrets.token_hex(8)),
+        )
+        await self.app.nursery.start(self._supervise, exchange, config)
+        log.info("data directory %s (locked by pid %d)", data_dir.path, os.getpid())
+
+    async def _supervise(
+        self, exchange: Exchange, config: Config, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        started = False
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(exchange.run)
+                    serve_diff = _diff_server()
+                    if serve_diff is None:
+                        log.warning("DIFF server not available (qaex.api.diff_server missing): HTTP only")
+                    else:
+                        await nursery.start(serve_diff, exchange, config)
+                        log.info("DIFF: ws://%s:%d/ws/diff", config.diff_host, config.diff_port)
+                    log.info("HTTP: on hypercorn's bind (see its 'Running on' line)")
+                    started = True
+                    task_status.started()
+        except Exception:
+            if not started:
+                raise  # fails the lifespan startup: hypercorn reports it and exits
+            log.critical("an exchange service crashed; stopping the server", exc_info=True)
+            logging.shutdown()
+            os._exit(EXIT_SERVICE_CRASHED)
+        finally:
+            self._stopped.set()
+        if started and not self._scope.cancelled_caught:
+            log.critical("the exchange stopped by itself; stopping the server")
+            logging.shutdown()
+            os._exit(EXIT_SERVICE_CRASHED)
+
+    async def stop(self) -> None:
+        self._scope.cancel()
+        with trio.move_on_after(SHUTDOWN_TIMEOUT):
+            await self._stopped.wait()
+        if self.data_dir is not None:
+            self.data_dir.unlock()
+        log.info("stopped")
+
+
+def _startup_problem(exc: BaseException) -> BaseException | None:
+    """The operator-fixable error inside `exc` (possibly nested in exception groups), if any."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _startup_problem(inner)
+            if found is not None:
+                return found
+        return None
+    return exc if isinstance(exc, ConfigError | DataDirLocked | OSError) else None
+
+
+def _diff_server() -> Any:
+    """``qaex.api.diff_server.serve_diff`` if that module exists yet, else None."""
+    try:
+        from qaex.api import diff_server
+    except ModuleNotFoundError as exc:
+        if exc.name != "qaex.api.diff_server":
+            raise
+        return None
+    return diff_server.serve_diff
+
+
+def create_app(config: Config | None = None) -> QuartTrio:
+    """A fresh app; `config` defaults to Config.load() (environment and QAEX_CONFIG) at start-up."""
+    app = QuartTrio(__name__)
+    app.config["JSON_SORT_KEYS"] = False
+    app.register_blueprint(blueprint)
+    server = Server(app, config)
+    app.extensions["qaex.server"] = server
+    app.before_serving(server.start)
+    app.after_serving(server.stop)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,166 @@
+"""Server configuration: environment variables over an optional TOML file over defaults.
+
+Every setting has one name: ``QAEX_DIFF_PORT`` in the environment is ``diff_port`` in the TOML file
+named by ``QAEX_CONFIG``. The environment wins, so a unit file or container can override one value
+of a shared config file. A bad value fails at start-up with a message that names the variable and
+says what was expected — a typo must never fall back to a default silently.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, get_args, get_type_hints
+
+import msgspec
+
+from qaex.core.instruments import InstrumentRegistry
+from qaex.logconfig import parse_levels
+
+ENV_PREFIX = "QAEX_"
+CONFIG_FILE_VARIABLE = "QAEX_CONFIG"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable or TOML key."""
+
+
+class Config(msgspec.Struct, kw_only=True, frozen=True):
+    """All settings of one qaex server. See docs/configuration.md."""
+
+    diff_host: str = "127.0.0.1"
+    diff_port: int = 8001
+    data_dir: str = "./qaex-data"
+    admin_token: str = ""  # empty: the app generates one at start and logs it once
+    market_maker: bool = True
+    instruments: str = ""  # path of an instrument TOML file; empty: the built-in contracts
+    fsync: Literal["batch", "off"] = "batch"
+    log: str = "info"
+    max_sessions: int = 20_000
+    max_message_size: int = 1 << 20  # bytes, for DIFF messages and HTTP request bodies
+    max_messages_per_second: int = 200  # per DIFF session
+    max_orders_per_second: int = 500  # per user; 0 = unlimited
+    init_cash: float = 1_000_000.0
+    seed: int | None = None  # market maker seed; None = random
+    token_ttl: int = 86_400  # seconds a login token stays valid
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None) -> Config:
+        """Defaults, then the TOML file named by ``QAEX_CONFIG`` (if any), then ``QAEX_*`` variables."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        sources: dict[str, str] = {}  # field -> where its value came from, for error messages
+        path = environ.get(CONFIG_FILE_VARIABLE, "")
+        if path:
+            values.update(_read_file(path))
+            sources.update((name, f"{path}: {name}") for name in values)
+        for name in cls.__struct_fields__:
+            variable = ENV_PREFIX + name.upper()
+            raw = environ.get(variable)
+            if raw is not None:
+                values[name] = _parse_env(name, raw)
+                sources[name] = variable
+        return cls.from_mapping(values, origin=lambda name: sources.get(name, name))
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], *, origin: Callable[[str], str] = str) -> Config:
+        """Build and check a Config; `origin(field)` names the source of a value in error messages."""
+        try:
+            config = msgspec.convert(dict(values), cls)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(_explain(exc, origin)) from None
+        config.check(origin)
+        return config
+
+    def check(self, origin: Callable[[str], str] = str) -> None:
+        """Range checks msgspec's types cannot express."""
+
+        def need(ok: bool, name: str, what: str) -> None:
+            if not ok:
+                raise ConfigError(f"{origin(name)}: expected {what}, got {getattr(self, name)!r}")
+
+        need(0 <= self.diff_port <= 65535, "diff_port", "a port number 0-65535")
+        need(bool(self.diff_host), "diff_host", "a host name or address")
+        need(bool(self.data_dir), "data_dir", "a directory path")
+        need(self.max_sessions > 0, "max_sessions", "an integer > 0")
+        need(self.max_message_size >= 1024, "max_message_size", "an integer >= 1024 (bytes)")
+        need(self.max_messages_per_second > 0, "max_messages_per_second", "an integer > 0")
+        need(self.max_orders_per_second >= 0, "max_orders_per_second", "an integer >= 0 (0 = unlimited)")
+        need(self.init_cash >= 0 and self.init_cash != float("inf"), "init_cash", "a finite number >= 0")
+        need(self.token_ttl > 0, "token_ttl", "a number of seconds > 0")
+        need(self.admin_token == "" or len(self.admin_token) >= 16, "admin_token", "at least 16 characters")
+        try:
+            parse_levels(self.log)
+        except ValueError as exc:
+            raise ConfigError(f"{origin('log')}: {exc}") from None
+
+
+# -- parsing ------------------------------------------------------------------------------------------
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _parse_env(name: str, raw: str) -> Any:
+    """Turn one environment string into the field's type; msgspec then checks it like a TOML value."""
+    variable = ENV_PREFIX + name.upper()
+    field_type = Config.__annotations__[name]
+    text = raw.strip()
+    if field_type == "bool":
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise ConfigError(f"{variable}: expected 0 or 1, got {raw!r}")
+    if field_type in ("int", "int | None"):
+        if field_type == "int | None" and text == "":
+            return None
+        try:
+            return int(text.replace("_", ""))
+        except ValueError:
+            raise ConfigError(f"{variable}: expected an integer, got {raw!r}") from None
+    if field_type == "float":
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(f"{variable}: expected a number, got {raw!r}") from None
+    return text
+
+
+def _read_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as file:
+            document = tomllib.load(file)
+    except OSError as exc:
+        raise ConfigError(f"{CONFIG_FILE_VARIABLE}: cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{CONFIG_FILE_VARIABLE}: {path} is not valid TOML: {exc}") from None
+    unknown = sorted(set(document) - set(Config.__struct_fields__))
+    if unknown:
+        raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}")
+    return document
+
+
+def _explain(exc: msgspec.ValidationError, origin: Callable[[str], str]) -> str:
+    """'Expected `int`, got `str` - at `$.diff_port`' -> 'QAEX_DIFF_PORT: expected `int`, got `str`'."""
+    message = str(exc)
+    text, _, where = message.rpartition(" - at `$.")
+    if not text:
+        return message
+    name = where.rstrip("`").split("[")[0].split(".")[0]
+    choices = get_args(get_type_hints(Config).get(name))
+    if text.startswith("Invalid enum value") and choices:
+        text += f" (expected one of: {', '.join(map(str, choices))})"
+    return f"{origin(name)}: {text[0].lower()}{text[1:]}"
+
+
+def load_instruments(config: Config) -> InstrumentRegistry:
+    """The registry the exchange lists: the built-in contracts, or those of ``QAEX_INSTRUMENTS``."""
+    if not config.instruments:
+        return InstrumentRegistry()
+    try:
+        return InstrumentRegistry.from_toml(config.instruments)
+    except OSError as exc:
+        raise ConfigError(f"QAEX_INSTRUMENTS: cannot read {config.instruments}: {exc.strerror}") from None
+    except (ValueError, msgspec.ValidationError) as exc:  # TOMLDecodeError is a ValueError
+        raise ConfigError(f"QAEX_INSTRUMENTS: {config.instruments}: {exc}") from None

@@ -1,0 +1,570 @@
+"""The exchange engine: books, accounts, orders and trades, changed only by commands.
+
+`Engine.apply` takes one command at a time (single writer) and changes state deterministically: the
+command carries its timestamp and the engine assigns sequence numbers, exchange order ids and trade ids
+from its own counters, so replaying the same commands rebuilds exactly the same state.
+
+The engine records what each command touched. `Engine.flush` then marks every holder of an
+instrument whose price moved to market (once per batch, not once per fill), renders each touched order,
+trade, position and account as DIFF shows it, and hands the result to the gateway as a `Batch`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from qaex.core import errors
+from qaex.core.account import Account
+from qaex.core.book import OrderBook
+from qaex.core.commands import (
+    AnyCommand,
+    Cancel,
+    ChangePassword,
+    Deposit,
+    Insert,
+    OpenAccount,
+    SetSuspended,
+    Settle,
+    UpsertInstrument,
+    Withdraw,
+)
+from qaex.core.errors import NotFound, QaexError, RiskError, risk
+from qaex.core.instruments import Instrument, InstrumentRegistry
+from qaex.core.orders import (
+    MSG_ACCEPTED,
+    MSG_CANCELLED,
+    MSG_FILLED,
+    MSG_IOC_CANCELLED,
+    MSG_PARTIAL,
+    InsertOrder,
+    Order,
+    Trade,
+)
+
+CHINA_TZ = dt.timezone(dt.timedelta(hours=8))
+RENDERED = dict[str, Any]
+
+
+@dataclass(slots=True)
+class UserRecord:
+    """Everything the exchange keeps about one user besides the account figures."""
+
+    user_id: str
+    password_hash: str
+    account: Account
+    orders: dict[str, Order] = field(default_factory=dict)  # by client order_id
+    trades: dict[str, Trade] = field(default_factory=dict)
+    transfers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    order_window: int = -1  # rate limit: the second being counted
+    orders_in_window: int = 0
+
+
+@dataclass(slots=True)
+class MarketTrade:
+    symbol: str
+    price: float
+    volume: int
+    ts: int
+    open_interest: int
+
+
+@dataclass(slots=True)
+class Batch:
+    """What a run of commands changed, rendered for the gateway.
+
+    ``users[user_id][kind][key]`` is the full DIFF rendering of a touched object (kind is orders, trades,
+    positions, accounts, transfers) or None when the object was removed from the user's tree; the
+    gateway sends only the fields that differ from what it sent before.
+    """
+
+    users: dict[str, dict[str, dict[str, RENDERED | None]]] = field(default_factory=dict)
+    notifies: dict[str, list[tuple[int, str, str]]] = field(default_factory=dict)  # (code, level, content)
+    market_trades: list[MarketTrade] = field(default_factory=list)
+    books: set[str] = field(default_factory=set)  # symbols whose depth changed
+    instruments: set[str] = field(default_factory=set)  # symbols whose spec or daily figures changed
+    settled: bool = False
+    trading_day: str = ""
+    last_seq: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.users or self.notifies or self.market_trades or self.books or self.instruments)
+
+
+def trading_day_of(ts: int) -> str:
+    """The trading day a timestamp belongs to: after 18:00 China time it is the next weekday's."""
+    moment = dt.datetime.fromtimestamp(ts / 1e9, CHINA_TZ)
+    day = moment.date()
+    if moment.hour >= 18:
+        day += dt.timedelta(days=1)
+    while day.weekday() >= 5:
+        day += dt.timedelta(days=1)
+    return day.strftime("%Y%m%d")
+
+
+def next_trading_day(day: str) -> str:
+    date = dt.datetime.strptime(day, "%Y%m%d").date() + dt.timedelta(days=1)
+    while date.weekday() >= 5:
+        date += dt.timedelta(days=1)
+    return date.strftime("%Y%m%d")
+
+
+class Engine:
+    """All exchange state and the rules that change it. Synchronous; no IO; no clock."""
+
+    def __init__(
+        self,
+        instruments: InstrumentRegistry | None = None,
+        *,
+        trading_day: str = "",
+        max_orders_per_second: int = 0,
+    ) -> None:
+        self.instruments = instruments if instruments is not None else InstrumentRegistry()
+        self.books: dict[str, OrderBook] = {symbol: OrderBook(symbol) for symbol in self.instruments}
+        self.users: dict[str, UserRecord] = {}
+        self.trading_day = trading_day
+        self.max_orders_per_second = max_orders_per_second
+        self.last_price: dict[str, float] = {}
+        self.open_interest: dict[str, int] = {s: i.pre_open_interest for s, i in self.instruments.items()}
+        self.seq = 0  # commands applied
+        self._order_seq = 0
+        self._trade_seq = 0
+        self._notify_seq = 0
+        self._orders_by_key: dict[int, Order] = {}
+        self._holders: dict[str, set[str]] = {symbol: set() for symbol in self.instruments}
+        self._batch = Batch()
+        self._touched_orders: dict[str, set[str]] = {}
+        self._touched_positions: dict[str, set[str]] = {}
+        self._touched_accounts: set[str] = set()
+        self._moved: set[str] = set()
+
+    # ------------------------------------------------------------------------------------------------
+    # Commands
+    # ------------------------------------------------------------------------------------------------
+    def apply(self, command: AnyCommand) -> Any:
+        """Apply one command; returns its result (an Order for inserts and cancels, an Account, ...).
+
+        Raises QaexError for commands refused as a whole (unknown user, bad amount, ...). An order that
+        fails risk checks is not an exception: it is recorded FINISHED with last_msg saying why.
+        """
+        if not self.trading_day:
+            self.trading_day = trading_day_of(command.ts)
+        result = self._dispatch(command)
+        self.seq += 1  # only commands that were applied count: refused ones are not journaled
+        return result
+
+    def _dispatch(self, command: AnyCommand) -> Any:
+        if isinstance(command, Insert):
+            return self._insert(command.order, command.ts)
+        if isinstance(command, Cancel):
+            return self._cancel(command.user_id, command.order_id, command.ts)
+        if isinstance(command, OpenAccount):
+            return self._open_account(command)
+        if isinstance(command, Deposit):
+            return self._transfer(command.user_id, command.amount, command.ts, deposit=True)
+        if isinstance(command, Withdraw):
+            return self._transfer(command.user_id, command.amount, command.ts, deposit=False)
+        if isinstance(command, ChangePassword):
+            self.user(command.user_id).password_hash = command.password_hash
+            return None
+        if isinstance(command, Settle):
+            return self._settle(command)
+        if isinstance(command, UpsertInstrument):
+            return self._upsert_instrument(command.spec)
+        if isinstance(command, SetSuspended):
+            instrument = self.instrument(command.symbol)
+            instrument.suspended = command.suspended
+            self._batch.instruments.add(command.symbol)
+            return instrument
+        raise TypeError(f"unknown command {command!r}")
+
+    def user(self, user_id: str) -> UserRecord:
+        record = self.users.get(user_id)
+        if record is None:
+            raise NotFound(f"no account for user {user_id!r}", code="unknown_user")
+        return record
+
+    def instrument(self, symbol: str) -> Instrument:
+        instrument = self.instruments.get(symbol)
+        if instrument is None:
+            raise NotFound(f"unknown instrument {symbol!r}", code="unknown_instrument", diff_code=409)
+        return instrument
+
+    def _open_account(self, command: OpenAccount) -> Account:
+        if command.user_id in self.users:
+            raise errors.Conflict(f"user {command.user_id!r} already exists", code="user_exists")
+        if not command.init_cash >= 0:
+            raise QaexError("init_cash must be >= 0", code="bad_amount")
+        account = Account(command.user_id, command.init_cash)
+        self.users[command.user_id] = UserRecord(command.user_id, command.password_hash, account)
+        self._touched_accounts.add(command.user_id)
+        self._batch.users.setdefault(command.user_id, {})
+        return account
+
+    def _transfer(self, user_id: str, amount: float, ts: int, *, deposit: bool) -> Account:
+        record = self.user(user_id)
+        if not (amount > 0 and amount < 1e15):
+            raise QaexError(f"转账金额必须大于0: {amount}", code="bad_amount", diff_code=422)
+        if deposit:
+            record.account.deposit_cash(amount)
+        else:
+            record.account.withdraw_cash(amount)
+            amount = -amount
+        transfer_id = f"{ts}-{len(record.transfers)}"
+        transfer = {"datetime": ts, "currency": "CNY", "amount": amount, "error_id": 0, "error_msg": "成功"}
+        record.transfers[transfer_id] = transfer
+        self._render_into(user_id, "transfers", transfer_id, dict(transfer))
+        self._touched_accounts.add(user_id)
+        kind = "入金" if amount > 0 else "出金"
+        self.notify(user_id, 421, "INFO", f"{kind}成功: {abs(amount):.2f}")
+        return record.account
+
+    # -- orders -----------------------------------------------------------------------------------
+    def _insert(self, request: InsertOrder, ts: int) -> Order:
+        record = self.user(request.user_id)
+        if request.order_id in record.orders:
+            # The existing order keeps its state; the duplicate is refused without a trace in the tree.
+            raise risk(errors.DUPLICATE_ORDER_ID, f"下单失败, 委托单号重复: {request.order_id}")
+        self._order_seq += 1
+        key = self._order_seq
+        order = Order(
+            seqno=key,
+            user_id=request.user_id,
+            order_id=request.order_id,
+            exchange_id=request.exchange_id,
+            instrument_id=request.instrument_id,
+            direction=request.direction,
+            offset=request.offset,
+            volume_orign=request.volume,
+            price_type=request.price_type,
+            limit_price=request.limit_price if request.price_type == "LIMIT" else float("nan"),
+            time_condition=request.time_condition,
+            volume_condition=request.volume_condition,
+            insert_date_time=ts,
+            volume_left=request.volume,
+        )
+        record.orders[order.order_id] = order
+        self._touch_order(order)
+        try:
+            instrument, price_ticks, ioc = self._validate(record, order, ts)
+            freeze_price = (
+                instrument.from_ticks(price_ticks) if order.price_type == "LIMIT" else instrument.upper_limit
+            )
+            record.account.freeze(order, instrument, freeze_price)
+        except RiskError as exc:
+            self._reject(order, exc)
+            return order
+        self._touched_accounts.add(order.user_id)
+        if order.offset != "OPEN":
+            self._touch_position(order.user_id, order.symbol)
+        book = self.books[order.symbol]
+        submission = book.submit(
+            key,
+            order.user_id,
+            order.is_buy,
+            price_ticks,
+            order.volume_orign,
+            ioc,
+            order.volume_condition == "ALL",
+        )
+        if submission.self_trade:
+            record.account.release(order)
+            self._reject(order, risk(errors.SELF_TRADE, "自成交风险: 委托会与本账户的挂单成交, 已拒绝"))
+            return order
+        order.exchange_order_id = str(key)
+        self._orders_by_key[key] = order
+        for fill in submission.fills:
+            self._fill(instrument, self._orders_by_key[fill.maker], order, fill.price, fill.volume, ts)
+        if submission.cancelled:
+            record.account.release(order)
+            order.status = "FINISHED"
+            order.last_msg = MSG_IOC_CANCELLED
+            del self._orders_by_key[key]
+        elif order.volume_left == 0:
+            del self._orders_by_key[key]
+        else:
+            order.last_msg = MSG_PARTIAL if order.volume_left < order.volume_orign else MSG_ACCEPTED
+            self._batch.books.add(order.symbol)
+        return order
+
+    def _validate(self, record: UserRecord, order: Order, ts: int) -> tuple[Instrument, int, bool]:
+        """Instrument, price and volume checks and the rate limit; returns (instrument, price in ticks, ioc)."""
+        instrument = self.instruments.get(order.symbol)
+        if instrument is None:
+            raise risk(errors.UNKNOWN_INSTRUMENT, f"下单失败, 不支持的合约代码: {order.symbol}")
+        if instrument.suspended or instrument.expired:
+            raise risk(errors.INSTRUMENT_SUSPENDED, f"下单失败, 合约 {order.symbol} 已暂停交易")
+        market = order.price_type != "LIMIT"
+        low = instrument.min_market_order_volume if market else instrument.min_limit_order_volume
+        high = instrument.max_market_order_volume if market else instrument.max_limit_order_volume
+        if not low <= order.volume_orign <= high:
+            raise risk(errors.BAD_VOLUME, f"下单失败, 委托数量 {order.volume_orign} 不在 [{low}, {high}] 内")
+        ioc = order.time_condition == "IOC"
+        if order.volume_condition == "ALL" and not ioc:
+            raise risk(errors.BAD_ORDER, "下单失败, 全部成交条件 (ALL) 只能与 IOC 一起使用")
+        if market:
+            # Market orders take what the book offers within the daily limits and never rest.
+            if not ioc:
+                raise risk(errors.BAD_ORDER, "下单失败, 市价单必须是 IOC")
+            price_ticks = instrument.upper_limit_ticks if order.is_buy else instrument.lower_limit_ticks
+        else:
+            ticks = instrument.to_ticks(order.limit_price)
+            if ticks is None:
+                raise risk(
+                    errors.PRICE_OFF_TICK,
+                    f"下单失败, 委托价格 {order.limit_price} 不是最小变动价位 {instrument.price_tick} 的整数倍",
+                )
+            if ticks > instrument.upper_limit_ticks:
+                raise risk(errors.PRICE_ABOVE_LIMIT, f"下单失败, 委托价格高于涨停板 {instrument.upper_limit}")
+            if ticks < instrument.lower_limit_ticks:
+                raise risk(errors.PRICE_BELOW_LIMIT, f"下单失败, 委托价格低于跌停板 {instrument.lower_limit}")
+            price_ticks = ticks
+        if self.max_orders_per_second:
+            window = ts // 1_000_000_000
+            if window != record.order_window:
+                record.order_window, record.orders_in_window = window, 0
+            if record.orders_in_window >= self.max_orders_per_second:
+                raise risk(errors.RATE_LIMITED, f"下单失败, 超过每秒 {self.max_orders_per_second} 笔的报单频率限制")
+            record.orders_in_window += 1
+        return instrument, price_ticks, ioc
+
+    def _reject(self, order: Order, exc: QaexError) -> None:
+        order.status = "FINISHED"
+        order.last_msg = exc.message
+        self.notify(order.user_id, exc.diff_code or 400, "ERROR", exc.message)
+
+    def _fill(self, instrument: Instrument, maker: Order, taker: Order, ticks: int, volume: int, ts: int) -> None:
+        price = instrument.from_ticks(ticks)
+        self._trade_seq += 1
+        exchange_trade_id = str(self._trade_seq)
+        opens = 0
+        for order in (maker, taker):
+            record = self.users[order.user_id]
+            commission = record.account.fill(order, instrument, price, volume)
+            order.volume_left -= volume
+            if order.volume_left == 0:
+                order.status = "FINISHED"
+                order.last_msg = MSG_FILLED
+            else:
+                order.last_msg = MSG_PARTIAL
+            opens += 1 if order.offset == "OPEN" else -1
+            trade = Trade(
+                seqno=self._trade_seq,
+                user_id=order.user_id,
+                trade_id=f"{exchange_trade_id}|{order.order_id}",
+                order_id=order.order_id,
+                exchange_trade_id=exchange_trade_id,
+                exchange_id=order.exchange_id,
+                instrument_id=order.instrument_id,
+                direction=order.direction,
+                offset=order.offset,
+                volume=volume,
+                price=price,
+                trade_date_time=ts,
+                commission=commission,
+            )
+            record.trades[trade.trade_id] = trade
+            self._render_into(order.user_id, "trades", trade.trade_id, trade.to_diff())
+            self._touch_order(order)
+            self._touch_position(order.user_id, order.symbol)
+            self._touched_accounts.add(order.user_id)
+            self._holders[order.symbol].add(order.user_id)
+        if maker.volume_left == 0:
+            del self._orders_by_key[maker.seqno]
+        symbol = instrument.symbol
+        self.open_interest[symbol] = self.open_interest.get(symbol, 0) + volume * opens // 2
+        self.last_price[symbol] = price
+        self._moved.add(symbol)
+        self._batch.books.add(symbol)
+        self._batch.market_trades.append(MarketTrade(symbol, price, volume, ts, self.open_interest[symbol]))
+
+    def _cancel(self, user_id: str, order_id: str, ts: int) -> Order:
+        record = self.user(user_id)
+        order = record.orders.get(order_id)
+        if order is None:
+            raise NotFound(f"撤单失败, 委托单不存在: {order_id}", code="unknown_order", diff_code=420)
+        if order.status != "ALIVE":
+            raise QaexError(
+                f"撤单失败, 委托单已结束 ({order.last_msg}): {order_id}", code="order_finished", diff_code=420
+            )
+        self._cancel_order(order)
+        self.notify(user_id, 419, "INFO", f"撤单成功: {order_id}")
+        return order
+
+    def _cancel_order(self, order: Order) -> None:
+        self.books[order.symbol].cancel(order.seqno)
+        self.users[order.user_id].account.release(order)
+        order.status = "FINISHED"
+        order.last_msg = MSG_CANCELLED
+        del self._orders_by_key[order.seqno]
+        self._touch_order(order)
+        self._touched_accounts.add(order.user_id)
+        if order.offset != "OPEN":
+            self._touch_position(order.user_id, order.symbol)
+        self._batch.books.add(order.symbol)
+
+    # -- settlement and admin ---------------------------------------------------------------------
+    def _settle(self, command: Settle) -> dict[str, float]:
+        """Expire every open order, settle every account, and roll every instrument to the next day."""
+        for order in list(self._orders_by_key.values()):
+            self._cancel_order(order)
+        prices: dict[str, float] = {}
+        for symbol, instrument in self.instruments.items():
+            price = command.prices.get(symbol, self.last_price.get(symbol, instrument.pre_settlement))
+            ticks = instrument.to_ticks(price)
+            if ticks is None:
+                raise QaexError(f"settlement price {price} of {symbol} is not on the tick grid", code="bad_price")
+            prices[symbol] = price
+        for record in self.users.values():
+            record.account.settle(prices, self.instruments)
+            self._touched_accounts.add(record.user_id)
+            for symbol in record.account.positions:
+                self._touch_position(record.user_id, symbol)
+            # A new trading day starts with an empty order and trade list, as at a real exchange.
+            for order_id in record.orders:
+                self._render_into(record.user_id, "orders", order_id, None)
+            for trade_id in record.trades:
+                self._render_into(record.user_id, "trades", trade_id, None)
+            record.orders.clear()
+            record.trades.clear()
+            self._touched_orders.pop(record.user_id, None)
+        for symbol, instrument in self.instruments.items():
+            instrument.pre_close = self.last_price.get(symbol, instrument.pre_close)
+            instrument.pre_settlement = prices[symbol]
+            instrument.pre_open_interest = self.open_interest.get(symbol, instrument.pre_open_interest)
+            instrument.reset_limits()
+            self._batch.instruments.add(symbol)
+        self._moved.clear()  # positions were just reset to the settlement prices
+        self.trading_day = command.trading_day or next_trading_day(self.trading_day)
+        self._batch.settled = True
+        return prices
+
+    def _upsert_instrument(self, spec: Mapping[str, Any]) -> Instrument:
+        symbol = f"{spec.get('exchange_id')}.{spec.get('instrument_id')}"
+        current = self.instruments.get(symbol)
+        merged = dict(msgspec.to_builtins(current)) if current is not None else {}
+        if current is not None and ("pre_settlement" in spec or "limit_ratio" in spec):
+            merged.pop("upper_limit", None)
+            merged.pop("lower_limit", None)
+        merged.update(spec)
+        try:
+            instrument = msgspec.convert(merged, Instrument, strict=False)
+        except (msgspec.ValidationError, ValueError) as exc:
+            raise QaexError(f"invalid instrument: {exc}", code="bad_instrument") from exc
+        if current is not None:
+            # Keep the same object: open orders and positions refer to the registry entry by symbol.
+            for name in instrument.__struct_fields__:
+                setattr(current, name, getattr(instrument, name))
+            instrument = current
+        else:
+            self.instruments.add(instrument)
+            self.books[symbol] = OrderBook(symbol)
+            self._holders[symbol] = set()
+            self.open_interest[symbol] = instrument.pre_open_interest
+        self._batch.instruments.add(symbol)
+        return instrument
+
+    # ------------------------------------------------------------------------------------------------
+    # Change tracking and rendering
+    # ------------------------------------------------------------------------------------------------
+    def notify(self, user_id: str, code: int, level: str, content: str) -> None:
+        self._batch.notifies.setdefault(user_id, []).append((code, level, content))
+
+    def _touch_order(self, order: Order) -> None:
+        touched = self._touched_orders.get(order.user_id)
+        if touched is None:
+            touched = self._touched_orders[order.user_id] = set()
+        touched.add(order.order_id)
+
+    def _touch_position(self, user_id: str, symbol: str) -> None:
+        touched = self._touched_positions.get(user_id)
+        if touched is None:
+            touched = self._touched_positions[user_id] = set()
+        touched.add(symbol)
+
+    def _render_into(self, user_id: str, kind: str, key: str, rendered: RENDERED | None) -> None:
+        user = self._batch.users.get(user_id)
+        if user is None:
+            user = self._batch.users[user_id] = {}
+        objects = user.get(kind)
+        if objects is None:
+            objects = user[kind] = {}
+        objects[key] = rendered
+
+    def flush(self) -> Batch:
+        """Mark moved instruments to market for every holder, render everything touched, start a new batch."""
+        for symbol in self._moved:
+            instrument = self.instruments[symbol]
+            price = self.last_price[symbol]
+            holders = self._holders[symbol]
+            for user_id in list(holders):
+                account = self.users[user_id].account
+                position = account.positions.get(symbol)
+                if position is None or (position.volume_long == 0 and position.volume_short == 0):
+                    holders.discard(user_id)
+                    if position is None:
+                        continue
+                if account.mark(instrument, price):
+                    self._touch_position(user_id, symbol)
+                    self._touched_accounts.add(user_id)
+        self._moved.clear()
+        for user_id, order_ids in self._touched_orders.items():
+            orders = self.users[user_id].orders
+            for order_id in order_ids:
+                self._render_into(user_id, "orders", order_id, orders[order_id].to_diff())
+        for user_id, symbols in self._touched_positions.items():
+            positions = self.users[user_id].account.positions
+            for symbol in symbols:
+                position = positions.get(symbol)
+                if position is not None:
+                    self._render_into(user_id, "positions", symbol, position.to_diff())
+        for user_id in self._touched_accounts:
+            self._render_into(user_id, "accounts", "CNY", self.users[user_id].account.to_diff())
+        self._touched_orders.clear()
+        self._touched_positions.clear()
+        self._touched_accounts.clear()
+        batch = self._batch
+        batch.trading_day = self.trading_day
+        batch.last_seq = self.seq
+        self._batch = Batch()
+        return batch
+
+    # ------------------------------------------------------------------------------------------------
+    # Views
+    # ------------------------------------------------------------------------------------------------
+    def user_tree(self, user_id: str) -> dict[str, Any]:
+        """The user's whole DIFF trade tree (``trade/{user_id}``), for a session's first snapshot."""
+        record = self.user(user_id)
+        return {
+            "user_id": user_id,
+            "trading_day": self.trading_day,
+            "trade_more_data": False,
+            "session": {"user_id": user_id, "trading_day": self.trading_day},
+            "accounts": {"CNY": record.account.to_diff()},
+            "positions": {symbol: p.to_diff() for symbol, p in record.account.positions.items()},
+            "orders": {order_id: o.to_diff() for order_id, o in record.orders.items()},
+            "trades": {trade_id: t.to_diff() for trade_id, t in record.trades.items()},
+            "banks": {"qaex": {"id": "qaex", "name": "qaex"}},
+            "transfers": {k: dict(v) for k, v in record.transfers.items()},
+        }
+
+    def open_orders(self) -> list[Order]:
+        return list(self._orders_by_key.values())
+
+    def state_digest(self) -> str:
+        """A hash of the whole state, to check that a replay rebuilt exactly what was there."""
+        state = {
+            "seq": self.seq,
+            "trading_day": self.trading_day,
+            "users": {uid: self.user_tree(uid) | {"password_hash": r.password_hash} for uid, r in sorted(self.users.items())},
+            "books": {s: list(b.resting_orders()) for s, b in sorted(self.books.items())},
+            "last_price": sorted(self.last_price.items()),
+            "open_interest": sorted(self.open_interest.items()),
+            "instruments": [msgspec.to_builtins(self.instruments[s]) for s in sorted(self.instruments)],
+        }
+        return hashlib.sha256(msgspec.json.encode(state, order="sorted")).hexdigest()

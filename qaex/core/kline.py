@@ -1,0 +1,267 @@
+"""Tick and K-line series: bounded, id-addressed histories that hand out DIFF merge patches.
+
+Both series number their items from 0, one by one, and never renumber: when the history is full the
+oldest item is dropped and ids keep increasing (``first_id`` moves up). A closed bar is never rewritten;
+only the newest bar (and the newest tick never) changes after it was handed out.
+
+Bar alignment (all in exchange local time, UTC+8):
+
+* durations under a day: ``start = floor((ts + 8 h) / duration) * duration - 8 h``, so 1 h bars start on
+  the local hour and 12 h bars at local midnight and noon (for any duration dividing 8 h this equals the
+  plain ``floor(ts / duration) * duration``);
+* whole days (``86400 s × N``, the only long durations TqSdk accepts): a trade belongs to its *trading
+  day* exactly as TqSdk computes it (``tqsdk.datetime._get_trading_day_from_timestamp``: from 18:00 on,
+  the next day; Saturday and Sunday roll to Monday), and the bar's ``datetime`` is that trading day's
+  local midnight, which is what Shinnytech's servers send and what TqSdk's backtest expects. N-day bars
+  group trading days in blocks of N counted from Monday 1990-01-01, so 7-day bars are Monday weeks.
+  Holidays are not known; there is simply no trade and, with the timer, a flat bar.
+
+A bar opens at its first trade; :meth:`KlineSeries.on_time` also opens bars when the clock passes a bar
+boundary with no trade, carrying the previous close flat with zero volume ("gap bars"), so charts move in
+real time. A zero-volume bar that then gets a trade takes that trade as its open, high, low and close.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+from qaex.core.quote import CST_OFFSET_NS, Patch
+
+NS_PER_SECOND = 1_000_000_000
+NS_PER_DAY = 86_400 * NS_PER_SECOND
+DEFAULT_MAX_LEN = 10_000
+"""TqSdk asks for at most 10,000 items per series (``data_length`` is capped there)."""
+
+_TRADING_DAY_ROLL_NS = 18 * 3600 * NS_PER_SECOND
+_MONDAY_1990_CST_NS = 631_123_200 * NS_PER_SECOND  # 1990-01-01 00:00 UTC+8, a Monday; TqSdk's begin_mark
+
+
+def trading_day_start_ns(ts_ns: int) -> int:
+    """Local midnight (as epoch ns) of the trading day ``ts_ns`` belongs to, the way TqSdk computes it."""
+    days, time_of_day = divmod(ts_ns - _MONDAY_1990_CST_NS, NS_PER_DAY)
+    if time_of_day >= _TRADING_DAY_ROLL_NS:
+        days += 1
+    weekday = days % 7  # 0 = Monday
+    if weekday >= 5:
+        days += 7 - weekday
+    return _MONDAY_1990_CST_NS + days * NS_PER_DAY
+
+
+class _Series:
+    """Bounded, contiguously numbered history of wire dicts, each with an int ``datetime``."""
+
+    def __init__(self, symbol: str, max_len: int) -> None:
+        if max_len < 1:
+            raise ValueError(f"max_len must be >= 1, got {max_len}")
+        self.symbol = symbol
+        self.max_len = max_len
+        self._items: deque[dict[str, Any]] = deque()
+        self._next_id = 0
+        self._changed: set[int] = set()
+        self._last_id_sent = -1
+
+    # -- ids ---------------------------------------------------------------------------------------
+    @property
+    def last_id(self) -> int:
+        """Id of the newest item, -1 while the series is empty."""
+        return self._next_id - 1
+
+    @property
+    def first_id(self) -> int:
+        """Id of the oldest item still kept (equals ``last_id + 1`` while empty)."""
+        return self._next_id - len(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, item_id: int) -> dict[str, Any] | None:
+        """A copy of the item, or None if it was dropped or does not exist yet."""
+        if not self.first_id <= item_id <= self.last_id:
+            return None
+        return dict(self._items[item_id - self.first_id])
+
+    def window(self, left_id: int, right_id: int) -> dict[str, dict[str, Any]]:
+        """Copies of the kept items with ids in ``[left_id, right_id]``, keyed by ``str(id)``."""
+        first = max(left_id, self.first_id)
+        last = min(right_id, self.last_id)
+        if first > last:
+            return {}
+        offset = first - self.first_id
+        items = itertools.islice(self._items, offset, offset + last - first + 1)
+        return {str(item_id): dict(item) for item_id, item in enumerate(items, start=first)}
+
+    # -- time lookups (items are in datetime order) --------------------------------------------------
+    def lower_bound(self, datetime_ns: int) -> int:
+        """Id of the first kept item with ``datetime >= datetime_ns``; ``last_id + 1`` if there is none."""
+        index = bisect.bisect_left(self._items, datetime_ns, key=_datetime_of)
+        return self.first_id + index
+
+    def find(self, datetime_ns: int) -> int | None:
+        """Id of the kept item whose ``datetime`` is exactly ``datetime_ns``, if any."""
+        item_id = self.lower_bound(datetime_ns)
+        if item_id <= self.last_id and self._items[item_id - self.first_id]["datetime"] == datetime_ns:
+            return item_id
+        return None
+
+    def last_datetime(self) -> int | None:
+        """``datetime`` of the newest item, None while empty."""
+        if not self._items:
+            return None
+        newest: int = self._items[-1]["datetime"]
+        return newest
+
+    # -- mutation and patches ----------------------------------------------------------------------
+    def _push(self, item: dict[str, Any]) -> None:
+        self._items.append(item)
+        self._changed.add(self._next_id)
+        self._next_id += 1
+        if len(self._items) > self.max_len:
+            self._items.popleft()
+
+    def _skip(self, count: int) -> None:
+        """Number ``count`` items that are never kept: everything before them is dropped too."""
+        self._items.clear()
+        self._next_id += count
+
+    def _mark_last_changed(self) -> None:
+        self._changed.add(self.last_id)
+
+    def _body_since_last_take(self) -> Patch | None:
+        first_id = self.first_id
+        ids = sorted(item_id for item_id in self._changed if item_id >= first_id)
+        self._changed.clear()
+        if not ids and self.last_id == self._last_id_sent:
+            return None
+        self._last_id_sent = self.last_id
+        data = {str(item_id): dict(self._items[item_id - first_id]) for item_id in ids}
+        return {"last_id": self.last_id, "data": data}
+
+
+def _datetime_of(item: dict[str, Any]) -> int:
+    return item["datetime"]  # type: ignore[no-any-return]
+
+
+class TickSeries(_Series):
+    """One instrument's ticks (one per trade), as ``ticks/{symbol}`` in the DIFF tree."""
+
+    duration_ns = 0
+
+    def __init__(self, symbol: str, max_len: int = DEFAULT_MAX_LEN) -> None:
+        super().__init__(symbol, max_len)
+
+    def append(self, tick: Mapping[str, Any]) -> int:
+        """Add a DIFF Tick (e.g. :meth:`QuoteBook.to_tick`) and return its id."""
+        self._push(dict(tick))
+        return self.last_id
+
+    def take_patch(self) -> Patch | None:
+        """``{"ticks": {symbol: {"last_id": N, "data": {id: tick}}}}`` for new ticks, or None."""
+        body = self._body_since_last_take()
+        return None if body is None else {"ticks": {self.symbol: body}}
+
+
+class KlineSeries(_Series):
+    """One instrument's bars of one duration, as ``klines/{symbol}/{duration_ns}`` in the DIFF tree."""
+
+    def __init__(self, symbol: str, duration_ns: int, max_len: int = DEFAULT_MAX_LEN) -> None:
+        if duration_ns <= 0 or duration_ns % NS_PER_SECOND:
+            raise ValueError(f"a K-line duration is a positive whole number of seconds, got {duration_ns} ns")
+        if duration_ns > NS_PER_DAY and duration_ns % NS_PER_DAY:
+            raise ValueError(f"a K-line duration over a day must be whole days, got {duration_ns} ns")
+        super().__init__(symbol, max_len)
+        self.duration_ns = duration_ns
+        self._days = duration_ns // NS_PER_DAY if duration_ns % NS_PER_DAY == 0 else 0
+
+    # -- alignment ---------------------------------------------------------------------------------
+    def bar_start(self, ts_ns: int) -> int:
+        """Epoch ns at which the bar containing ``ts_ns`` starts (see the module docstring)."""
+        if not self._days:
+            return (ts_ns + CST_OFFSET_NS) // self.duration_ns * self.duration_ns - CST_OFFSET_NS
+        days = (trading_day_start_ns(ts_ns) - _MONDAY_1990_CST_NS) // NS_PER_DAY
+        return _MONDAY_1990_CST_NS + days // self._days * self._days * NS_PER_DAY
+
+    def _next_start(self, start_ns: int) -> int:
+        if not self._days:
+            return start_ns + self.duration_ns
+        # Local midnight after this block; a weekend rolls on to Monday's block.
+        return self.bar_start(start_ns + self.duration_ns)
+
+    # -- events ------------------------------------------------------------------------------------
+    def on_trade(self, price: float, volume: int, ts_ns: int, open_interest: int) -> None:
+        """Fold one fill into the bar of ``ts_ns``, opening bars (gap bars first) as needed.
+
+        A trade stamped before the newest bar's start (a late clock) goes into the newest bar: closed
+        bars are never rewritten. ``open_interest`` is the figure after the fill.
+        """
+        if not self._items:
+            start = self.bar_start(ts_ns)
+            self._push(_bar(start, price, open_interest))
+        else:
+            self.on_time(ts_ns)
+        bar = self._items[-1]
+        if bar["volume"] == 0:  # a gap bar, or the bar just opened: the first trade sets the prices
+            bar["open"] = bar["high"] = bar["low"] = price
+        else:
+            bar["high"] = max(bar["high"], price)
+            bar["low"] = min(bar["low"], price)
+        bar["close"] = price
+        bar["volume"] += volume
+        bar["close_oi"] = open_interest
+        self._mark_last_changed()
+
+    def on_time(self, ts_ns: int) -> None:
+        """Advance the clock: if ``ts_ns`` is past the newest bar, open flat bars up to its bar.
+
+        Gap bars copy the previous close into open, high, low and close, with zero volume and
+        ``open_oi == close_oi ==`` the previous ``close_oi``. Nothing happens before the first trade
+        (there is no price to carry). A gap longer than ``max_len`` bars numbers the bars it would drop
+        at once without building them, so the cost stays O(max_len).
+        """
+        if not self._items:
+            return
+        target = self.bar_start(ts_ns)
+        previous = self._items[-1]
+        start = previous["datetime"]
+        if target <= start:
+            return
+        if self._days:
+            starts = []
+            while start < target:
+                start = self._next_start(start)
+                starts.append(start)
+            skipped = max(0, len(starts) - self.max_len)
+            starts = starts[skipped:]
+        else:
+            count = (target - start) // self.duration_ns
+            skipped = max(0, count - self.max_len)
+            starts = [start + step * self.duration_ns for step in range(skipped + 1, count + 1)]
+        if skipped:
+            self._skip(skipped)
+        for bar_start in starts:
+            self._push(_bar(bar_start, previous["close"], previous["close_oi"], volume=0))
+
+    # -- patches -----------------------------------------------------------------------------------
+    def take_patch(self) -> Patch | None:
+        """``{"klines": {symbol: {str(duration_ns): {"last_id": N, "data": {id: bar}}}}}`` for the bars
+        opened or changed since the previous take, or None."""
+        body = self._body_since_last_take()
+        if body is None:
+            return None
+        return {"klines": {self.symbol: {str(self.duration_ns): body}}}
+
+
+def _bar(start_ns: int, price: float, open_interest: int, volume: int = 0) -> dict[str, Any]:
+    return {
+        "datetime": start_ns,
+        "open": price,
+        "high": price,
+        "low": price,
+        "close": price,
+        "volume": volume,
+        "open_oi": open_interest,
+        "close_oi": open_interest,
+    }

@@ -1,0 +1,261 @@
+"""The DIFF quote of one instrument, kept up to date from depth and trades, handed out as merge patches.
+
+A :class:`QuoteBook` is a plain object (no trio, no IO). The market-data service feeds it every depth
+change and every trade; the book only records them. Building the wire dict and diffing it against what
+was last handed out happens in :meth:`QuoteBook.take_patch`, once per change-batch, so a quote that moves
+1,000 times between two takes costs 1,000 attribute writes and one patch, and that patch (encoded once)
+is shared by every subscriber.
+
+Two wire rules come from TqSdk 3.10.4 (see docs/market-data.md):
+
+* msgspec encodes NaN as ``null`` and TqSdk *ignores* ``null`` under ``quotes`` (quotes are "persist"
+  objects for it), so a price that becomes NaN - an emptied depth level, the daily high at a new trading
+  day - would keep its stale value on the client. TqSdk replaces a *string* sent for a numeric field by
+  that field's default, which is NaN for every price. So a NaN price travels as :data:`NAN_ON_WIRE`
+  (``"-"``, what Shinnytech's own market-data servers send), and the client ends up with NaN.
+* ``datetime`` is a string in exchange local time (UTC+8) with microseconds; TqSdk parses it with
+  ``"%Y-%m-%d %H:%M:%S.%f"`` and ``get_quote`` waits until it is non-empty.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from qaex.core.instruments import Instrument
+
+Patch = dict[str, Any]
+
+DEPTH_LEVELS = 5
+NAN_ON_WIRE = "-"
+"""How a NaN price travels: TqSdk turns a string in a numeric field into that field's default (NaN)."""
+
+CST_OFFSET_NS = 8 * 3600 * 1_000_000_000
+"""China Standard Time is UTC+8 all year (no daylight saving), so a fixed offset is exact."""
+
+_EPOCH = datetime(1970, 1, 1)
+
+
+def wire_float(value: float) -> float | str:
+    """A float as DIFF carries it: itself, or :data:`NAN_ON_WIRE` when it is NaN."""
+    return NAN_ON_WIRE if math.isnan(value) else value
+
+
+def format_datetime(ts_ns: int) -> str:
+    """Epoch nanoseconds as the exchange-local (UTC+8) string TqSdk expects, microseconds included."""
+    local = _EPOCH + timedelta(microseconds=(ts_ns + CST_OFFSET_NS) // 1000)
+    return local.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+Level = tuple[float, int]
+_EMPTY_LEVEL: Level = (math.nan, 0)
+
+
+def _five_levels(levels: Sequence[Level]) -> list[Level]:
+    padded = list(levels[:DEPTH_LEVELS])
+    padded.extend([_EMPTY_LEVEL] * (DEPTH_LEVELS - len(padded)))
+    return padded
+
+
+class QuoteBook:
+    """One instrument's DIFF quote: static contract fields, the day's figures and five depth levels.
+
+    ``pre_settlement``, ``pre_close``, ``pre_open_interest`` and the price limits are read from the
+    :class:`Instrument` each time, so the order router and the quote can never disagree about them;
+    :meth:`new_trading_day` is the one place that rolls them.
+    """
+
+    def __init__(self, instrument: Instrument, now_ns: int | None = None) -> None:
+        """``now_ns`` stamps the quote at once: TqSdk's ``get_quote`` blocks until ``datetime`` is set,
+        so a book created with it can be subscribed to before the first depth or trade arrives."""
+        self.instrument = instrument
+        self.symbol = instrument.symbol
+        self.datetime_ns: int | None = now_ns
+        self.last_price = math.nan
+        self.open = math.nan
+        self.highest = math.nan
+        self.lowest = math.nan
+        self.close = math.nan
+        self.settlement = math.nan
+        self.volume = 0
+        self.amount = 0.0
+        self.open_interest = instrument.pre_open_interest
+        self.bids: list[Level] = _five_levels([])
+        self.asks: list[Level] = _five_levels([])
+        self._sent: dict[str, Any] = {}
+        self._touched = True  # the first take hands out everything
+        self._formatted: tuple[int | None, str] = (None, "")
+
+    # -- derived figures -----------------------------------------------------------------------------
+    @property
+    def average(self) -> float:
+        """Volume-weighted average price of the day: turnover / lots / multiplier (NaN before a trade)."""
+        if self.volume == 0:
+            return math.nan
+        return self.amount / self.volume / self.instrument.volume_multiple
+
+    @property
+    def datetime(self) -> str:
+        """The exchange-local time of the latest event; "" only for a book never stamped."""
+        if self.datetime_ns is None:
+            return ""
+        if self._formatted[0] != self.datetime_ns:  # formatting costs ~1 µs; do it once per value
+            self._formatted = (self.datetime_ns, format_datetime(self.datetime_ns))
+        return self._formatted[1]
+
+    # -- events ------------------------------------------------------------------------------------
+    def on_depth(self, bids: Sequence[Level], asks: Sequence[Level], ts_ns: int) -> None:
+        """Replace the five best levels each side, best first; missing levels become (NaN, 0)."""
+        self.bids = _five_levels(bids)
+        self.asks = _five_levels(asks)
+        self.datetime_ns = ts_ns
+        self._touched = True
+
+    def on_trade(self, price: float, volume: int, ts_ns: int, open_interest: int) -> None:
+        """Record one fill of ``volume`` lots (counted once, not per side) and the open interest after it."""
+        if self.volume == 0:
+            self.open = self.highest = self.lowest = price
+        else:
+            self.highest = max(self.highest, price)
+            self.lowest = min(self.lowest, price)
+        self.last_price = price
+        self.volume += volume
+        self.amount += price * volume * self.instrument.volume_multiple
+        self.open_interest = open_interest
+        self.datetime_ns = ts_ns
+        self._touched = True
+
+    def on_settle(self, settlement: float) -> None:
+        """End of the trading day: publish the settlement price and the day's close (the last trade)."""
+        self.settlement = settlement
+        self.close = self.last_price
+        self._touched = True
+
+    def new_trading_day(self, ts_ns: int) -> None:
+        """Start the next trading day: roll the ``pre_*`` fields and limits, reset the daily figures.
+
+        This writes ``pre_settlement``, ``pre_close`` and ``pre_open_interest`` into the shared
+        :class:`Instrument` and recomputes its price limits, on purpose: the router's limit checks and
+        margin must move with the settlement too. Call it once per instrument per day, from the single
+        writer. ``last_price`` and the depth stay (nothing traded yet does not mean no price).
+        """
+        instrument = self.instrument
+        for candidate in (self.settlement, self.last_price):
+            if not math.isnan(candidate):
+                instrument.pre_settlement = candidate
+                break
+        for candidate in (self.close, self.last_price):
+            if not math.isnan(candidate):
+                instrument.pre_close = candidate
+                break
+        instrument.pre_open_interest = self.open_interest
+        instrument.reset_limits()
+        self.open = self.highest = self.lowest = self.close = self.settlement = math.nan
+        self.volume = 0
+        self.amount = 0.0
+        self.datetime_ns = ts_ns
+        self._touched = True
+
+    # -- views -------------------------------------------------------------------------------------
+    def static_fields(self) -> Patch:
+        """The contract fields (no market data). TqSdk's ``get_quote`` and ``get_kline_serial`` wait for
+        ``price_tick > 0`` *before* they subscribe, so send these for every listed instrument on a
+        market-data connection's first rtn_data; otherwise TqSdk falls back to a GraphQL ``ins_query``."""
+        instrument = self.instrument
+        return {
+            "instrument_id": self.symbol,
+            "exchange_id": instrument.exchange_id,
+            "instrument_name": instrument.instrument_name,
+            "ins_class": "FUTURE",
+            "product_id": instrument.product_id,
+            "price_tick": instrument.price_tick,
+            "price_decs": instrument.price_decs,
+            "volume_multiple": instrument.volume_multiple,
+            "max_limit_order_volume": instrument.max_limit_order_volume,
+            "min_limit_order_volume": instrument.min_limit_order_volume,
+            "max_market_order_volume": instrument.max_market_order_volume,
+            "min_market_order_volume": instrument.min_market_order_volume,
+            "expired": instrument.expired,
+            "expire_datetime": instrument.expire_datetime,
+            "trading_time": {
+                "day": [list(span) for span in instrument.trading_time.day],
+                "night": [list(span) for span in instrument.trading_time.night],
+            },
+        }
+
+    def full(self) -> Patch:
+        """Every DIFF quote field, as it travels. Does not affect what :meth:`take_patch` returns."""
+        instrument = self.instrument
+        fields = self.static_fields()
+        fields.update(
+            {
+                "datetime": self.datetime,
+                "last_price": wire_float(self.last_price),
+                "open": wire_float(self.open),
+                "highest": wire_float(self.highest),
+                "lowest": wire_float(self.lowest),
+                "close": wire_float(self.close),
+                "average": wire_float(self.average),
+                "volume": self.volume,
+                "amount": self.amount,
+                "open_interest": self.open_interest,
+                "settlement": wire_float(self.settlement),
+                "pre_settlement": wire_float(instrument.pre_settlement),
+                "pre_close": wire_float(instrument.pre_close),
+                "pre_open_interest": instrument.pre_open_interest,
+                "upper_limit": wire_float(instrument.upper_limit),
+                "lower_limit": wire_float(instrument.lower_limit),
+                # Per lot at the previous settlement: what TqSdk's own simulator (TqSim) charges.
+                "margin": instrument.margin_per_lot(instrument.pre_settlement, long=True),
+                "commission": instrument.commission(instrument.pre_settlement, 1, "OPEN"),
+            }
+        )
+        for number, ((bid_price, bid_volume), (ask_price, ask_volume)) in enumerate(
+            zip(self.bids, self.asks, strict=True), start=1
+        ):
+            fields[f"bid_price{number}"] = wire_float(bid_price)
+            fields[f"bid_volume{number}"] = bid_volume
+            fields[f"ask_price{number}"] = wire_float(ask_price)
+            fields[f"ask_volume{number}"] = ask_volume
+        return fields
+
+    def to_tick(self) -> Patch:
+        """The DIFF Tick for the current state (``datetime`` in epoch ns), as it travels."""
+        tick: Patch = {
+            "datetime": self.datetime_ns or 0,
+            "last_price": wire_float(self.last_price),
+            "average": wire_float(self.average),
+            "highest": wire_float(self.highest),
+            "lowest": wire_float(self.lowest),
+            "volume": self.volume,
+            "amount": self.amount,
+            "open_interest": self.open_interest,
+        }
+        for number, ((bid_price, bid_volume), (ask_price, ask_volume)) in enumerate(
+            zip(self.bids, self.asks, strict=True), start=1
+        ):
+            tick[f"bid_price{number}"] = wire_float(bid_price)
+            tick[f"bid_volume{number}"] = bid_volume
+            tick[f"ask_price{number}"] = wire_float(ask_price)
+            tick[f"ask_volume{number}"] = ask_volume
+        return tick
+
+    def take_patch(self) -> Patch | None:
+        """``{"quotes": {symbol: {changed fields}}}`` since the previous take, or None if nothing changed.
+
+        The first take returns the whole quote. Fields that changed and changed back are left out.
+        """
+        if not self._touched:
+            return None
+        self._touched = False
+        current = self.full()
+        changed = {key: value for key, value in current.items() if self._sent.get(key, _MISSING) != value}
+        if not changed:
+            return None
+        self._sent = current
+        return {"quotes": {self.symbol: changed}}
+
+
+_MISSING = object()

@@ -1,0 +1,180 @@
+"""Exchange: owns the engine and runs every service in one nursery.
+
+```
+Exchange.run
+├── OrderRouter.run      single writer: commands -> engine -> journal -> batches
+├── TradeGateway.run     batches -> per-user patches (and market events)
+├── SnapshotManager.run  per-user trees, fan-out to sessions (one consumer task per user, in its nursery)
+└── MarketData.run       quotes, ticks, K-lines (when attached)
+```
+`await nursery.start(exchange.run)` returns once every service is ready. A service that crashes
+is logged and cancels the whole nursery: the exception propagates, so the process ends rather than
+serving with half its services dead.
+
+The async methods are the one API both transports (HTTP and DIFF) use; each checks nothing about
+*who* calls — the transports authenticate and pass the authenticated user id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from qaex.core import commands
+from qaex.core.account import Account
+from qaex.core.engine import Batch, Engine
+from qaex.core.errors import Forbidden, QaexError
+from qaex.core.instruments import Instrument
+from qaex.core.orders import InsertOrder, Order
+from qaex.core.passwords import hash_password, verify_password
+from qaex.exchange.gateway import TradeGateway
+from qaex.exchange.router import CommandLog, OrderRouter
+from qaex.exchange.snapshot import SnapshotManager
+
+log = logging.getLogger("qaex.exchange")
+
+
+class Exchange:
+    def __init__(
+        self,
+        engine: Engine | None = None,
+        *,
+        journal: CommandLog | None = None,
+        clock: Callable[[], int] | None = None,
+        market: Any = None,
+    ) -> None:
+        self.engine = engine if engine is not None else Engine()
+        batch_send, batch_receive = trio.open_memory_channel[Batch](256)
+        router_kwargs: dict[str, Any] = {"journal": journal}
+        if clock is not None:
+            router_kwargs["clock"] = clock
+        self.router = OrderRouter(self.engine, batch_send, **router_kwargs)
+        self.snapshots = SnapshotManager(self._root_fields)
+        self.market = market
+        market_send = market.batches if market is not None else None
+        self.gateway = TradeGateway(batch_receive, self.snapshots, market_send)
+        self._verified: dict[str, bytes] = {}  # user -> keyed digest of the last verified password
+        self._secret = os.urandom(32)
+        self.ready = trio.Event()
+        self.diff_server: Any = None  # set by qaex.api.diff_server.serve_diff, for metrics
+
+    def _root_fields(self, user_id: str) -> dict[str, Any]:
+        day = self.engine.trading_day
+        return {
+            "user_id": user_id,
+            "trading_day": day,
+            "trade_more_data": False,
+            "session": {"user_id": user_id, "trading_day": day},
+            "accounts": {},
+            "positions": {},
+            "orders": {},
+            "trades": {},
+            "banks": {"qaex": {"id": "qaex", "name": "qaex"}},
+            "transfers": {},
+        }
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.snapshots.run)
+                await nursery.start(self.gateway.run)
+                if self.market is not None:
+                    await nursery.start(self.market.run)
+                await nursery.start(self.router.run)
+                log.info(
+                    "exchange ready: %d instruments, %d users, trading day %s",
+                    len(self.engine.instruments),
+                    len(self.engine.users),
+                    self.engine.trading_day or "(first command)",
+                )
+                self.ready.set()
+                task_status.started()
+        except BaseException as exc:
+            if not isinstance(exc, trio.Cancelled):
+                log.critical("exchange service crashed: %r", exc, exc_info=True)
+            raise
+
+    # -- accounts ---------------------------------------------------------------------------------
+    async def open_account(self, user_id: str, password: str, init_cash: float = 1_000_000.0) -> Account:
+        if not user_id or len(user_id) > 64 or not user_id.replace("_", "").replace("-", "").isalnum():
+            raise QaexError("user_id must be 1-64 letters, digits, '_' or '-'", code="bad_user_id")
+        if not password:
+            raise QaexError("password must not be empty", code="bad_password")
+        if user_id in self.engine.users:
+            raise QaexError(f"user {user_id!r} already exists", code="user_exists")
+        password_hash = await trio.to_thread.run_sync(hash_password, password)
+        result: Account = await self.router.execute(
+            lambda ts: commands.OpenAccount(ts=ts, user_id=user_id, password_hash=password_hash, init_cash=init_cash)
+        )
+        log.info("account opened: %s with %.2f", user_id, init_cash)
+        return result
+
+    async def check_password(self, user_id: str, password: str) -> bool:
+        """True if `password` is the user's; repeat checks of a verified password skip the scrypt cost."""
+        record = self.engine.users.get(user_id)
+        if record is None:
+            return False
+        keyed = hmac.new(self._secret, f"{user_id}\0{password}\0{record.password_hash}".encode(), hashlib.sha256)
+        digest = keyed.digest()
+        cached = self._verified.get(user_id)
+        if cached is not None and hmac.compare_digest(cached, digest):
+            return True
+        ok = await trio.to_thread.run_sync(verify_password, password, record.password_hash)
+        if ok:
+            self._verified[user_id] = digest
+        return ok
+
+    async def change_password(self, user_id: str, old_password: str, new_password: str) -> None:
+        if not await self.check_password(user_id, old_password):
+            raise Forbidden("old password is wrong", code="bad_password", diff_code=402)
+        if not new_password:
+            raise QaexError("new password must not be empty", code="bad_password")
+        password_hash = await trio.to_thread.run_sync(hash_password, new_password)
+        await self.router.execute(
+            lambda ts: commands.ChangePassword(ts=ts, user_id=user_id, password_hash=password_hash)
+        )
+        self._verified.pop(user_id, None)
+
+    async def deposit(self, user_id: str, amount: float) -> Account:
+        result: Account = await self.router.execute(lambda ts: commands.Deposit(ts=ts, user_id=user_id, amount=amount))
+        return result
+
+    async def withdraw(self, user_id: str, amount: float) -> Account:
+        result: Account = await self.router.execute(lambda ts: commands.Withdraw(ts=ts, user_id=user_id, amount=amount))
+        return result
+
+    # -- orders -----------------------------------------------------------------------------------
+    async def insert_order(self, request: InsertOrder) -> dict[str, Any]:
+        """Insert an order; returns it as DIFF shows it right after the exchange handled it."""
+        order: Order = await self.router.execute(lambda ts: commands.Insert(ts=ts, order=request))
+        return order.to_diff()
+
+    async def cancel_order(self, user_id: str, order_id: str) -> dict[str, Any]:
+        order: Order = await self.router.execute(
+            lambda ts: commands.Cancel(ts=ts, user_id=user_id, order_id=order_id)
+        )
+        return order.to_diff()
+
+    # -- admin ------------------------------------------------------------------------------------
+    async def settle(self, prices: dict[str, float] | None = None, trading_day: str = "") -> dict[str, float]:
+        result: dict[str, float] = await self.router.execute(
+            lambda ts: commands.Settle(ts=ts, prices=prices or {}, trading_day=trading_day)
+        )
+        log.info("settlement done: trading day is now %s", self.engine.trading_day)
+        return result
+
+    async def upsert_instrument(self, spec: dict[str, Any]) -> Instrument:
+        result: Instrument = await self.router.execute(lambda ts: commands.UpsertInstrument(ts=ts, spec=spec))
+        return result
+
+    async def set_suspended(self, symbol: str, suspended: bool) -> Instrument:
+        result: Instrument = await self.router.execute(
+            lambda ts: commands.SetSuspended(ts=ts, symbol=symbol, suspended=suspended)
+        )
+        return result

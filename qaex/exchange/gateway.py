@@ -1,0 +1,113 @@
+"""TradeGateway: engine batches in, per-user DIFF merge patches out.
+
+For every user a batch touched, the gateway compares each rendered object (order, trade, position,
+account, transfer) with what it sent before and builds one merge patch of only the changed fields,
+rooted at ``trade/{user_id}``; notifies ride in the same patch under ``notify``. Each user's patches
+go over that user's memory channel to the SnapshotManager. The gateway never awaits a network peer:
+the only thing it can wait on is a full user channel, which is backpressure from the SnapshotManager,
+never from a client.
+
+Market-level effects of a batch (trades, depth changes, instrument changes) are forwarded unchanged
+to the market-data service, if one is attached.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Any, Protocol
+
+import trio
+
+from qaex.core.engine import Batch
+from qaex.core.patch import diff
+
+log = logging.getLogger("qaex.gateway")
+
+Patch = dict[str, Any]
+
+
+class PatchSink(Protocol):
+    """Where per-user patches go: the SnapshotManager."""
+
+    def channel_for(self, user_id: str) -> trio.MemorySendChannel[Patch]: ...
+
+
+class TradeGateway:
+    def __init__(
+        self,
+        batches: trio.MemoryReceiveChannel[Batch],
+        sink: PatchSink,
+        market: trio.MemorySendChannel[Batch] | None = None,
+    ) -> None:
+        self._batches = batches
+        self._sink = sink
+        self._market = market
+        # What each user's clients have been sent: user -> kind -> key -> rendered object.
+        self._sent: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
+        self._notify_ids = itertools.count(1)
+        self.patches_sent = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        log.info("gateway ready")
+        async with self._batches:
+            async for batch in self._batches:
+                await self.dispatch(batch)
+
+    async def dispatch(self, batch: Batch) -> None:
+        patches = self.build_patches(batch)
+        for user_id, patch in patches.items():
+            await self._sink.channel_for(user_id).send(patch)
+        self.patches_sent += len(patches)
+        if self._market is not None and (batch.market_trades or batch.books or batch.instruments):
+            await self._market.send(batch)
+
+    def build_patches(self, batch: Batch) -> dict[str, Patch]:
+        """One merge patch per user with only what changed since that user's previous patch."""
+        patches: dict[str, Patch] = {}
+        for user_id, kinds in batch.users.items():
+            sent = self._sent.get(user_id)
+            if sent is None:
+                sent = self._sent[user_id] = {}
+            tree: dict[str, Any] = {}
+            for kind, objects in kinds.items():
+                sent_objects = sent.get(kind)
+                if sent_objects is None:
+                    sent_objects = sent[kind] = {}
+                changes: dict[str, Any] = {}
+                for key, rendered in objects.items():
+                    before = sent_objects.get(key)
+                    if rendered is None:
+                        if before is not None or key in sent_objects:
+                            sent_objects.pop(key, None)
+                            changes[key] = None
+                        continue
+                    if before is None:
+                        changes[key] = rendered
+                    else:
+                        delta = diff(before, rendered)
+                        if delta is None:
+                            continue
+                        changes[key] = delta
+                    sent_objects[key] = rendered
+                if changes:
+                    tree[kind] = changes
+            if batch.settled:
+                tree["trading_day"] = batch.trading_day
+                tree["session"] = {"trading_day": batch.trading_day}
+            if tree:
+                patches[user_id] = {"trade": {user_id: tree}}
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("user %s: patch of %s", user_id, ", ".join(sorted(tree)))
+        for user_id, notes in batch.notifies.items():
+            patch = patches.get(user_id)
+            if patch is None:
+                patch = patches[user_id] = {}
+            patch["notify"] = {
+                f"qaex-{next(self._notify_ids)}": {"type": "MESSAGE", "level": level, "code": code, "content": text}
+                for code, level, text in notes
+            }
+            for code, level, text in notes:
+                log.info("user %s: notify %s %s %s", user_id, level, code, text)
+        return patches

@@ -1,0 +1,121 @@
+"""OrderRouter: the single writer.
+
+Every state change, whatever transport it came from, is a command sent to the router's channel. The
+router stamps each command with a strictly increasing timestamp, applies it to the engine, and after
+a run of commands (as many as are waiting, up to `max_batch`) flushes the engine into one `Batch`:
+the journal makes the batch's commands durable (one fsync for the whole run: group commit), the
+batch goes to the TradeGateway, and only then are the callers told the result. So nobody hears about
+a command before it is durable and its patches are on their way.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import msgspec
+import trio
+
+from qaex.core.commands import AnyCommand
+from qaex.core.engine import Batch, Engine
+from qaex.core.errors import QaexError
+
+log = logging.getLogger("qaex.router")
+
+
+class CommandLog(Protocol):
+    """Where applied commands are made durable (the journal); see qaex.exchange.journal."""
+
+    async def commit(self, commands: list[AnyCommand]) -> None: ...
+
+
+@dataclass(slots=True, eq=False)
+class Request:
+    """One command waiting for the router, and its outcome."""
+
+    command: AnyCommand | Callable[[int], AnyCommand]
+    done: trio.Event = field(default_factory=trio.Event)
+    result: Any = None
+    error: QaexError | None = None
+    applied_ts: int = 0
+
+
+class OrderRouter:
+    def __init__(
+        self,
+        engine: Engine,
+        batches: trio.MemorySendChannel[Batch],
+        *,
+        journal: CommandLog | None = None,
+        clock: Callable[[], int] = time.time_ns,
+        max_batch: int = 512,
+        queue_size: int = 4096,
+    ) -> None:
+        self.engine = engine
+        self._batches = batches
+        self._journal = journal
+        self._clock = clock
+        self._last_ts = 0
+        self.max_batch = max_batch
+        self._send, self._receive = trio.open_memory_channel[Request](queue_size)
+        self.commands_applied = 0
+        self.batches_flushed = 0
+
+    def now(self) -> int:
+        """A strictly increasing timestamp (ns), so that every command's time is unique and ordered."""
+        ts = self._clock()
+        if ts <= self._last_ts:
+            ts = self._last_ts + 1
+        self._last_ts = ts
+        return ts
+
+    async def execute(self, command: AnyCommand | Callable[[int], AnyCommand]) -> Any:
+        """Apply a command (or a factory taking the router's timestamp) and return its result.
+
+        Raises the QaexError the engine refused it with. Returns only once the command is durable
+        and its patches have been handed to the gateway.
+        """
+        request = Request(command)
+        await self._send.send(request)
+        await request.done.wait()
+        if request.error is not None:
+            raise request.error
+        return request.result
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        log.info("router ready")
+        async with self._receive:
+            while True:
+                requests = [await self._receive.receive()]
+                while len(requests) < self.max_batch:
+                    try:
+                        requests.append(self._receive.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                applied: list[AnyCommand] = []
+                for request in requests:
+                    command = request.command
+                    if not isinstance(command, msgspec.Struct):
+                        command = command(self.now())
+                    else:
+                        command = msgspec.structs.replace(command, ts=self.now())
+                    try:
+                        request.result = self.engine.apply(command)
+                        applied.append(command)
+                    except QaexError as exc:
+                        # Refused as a whole: nothing changed, so there is nothing to journal.
+                        request.error = exc
+                    request.applied_ts = command.ts
+                batch = self.engine.flush()
+                if self._journal is not None and applied:
+                    await self._journal.commit(applied)
+                self.commands_applied += len(applied)
+                self.batches_flushed += 1
+                if batch:
+                    await self._batches.send(batch)
+                for request in requests:
+                    request.done.set()

@@ -1,0 +1,1 @@
+"""Wire formats: msgspec message types, decoders and encoders, created once at import."""

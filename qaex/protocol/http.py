@@ -1,0 +1,288 @@
+"""HTTP request and response bodies (msgspec Structs) and the OpenAPI document built from them.
+
+Requests are decoded straight into these types, so a wrong type, a missing field or an out-of-range
+number is refused with msgspec's own message (``Expected `int` >= 1 - at `$.volume```) before any
+handler code runs. Responses are the DIFF renderings of the core objects; their Structs here exist so
+the OpenAPI document describes exactly the fields a client receives.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, get_type_hints
+
+import msgspec
+
+from qaex.core.account import ACCOUNT_FIELDS, Position
+from qaex.core.instruments import Instrument
+from qaex.core.orders import Direction, Offset, PriceType, TimeCondition, Trade, VolumeCondition
+
+UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+OrderId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Password = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+Amount = Annotated[float, msgspec.Meta(gt=0, le=1e15)]
+Price = Annotated[float, msgspec.Meta(ge=0, le=1e12)]
+
+
+# -- requests -------------------------------------------------------------------------------------------
+class Body(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Base of request bodies: an unknown field is an error (a typo must not be ignored silently)."""
+
+
+class OpenAccountRequest(Body, kw_only=True):
+    user_id: UserId
+    password: Password
+    init_cash: Annotated[float, msgspec.Meta(ge=0, le=1e15)] | None = None
+
+
+class LoginRequest(Body, kw_only=True):
+    user_id: UserId
+    password: Password
+
+
+class AmountRequest(Body, kw_only=True):
+    amount: Amount
+
+
+class SubmitOrderRequest(Body, kw_only=True):
+    """The original design's body, extended with DIFF's insert_order fields.
+
+    ``instrument_id`` is ``SHFE.cu2601``, or ``cu2601`` with ``exchange_id``. ``price`` and
+    ``limit_price`` are the same thing; ``order_type`` MARKET means ``price_type`` ANY and IOC.
+    """
+
+    user_id: UserId | None = None
+    order_id: OrderId | None = None
+    exchange_id: str | None = None
+    instrument_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    direction: Direction
+    offset: Offset = "OPEN"
+    volume: Annotated[int, msgspec.Meta(gt=0)]
+    order_type: Literal["LIMIT", "MARKET"] | None = None
+    price: Price | None = None
+    price_type: PriceType | None = None
+    limit_price: Price | None = None
+    time_condition: TimeCondition | None = None
+    volume_condition: VolumeCondition = "ANY"
+
+
+class CancelOrderRequest(Body, kw_only=True):
+    order_id: OrderId
+    user_id: UserId | None = None
+
+
+class SettleRequest(Body, kw_only=True):
+    prices: dict[str, Annotated[float, msgspec.Meta(gt=0)]] = msgspec.field(default_factory=dict)
+    trading_day: Annotated[str, msgspec.Meta(pattern=r"^(\d{8})?$")] = ""
+
+
+class AdminDepositRequest(Body, kw_only=True):
+    user_id: UserId
+    amount: Amount
+
+
+def _instrument_spec() -> type[msgspec.Struct]:
+    """Every Instrument field, optional except the symbol's two parts: a create or a partial update."""
+    hints = get_type_hints(Instrument)
+    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = [("exchange_id", str), ("instrument_id", str)]
+    for name in Instrument.__struct_fields__:
+        if name not in ("exchange_id", "instrument_id"):
+            fields.append((name, hints[name] | msgspec.UnsetType, msgspec.UNSET))
+    return msgspec.defstruct("InstrumentSpec", fields, bases=(Body,), kw_only=True)
+
+
+InstrumentSpec = _instrument_spec()
+
+
+# -- responses ------------------------------------------------------------------------------------------
+class ErrorDetail(msgspec.Struct):
+    code: str
+    message: str
+
+
+class ErrorResponse(msgspec.Struct):
+    error: ErrorDetail
+
+
+class Health(msgspec.Struct):
+    status: str
+    trading_day: str
+    users: int
+    sessions: int
+
+
+class LoginResponse(msgspec.Struct):
+    token: str
+    user_id: str
+    expires_at: int  # epoch seconds
+
+
+AccountView = msgspec.defstruct(
+    "AccountView", [(name, str if name in ("user_id", "currency") else float) for name in ACCOUNT_FIELDS]
+)
+
+
+class OrderView(msgspec.Struct):
+    """An order exactly as DIFF shows it (``trade/{user}/orders/{order_id}``)."""
+
+    seqno: int
+    user_id: str
+    order_id: str
+    exchange_id: str
+    instrument_id: str
+    direction: Direction
+    offset: Offset
+    volume_orign: int
+    price_type: PriceType
+    limit_price: float | None  # null for market orders (NaN in DIFF)
+    time_condition: TimeCondition
+    volume_condition: VolumeCondition
+    insert_date_time: int
+    exchange_order_id: str
+    status: Literal["ALIVE", "FINISHED"]
+    volume_left: int
+    frozen_margin: float
+    last_msg: str
+
+
+class RejectedOrderResponse(msgspec.Struct):
+    """422 answer to an order the exchange recorded but refused: the reason and the order itself."""
+
+    error: ErrorDetail
+    order: OrderView
+
+
+class OrdersResponse(msgspec.Struct):
+    orders: dict[str, OrderView]
+
+
+class TradesResponse(msgspec.Struct):
+    trades: dict[str, Trade]
+
+
+class PositionsResponse(msgspec.Struct):
+    positions: dict[str, Position]
+
+
+class InstrumentsResponse(msgspec.Struct):
+    instruments: dict[str, Instrument]
+
+
+class UsersResponse(msgspec.Struct):
+    users: dict[str, AccountView]  # type: ignore[valid-type]
+
+
+class DepthResponse(msgspec.Struct):
+    symbol: str
+    bids: list[tuple[float, int]]  # [price, volume], best first
+    asks: list[tuple[float, int]]
+
+
+class QuoteResponse(msgspec.Struct):
+    """A small quote built from the book (the full DIFF quote is pushed over DIFF)."""
+
+    instrument_id: str
+    exchange_id: str
+    instrument_name: str
+    last_price: float | None
+    bid_price1: float | None
+    bid_volume1: int
+    ask_price1: float | None
+    ask_volume1: int
+    bids: list[tuple[float, int]]
+    asks: list[tuple[float, int]]
+    upper_limit: float
+    lower_limit: float
+    pre_settlement: float
+    pre_close: float
+    open_interest: int
+    price_tick: float
+    volume_multiple: int
+    suspended: bool
+
+
+class SettleResponse(msgspec.Struct):
+    prices: dict[str, float]
+    trading_day: str
+
+
+# -- OpenAPI ---------------------------------------------------------------------------------------------
+Auth = Literal["none", "user", "admin"]
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDoc:
+    """One route as documented: the blueprint registers routes and this table from the same call."""
+
+    method: str
+    path: str  # Quart syntax: /api/order/<order_id>
+    summary: str
+    auth: Auth = "none"
+    body: Any = None  # a request Struct type
+    answer: Any = None  # a response Struct type, or None for a non-JSON answer
+    status: int = 200
+    errors: Sequence[int] = ()
+
+
+_PATH_PARAMETER = re.compile(r"<(?:\w+:)?(\w+)>")
+_ERROR_TEXT = {
+    400: "Malformed JSON or a body that fails validation",
+    401: "No token, or a bad or expired one",
+    403: "The token is valid but not for this resource",
+    404: "Unknown resource",
+    409: "Conflict with the current state",
+    413: "Body larger than QAEX_MAX_MESSAGE_SIZE",
+    422: "Refused by the exchange (risk, funds, limits)",
+}
+
+
+def openapi(routes: Iterable[RouteDoc], *, title: str = "qaex", version: str = "0.1.0") -> dict[str, Any]:
+    """An OpenAPI 3.1 document for `routes`, with schemas generated from the msgspec types."""
+    routes = list(routes)
+    types = sorted(
+        {t for route in routes for t in (route.body, route.answer) if t is not None} | {ErrorResponse},
+        key=lambda t: t.__name__,
+    )
+    refs, components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
+    ref_of = dict(zip(types, refs, strict=True))
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        path = _PATH_PARAMETER.sub(r"{\1}", route.path)
+        operation: dict[str, Any] = {"summary": route.summary, "responses": {}}
+        names = _PATH_PARAMETER.findall(route.path)
+        if names:
+            operation["parameters"] = [
+                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}} for name in names
+            ]
+        if route.auth != "none":
+            operation["security"] = [{"userToken" if route.auth == "user" else "adminToken": []}]
+        if route.body is not None:
+            operation["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": ref_of[route.body]}},
+            }
+        ok: dict[str, Any] = {"description": "OK"}
+        if route.answer is not None:
+            ok["content"] = {"application/json": {"schema": ref_of[route.answer]}}
+        operation["responses"][str(route.status)] = ok
+        error_schema = {"application/json": {"schema": ref_of[ErrorResponse]}}
+        for status in sorted(set(route.errors) | ({401} if route.auth != "none" else set())):
+            operation["responses"][str(status)] = {
+                "description": _ERROR_TEXT.get(status, "Error"),
+                "content": error_schema,
+            }
+        paths.setdefault(path, {})[route.method.lower()] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version},
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {
+                "userToken": {"type": "http", "scheme": "bearer", "description": "from POST /api/auth/login"},
+                "adminToken": {"type": "http", "scheme": "bearer", "description": "QAEX_ADMIN_TOKEN"},
+            },
+        },
+    }

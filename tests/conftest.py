@@ -1,0 +1,171 @@
+"""Shared fixtures: a real qaex server in a subprocess, started the way the README starts it.
+
+``server`` (module scope) runs ``python -m hypercorn qaex.app:app --worker-class trio`` on free
+ports with its own data directory, waits for /health, and stops it with SIGTERM at the end. Its
+stderr goes to ``server.log`` in the data directory's parent and is printed when a test failed.
+``open_user(server)`` opens an account and logs in over HTTP.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 10.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Server:
+    http_url: str
+    diff_url: str
+    admin_token: str
+    data_dir: Path
+    log_path: Path
+    process: subprocess.Popen[bytes]
+    env: dict[str, str] = field(default_factory=dict)
+    clients: list[httpx.Client] = field(default_factory=list)  # closed before the server stops
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> int:
+        """SIGTERM, then SIGKILL after STOP_TIMEOUT; returns the exit code."""
+        for client in self.clients:
+            client.close()  # an idle keep-alive connection would hold hypercorn's graceful stop for 3 s
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def launch(workdir: Path, *, data_dir: Path | None = None, extra_env: dict[str, str] | None = None) -> Server:
+    """Start a server process (without waiting for it to be ready)."""
+    http_port, diff_port = free_port(), free_port()
+    data_dir = data_dir or workdir / "data"
+    admin_token = secrets.token_urlsafe(24)
+    env = dict(os.environ)
+    env.update(
+        QAEX_DIFF_HOST="127.0.0.1",
+        QAEX_DIFF_PORT=str(diff_port),
+        QAEX_DATA_DIR=str(data_dir),
+        QAEX_ADMIN_TOKEN=admin_token,
+        QAEX_MARKET_MAKER="0",
+    )
+    env.pop("QAEX_CONFIG", None)
+    env.update(extra_env or {})
+    log_path = workdir / f"server-{http_port}.log"
+    command = [sys.executable, "-m", "hypercorn", "qaex.app:app", "--worker-class", "trio"]
+    command += ["-b", f"127.0.0.1:{http_port}"]
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(command, env=env, cwd=workdir, stdout=log_file, stderr=subprocess.STDOUT)
+    return Server(
+        http_url=f"http://127.0.0.1:{http_port}",
+        diff_url=f"ws://127.0.0.1:{diff_port}/ws/diff",
+        admin_token=admin_token,
+        data_dir=data_dir,
+        log_path=log_path,
+        process=process,
+        env=env,
+    )
+
+
+def wait_ready(server: Server, timeout: float = START_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log()}")
+        try:
+            if httpx.get(server.http_url + "/health", timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    server.stop()
+    raise RuntimeError(f"server not ready after {timeout} s:\n{server.log()}")
+
+
+@pytest.fixture(scope="module")
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    running = launch(tmp_path_factory.mktemp("qaex"))
+    wait_ready(running)
+    failed_before = request.session.testsfailed
+    yield running
+    code = running.stop()
+    if request.session.testsfailed > failed_before or code != 0:
+        print(f"\n--- qaex server log (exit {code}) ---\n{running.log()}", file=sys.stderr)
+
+
+@dataclass
+class User:
+    """An account opened over HTTP, with a client that sends its token."""
+
+    user_id: str
+    password: str
+    token: str
+    client: httpx.Client
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.client.get(path, **kwargs)
+
+    def post(self, path: str, json: Any = None, **kwargs: Any) -> httpx.Response:
+        return self.client.post(path, json=json, **kwargs)
+
+
+def open_user(server: Server, *, init_cash: float | None = None, prefix: str = "u") -> User:
+    user_id = f"{prefix}{uuid.uuid4().hex[:10]}"
+    password = secrets.token_hex(8)
+    body: dict[str, Any] = {"user_id": user_id, "password": password}
+    if init_cash is not None:
+        body["init_cash"] = init_cash
+    opened = httpx.post(server.http_url + "/api/account/open", json=body)
+    assert opened.status_code == 201, opened.text
+    login = httpx.post(server.http_url + "/api/auth/login", json={"user_id": user_id, "password": password})
+    assert login.status_code == 200, login.text
+    token = login.json()["token"]
+    client = httpx.Client(base_url=server.http_url, headers={"Authorization": f"Bearer {token}"})
+    server.clients.append(client)
+    return User(user_id, password, token, client)
+
+
+@pytest.fixture
+def user(server: Server) -> User:
+    return open_user(server)
+
+
+@pytest.fixture
+def admin(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(
+        base_url=server.http_url, headers={"Authorization": f"Bearer {server.admin_token}"}
+    ) as client:
+        yield client
+
+
+@pytest.fixture
+def anonymous(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.http_url) as client:
+        yield client

@@ -1,0 +1,328 @@
+"""The engine: orders through risk, book and accounts, driven by commands with explicit timestamps."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+
+from qaex.core.commands import Cancel, Deposit, Insert, OpenAccount, SetSuspended, Settle, UpsertInstrument, Withdraw
+from qaex.core.engine import Engine, trading_day_of
+from qaex.core.errors import NotFound, QaexError, RiskError
+from qaex.core.orders import InsertOrder
+
+T0 = 1_764_120_000_000_000_000  # 2025-11-26 09:20 China time
+_clock = itertools.count(T0, 1_000_000)
+
+
+def ts() -> int:
+    return next(_clock)
+
+
+def make_engine(*users: str, cash: float = 1_000_000.0, **kwargs: Any) -> Engine:
+    engine = Engine(**kwargs)
+    for user in users:
+        engine.apply(OpenAccount(ts=ts(), user_id=user, password_hash="x", init_cash=cash))
+    engine.flush()
+    return engine
+
+
+def order(
+    engine: Engine,
+    user: str,
+    order_id: str,
+    direction: str,
+    volume: int,
+    price: float | None = 86000.0,
+    *,
+    symbol: str = "SHFE.cu2601",
+    offset: str = "OPEN",
+    time_condition: str = "GFD",
+    volume_condition: str = "ANY",
+) -> Any:
+    exchange_id, instrument_id = symbol.split(".")
+    request = InsertOrder(
+        user_id=user,
+        order_id=order_id,
+        exchange_id=exchange_id,
+        instrument_id=instrument_id,
+        direction=direction,  # type: ignore[arg-type]
+        offset=offset,  # type: ignore[arg-type]
+        volume=volume,
+        price_type="LIMIT" if price is not None else "ANY",
+        limit_price=price if price is not None else 0.0,
+        time_condition="IOC" if price is None else time_condition,  # type: ignore[arg-type]
+        volume_condition=volume_condition,  # type: ignore[arg-type]
+    )
+    return engine.apply(Insert(ts=ts(), order=request))
+
+
+def test_resting_limit_order_is_alive_with_exchange_order_id_and_freezes_margin() -> None:
+    engine = make_engine("a")
+    o = order(engine, "a", "o1", "BUY", 2)
+    assert o.status == "ALIVE" and o.exchange_order_id and o.volume_left == 2
+    account = engine.users["a"].account
+    assert account.frozen_margin == pytest.approx(2 * 86000 * 5 * 0.10)
+    assert account.available == pytest.approx(account.balance - account.frozen_margin - account.frozen_commission)
+    assert engine.books["SHFE.cu2601"].best_bid() == 8600
+
+
+def test_crossing_orders_trade_at_the_resting_price_and_both_sides_get_trades() -> None:
+    engine = make_engine("a", "b")
+    order(engine, "a", "o1", "SELL", 3, 86000.0)
+    taker = order(engine, "b", "o2", "BUY", 2, 86100.0)
+    assert taker.status == "FINISHED" and taker.last_msg == "全部成交"
+    (trade_b,) = engine.users["b"].trades.values()
+    (trade_a,) = engine.users["a"].trades.values()
+    assert trade_b.price == trade_a.price == 86000.0
+    assert trade_a.volume == trade_b.volume == 2
+    assert trade_a.exchange_trade_id == trade_b.exchange_trade_id
+    assert trade_b.commission > 0
+    maker = engine.users["a"].orders["o1"]
+    assert maker.status == "ALIVE" and maker.volume_left == 1 and maker.last_msg == "部分成交"
+    assert engine.users["b"].account.positions["SHFE.cu2601"].volume_long == 2
+    assert engine.users["a"].account.positions["SHFE.cu2601"].volume_short == 2
+    assert engine.last_price["SHFE.cu2601"] == 86000.0
+
+
+def test_rejected_order_is_finished_without_exchange_order_id_and_notifies() -> None:
+    engine = make_engine("a", cash=1000.0)
+    o = order(engine, "a", "o1", "BUY", 1)
+    assert o.status == "FINISHED" and o.exchange_order_id == "" and o.last_msg == "开仓资金不足"
+    batch = engine.flush()
+    assert batch.users["a"]["orders"]["o1"]["status"] == "FINISHED"
+    assert batch.notifies["a"][0][1] == "ERROR"
+
+
+@pytest.mark.parametrize(
+    ("price", "volume", "fragment"),
+    [(86005.0, 1, "最小变动价位"), (99990.0, 1, "涨停"), (70000.0, 1, "跌停"), (86000.0, 0, "委托数量"), (86000.0, 501, "委托数量")],
+)
+def test_price_and_volume_bounds_reject(price: float, volume: int, fragment: str) -> None:
+    engine = make_engine("a")
+    o = order(engine, "a", "o1", "BUY", volume, price)
+    assert o.status == "FINISHED" and fragment in o.last_msg
+
+
+def test_unknown_and_suspended_instruments_reject() -> None:
+    engine = make_engine("a")
+    assert "不支持的合约" in order(engine, "a", "o1", "BUY", 1, 100.0, symbol="SHFE.xx9999").last_msg
+    engine.apply(SetSuspended(ts=ts(), symbol="SHFE.cu2601", suspended=True))
+    assert "暂停交易" in order(engine, "a", "o2", "BUY", 1).last_msg
+    engine.apply(SetSuspended(ts=ts(), symbol="SHFE.cu2601", suspended=False))
+    assert order(engine, "a", "o3", "BUY", 1).status == "ALIVE"
+
+
+def test_duplicate_order_id_is_refused_and_leaves_the_first_order_alone() -> None:
+    engine = make_engine("a")
+    order(engine, "a", "o1", "BUY", 1)
+    with pytest.raises(RiskError) as info:
+        order(engine, "a", "o1", "BUY", 1)
+    assert info.value.diff_code == 407
+    assert engine.users["a"].orders["o1"].status == "ALIVE"
+
+
+def test_fak_fills_what_crosses_and_cancels_the_rest() -> None:
+    engine = make_engine("a", "b")
+    order(engine, "a", "s1", "SELL", 2, 86000.0)
+    o = order(engine, "b", "b1", "BUY", 5, 86000.0, time_condition="IOC")
+    assert o.status == "FINISHED" and o.volume_left == 3
+    assert engine.users["b"].account.frozen_margin == 0.0
+    assert engine.books["SHFE.cu2601"].best_bid() is None
+
+
+def test_fok_that_cannot_fill_completely_fills_nothing() -> None:
+    engine = make_engine("a", "b")
+    order(engine, "a", "s1", "SELL", 2, 86000.0)
+    o = order(engine, "b", "b1", "BUY", 3, 86000.0, time_condition="IOC", volume_condition="ALL")
+    assert o.status == "FINISHED" and o.volume_left == o.volume_orign == 3
+    assert engine.users["b"].trades == {}
+    assert engine.users["a"].orders["s1"].volume_left == 2
+
+
+def test_market_order_takes_the_best_prices_and_cancels_the_rest() -> None:
+    engine = make_engine("a", "b")
+    order(engine, "a", "s1", "SELL", 1, 86000.0)
+    order(engine, "a", "s2", "SELL", 1, 86100.0)
+    o = order(engine, "b", "m1", "BUY", 3, None)
+    assert o.status == "FINISHED" and o.volume_left == 1
+    prices = sorted(t.price for t in engine.users["b"].trades.values())
+    assert prices == [86000.0, 86100.0]
+    assert engine.users["b"].account.frozen_margin == 0.0
+
+
+def test_self_trade_is_rejected_before_any_fill() -> None:
+    engine = make_engine("a")
+    order(engine, "a", "s1", "SELL", 1, 86000.0)
+    o = order(engine, "a", "b1", "BUY", 1, 86000.0)
+    assert o.status == "FINISHED" and "自成交" in o.last_msg and o.exchange_order_id == ""
+    assert engine.users["a"].account.frozen_margin == pytest.approx(86000 * 5 * 0.1)
+
+
+def test_cancel_releases_frozen_margin_and_removes_the_order_from_the_book() -> None:
+    engine = make_engine("a")
+    order(engine, "a", "o1", "BUY", 2)
+    o = engine.apply(Cancel(ts=ts(), user_id="a", order_id="o1"))
+    assert o.status == "FINISHED" and o.last_msg == "已撤单" and o.volume_left == 2
+    account = engine.users["a"].account
+    assert account.frozen_margin == 0.0 and account.frozen_commission == 0.0
+    assert account.available == account.balance
+    assert engine.books["SHFE.cu2601"].best_bid() is None
+
+
+def test_cancel_after_partial_fill_releases_only_the_rest() -> None:
+    engine = make_engine("a", "b")
+    order(engine, "a", "s1", "SELL", 3, 86000.0)
+    order(engine, "b", "b1", "BUY", 1, 86000.0)
+    engine.apply(Cancel(ts=ts(), user_id="a", order_id="s1"))
+    account = engine.users["a"].account
+    assert account.frozen_margin == 0.0
+    assert account.margin == pytest.approx(86000 * 5 * 0.1)
+
+
+def test_cancel_errors_for_unknown_and_finished_orders() -> None:
+    engine = make_engine("a", "b")
+    with pytest.raises(NotFound):
+        engine.apply(Cancel(ts=ts(), user_id="a", order_id="nope"))
+    order(engine, "a", "o1", "BUY", 1)
+    engine.apply(Cancel(ts=ts(), user_id="a", order_id="o1"))
+    with pytest.raises(QaexError) as info:
+        engine.apply(Cancel(ts=ts(), user_id="a", order_id="o1"))
+    assert info.value.diff_code == 420
+    # Another user's order id is simply not found in the caller's own order list.
+    order(engine, "b", "o9", "BUY", 1)
+    with pytest.raises(NotFound):
+        engine.apply(Cancel(ts=ts(), user_id="a", order_id="o9"))
+
+
+def test_rate_limit_rejects_orders_beyond_the_per_second_budget() -> None:
+    engine = make_engine("a", max_orders_per_second=3)
+    t = T0 + 10**12
+    results = [
+        engine.apply(
+            Insert(
+                ts=t + i,
+                order=InsertOrder(
+                    user_id="a", order_id=f"o{i}", exchange_id="SHFE", instrument_id="cu2601",
+                    direction="BUY", offset="OPEN", volume=1, limit_price=85000.0,
+                ),
+            )
+        )
+        for i in range(4)
+    ]
+    assert [r.status for r in results] == ["ALIVE", "ALIVE", "ALIVE", "FINISHED"]
+    assert "频率" in results[3].last_msg
+
+
+def test_deposit_and_withdraw_change_the_account_and_record_transfers() -> None:
+    engine = make_engine("a", cash=100.0)
+    engine.apply(Deposit(ts=ts(), user_id="a", amount=50.0))
+    engine.apply(Withdraw(ts=ts(), user_id="a", amount=30.0))
+    account = engine.users["a"].account
+    assert account.balance == pytest.approx(120.0)
+    assert len(engine.users["a"].transfers) == 2
+    with pytest.raises(QaexError):
+        engine.apply(Withdraw(ts=ts(), user_id="a", amount=1000.0))
+    with pytest.raises(QaexError):
+        engine.apply(Deposit(ts=ts(), user_id="a", amount=-5.0))
+    assert account.balance == pytest.approx(120.0)
+
+
+def test_mark_to_market_updates_every_holder_once_per_flush() -> None:
+    engine = make_engine("a", "b", "c")
+    order(engine, "a", "s1", "SELL", 1, 86000.0)
+    order(engine, "b", "b1", "BUY", 1, 86000.0)
+    engine.flush()
+    order(engine, "a", "s2", "SELL", 1, 86500.0)
+    order(engine, "c", "c1", "BUY", 1, 86500.0)
+    batch = engine.flush()
+    # b was not part of the second trade but holds a long position: it is marked at the new price.
+    assert batch.users["b"]["positions"]["SHFE.cu2601"]["last_price"] == 86500.0
+    assert batch.users["b"]["accounts"]["CNY"]["position_profit"] == pytest.approx(500 * 5)
+
+
+def test_settlement_expires_orders_rolls_positions_and_clears_the_day() -> None:
+    engine = make_engine("a", "b")
+    order(engine, "a", "s1", "SELL", 2, 86000.0)
+    order(engine, "b", "b1", "BUY", 1, 86000.0)
+    day = engine.trading_day
+    engine.apply(Settle(ts=ts(), prices={"SHFE.cu2601": 86200.0}))
+    assert engine.trading_day > day
+    assert engine.users["a"].orders == {} and engine.users["a"].trades == {}
+    position = engine.users["b"].account.positions["SHFE.cu2601"]
+    assert position.volume_long_his == 1 and position.volume_long_today == 0
+    assert position.position_price_long == 86200.0
+    instrument = engine.instruments["SHFE.cu2601"]
+    assert instrument.pre_settlement == 86200.0
+    assert engine.users["a"].account.frozen_margin == 0.0
+    batch = engine.flush()
+    assert batch.users["a"]["orders"]["s1"] is None
+
+
+def test_settlement_price_off_the_tick_is_refused() -> None:
+    engine = make_engine("a")
+    with pytest.raises(QaexError):
+        engine.apply(Settle(ts=ts(), prices={"SHFE.cu2601": 86005.0}))
+
+
+def test_upsert_instrument_adds_a_tradeable_contract_and_updates_one() -> None:
+    engine = make_engine("a")
+    engine.apply(
+        UpsertInstrument(
+            ts=ts(),
+            spec={
+                "exchange_id": "DCE", "instrument_id": "y2601", "product_id": "y", "instrument_name": "豆油2601",
+                "price_tick": 2.0, "volume_multiple": 10, "margin_ratio_long": 0.08, "margin_ratio_short": 0.08,
+                "pre_settlement": 8000.0,
+            },
+        )
+    )
+    assert order(engine, "a", "o1", "BUY", 1, 8000.0, symbol="DCE.y2601").status == "ALIVE"
+    engine.apply(UpsertInstrument(ts=ts(), spec={"exchange_id": "DCE", "instrument_id": "y2601", "pre_settlement": 9000.0}))
+    assert engine.instruments["DCE.y2601"].upper_limit > 9000.0
+    with pytest.raises(QaexError):
+        engine.apply(UpsertInstrument(ts=ts(), spec={"exchange_id": "DCE", "instrument_id": "zz", "price_tick": -1}))
+
+
+def test_flush_renders_only_touched_objects() -> None:
+    engine = make_engine("a", "b")
+    order(engine, "a", "o1", "BUY", 1)
+    batch = engine.flush()
+    assert set(batch.users) == {"a"}
+    assert set(batch.users["a"]) == {"orders", "accounts"}
+    assert not engine.flush()
+
+
+def test_same_commands_give_the_same_state() -> None:
+    def run() -> str:
+        engine = Engine()
+        t = T0
+        commands: list[Any] = [
+            OpenAccount(ts=t, user_id="a", password_hash="h", init_cash=1e6),
+            OpenAccount(ts=t + 1, user_id="b", password_hash="h", init_cash=1e6),
+        ]
+        for i in range(40):
+            user = "ab"[i % 2]
+            commands.append(
+                Insert(
+                    ts=t + 10 + i,
+                    order=InsertOrder(
+                        user_id=user, order_id=f"o{i}", exchange_id="SHFE", instrument_id="rb2601",
+                        direction="BUY" if i % 3 else "SELL", offset="OPEN", volume=1 + i % 4,
+                        limit_price=3100.0 + (i % 5) - 2,
+                    ),
+                )
+            )
+        for command in commands:
+            engine.apply(command)
+            engine.flush()
+        return engine.state_digest()
+
+    assert run() == run()
+
+
+def test_trading_day_rolls_over_at_six_pm_and_skips_weekends() -> None:
+    # 2025-11-28 is a Friday: 20:00 China time belongs to Monday 2025-12-01.
+    friday_evening = 1_764_331_200_000_000_000
+    assert trading_day_of(friday_evening) == "20251201"
