@@ -6,7 +6,6 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from qaex.core.diff_session import MAX_PENDING_NOTIFIES, DiffSession
 from qaex.core.patch import merge_patch, tree_size
 from qaex.protocol.diff import (
     NOTIFY_BAD_MESSAGE,
@@ -20,6 +19,7 @@ from qaex.protocol.diff import (
     SetChart,
     SubscribeQuote,
 )
+from qaex.protocol.session import MAX_PENDING_NOTIFIES, DiffSession
 
 PEEK = b'{"aid":"peek_message"}'
 

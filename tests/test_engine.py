@@ -7,7 +7,16 @@ from typing import Any
 
 import pytest
 
-from qaex.core.commands import Cancel, Deposit, Insert, OpenAccount, SetSuspended, Settle, UpsertInstrument, Withdraw
+from qaex.core.commands import (
+    Cancel,
+    Deposit,
+    Insert,
+    OpenAccount,
+    SetSuspended,
+    Settle,
+    UpsertInstrument,
+    Withdraw,
+)
 from qaex.core.engine import Engine, trading_day_of
 from qaex.core.errors import NotFound, QaexError, RiskError
 from qaex.core.orders import InsertOrder
@@ -64,7 +73,9 @@ def test_resting_limit_order_is_alive_with_exchange_order_id_and_freezes_margin(
     assert o.status == "ALIVE" and o.exchange_order_id and o.volume_left == 2
     account = engine.users["a"].account
     assert account.frozen_margin == pytest.approx(2 * 86000 * 5 * 0.10)
-    assert account.available == pytest.approx(account.balance - account.frozen_margin - account.frozen_commission)
+    assert account.available == pytest.approx(
+        account.balance - account.frozen_margin - account.frozen_commission
+    )
     assert engine.books["SHFE.cu2601"].best_bid() == 8600
 
 
@@ -97,7 +108,13 @@ def test_rejected_order_is_finished_without_exchange_order_id_and_notifies() -> 
 
 @pytest.mark.parametrize(
     ("price", "volume", "fragment"),
-    [(86005.0, 1, "最小变动价位"), (99990.0, 1, "涨停"), (70000.0, 1, "跌停"), (86000.0, 0, "委托数量"), (86000.0, 501, "委托数量")],
+    [
+        (86005.0, 1, "最小变动价位"),
+        (99990.0, 1, "涨停"),
+        (70000.0, 1, "跌停"),
+        (86000.0, 0, "委托数量"),
+        (86000.0, 501, "委托数量"),
+    ],
 )
 def test_price_and_volume_bounds_reject(price: float, volume: int, fragment: str) -> None:
     engine = make_engine("a")
@@ -204,8 +221,14 @@ def test_rate_limit_rejects_orders_beyond_the_per_second_budget() -> None:
             Insert(
                 ts=t + i,
                 order=InsertOrder(
-                    user_id="a", order_id=f"o{i}", exchange_id="SHFE", instrument_id="cu2601",
-                    direction="BUY", offset="OPEN", volume=1, limit_price=85000.0,
+                    user_id="a",
+                    order_id=f"o{i}",
+                    exchange_id="SHFE",
+                    instrument_id="cu2601",
+                    direction="BUY",
+                    offset="OPEN",
+                    volume=1,
+                    limit_price=85000.0,
                 ),
             )
         )
@@ -272,17 +295,29 @@ def test_upsert_instrument_adds_a_tradeable_contract_and_updates_one() -> None:
         UpsertInstrument(
             ts=ts(),
             spec={
-                "exchange_id": "DCE", "instrument_id": "y2601", "product_id": "y", "instrument_name": "豆油2601",
-                "price_tick": 2.0, "volume_multiple": 10, "margin_ratio_long": 0.08, "margin_ratio_short": 0.08,
+                "exchange_id": "DCE",
+                "instrument_id": "y2601",
+                "product_id": "y",
+                "instrument_name": "豆油2601",
+                "price_tick": 2.0,
+                "volume_multiple": 10,
+                "margin_ratio_long": 0.08,
+                "margin_ratio_short": 0.08,
                 "pre_settlement": 8000.0,
             },
         )
     )
     assert order(engine, "a", "o1", "BUY", 1, 8000.0, symbol="DCE.y2601").status == "ALIVE"
-    engine.apply(UpsertInstrument(ts=ts(), spec={"exchange_id": "DCE", "instrument_id": "y2601", "pre_settlement": 9000.0}))
+    engine.apply(
+        UpsertInstrument(
+            ts=ts(), spec={"exchange_id": "DCE", "instrument_id": "y2601", "pre_settlement": 9000.0}
+        )
+    )
     assert engine.instruments["DCE.y2601"].upper_limit > 9000.0
     with pytest.raises(QaexError):
-        engine.apply(UpsertInstrument(ts=ts(), spec={"exchange_id": "DCE", "instrument_id": "zz", "price_tick": -1}))
+        engine.apply(
+            UpsertInstrument(ts=ts(), spec={"exchange_id": "DCE", "instrument_id": "zz", "price_tick": -1})
+        )
 
 
 def test_flush_renders_only_touched_objects() -> None:
@@ -308,8 +343,13 @@ def test_same_commands_give_the_same_state() -> None:
                 Insert(
                     ts=t + 10 + i,
                     order=InsertOrder(
-                        user_id=user, order_id=f"o{i}", exchange_id="SHFE", instrument_id="rb2601",
-                        direction="BUY" if i % 3 else "SELL", offset="OPEN", volume=1 + i % 4,
+                        user_id=user,
+                        order_id=f"o{i}",
+                        exchange_id="SHFE",
+                        instrument_id="rb2601",
+                        direction="BUY" if i % 3 else "SELL",
+                        offset="OPEN",
+                        volume=1 + i % 4,
                         limit_price=3100.0 + (i % 5) - 2,
                     ),
                 )

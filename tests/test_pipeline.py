@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 import trio
 
-from qaex.core.diff_session import DiffSession
 from qaex.core.engine import Engine
 from qaex.core.orders import InsertOrder
 from qaex.core.patch import merge_patch
 from qaex.exchange.exchange import Exchange
 from qaex.exchange.snapshot import SessionLink
+from qaex.protocol.session import DiffSession
 
 _session_ids = itertools.count(1)
 PEEK = b'{"aid":"peek_message"}'
@@ -59,9 +59,9 @@ class Client:
         data: list[dict[str, Any]] = message["data"]
         return data
 
-    async def peek_and_wait(self, timeout: float = 5.0) -> list[dict[str, Any]]:
+    async def peek_and_wait(self, seconds: float = 5.0) -> list[dict[str, Any]]:
         self.peek()
-        with trio.fail_after(timeout):
+        with trio.fail_after(seconds):
             while True:
                 data = self.take()
                 if data is not None:
@@ -96,13 +96,22 @@ async def exchange(nursery: trio.Nursery) -> AsyncIterator[Exchange]:
 
 def limit(user: str, order_id: str, direction: str, volume: int, price: float, **kw: Any) -> InsertOrder:
     return InsertOrder(
-        user_id=user, order_id=order_id, exchange_id="SHFE", instrument_id="cu2601",
-        direction=direction, offset=kw.pop("offset", "OPEN"), volume=volume, limit_price=price, **kw,  # type: ignore[arg-type]
+        user_id=user,
+        order_id=order_id,
+        exchange_id="SHFE",
+        instrument_id="cu2601",
+        direction=direction,
+        offset=kw.pop("offset", "OPEN"),
+        volume=volume,
+        limit_price=price,
+        **kw,  # type: ignore[arg-type]
     )
 
 
 def assert_tree_matches_engine(client: Client, exchange: Exchange, user_id: str) -> None:
-    expected = json.loads(json.dumps(exchange.engine.user_tree(user_id), allow_nan=True).replace("NaN", "null"))
+    expected = json.loads(
+        json.dumps(exchange.engine.user_tree(user_id), allow_nan=True).replace("NaN", "null")
+    )
     merge_patch(expected, {})  # drop nulls the way a client would
     actual = client.trade(user_id)
     for kind in ("accounts", "positions", "orders", "trades"):
@@ -111,13 +120,19 @@ def assert_tree_matches_engine(client: Client, exchange: Exchange, user_id: str)
 
 def _clean(tree: Any) -> Any:
     if isinstance(tree, dict):
-        return {k: _clean(v) for k, v in tree.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
+        return {
+            k: _clean(v)
+            for k, v in tree.items()
+            if v is not None and not (isinstance(v, float) and math.isnan(v))
+        }
     if isinstance(tree, float):
         return round(tree, 6)
     return tree
 
 
-async def test_a_waiting_peek_returns_the_trade_order_account_and_position_after_a_fill(exchange: Exchange) -> None:
+async def test_a_waiting_peek_returns_the_trade_order_account_and_position_after_a_fill(
+    exchange: Exchange,
+) -> None:
     # The original design's unit test: a user peeks, a fill happens, the peek returns all four patches.
     alice = Client(exchange)
     alice.login("alice")
@@ -131,7 +146,12 @@ async def test_a_waiting_peek_returns_the_trade_order_account_and_position_after
         merge_patch(merged, patch)
     user = merged["trade"]["alice"]
     (trade,) = user["trades"].values()
-    assert trade["order_id"] == "a1" and trade["volume"] == 2 and trade["price"] == 86000.0 and trade["commission"] > 0
+    assert (
+        trade["order_id"] == "a1"
+        and trade["volume"] == 2
+        and trade["price"] == 86000.0
+        and trade["commission"] > 0
+    )
     assert user["orders"]["a1"]["status"] == "FINISHED" and user["orders"]["a1"]["volume_left"] == 0
     assert user["positions"]["SHFE.cu2601"]["volume_long_today"] == 2
     assert user["accounts"]["CNY"]["margin"] == pytest.approx(2 * 86000 * 5 * 0.1)
@@ -190,7 +210,11 @@ async def test_rejected_order_is_finished_with_reason_and_an_error_notify(exchan
     for patch in data:
         merge_patch(merged, patch)
     order = merged["trade"]["alice"]["orders"]["a1"]
-    assert order["status"] == "FINISHED" and order["exchange_order_id"] == "" and order["last_msg"] == "开仓资金不足"
+    assert (
+        order["status"] == "FINISHED"
+        and order["exchange_order_id"] == ""
+        and order["last_msg"] == "开仓资金不足"
+    )
     (note,) = merged["notify"].values()
     assert note["level"] == "ERROR" and note["code"] == 413
 

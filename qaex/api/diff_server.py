@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
-from qaex.core.diff_session import DiffSession
 from qaex.core.errors import QaexError
 from qaex.exchange.snapshot import SessionLink
 from qaex.protocol import diff as messages
+from qaex.protocol.session import DiffSession
 
 if TYPE_CHECKING:
     from qaex.config import Config

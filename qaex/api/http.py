@@ -193,8 +193,8 @@ async def metrics() -> Response:
             sample("qaex_sessions", "gauge", "Connected DIFF sessions", len(exchange.snapshots.links)),
             sample("qaex_users", "gauge", "Accounts", len(engine.users)),
             # The engine numbers orders and trades from 1, so the last number is the count ever made.
-            sample("qaex_orders_total", "counter", "Orders inserted", engine._order_seq),
-            sample("qaex_trades_total", "counter", "Trades (fills)", engine._trade_seq),
+            sample("qaex_orders_total", "counter", "Orders inserted", engine.orders_inserted),
+            sample("qaex_trades_total", "counter", "Trades (fills)", engine.trades_made),
             sample("qaex_commands_total", "counter", "Commands applied", exchange.router.commands_applied),
             sample(
                 "qaex_batches_total", "counter", "Router batches flushed", exchange.router.batches_flushed

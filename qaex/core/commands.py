@@ -17,50 +17,60 @@ class Command(msgspec.Struct, tag_field="cmd", kw_only=True, frozen=True):
     ts: int  # epoch ns, assigned by the router
 
 
-class OpenAccount(Command, tag="open_account"):
+class OpenAccount(Command, frozen=True, tag="open_account"):
     user_id: str
     password_hash: str
     init_cash: float
 
 
-class ChangePassword(Command, tag="change_password"):
+class ChangePassword(Command, frozen=True, tag="change_password"):
     user_id: str
     password_hash: str
 
 
-class Deposit(Command, tag="deposit"):
+class Deposit(Command, frozen=True, tag="deposit"):
     user_id: str
     amount: float
 
 
-class Withdraw(Command, tag="withdraw"):
+class Withdraw(Command, frozen=True, tag="withdraw"):
     user_id: str
     amount: float
 
 
-class Insert(Command, tag="insert"):
+class Insert(Command, frozen=True, tag="insert"):
     order: InsertOrder
 
 
-class Cancel(Command, tag="cancel"):
+class Cancel(Command, frozen=True, tag="cancel"):
     user_id: str
     order_id: str
 
 
-class Settle(Command, tag="settle"):
+class Settle(Command, frozen=True, tag="settle"):
     """Daily settlement: prices missing from `prices` settle at the last price (or pre_settlement)."""
 
     prices: dict[str, float] = msgspec.field(default_factory=dict)
     trading_day: str = ""
 
 
-class UpsertInstrument(Command, tag="upsert_instrument"):
+class UpsertInstrument(Command, frozen=True, tag="upsert_instrument"):
     spec: dict[str, Any]
 
 
-class SetSuspended(Command, tag="set_suspended"):
+class SetSuspended(Command, frozen=True, tag="set_suspended"):
     symbol: str
     suspended: bool
 
 
-AnyCommand = OpenAccount | ChangePassword | Deposit | Withdraw | Insert | Cancel | Settle | UpsertInstrument | SetSuspended
+AnyCommand = (
+    OpenAccount
+    | ChangePassword
+    | Deposit
+    | Withdraw
+    | Insert
+    | Cancel
+    | Settle
+    | UpsertInstrument
+    | SetSuspended
+)

@@ -293,7 +293,7 @@ class Engine:
         return order
 
     def _validate(self, record: UserRecord, order: Order, ts: int) -> tuple[Instrument, int, bool]:
-        """Instrument, price and volume checks and the rate limit; returns (instrument, price in ticks, ioc)."""
+        """Instrument, price, volume and rate checks; returns (instrument, price in ticks, ioc)."""
         instrument = self.instruments.get(order.symbol)
         if instrument is None:
             raise risk(errors.UNKNOWN_INSTRUMENT, f"下单失败, 不支持的合约代码: {order.symbol}")
@@ -317,7 +317,8 @@ class Engine:
             if ticks is None:
                 raise risk(
                     errors.PRICE_OFF_TICK,
-                    f"下单失败, 委托价格 {order.limit_price} 不是最小变动价位 {instrument.price_tick} 的整数倍",
+                    f"下单失败, 委托价格 {order.limit_price} 不是最小变动价位 "
+                    f"{instrument.price_tick} 的整数倍",
                 )
             if ticks > instrument.upper_limit_ticks:
                 raise risk(errors.PRICE_ABOVE_LIMIT, f"下单失败, 委托价格高于涨停板 {instrument.upper_limit}")
@@ -329,7 +330,9 @@ class Engine:
             if window != record.order_window:
                 record.order_window, record.orders_in_window = window, 0
             if record.orders_in_window >= self.max_orders_per_second:
-                raise risk(errors.RATE_LIMITED, f"下单失败, 超过每秒 {self.max_orders_per_second} 笔的报单频率限制")
+                raise risk(
+                    errors.RATE_LIMITED, f"下单失败, 超过每秒 {self.max_orders_per_second} 笔的报单频率限制"
+                )
             record.orders_in_window += 1
         return instrument, price_ticks, ioc
 
@@ -338,7 +341,9 @@ class Engine:
         order.last_msg = exc.message
         self.notify(order.user_id, exc.diff_code or 400, "ERROR", exc.message)
 
-    def _fill(self, instrument: Instrument, maker: Order, taker: Order, ticks: int, volume: int, ts: int) -> None:
+    def _fill(
+        self, instrument: Instrument, maker: Order, taker: Order, ticks: int, volume: int, ts: int
+    ) -> None:
         price = instrument.from_ticks(ticks)
         self._trade_seq += 1
         exchange_trade_id = str(self._trade_seq)
@@ -418,7 +423,9 @@ class Engine:
             price = command.prices.get(symbol, self.last_price.get(symbol, instrument.pre_settlement))
             ticks = instrument.to_ticks(price)
             if ticks is None:
-                raise QaexError(f"settlement price {price} of {symbol} is not on the tick grid", code="bad_price")
+                raise QaexError(
+                    f"settlement price {price} of {symbol} is not on the tick grid", code="bad_price"
+                )
             prices[symbol] = price
         for record in self.users.values():
             record.account.settle(prices, self.instruments)
@@ -553,6 +560,14 @@ class Engine:
             "transfers": {k: dict(v) for k, v in record.transfers.items()},
         }
 
+    @property
+    def orders_inserted(self) -> int:
+        return self._order_seq
+
+    @property
+    def trades_made(self) -> int:
+        return self._trade_seq
+
     def open_orders(self) -> list[Order]:
         return list(self._orders_by_key.values())
 
@@ -561,7 +576,10 @@ class Engine:
         state = {
             "seq": self.seq,
             "trading_day": self.trading_day,
-            "users": {uid: self.user_tree(uid) | {"password_hash": r.password_hash} for uid, r in sorted(self.users.items())},
+            "users": {
+                uid: self.user_tree(uid) | {"password_hash": r.password_hash}
+                for uid, r in sorted(self.users.items())
+            },
             "books": {s: list(b.resting_orders()) for s, b in sorted(self.books.items())},
             "last_price": sorted(self.last_price.items()),
             "open_interest": sorted(self.open_interest.items()),

@@ -96,7 +96,8 @@ class Exchange:
                 self.ready.set()
                 task_status.started()
         except BaseException as exc:
-            if not isinstance(exc, trio.Cancelled):
+            rest = exc.split(trio.Cancelled)[1] if isinstance(exc, BaseExceptionGroup) else exc
+            if rest is not None and not isinstance(rest, trio.Cancelled):
                 log.critical("exchange service crashed: %r", exc, exc_info=True)
             raise
 
@@ -110,7 +111,9 @@ class Exchange:
             raise QaexError(f"user {user_id!r} already exists", code="user_exists")
         password_hash = await trio.to_thread.run_sync(hash_password, password)
         result: Account = await self.router.execute(
-            lambda ts: commands.OpenAccount(ts=ts, user_id=user_id, password_hash=password_hash, init_cash=init_cash)
+            lambda ts: commands.OpenAccount(
+                ts=ts, user_id=user_id, password_hash=password_hash, init_cash=init_cash
+            )
         )
         log.info("account opened: %s with %.2f", user_id, init_cash)
         return result
@@ -120,7 +123,9 @@ class Exchange:
         record = self.engine.users.get(user_id)
         if record is None:
             return False
-        keyed = hmac.new(self._secret, f"{user_id}\0{password}\0{record.password_hash}".encode(), hashlib.sha256)
+        keyed = hmac.new(
+            self._secret, f"{user_id}\0{password}\0{record.password_hash}".encode(), hashlib.sha256
+        )
         digest = keyed.digest()
         cached = self._verified.get(user_id)
         if cached is not None and hmac.compare_digest(cached, digest):
@@ -142,11 +147,15 @@ class Exchange:
         self._verified.pop(user_id, None)
 
     async def deposit(self, user_id: str, amount: float) -> Account:
-        result: Account = await self.router.execute(lambda ts: commands.Deposit(ts=ts, user_id=user_id, amount=amount))
+        result: Account = await self.router.execute(
+            lambda ts: commands.Deposit(ts=ts, user_id=user_id, amount=amount)
+        )
         return result
 
     async def withdraw(self, user_id: str, amount: float) -> Account:
-        result: Account = await self.router.execute(lambda ts: commands.Withdraw(ts=ts, user_id=user_id, amount=amount))
+        result: Account = await self.router.execute(
+            lambda ts: commands.Withdraw(ts=ts, user_id=user_id, amount=amount)
+        )
         return result
 
     # -- orders -----------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import secrets
 from typing import Any, Protocol
 
 import trio
@@ -46,6 +47,8 @@ class TradeGateway:
         # What each user's clients have been sent: user -> kind -> key -> rendered object.
         self._sent: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
         self._notify_ids = itertools.count(1)
+        # Notify keys must be new to every client, also one that reconnects after a restart.
+        self._notify_prefix = f"qaex-{secrets.token_hex(3)}-g"
         self.patches_sent = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -105,9 +108,15 @@ class TradeGateway:
             if patch is None:
                 patch = patches[user_id] = {}
             patch["notify"] = {
-                f"qaex-{next(self._notify_ids)}": {"type": "MESSAGE", "level": level, "code": code, "content": text}
+                f"{self._notify_prefix}{next(self._notify_ids)}": {
+                    "type": "MESSAGE",
+                    "level": level,
+                    "code": code,
+                    "content": text,
+                }
                 for code, level, text in notes
             }
-            for code, level, text in notes:
-                log.info("user %s: notify %s %s %s", user_id, level, code, text)
+            if log.isEnabledFor(logging.DEBUG):
+                for code, level, text in notes:
+                    log.debug("user %s: notify %s %s %s", user_id, level, code, text)
         return patches

@@ -4,7 +4,7 @@ Each user has a memory channel from the TradeGateway and one consumer task in th
 nursery (started when the user's first patch is sent, never detached). The consumer merges every
 patch into the user's current trade tree, so that a session logging in later starts from one complete
 snapshot, and pushes the patch into the pending buffer of each of that user's sessions, then wakes
-them. Pending buffers coalesce and are bounded (see qaex.core.diff_session): a session that stops
+them. Pending buffers coalesce and are bounded (see qaex.protocol.session): a session that stops
 peeking costs about one snapshot, never an unbounded queue.
 
 Sessions also receive market data (quotes, charts): `SessionLink` is the trio side of one
@@ -20,8 +20,8 @@ from typing import Any
 
 import trio
 
-from qaex.core.diff_session import DiffSession
 from qaex.core.patch import merge_patch
+from qaex.protocol.session import DiffSession
 
 log = logging.getLogger("qaex.snapshot")
 
@@ -49,7 +49,7 @@ class SessionLink:
 
 class SnapshotManager:
     def __init__(self, root_fields: Callable[[str], dict[str, Any]], *, channel_size: int = 1024) -> None:
-        """`root_fields(user_id)` gives the fields a user's trade tree starts with (user_id, trading_day...)."""
+        """`root_fields(user_id)`: the fields a user's trade tree starts with (user_id, trading_day...)."""
         self._root_fields = root_fields
         self._channel_size = channel_size
         self._nursery: trio.Nursery | None = None

@@ -3,7 +3,7 @@
 Field sets follow what TqSdk 3.10.4 and tqsdk-js actually send (checked against their sources), so no
 message a real client sends is rejected. Fields a client adds that qaex does not use (TqSdk's
 ``account_key``, ``client_mac_address``, ``client_system_info``, ...) are ignored: msgspec skips unknown
-fields. Messages are frozen: they are the events a :class:`~qaex.core.diff_session.DiffSession` returns.
+fields. Messages are frozen: they are the events a :class:`~qaex.protocol.session.DiffSession` returns.
 
 The decoder and encoder are created once at import (msgspec compiles them per type).
 """
