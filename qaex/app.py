@@ -30,11 +30,14 @@ from quart_trio import QuartTrio
 from qaex import logconfig
 from qaex.api.auth import TokenSigner
 from qaex.api.http import Services, blueprint
+from qaex.api.websocket_guard import RejectWebSockets
 from qaex.config import Config, ConfigError, load_instruments
 from qaex.core.engine import Engine
+from qaex.core.journal_format import JournalCorrupt
 from qaex.core.passwords import hash_password
 from qaex.datadir import DataDir, DataDirLocked
 from qaex.exchange.exchange import Exchange
+from qaex.exchange.recovery import open_journal
 
 log = logging.getLogger("qaex.app")
 
@@ -45,8 +48,17 @@ SHUTDOWN_TIMEOUT = 10.0
 
 def build_exchange(config: Config, data_dir: DataDir) -> Exchange:
     """The Exchange this server runs; the one place to wire the journal and the market maker."""
-    engine = Engine(load_instruments(config), max_orders_per_second=config.max_orders_per_second)
-    return Exchange(engine)
+    instruments = load_instruments(config)  # read even when a checkpoint has them: a bad file still fails
+    journal, recovered = open_journal(
+        data_dir.path,
+        lambda: Engine(instruments, max_orders_per_second=config.max_orders_per_second),
+        fsync=config.fsync == "batch",
+        max_orders_per_second=config.max_orders_per_second,
+    )
+    exchange = Exchange(recovered.engine, journal=journal)
+    exchange.router.resume_after(recovered.last_ts)
+    exchange.seed_from_engine()
+    return exchange
 
 
 class Server:
@@ -144,7 +156,7 @@ def _startup_problem(exc: BaseException) -> BaseException | None:
             if found is not None:
                 return found
         return None
-    return exc if isinstance(exc, ConfigError | DataDirLocked | OSError) else None
+    return exc if isinstance(exc, ConfigError | DataDirLocked | JournalCorrupt | OSError) else None
 
 
 def _diff_server() -> Any:
@@ -163,6 +175,8 @@ def create_app(config: Config | None = None) -> QuartTrio:
     app = QuartTrio(__name__)
     app.config["JSON_SORT_KEYS"] = False
     app.register_blueprint(blueprint)
+    # hypercorn issue #225: see qaex.api.websocket_guard.
+    app.asgi_app = RejectWebSockets(app.asgi_app)  # type: ignore[method-assign]
     server = Server(app, config)
     app.extensions["qaex.server"] = server
     app.before_serving(server.start)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -89,26 +90,34 @@ class DiffServer:
         try:
             await ws.send_message(messages.RTN_BROKERS.decode())
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._writer, ws, link)
-                nursery.start_soon(self._heartbeat, ws)
-                await self._reader(ws, link)
-                nursery.cancel_scope.cancel()
+                nursery.start_soon(self._until_closed, self._writer(ws, link), nursery.cancel_scope)
+                nursery.start_soon(self._until_closed, self._heartbeat(ws), nursery.cancel_scope)
+                await self._until_closed(self._reader(ws, link), nursery.cancel_scope)
         except ConnectionClosed:
             pass
-        except trio.Cancelled:
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
-                await ws.aclose(1001, "server shutting down")
-            raise
         except Exception:
             log.exception("session %s failed; closing it", link.session.session_id)
             with trio.move_on_after(1):
                 await ws.aclose(1011, "internal error")
         finally:
+            if ws.closed is None:  # still open: the server is shutting down (we are cancelled)
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await ws.aclose(1001, "server shutting down")
             self.active -= 1
             snapshots.remove(link)
             if self.exchange.market is not None:
                 self.exchange.market.remove_session(link)
             log.debug("session %s closed", link.session.session_id)
+
+    @staticmethod
+    async def _until_closed(work: Awaitable[None], scope: trio.CancelScope) -> None:
+        """Run one of the session's tasks; when it ends (the peer closed, or it returned), end the others."""
+        try:
+            await work
+        except ConnectionClosed:
+            pass
+        finally:
+            scope.cancel()
 
     async def _reader(self, ws: WebSocketConnection, link: SessionLink) -> None:
         window, count = 0, 0
@@ -182,11 +191,20 @@ class DiffServer:
         session = link.session
         while True:
             await link.wait()
-            if session.resync_needed and session.user_id is not None:
-                session.reset([self.exchange.snapshots.full_view(session.user_id)])
+            if session.resync_needed:
+                session.reset(self._full_view(link))
             frame = session.data_to_send()
             if frame is not None:
                 await ws.send_message(frame.decode())
+
+    def _full_view(self, link: SessionLink) -> list[dict[str, Any]]:
+        """Everything this session may see now (its trade tree, quotes and charts), for a resync."""
+        view = []
+        if link.session.user_id is not None:
+            view.append(self.exchange.snapshots.full_view(link.session.user_id))
+        if self.exchange.market is not None:
+            view.extend(self.exchange.market.full_view(link))
+        return view
 
     async def _heartbeat(self, ws: WebSocketConnection) -> None:
         while True:
