@@ -1,4 +1,4 @@
-"""Command line: ``qaex serve`` (and later ``qaex journal ...``).
+"""Command line: ``qaex serve`` and ``qaex journal inspect|verify|checkpoint``.
 
 Each subcommand is one ``add_<name>(subparsers)`` function that registers its parser and sets
 ``handler``; ``main`` dispatches. ``qaex serve`` runs the same app as
@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import trio
 
@@ -59,10 +60,126 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_journal(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser("journal", help="inspect, verify or compact the journal")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, handler, text in (
+        ("inspect", journal_inspect, "print journal records (seq, time, command and its key fields)"),
+        ("verify", journal_verify, "check every CRC and sequence number, replay, print the state digest"),
+        ("checkpoint", journal_checkpoint, "recover and write a checkpoint now (server must be stopped)"),
+    ):
+        action = actions.add_parser(name, help=text, description=text)
+        action.add_argument("--data-dir", help="data directory (default: QAEX_DATA_DIR or ./qaex-data)")
+        if name == "inspect":
+            action.add_argument("--limit", type=int, default=0, help="print at most N records (0: all)")
+            action.add_argument("--from-seq", type=int, default=0, help="start at this sequence number")
+        action.set_defaults(handler=handler)
+
+
+def _journal_setup(args: argparse.Namespace) -> tuple[str, Callable[[], Any]] | None:
+    """(data directory, fresh-engine factory) from the arguments and the usual configuration."""
+    from qaex.config import Config, ConfigError, load_instruments
+    from qaex.core.engine import Engine
+
+    try:
+        config = Config.load()
+        instruments = load_instruments(config)
+    except ConfigError as exc:
+        print(f"qaex journal: {exc}", file=sys.stderr)
+        return None
+    data_dir = args.data_dir or config.data_dir
+    return data_dir, lambda: Engine(instruments, max_orders_per_second=config.max_orders_per_second)
+
+
+def journal_inspect(args: argparse.Namespace) -> int:
+    """Read-only, so it works while a server runs (its newest batch may show as an unfinished tail)."""
+    from pathlib import Path
+
+    from qaex.core.journal_format import scan_segment
+    from qaex.exchange.journal import SEGMENT_SUFFIX, numbered_files
+    from qaex.exchange.recovery import describe
+
+    setup = _journal_setup(args)
+    if setup is None:
+        return 2
+    segments = numbered_files(Path(setup[0]) / "journal", SEGMENT_SUFFIX)
+    if not segments:
+        print(f"no journal in {setup[0]}", file=sys.stderr)
+        return 1
+    printed, problems = 0, 0
+    for first_seq, path in segments:
+        scan = scan_segment(path.read_bytes(), first_seq)
+        for record in scan.records:
+            if record.seq < args.from_seq:
+                continue
+            if args.limit and printed >= args.limit:
+                return 1 if problems else 0
+            print(f"{record.seq:>10} {describe(record.command())}{' ;' if record.batch_end else ''}")
+            printed += 1
+        if scan.damage is not None:
+            problems += 1
+            print(f"!! {path} offset {scan.damage.offset}: {scan.damage.reason}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def journal_verify(args: argparse.Namespace) -> int:
+    from qaex.core.journal_format import JournalCorrupt
+    from qaex.exchange.recovery import recover
+
+    setup = _journal_setup(args)
+    if setup is None:
+        return 2
+    data_dir, fresh_engine = setup
+    try:
+        newest = recover(data_dir, fresh_engine, repair=False)
+        oldest = recover(data_dir, fresh_engine, repair=False, oldest_checkpoint=True)
+    except JournalCorrupt as exc:
+        print(f"CORRUPT: {exc}", file=sys.stderr)
+        return 1
+    digest = newest.engine.state_digest()
+    for warning in newest.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"journal ends at seq {newest.last_seq} (checkpoint {newest.checkpoint_seq} + {newest.replayed})")
+    print(f"longest replay: from checkpoint {oldest.checkpoint_seq}, {oldest.replayed} records")
+    print(f"state digest: {digest}")
+    if oldest.engine.state_digest() != digest:
+        print("MISMATCH: replaying from the oldest checkpoint gives another state", file=sys.stderr)
+        return 1
+    return 0
+
+
+def journal_checkpoint(args: argparse.Namespace) -> int:
+    """Writes, so it takes the data directory lock: never while a server runs on the directory."""
+    from qaex.core.journal_format import JournalCorrupt
+    from qaex.datadir import DataDir, DataDirLocked
+    from qaex.exchange.recovery import open_journal
+
+    setup = _journal_setup(args)
+    if setup is None:
+        return 2
+    data_dir = DataDir(setup[0])
+    try:
+        data_dir.lock()
+    except DataDirLocked as exc:
+        print(f"qaex journal: {exc}", file=sys.stderr)
+        return 1
+    try:
+        journal, recovered = open_journal(data_dir.path, setup[1])
+        path = journal.checkpoint_now()
+        journal.close()
+    except JournalCorrupt as exc:
+        print(f"CORRUPT: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        data_dir.unlock()
+    print(f"checkpoint {path} at seq {recovered.last_seq}; state digest {recovered.engine.state_digest()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qaex", description="qaex: a simulated futures exchange")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (add_serve,):
+    for add in (add_serve, add_journal):
         add(subparsers)
     return parser
 

@@ -37,7 +37,9 @@ from qaex.core.journal_format import JournalCorrupt
 from qaex.core.passwords import hash_password
 from qaex.datadir import DataDir, DataDirLocked
 from qaex.exchange.exchange import Exchange
+from qaex.exchange.market import MarketData
 from qaex.exchange.recovery import open_journal
+from qaex.exchange.simulator import LiquiditySimulator
 
 log = logging.getLogger("qaex.app")
 
@@ -54,10 +56,17 @@ def build_exchange(config: Config, data_dir: DataDir) -> Exchange:
         lambda: Engine(instruments, max_orders_per_second=config.max_orders_per_second),
         fsync=config.fsync == "batch",
         max_orders_per_second=config.max_orders_per_second,
+        checkpoint_records=config.checkpoint_records,
+        checkpoint_seconds=config.checkpoint_seconds,
     )
-    exchange = Exchange(recovered.engine, journal=journal)
+    market = MarketData(recovered.engine, history=config.market_history)
+    exchange = Exchange(recovered.engine, journal=journal, market=market)
     exchange.router.resume_after(recovered.last_ts)
     exchange.seed_from_engine()
+    if config.market_maker:
+        exchange.simulator = LiquiditySimulator(
+            exchange, seed=config.seed, interval=config.market_maker_interval
+        )
     return exchange
 
 

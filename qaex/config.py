@@ -36,6 +36,8 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
     market_maker: bool = True
     instruments: str = ""  # path of an instrument TOML file; empty: the built-in contracts
     fsync: Literal["batch", "off"] = "batch"
+    checkpoint_records: int = 100_000  # journal records between checkpoints (bounds recovery time)
+    checkpoint_seconds: float = 600.0  # ... or seconds, whichever comes first
     log: str = "info"
     max_sessions: int = 20_000
     max_message_size: int = 1 << 20  # bytes, for DIFF messages and HTTP request bodies
@@ -43,6 +45,8 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
     max_orders_per_second: int = 500  # per user; 0 = unlimited
     init_cash: float = 1_000_000.0
     seed: int | None = None  # market maker seed; None = random
+    market_maker_interval: float = 1.25  # mean seconds between two market-maker steps per instrument
+    market_history: int = 10_000  # bars (and ticks) kept per series
     token_ttl: int = 86_400  # seconds a login token stays valid
 
     @classmethod
@@ -89,6 +93,10 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
         need(self.max_orders_per_second >= 0, "max_orders_per_second", "an integer >= 0 (0 = unlimited)")
         need(self.init_cash >= 0 and self.init_cash != float("inf"), "init_cash", "a finite number >= 0")
         need(self.token_ttl > 0, "token_ttl", "a number of seconds > 0")
+        need(self.checkpoint_records > 0, "checkpoint_records", "an integer > 0")
+        need(self.checkpoint_seconds > 0, "checkpoint_seconds", "a number of seconds > 0")
+        need(self.market_maker_interval > 0, "market_maker_interval", "a number of seconds > 0")
+        need(self.market_history >= 1, "market_history", "an integer >= 1")
         need(self.admin_token == "" or len(self.admin_token) >= 16, "admin_token", "at least 16 characters")
         try:
             parse_levels(self.log)

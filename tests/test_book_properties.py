@@ -9,6 +9,7 @@ conserved, both per fill and per order.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -78,8 +79,21 @@ class ReferenceBook:
         return [(o.key, o.owner, o.buy, o.price, o.volume) for o in bids + asks]
 
 
-submit_args = st.tuples(
-    st.just("submit"),
+class Submit(NamedTuple):
+    owner: str
+    buy: bool
+    price: int
+    volume: int
+    ioc: bool
+    all_or_none: bool
+
+
+class Cancel(NamedTuple):
+    key: int
+
+
+submits = st.builds(
+    Submit,
     st.sampled_from(OWNERS),
     st.booleans(),
     st.integers(95, 105),  # a narrow range so that orders often cross
@@ -87,37 +101,33 @@ submit_args = st.tuples(
     st.booleans(),
     st.booleans(),
 )
-cancel_args = st.tuples(st.just("cancel"), st.integers(0, 60))
-operations = st.lists(st.one_of(submit_args, submit_args, submit_args, cancel_args), max_size=60)
+cancels = st.builds(Cancel, st.integers(0, 60))
+operations = st.lists(st.one_of(submits, submits, submits, cancels), max_size=60)
 
 fast = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @fast
 @given(operations)
-def test_book_agrees_with_the_reference_model(ops: list[tuple[object, ...]]) -> None:
+def test_book_agrees_with_the_reference_model(ops: list[Submit | Cancel]) -> None:
     book, reference = OrderBook("TEST"), ReferenceBook()
     for key, op in enumerate(ops):
-        if op[0] == "cancel":
-            target = int(op[1])  # type: ignore[call-overload]
-            assert book.cancel(target) == reference.cancel(target)
+        if isinstance(op, Cancel):
+            assert book.cancel(op.key) == reference.cancel(op.key)
         else:
-            _, owner, buy, price, volume, ioc, all_or_none = op
-            args = (key, str(owner), bool(buy), int(price), int(volume), bool(ioc), bool(all_or_none))  # type: ignore[call-overload]
-            assert book.submit(*args) == reference.submit(*args)
+            assert book.submit(key, *op) == reference.submit(key, *op)
         assert list(book.resting_orders()) == reference.resting()
 
 
 @fast
 @given(operations)
-def test_book_is_never_crossed(ops: list[tuple[object, ...]]) -> None:
+def test_book_is_never_crossed(ops: list[Submit | Cancel]) -> None:
     book = OrderBook("TEST")
     for key, op in enumerate(ops):
-        if op[0] == "cancel":
-            book.cancel(int(op[1]))  # type: ignore[call-overload]
+        if isinstance(op, Cancel):
+            book.cancel(op.key)
         else:
-            _, owner, buy, price, volume, ioc, all_or_none = op
-            book.submit(key, str(owner), bool(buy), int(price), int(volume), bool(ioc), bool(all_or_none))  # type: ignore[call-overload]
+            book.submit(key, *op)
         best_bid, best_ask = book.best_bid(), book.best_ask()
         if best_bid is not None and best_ask is not None:
             assert best_bid < best_ask
@@ -125,24 +135,21 @@ def test_book_is_never_crossed(ops: list[tuple[object, ...]]) -> None:
 
 @fast
 @given(operations)
-def test_volume_is_conserved(ops: list[tuple[object, ...]]) -> None:
+def test_volume_is_conserved(ops: list[Submit | Cancel]) -> None:
     book = OrderBook("TEST")
     submitted: dict[int, int] = {}
     filled: dict[int, int] = {}
     cancelled: dict[int, int] = {}
     for key, op in enumerate(ops):
-        if op[0] == "cancel":
-            target = int(op[1])  # type: ignore[call-overload]
-            cancelled[target] = cancelled.get(target, 0) + book.cancel(target)
+        if isinstance(op, Cancel):
+            cancelled[op.key] = cancelled.get(op.key, 0) + book.cancel(op.key)
             continue
-        _, owner, buy, price, volume, ioc, all_or_none = op
-        volume = int(volume)  # type: ignore[call-overload]
         before = {k: v for k, _o, _b, _p, v in book.resting_orders()}
-        result = book.submit(key, str(owner), bool(buy), int(price), volume, bool(ioc), bool(all_or_none))  # type: ignore[call-overload]
-        submitted[key] = volume
+        result = book.submit(key, *op)
+        submitted[key] = op.volume
         taken = sum(fill.volume for fill in result.fills)
         # What the taker got is what it asked for, less what rested or was cancelled ...
-        assert taken + result.rested + result.cancelled == volume
+        assert taken + result.rested + result.cancelled == op.volume
         assert book.volume_left(key) == result.rested
         cancelled[key] = result.cancelled
         # ... and exactly what the makers gave up.
@@ -151,10 +158,8 @@ def test_volume_is_conserved(ops: list[tuple[object, ...]]) -> None:
             assert fill.volume > 0
             filled[fill.maker] = filled.get(fill.maker, 0) + fill.volume
             filled[key] = filled.get(key, 0) + fill.volume
-        given_up = {
-            maker: before[maker] - book.volume_left(maker) for maker in {f.maker for f in result.fills}
-        }
-        assert sum(given_up.values()) == taken
+        makers = {fill.maker for fill in result.fills}
+        assert sum(before[maker] - book.volume_left(maker) for maker in makers) == taken
     # Every order's volume = filled + resting + cancelled.
     for key, volume in submitted.items():
         assert filled.get(key, 0) + book.volume_left(key) + cancelled.get(key, 0) == volume

@@ -6,6 +6,8 @@ import json
 import signal
 import socket
 import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -269,3 +271,13 @@ def test_sigterm_closes_sessions_with_1001_and_exits_0(tmp_path: Any) -> None:
             running.process.kill()
             running.process.wait()
     assert isinstance(running.process, subprocess.Popen)
+
+
+def test_the_integration_example_runs_against_the_server(server: Server) -> None:
+    example = Path(__file__).resolve().parent.parent / "examples" / "diff_integration_example.py"
+    done = subprocess.run(
+        [sys.executable, str(example), "--http", server.http_url, "--diff", server.diff_url],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "alice: traded BUY 2 @ 3100.0" in done.stdout and "bob: traded SELL 2 @ 3100.0" in done.stdout

@@ -11,6 +11,7 @@ from qaex.core.commands import (
     Cancel,
     Deposit,
     Insert,
+    MarkToMarket,
     OpenAccount,
     SetSuspended,
     Settle,
@@ -252,7 +253,7 @@ def test_deposit_and_withdraw_change_the_account_and_record_transfers() -> None:
     assert account.balance == pytest.approx(120.0)
 
 
-def test_mark_to_market_updates_every_holder_once_per_flush() -> None:
+def test_fill_participants_are_marked_at_once_and_other_holders_by_the_mark_pass() -> None:
     engine = make_engine("a", "b", "c")
     order(engine, "a", "s1", "SELL", 1, 86000.0)
     order(engine, "b", "b1", "BUY", 1, 86000.0)
@@ -260,9 +261,28 @@ def test_mark_to_market_updates_every_holder_once_per_flush() -> None:
     order(engine, "a", "s2", "SELL", 1, 86500.0)
     order(engine, "c", "c1", "BUY", 1, 86500.0)
     batch = engine.flush()
-    # b was not part of the second trade but holds a long position: it is marked at the new price.
+    assert batch.users["a"]["positions"]["SHFE.cu2601"]["last_price"] == 86500.0
+    assert "b" not in batch.users  # not a participant: waits for the mark pass
+    assert engine.prices_moved
+    assert engine.apply(MarkToMarket(ts=ts())) >= 3
+    batch = engine.flush()
+    # b holds a long position: the pass marks it at the new price.
     assert batch.users["b"]["positions"]["SHFE.cu2601"]["last_price"] == 86500.0
     assert batch.users["b"]["accounts"]["CNY"]["position_profit"] == pytest.approx(500 * 5)
+    assert not engine.prices_moved
+
+
+def test_a_risk_check_uses_current_prices_even_before_the_mark_pass() -> None:
+    engine = make_engine("a", "b", "c", "d")
+    order(engine, "a", "s1", "SELL", 2, 86000.0)
+    order(engine, "b", "b1", "BUY", 2, 86000.0)
+    order(engine, "c", "s2", "SELL", 1, 80000.0)
+    order(engine, "d", "d1", "BUY", 1, 80000.0)
+    engine.flush()
+    # b lost 2 * 6000 * 5 = 60,000 on paper; its available must already say so.
+    record = engine.users["b"]
+    order(engine, "b", "b2", "BUY", 1, 79000.0)
+    assert record.account.position_profit == pytest.approx(-60_000)
 
 
 def test_settlement_expires_orders_rolls_positions_and_clears_the_day() -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from qaex.core.engine import Engine
 from qaex.core.orders import InsertOrder
@@ -322,11 +323,19 @@ async def test_deposit_withdraw_and_settlement_reach_the_session(exchange: Excha
     await exchange.settle({"SHFE.cu2601": 86100.0})
     await alice.settle_down()
     tree = alice.trade("alice")
-    assert tree["trading_day"] > day and tree["orders"] == {} and tree["trades"] == {}
+    assert tree["trading_day"] > day and tree["orders"] == {}
+    # Connected sessions keep the day's trades (TqSdk cannot take a deleted trade); a new login has none.
+    assert len(tree["trades"]) == 1
+    late = Client(exchange)
+    late.login("alice")
+    await late.peek_and_wait()
+    assert late.trade("alice")["trades"] == {}
+    assert_tree_matches_engine(late, exchange, "alice")
     position = tree["positions"]["SHFE.cu2601"]
     assert position["volume_long_his"] == 1 and position["position_price_long"] == 86100.0
     assert tree["accounts"]["CNY"]["pre_balance"] == pytest.approx(1_000_300.0 + 500 - 86000 * 5 * 0.00005)
-    assert_tree_matches_engine(alice, exchange, "alice")
+    # Until the next trade, positions are marked at the settlement price.
+    assert position["position_profit_long"] == 0.0 and tree["accounts"]["CNY"]["position_profit"] == 0.0
 
 
 async def test_price_move_marks_every_holder_to_market(exchange: Exchange) -> None:
@@ -336,6 +345,7 @@ async def test_price_move_marks_every_holder_to_market(exchange: Exchange) -> No
     await exchange.insert_order(limit("alice", "a1", "BUY", 1, 86000.0))
     await exchange.insert_order(limit("bob", "b2", "SELL", 1, 86500.0))
     await exchange.insert_order(limit("carol", "c1", "BUY", 1, 86500.0))
+    await trio.sleep(exchange.mark_interval * 2)  # the mark-to-market pass runs on its timer
     await alice.settle_down()
     position = alice.trade("alice")["positions"]["SHFE.cu2601"]
     assert position["last_price"] == 86500.0

@@ -23,9 +23,11 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from qaex.api.auth import TokenError, TokenSigner, bearer, is_admin_token
 from qaex.api.metrics import Histogram, exposition, sample
 from qaex.config import Config
+from qaex.core.chart import MAX_VIEW_WIDTH
 from qaex.core.errors import QaexError
 from qaex.core.orders import InsertOrder
 from qaex.core.passwords import verify_password
+from qaex.core.quote import NAN_ON_WIRE
 from qaex.exchange.exchange import Exchange
 from qaex.protocol import http as proto
 from qaex.protocol.http import Auth, RouteDoc
@@ -428,34 +430,105 @@ def _depth(symbol: str, levels: int) -> tuple[list[tuple[float, int]], list[tupl
 
 
 @route(
-    "GET", "/api/market/quote/<symbol>", "Last price and 5 levels", answer=proto.QuoteResponse, errors=(404,)
-)
+    "GET", "/api/market/quote/<symbol>", "The DIFF quote: every field, plus the 5 levels as lists",
+    answer=proto.QuoteResponse, errors=(404,),
+)  # fmt: skip
 async def quote(symbol: str) -> Response:
     engine = services().exchange.engine
     bids, asks = _depth(symbol, 5)
     instrument = engine.instruments[symbol]
-    return json_response(
-        proto.QuoteResponse(
-            instrument_id=symbol,
-            exchange_id=instrument.exchange_id,
-            instrument_name=instrument.instrument_name,
-            last_price=engine.last_price.get(symbol),
-            bid_price1=bids[0][0] if bids else None,
-            bid_volume1=bids[0][1] if bids else 0,
-            ask_price1=asks[0][0] if asks else None,
-            ask_volume1=asks[0][1] if asks else 0,
-            bids=bids,
-            asks=asks,
-            upper_limit=instrument.upper_limit,
-            lower_limit=instrument.lower_limit,
-            pre_settlement=instrument.pre_settlement,
-            pre_close=instrument.pre_close,
-            open_interest=engine.open_interest.get(symbol, 0),
-            price_tick=instrument.price_tick,
-            volume_multiple=instrument.volume_multiple,
-            suspended=instrument.suspended,
-        )
+    small = proto.QuoteResponse(
+        instrument_id=symbol,
+        exchange_id=instrument.exchange_id,
+        instrument_name=instrument.instrument_name,
+        last_price=engine.last_price.get(symbol),
+        bid_price1=bids[0][0] if bids else None,
+        bid_volume1=bids[0][1] if bids else 0,
+        ask_price1=asks[0][0] if asks else None,
+        ask_volume1=asks[0][1] if asks else 0,
+        bids=bids,
+        asks=asks,
+        upper_limit=instrument.upper_limit,
+        lower_limit=instrument.lower_limit,
+        pre_settlement=instrument.pre_settlement,
+        pre_close=instrument.pre_close,
+        open_interest=engine.open_interest.get(symbol, 0),
+        price_tick=instrument.price_tick,
+        volume_multiple=instrument.volume_multiple,
+        suspended=instrument.suspended,
     )
+    market = services().exchange.market
+    if market is None:
+        return json_response(small)
+    # The DIFF quote (daily figures, static fields) with the engine's book and last price over it:
+    # those are the truth at this instant, while the service may be a batch behind.
+    answer = {
+        key: None if value == NAN_ON_WIRE else value for key, value in market.quote_view(symbol).items()
+    }
+    for number in range(1, 6):
+        for side, levels in (("bid", bids), ("ask", asks)):
+            price, volume = levels[number - 1] if number <= len(levels) else (None, 0)
+            answer[f"{side}_price{number}"] = price
+            answer[f"{side}_volume{number}"] = volume
+    answer.update(msgspec.to_builtins(small))
+    return json_response(answer)
+
+
+def _count(default: int) -> int:
+    text = request.args.get("count", str(default))
+    if not text.isdigit() or not 1 <= int(text) <= MAX_VIEW_WIDTH:
+        raise HttpError(400, "bad_request", f"count must be an integer 1-{MAX_VIEW_WIDTH}, got {text!r}")
+    return int(text)
+
+
+def _market_data(symbol: str) -> Any:
+    services().exchange.engine.instrument(symbol)  # 404 for an unknown symbol
+    market = services().exchange.market
+    if market is None:
+        raise HttpError(503, "no_market_data", "this server runs without the market data service")
+    return market
+
+
+@route(
+    "GET", "/api/market/klines/<symbol>",
+    "K-lines (?duration=seconds, default 60; ?count=1..10000, default 200)",
+    answer=proto.KlinesResponse, errors=(400, 404),
+)  # fmt: skip
+async def klines(symbol: str) -> Response:
+    market = _market_data(symbol)
+    count = _count(200)
+    duration_text = request.args.get("duration", "60")
+    if not duration_text.isdigit() or int(duration_text) == 0:
+        raise HttpError(
+            400, "bad_request", f"duration must be a whole number of seconds > 0, got {duration_text!r}"
+        )
+    try:
+        series = market.kline_history(symbol, int(duration_text) * 1_000_000_000)
+    except ValueError as exc:
+        raise HttpError(400, "bad_request", str(exc)) from None
+    bars = series.window(series.last_id - count + 1, series.last_id)
+    return json_response(
+        proto.KlinesResponse(
+            symbol, int(duration_text), series.last_id,
+            [proto.KlineView(id=int(bar_id), **bar) for bar_id, bar in bars.items()],
+        )
+    )  # fmt: skip
+
+
+@route(
+    "GET", "/api/market/ticks/<symbol>", "Ticks, one per trade (?count=1..10000, default 200)",
+    answer=proto.TicksResponse, errors=(400, 404),
+)  # fmt: skip
+async def ticks(symbol: str) -> Response:
+    market = _market_data(symbol)
+    count = _count(200)
+    series = market.series(symbol, 0)
+    window = series.window(series.last_id - count + 1, series.last_id)
+    rows = [
+        {"id": int(tick_id)} | {key: None if value == NAN_ON_WIRE else value for key, value in tick.items()}
+        for tick_id, tick in window.items()
+    ]
+    return json_response(proto.TicksResponse(symbol, series.last_id, rows))
 
 
 @route(
@@ -524,6 +597,16 @@ async def users() -> Response:
     require_admin()
     records = services().exchange.engine.users
     return json_response({"users": {user_id: r.account.to_diff() for user_id, r in records.items()}})
+
+
+@route(
+    "GET", "/api/admin/state-digest", "Hash of the whole exchange state and its journal seq", auth="admin",
+    errors=(401, 403),
+)  # fmt: skip
+async def state_digest() -> Response:
+    require_admin()
+    engine = services().exchange.engine
+    return json_response({"digest": engine.state_digest(), "seq": engine.seq})
 
 
 @route(

@@ -36,6 +36,7 @@ a time (no loop over positions except in :meth:`Account.settle`).
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Mapping
 from typing import Any
 
@@ -75,6 +76,18 @@ POSITION_FIELDS = (
 )  # fmt: skip
 
 NAN = math.nan
+# Rendering is on the hot path (every fill renders two accounts and two positions): one C-level
+# attrgetter call per object instead of a Python loop of getattr calls.
+_position_values = operator.attrgetter(*POSITION_FIELDS)
+_account_values = operator.attrgetter(*ACCOUNT_FIELDS)
+# The fields a mark-to-market can change; a mark of a holder sends only these.
+POSITION_MARK_FIELDS = (
+    "last_price", "float_profit_long", "float_profit_short", "float_profit",
+    "position_profit_long", "position_profit_short", "position_profit",
+)  # fmt: skip
+ACCOUNT_MARK_FIELDS = ("position_profit", "float_profit", "balance", "available", "risk_ratio")
+_position_mark_values = operator.attrgetter(*POSITION_MARK_FIELDS)
+_account_mark_values = operator.attrgetter(*ACCOUNT_MARK_FIELDS)
 _POSITION_PRICE_FIELDS = (
     "open_price_long", "open_price_short", "position_price_long", "position_price_short", "last_price",
 )  # fmt: skip
@@ -134,12 +147,16 @@ class Position(msgspec.Struct, kw_only=True):
     def to_diff(self) -> dict[str, Any]:
         """All DIFF position fields. NaN prices of a flat side travel as "-": JSON has no NaN, a null
         would delete the field, and TqSdk reads a string in a numeric field as NaN (see DIFF.md)."""
-        rendered = {name: getattr(self, name) for name in POSITION_FIELDS}
+        rendered = dict(zip(POSITION_FIELDS, _position_values(self), strict=True))
         for name in _POSITION_PRICE_FIELDS:
             value = rendered[name]
             if value != value:
                 rendered[name] = "-"
         return rendered
+
+    def mark_view(self) -> dict[str, Any]:
+        """Only the fields a mark-to-market changes (last_price is never NaN after a mark)."""
+        return dict(zip(POSITION_MARK_FIELDS, _position_mark_values(self), strict=True))
 
 
 class Account:
@@ -217,7 +234,11 @@ class Account:
 
     def to_diff(self) -> dict[str, Any]:
         """All DIFF account fields (``accounts.CNY``)."""
-        return {name: getattr(self, name) for name in ACCOUNT_FIELDS}
+        return dict(zip(ACCOUNT_FIELDS, _account_values(self), strict=True))
+
+    def mark_view(self) -> dict[str, Any]:
+        """Only the account fields a mark-to-market changes."""
+        return dict(zip(ACCOUNT_MARK_FIELDS, _account_mark_values(self), strict=True))
 
     def position(self, instrument: Instrument) -> Position:
         """The position in `instrument`, created flat on first use."""

@@ -213,7 +213,8 @@ class OrderBook:
         level_of[key] = level
         if fills:
             return _new_tuple(Submission, (fills, volume, 0, False))
-        return _rested(volume)
+        # _rested() inlined: this is the most frequent return of the exchange.
+        return _RESTED[volume] if volume < _COMMON_VOLUMES else _rested(volume)
 
     def cancel(self, key: int) -> int:
         """Remove a resting order; return the volume removed, 0 if the key was not resting.
@@ -335,41 +336,45 @@ class OrderBook:
         """Fill `volume` against the opposite side down to `bound`: the fills, best first, and the
         volume left over.
 
-        Completely filled makers are a prefix of each level's dicts. They are deleted after the
-        level's loop, because a dict must not change size while it is iterated.
+        Levels the order takes whole are dropped without touching their dicts. In the level where
+        the order ends, the completely filled makers are a prefix of the level's dicts; they are
+        deleted after the loop, because a dict must not change size while it is iterated.
         """
         fills: list[Fill] = []
+        append = fills.append
         level_of = self._level_of
-        while volume and prices and prices[-1] >= bound:
+        while prices and prices[-1] >= bound:
             signed = prices[-1]
             level = levels[signed]
             volumes = level.volumes
             level_price = level.price
+            if level.total <= volume:
+                for maker, maker_volume in volumes.items():
+                    append(_new_tuple(Fill, (maker, taker, level_price, maker_volume)))
+                    del level_of[maker]
+                volume -= level.total
+                prices.pop()
+                del levels[signed]
+                if volume:
+                    continue
+                break
+            # The order ends inside this level.
+            level.total -= volume
             first = len(fills)
-            done = 0  # makers at the front of this level that are now completely filled
+            partial = 0
             for maker, maker_volume in volumes.items():
                 if maker_volume > volume:
                     volumes[maker] = maker_volume - volume  # same key: allowed while iterating
-                    fills.append(_new_tuple(Fill, (maker, taker, level_price, volume)))
-                    volume = 0
+                    append(_new_tuple(Fill, (maker, taker, level_price, volume)))
+                    partial = 1
                     break
-                fills.append(_new_tuple(Fill, (maker, taker, level_price, maker_volume)))
+                append(_new_tuple(Fill, (maker, taker, level_price, maker_volume)))
                 volume -= maker_volume
-                done += 1
                 if not volume:
                     break
-            if done == len(volumes):
-                for position in range(first, first + done):
-                    del level_of[fills[position][0]]
-                prices.pop()
-                del levels[signed]
-            else:
-                owners = level.owners
-                taken = 0
-                for position in range(first, len(fills)):
-                    maker, _taker, _price, maker_volume = fills[position]
-                    taken += maker_volume
-                    if position - first < done:
-                        del volumes[maker], owners[maker], level_of[maker]
-                level.total -= taken
+            owners = level.owners
+            for position in range(first, len(fills) - partial):
+                maker = fills[position][0]
+                del volumes[maker], owners[maker], level_of[maker]
+            return fills, 0
         return fills, volume

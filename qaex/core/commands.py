@@ -63,8 +63,13 @@ class SetSuspended(Command, frozen=True, tag="set_suspended"):
     suspended: bool
 
 
+class MarkToMarket(Command, frozen=True, tag="mark"):
+    """Mark every holder of a moved instrument to market (the exchange sends it on a short timer)."""
+
+
 AnyCommand = (
-    OpenAccount
+    MarkToMarket
+    | OpenAccount
     | ChangePassword
     | Deposit
     | Withdraw

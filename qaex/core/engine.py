@@ -28,6 +28,7 @@ from qaex.core.commands import (
     ChangePassword,
     Deposit,
     Insert,
+    MarkToMarket,
     OpenAccount,
     SetSuspended,
     Settle,
@@ -130,6 +131,9 @@ class Engine:
         self.trading_day = trading_day
         self.max_orders_per_second = max_orders_per_second
         self.last_price: dict[str, float] = {}
+        # The price positions are marked at: the last trade, or the settlement price until the next
+        # trade after a settlement (positions were just re-priced at it).
+        self.mark_price: dict[str, float] = {}
         self.open_interest: dict[str, int] = {s: i.pre_open_interest for s, i in self.instruments.items()}
         self.seq = 0  # commands applied
         self._order_seq = 0
@@ -142,6 +146,9 @@ class Engine:
         self._touched_positions: dict[str, set[str]] = {}
         self._touched_accounts: set[str] = set()
         self._moved: set[str] = set()
+        # Marked to market but otherwise unchanged: rendered with the mark fields only.
+        self._marked_positions: dict[str, set[str]] = {}
+        self._marked_accounts: set[str] = set()
 
     # ------------------------------------------------------------------------------------------------
     # Commands
@@ -152,9 +159,15 @@ class Engine:
         Raises QaexError for commands refused as a whole (unknown user, bad amount, ...). An order that
         fails risk checks is not an exception: it is recorded FINISHED with last_msg saying why.
         """
-        if not self.trading_day:
+        first = not self.trading_day
+        if first:
             self.trading_day = trading_day_of(command.ts)
-        result = self._dispatch(command)
+        try:
+            result = self._dispatch(command)
+        except QaexError:
+            if first:
+                self.trading_day = ""  # a refused command is not journaled, so it must change nothing
+            raise
         self.seq += 1  # only commands that were applied count: refused ones are not journaled
         return result
 
@@ -163,6 +176,8 @@ class Engine:
             return self._insert(command.order, command.ts)
         if isinstance(command, Cancel):
             return self._cancel(command.user_id, command.order_id, command.ts)
+        if isinstance(command, MarkToMarket):
+            return self.mark_holders()
         if isinstance(command, OpenAccount):
             return self._open_account(command)
         if isinstance(command, Deposit):
@@ -213,6 +228,7 @@ class Engine:
         if deposit:
             record.account.deposit_cash(amount)
         else:
+            self._mark_account(user_id)
             record.account.withdraw_cash(amount)
             amount = -amount
         transfer_id = f"{ts}-{len(record.transfers)}"
@@ -255,6 +271,7 @@ class Engine:
             freeze_price = (
                 instrument.from_ticks(price_ticks) if order.price_type == "LIMIT" else instrument.upper_limit
             )
+            self._mark_account(order.user_id)  # available depends on the current prices
             record.account.freeze(order, instrument, freeze_price)
         except RiskError as exc:
             self._reject(order, exc)
@@ -384,6 +401,7 @@ class Engine:
         symbol = instrument.symbol
         self.open_interest[symbol] = self.open_interest.get(symbol, 0) + volume * opens // 2
         self.last_price[symbol] = price
+        self.mark_price[symbol] = price
         self._moved.add(symbol)
         self._batch.books.add(symbol)
         self._batch.market_trades.append(MarketTrade(symbol, price, volume, ts, self.open_interest[symbol]))
@@ -416,17 +434,17 @@ class Engine:
     # -- settlement and admin ---------------------------------------------------------------------
     def _settle(self, command: Settle) -> dict[str, float]:
         """Expire every open order, settle every account, and roll every instrument to the next day."""
-        for order in list(self._orders_by_key.values()):
-            self._cancel_order(order)
         prices: dict[str, float] = {}
         for symbol, instrument in self.instruments.items():
             price = command.prices.get(symbol, self.last_price.get(symbol, instrument.pre_settlement))
             ticks = instrument.to_ticks(price)
-            if ticks is None:
+            if ticks is None:  # checked before anything changes: a refused command is not journaled
                 raise QaexError(
                     f"settlement price {price} of {symbol} is not on the tick grid", code="bad_price"
                 )
             prices[symbol] = price
+        for order in list(self._orders_by_key.values()):
+            self._cancel_order(order)
         for record in self.users.values():
             record.account.settle(prices, self.instruments)
             self._touched_accounts.add(record.user_id)
@@ -442,6 +460,7 @@ class Engine:
             self._touched_orders.pop(record.user_id, None)
         for symbol, instrument in self.instruments.items():
             instrument.pre_close = self.last_price.get(symbol, instrument.pre_close)
+            self.mark_price[symbol] = prices[symbol]
             instrument.pre_settlement = prices[symbol]
             instrument.pre_open_interest = self.open_interest.get(symbol, instrument.pre_open_interest)
             instrument.reset_limits()
@@ -503,23 +522,47 @@ class Engine:
             objects = user[kind] = {}
         objects[key] = rendered
 
-    def flush(self) -> Batch:
-        """Mark moved instruments to market for every holder, render everything touched, start a new batch."""
-        for symbol in self._moved:
-            instrument = self.instruments[symbol]
-            price = self.last_price[symbol]
+    def _mark_account(self, user_id: str) -> None:
+        """Bring one account's positions to the current last prices (cheap: that user's positions only).
+
+        Marking is lazy: an account is marked whenever it is used (a risk check, a transfer, a render)
+        and, for every holder at once, by `mark_holders`. The result depends only on the positions and
+        the last prices, never on when it happens, so lazy marking keeps replays exact.
+        """
+        account = self.users[user_id].account
+        for symbol, position in account.positions.items():
+            price = self.mark_price.get(symbol)
+            if price is not None and position.last_price != price:
+                if account.mark(self.instruments[symbol], price):
+                    marked = self._marked_positions.get(user_id)
+                    if marked is None:
+                        marked = self._marked_positions[user_id] = set()
+                    marked.add(symbol)
+                    self._marked_accounts.add(user_id)
+
+    def mark_holders(self) -> int:
+        """Mark every holder of every instrument whose price moved since the last call; returns how many.
+
+        Fill participants are marked at once (in `flush`); other holders are marked here, which the
+        exchange runs on a short timer, so a busy instrument with thousands of holders costs one pass
+        per interval instead of one per order.
+        """
+        marked = 0
+        for symbol in sorted(self._moved):  # set order varies by process: keep passes reproducible
             holders = self._holders[symbol]
-            for user_id in list(holders):
-                account = self.users[user_id].account
-                position = account.positions.get(symbol)
+            for user_id in sorted(holders):
+                position = self.users[user_id].account.positions.get(symbol)
                 if position is None or (position.volume_long == 0 and position.volume_short == 0):
                     holders.discard(user_id)
-                    if position is None:
-                        continue
-                if account.mark(instrument, price):
-                    self._touch_position(user_id, symbol)
-                    self._touched_accounts.add(user_id)
+                self._mark_account(user_id)
+                marked += 1
         self._moved.clear()
+        return marked
+
+    def flush(self) -> Batch:
+        """Render everything touched (participants marked to market first) and start a new batch."""
+        for user_id in list(self._touched_accounts):
+            self._mark_account(user_id)
         for user_id, order_ids in self._touched_orders.items():
             orders = self.users[user_id].orders
             for order_id in order_ids:
@@ -532,6 +575,17 @@ class Engine:
                     self._render_into(user_id, "positions", symbol, position.to_diff())
         for user_id in self._touched_accounts:
             self._render_into(user_id, "accounts", "CNY", self.users[user_id].account.to_diff())
+        for user_id, symbols in self._marked_positions.items():
+            touched = self._touched_positions.get(user_id, ())
+            positions = self.users[user_id].account.positions
+            for symbol in symbols:
+                if symbol not in touched:
+                    self._render_into(user_id, "positions", symbol, positions[symbol].mark_view())
+        for user_id in self._marked_accounts:
+            if user_id not in self._touched_accounts:
+                self._render_into(user_id, "accounts", "CNY", self.users[user_id].account.mark_view())
+        self._marked_positions.clear()
+        self._marked_accounts.clear()
         self._touched_orders.clear()
         self._touched_positions.clear()
         self._touched_accounts.clear()
@@ -547,6 +601,7 @@ class Engine:
     def user_tree(self, user_id: str) -> dict[str, Any]:
         """The user's whole DIFF trade tree (``trade/{user_id}``), for a session's first snapshot."""
         record = self.user(user_id)
+        self._mark_account(user_id)
         return {
             "user_id": user_id,
             "trading_day": self.trading_day,
@@ -568,6 +623,11 @@ class Engine:
     def trades_made(self) -> int:
         return self._trade_seq
 
+    @property
+    def prices_moved(self) -> bool:
+        """True while some holders may not be marked at an instrument's latest price."""
+        return bool(self._moved)
+
     def open_orders(self) -> list[Order]:
         return list(self._orders_by_key.values())
 
@@ -582,6 +642,7 @@ class Engine:
             },
             "books": {s: list(b.resting_orders()) for s, b in sorted(self.books.items())},
             "last_price": sorted(self.last_price.items()),
+            "mark_price": sorted(self.mark_price.items()),
             "open_interest": sorted(self.open_interest.items()),
             "instruments": [msgspec.to_builtins(self.instruments[s]) for s in sorted(self.instruments)],
         }

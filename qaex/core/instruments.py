@@ -8,6 +8,7 @@ a whole number of ticks.
 
 from __future__ import annotations
 
+import functools
 import math
 import tomllib
 from collections.abc import Iterator, Mapping
@@ -77,8 +78,7 @@ class Instrument(msgspec.Struct, kw_only=True):
     @property
     def price_decs(self) -> int:
         """Number of decimals a price of this contract needs (0.02 -> 2, 10 -> 0)."""
-        text = f"{self.price_tick:.10f}".rstrip("0")
-        return len(text.split(".")[1]) if "." in text else 0
+        return _decimals(self.price_tick)
 
     @property
     def separates_today(self) -> bool:
@@ -125,6 +125,13 @@ class Instrument(msgspec.Struct, kw_only=True):
         else:
             per_lot, rate = self.close_commission_per_lot, self.close_commission_rate
         return volume * (per_lot + rate * price * self.volume_multiple)
+
+
+@functools.lru_cache(maxsize=256)
+def _decimals(tick: float) -> int:
+    """Cached: every fill converts a price from ticks; formatting the tick each time showed in profiles."""
+    text = f"{tick:.10f}".rstrip("0")
+    return len(text.split(".")[1]) if "." in text else 0
 
 
 def _night(end: str) -> list[list[str]]:

@@ -6,6 +6,7 @@ rendering a record for a patch is a field copy. Prices are floats here; the book
 
 from __future__ import annotations
 
+import operator
 from typing import Any, Literal
 
 import msgspec
@@ -27,6 +28,9 @@ TRADE_FIELDS = (
     "seqno", "user_id", "trade_id", "order_id", "exchange_trade_id", "exchange_id", "instrument_id",
     "direction", "offset", "volume", "price", "trade_date_time", "commission",
 )  # fmt: skip
+
+_order_values = operator.attrgetter(*ORDER_FIELDS)
+_trade_values = operator.attrgetter(*TRADE_FIELDS)
 
 MSG_ACCEPTED = "报单成功"
 MSG_FILLED = "全部成交"
@@ -93,7 +97,7 @@ class Order(msgspec.Struct, kw_only=True):
 
     def to_diff(self) -> dict[str, Any]:
         """The DIFF order; a price that is not a number (market orders) travels as "-" (see DIFF.md)."""
-        rendered = {name: getattr(self, name) for name in ORDER_FIELDS}
+        rendered = dict(zip(ORDER_FIELDS, _order_values(self), strict=True))
         if self.limit_price != self.limit_price:
             rendered["limit_price"] = "-"
         return rendered
@@ -119,4 +123,4 @@ class Trade(msgspec.Struct, kw_only=True):
         return f"{self.exchange_id}.{self.instrument_id}"
 
     def to_diff(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in TRADE_FIELDS}
+        return dict(zip(TRADE_FIELDS, _trade_values(self), strict=True))

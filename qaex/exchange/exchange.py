@@ -34,6 +34,7 @@ from qaex.core.instruments import Instrument
 from qaex.core.orders import InsertOrder, Order
 from qaex.core.passwords import hash_password, verify_password
 from qaex.exchange.gateway import TradeGateway
+from qaex.exchange.journal import Journal
 from qaex.exchange.router import CommandLog, OrderRouter
 from qaex.exchange.snapshot import SnapshotManager
 
@@ -48,6 +49,7 @@ class Exchange:
         journal: CommandLog | None = None,
         clock: Callable[[], int] | None = None,
         market: Any = None,
+        mark_interval: float = 0.2,
     ) -> None:
         self.engine = engine if engine is not None else Engine()
         batch_send, batch_receive = trio.open_memory_channel[Batch](256)
@@ -55,13 +57,16 @@ class Exchange:
         if clock is not None:
             router_kwargs["clock"] = clock
         self.router = OrderRouter(self.engine, batch_send, **router_kwargs)
+        self.journal = journal
         self.snapshots = SnapshotManager(self._root_fields)
         self.market = market
+        self.simulator: Any = None  # the liquidity simulator, started once the router runs (qaex.app)
         market_send = market.batches if market is not None else None
         self.gateway = TradeGateway(batch_receive, self.snapshots, market_send)
         self._verified: dict[str, bytes] = {}  # user -> keyed digest of the last verified password
         self._secret = os.urandom(32)
         self.ready = trio.Event()
+        self.mark_interval = mark_interval
         self.diff_server: Any = None  # set by qaex.api.diff_server.serve_diff, for metrics
 
     def _root_fields(self, user_id: str) -> dict[str, Any]:
@@ -79,14 +84,31 @@ class Exchange:
             "transfers": {},
         }
 
+    def seed_from_engine(self) -> None:
+        """After recovery, before serving: start every user's DIFF tree from the engine's state.
+
+        The snapshot manager and gateway otherwise build trees from patches alone, so a session
+        logging in after a restart would see only what changed since. Seeding the gateway's memory of
+        what was sent keeps its next patches minimal, too.
+        """
+        for user_id in self.engine.users:
+            tree = self.engine.user_tree(user_id)
+            self.snapshots.trees[user_id] = tree
+            self.gateway.seed(user_id, tree)
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             async with trio.open_nursery() as nursery:
+                if isinstance(self.journal, Journal):
+                    await nursery.start(self.journal.run)
                 await nursery.start(self.snapshots.run)
                 await nursery.start(self.gateway.run)
                 if self.market is not None:
                     await nursery.start(self.market.run)
                 await nursery.start(self.router.run)
+                nursery.start_soon(self._mark_to_market)
+                if self.simulator is not None:
+                    await nursery.start(self.simulator.run)
                 log.info(
                     "exchange ready: %d instruments, %d users, trading day %s",
                     len(self.engine.instruments),
@@ -100,6 +122,17 @@ class Exchange:
             if rest is not None and not isinstance(rest, trio.Cancelled):
                 log.critical("exchange service crashed: %r", exc, exc_info=True)
             raise
+
+    async def _mark_to_market(self) -> None:
+        """Every `mark_interval`, mark all holders of instruments whose price moved (one command, journaled).
+
+        Fill participants are marked with the fill itself; this pass reaches everyone else holding the
+        instrument, so a price move costs one pass per interval however many orders trade meanwhile.
+        """
+        while True:
+            await trio.sleep(self.mark_interval)
+            if self.engine.prices_moved:
+                await self.router.execute(lambda ts: commands.MarkToMarket(ts=ts))
 
     # -- accounts ---------------------------------------------------------------------------------
     async def open_account(self, user_id: str, password: str, init_cash: float = 1_000_000.0) -> Account:

@@ -21,7 +21,6 @@ from typing import Any, Protocol
 import trio
 
 from qaex.core.engine import Batch
-from qaex.core.patch import diff
 
 log = logging.getLogger("qaex.gateway")
 
@@ -50,6 +49,14 @@ class TradeGateway:
         # Notify keys must be new to every client, also one that reconnects after a restart.
         self._notify_prefix = f"qaex-{secrets.token_hex(3)}-g"
         self.patches_sent = 0
+        # Accounts nobody can log in as (the liquidity simulator's): no patches, no trees to keep.
+        self.silent_users: set[str] = set()
+
+    def seed(self, user_id: str, tree: dict[str, Any]) -> None:
+        """Remember a user's whole trade tree as sent (after a restart, see Exchange.seed_from_engine)."""
+        sent = self._sent.setdefault(user_id, {})
+        for kind in ("orders", "trades", "positions", "accounts", "transfers"):
+            sent[kind] = {key: dict(value) for key, value in tree.get(kind, {}).items()}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -70,6 +77,8 @@ class TradeGateway:
         """One merge patch per user with only what changed since that user's previous patch."""
         patches: dict[str, Patch] = {}
         for user_id, kinds in batch.users.items():
+            if user_id in self.silent_users:
+                continue
             sent = self._sent.get(user_id)
             if sent is None:
                 sent = self._sent[user_id] = {}
@@ -88,12 +97,14 @@ class TradeGateway:
                         continue
                     if before is None:
                         changes[key] = rendered
-                    else:
-                        delta = diff(before, rendered)
-                        if delta is None:
-                            continue
+                        sent_objects[key] = dict(rendered)  # the patch carries `rendered` itself
+                        continue
+                    # Rendered records are flat, and may be partial (a mark sends only the marked
+                    # fields): one pass over what was rendered, then the shadow takes the changes.
+                    delta = {name: value for name, value in rendered.items() if before.get(name) != value}
+                    if delta:
                         changes[key] = delta
-                    sent_objects[key] = rendered
+                        before.update(delta)
                 if changes:
                     tree[kind] = changes
             if batch.settled:
@@ -104,6 +115,8 @@ class TradeGateway:
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("user %s: patch of %s", user_id, ", ".join(sorted(tree)))
         for user_id, notes in batch.notifies.items():
+            if user_id in self.silent_users:
+                continue
             patch = patches.get(user_id)
             if patch is None:
                 patch = patches[user_id] = {}

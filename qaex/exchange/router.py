@@ -72,6 +72,10 @@ class OrderRouter:
         self._last_ts = ts
         return ts
 
+    def resume_after(self, ts: int) -> None:
+        """After recovery: never stamp a command before the last journaled one, even if the clock lags."""
+        self._last_ts = max(self._last_ts, ts)
+
     async def execute(self, command: AnyCommand | Callable[[int], AnyCommand]) -> Any:
         """Apply a command (or a factory taking the router's timestamp) and return its result.
 
@@ -91,6 +95,9 @@ class OrderRouter:
         async with self._receive:
             while True:
                 requests = [await self._receive.receive()]
+                # Let every task that is ready to submit do so first: callers woken by the previous
+                # batch queue their next command, and the batch (and its fsync) covers them all.
+                await trio.lowlevel.checkpoint()
                 while len(requests) < self.max_batch:
                     try:
                         requests.append(self._receive.receive_nowait())

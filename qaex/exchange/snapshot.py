@@ -101,6 +101,7 @@ class SnapshotManager:
         if trade is not None:
             merge_patch(self.tree(user_id), trade[user_id])
         self.patches_merged += 1
+        patch = _without_trade_deletions(user_id, patch)
         for link in self.sessions.get(user_id, ()):
             link.session.push(patch)
             link.wake()
@@ -134,3 +135,22 @@ class SnapshotManager:
                 sessions.discard(link)
                 if not sessions:
                     del self.sessions[user_id]
+
+
+def _without_trade_deletions(user_id: str, patch: Patch) -> Patch:
+    """``patch`` without its ``trades/{id}: null`` entries (a copy; the original is never mutated).
+
+    A settlement removes the day's orders and trades. TqSdk 3.10.4 cannot take a deleted trade: its
+    DataExtension looks every changed trade up again after the merge and fails with ``KeyError:
+    '_path'``, killing TqApi (deleted orders are fine). So connected sessions keep yesterday's trades
+    until they reconnect; the snapshot tree (what a new login or a resync sends) drops them.
+    """
+    user = patch.get("trade", {}).get(user_id)
+    trades = user.get("trades") if type(user) is dict else None
+    if type(trades) is not dict or None not in trades.values():
+        return patch
+    kept = {trade_id: trade for trade_id, trade in trades.items() if trade is not None}
+    user = {key: value for key, value in user.items() if key != "trades"}
+    if kept:
+        user["trades"] = kept
+    return {**patch, "trade": {**patch["trade"], user_id: user}}

@@ -208,6 +208,33 @@ class SettleResponse(msgspec.Struct):
     trading_day: str
 
 
+class KlineView(msgspec.Struct):
+    """One K-line bar: ``datetime`` is the bar start in epoch ns; ``id`` numbers the bars of a series."""
+
+    id: int
+    datetime: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: int
+    open_oi: int
+    close_oi: int
+
+
+class KlinesResponse(msgspec.Struct):
+    symbol: str
+    duration: int  # seconds
+    last_id: int  # -1 while there is no bar yet
+    klines: list[KlineView]  # oldest first
+
+
+class TicksResponse(msgspec.Struct):
+    symbol: str
+    last_id: int
+    ticks: list[dict[str, Any]]  # DIFF Tick fields plus "id", oldest first; unknown prices are null
+
+
 # -- OpenAPI ---------------------------------------------------------------------------------------------
 Auth = Literal["none", "user", "admin"]
 

@@ -1,0 +1,242 @@
+"""In-process throughput of the DIFF engine: router -> engine -> gateway -> snapshot manager -> sessions.
+
+No network: this measures the exchange's own cost per order. 1,000 users (by default) each have one
+logged-in DIFF session that keeps a peek outstanding; submitter tasks send a realistic mix of limit
+orders (about half of them crossing) and cancels through the same `Exchange` API the transports use.
+Reported: orders/s, trades/s, patches/s merged (each into the user's snapshot and into the
+pending buffer of the user's session), and rtn_data frames/s encoded. The same run also measures
+the baseline: the bare engine (apply + flush, no trio services) on the same order stream, so the
+services' overhead is a ratio that a noisy machine cannot fake.
+
+    python -m bench.pipeline --help
+    python -m bench.pipeline --users 1000 --orders 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import random
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import trio
+import trio.testing
+
+from qaex.core.commands import Cancel, Insert, OpenAccount
+from qaex.core.engine import Engine
+from qaex.core.errors import QaexError
+from qaex.core.orders import InsertOrder
+from qaex.exchange.exchange import Exchange
+from qaex.exchange.snapshot import SessionLink
+from qaex.protocol.session import DiffSession
+
+SYMBOLS = ["SHFE.rb2601", "DCE.m2601", "CZCE.SR601", "SHFE.cu2601"]
+PEEK = b'{"aid":"peek_message"}'
+
+
+@dataclass
+class Step:
+    kind: str  # "insert" or "cancel"
+    user: str
+    order_id: str
+    symbol: str = ""
+    direction: str = "BUY"
+    price: float = 0.0
+    volume: int = 1
+
+
+def workload(users: int, orders: int, seed: int, engine: Engine) -> list[Step]:
+    """≈ 75 % inserts (half of them priced to cross) and 25 % cancels of earlier orders."""
+    rng = random.Random(seed)
+    steps: list[Step] = []
+    live: list[tuple[str, str]] = []
+    counter = itertools.count()
+    while len(steps) < orders:
+        if live and rng.random() < 0.25:
+            user, order_id = live.pop(rng.randrange(len(live)))
+            steps.append(Step("cancel", user, order_id))
+            continue
+        symbol = rng.choice(SYMBOLS)
+        instrument = engine.instruments[symbol]
+        mid = instrument.pre_settlement
+        buy = rng.random() < 0.5
+        crossing = rng.random() < 0.5
+        offset_ticks = rng.randint(0, 3) if crossing else rng.randint(1, 10)
+        sign = 1 if buy == crossing else -1
+        price = instrument.from_ticks(instrument.to_ticks(mid) + sign * offset_ticks)  # type: ignore[operator]
+        user = f"u{rng.randrange(users)}"
+        order_id = f"o{next(counter)}"
+        steps.append(
+            Step("insert", user, order_id, symbol, "BUY" if buy else "SELL", price, rng.randint(1, 3))
+        )
+        live.append((user, order_id))
+    return steps
+
+
+def to_request(step: Step) -> InsertOrder:
+    exchange_id, instrument_id = step.symbol.split(".")
+    return InsertOrder(
+        user_id=step.user,
+        order_id=step.order_id,
+        exchange_id=exchange_id,
+        instrument_id=instrument_id,
+        direction=step.direction,  # type: ignore[arg-type]
+        offset="OPEN",
+        volume=step.volume,
+        limit_price=step.price,
+    )
+
+
+def bare_engine(users: int, steps: list[Step], batch: int) -> float:
+    """Baseline: the same stream through Engine.apply + flush only (no trio, no patches). Orders/s."""
+    engine = Engine()
+    for i in range(users):
+        engine.apply(OpenAccount(ts=i + 1, user_id=f"u{i}", password_hash="x", init_cash=1e12))
+    engine.flush()
+    ts = 10**18
+    start = time.perf_counter()
+    for index, step in enumerate(steps):
+        ts += 1000
+        try:
+            if step.kind == "insert":
+                engine.apply(Insert(ts=ts, order=to_request(step)))
+            else:
+                engine.apply(Cancel(ts=ts, user_id=step.user, order_id=step.order_id))
+        except QaexError:
+            pass
+        if index % batch == batch - 1:
+            engine.flush()
+    engine.flush()
+    return len(steps) / (time.perf_counter() - start)
+
+
+@dataclass
+class PipelineResult:
+    orders_per_s: float
+    trades_per_s: float
+    patches_merged_per_s: float
+    rtn_data_per_s: float
+    seconds: float
+
+
+async def pipeline(users: int, steps: list[Step], submitters: int) -> PipelineResult:
+    engine = Engine()
+    exchange = Exchange(engine)
+    frames = 0
+    async with trio.open_nursery() as nursery:
+        await nursery.start(exchange.run)
+        for i in range(users):
+            # Opening through the router (the real path) but without scrypt: the bench is about orders.
+            await exchange.router.execute(
+                lambda ts, i=i: OpenAccount(ts=ts, user_id=f"u{i}", password_hash="x", init_cash=1e12)
+            )
+        links: list[SessionLink] = []
+        for i in range(users):
+            link = SessionLink(DiffSession(i + 1))
+            exchange.snapshots.add(link)
+            exchange.snapshots.login(link, f"u{i}")
+            link.session.receive(PEEK)
+            links.append(link)
+
+        async def client(link: SessionLink) -> None:
+            # What a session's writer plus a fast client do: send rtn_data, get the next peek.
+            nonlocal frames
+            while True:
+                await link.wait()
+                if link.session.resync_needed and link.session.user_id is not None:
+                    link.session.reset([exchange.snapshots.full_view(link.session.user_id)])
+                if link.session.data_to_send() is not None:
+                    frames += 1
+                    link.session.receive(PEEK)
+
+        async with trio.open_nursery() as clients:
+            for link in links:
+                clients.start_soon(client, link)
+            await trio.testing.wait_all_tasks_blocked()
+            merged_before = exchange.snapshots.patches_merged
+            trades_before = engine.trades_made
+            frames = 0
+            queue = iter(steps)
+
+            async def submitter() -> None:
+                for step in queue:
+                    try:
+                        if step.kind == "insert":
+                            await exchange.insert_order(to_request(step))
+                        else:
+                            await exchange.cancel_order(step.user, step.order_id)
+                    except QaexError:
+                        pass
+
+            start = time.perf_counter()
+            async with trio.open_nursery() as load:
+                for _ in range(submitters):
+                    load.start_soon(submitter)
+            await trio.testing.wait_all_tasks_blocked()
+            seconds = time.perf_counter() - start
+            clients.cancel_scope.cancel()
+        merged = exchange.snapshots.patches_merged - merged_before
+        nursery.cancel_scope.cancel()
+    return PipelineResult(
+        orders_per_s=len(steps) / seconds,
+        trades_per_s=(engine.trades_made - trades_before) / seconds,
+        patches_merged_per_s=merged / seconds,
+        rtn_data_per_s=frames / seconds,
+        seconds=seconds,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--users", type=int, default=1000, help="users, each with one logged-in session")
+    parser.add_argument("--orders", type=int, default=50_000, help="orders and cancels per repeat")
+    parser.add_argument("--submitters", type=int, default=64, help="concurrent submitting tasks")
+    parser.add_argument("--repeat", type=int, default=3, help="repeats; medians are reported")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    args = parser.parse_args()
+
+    steps = workload(args.users, args.orders, args.seed, Engine())
+    runs: list[PipelineResult] = []
+    baselines: list[float] = []
+    for attempt in range(args.repeat):
+        baselines.append(bare_engine(args.users, steps, 64))
+        runs.append(trio.run(pipeline, args.users, steps, args.submitters))
+        print(f"run {attempt + 1}/{args.repeat}: {runs[-1].orders_per_s:,.0f} orders/s through the pipeline, "
+              f"{baselines[-1]:,.0f} orders/s bare engine")  # fmt: skip
+
+    def median(field: str) -> float:
+        return statistics.median(getattr(run, field) for run in runs)
+
+    summary: dict[str, Any] = {
+        "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()},
+        "users": args.users,
+        "orders": args.orders,
+        "submitters": args.submitters,
+        "pipeline": {field: median(field) for field in asdict(runs[0])},
+        "bare_engine_orders_per_s": statistics.median(baselines),
+    }
+    summary["pipeline_vs_bare_engine"] = (
+        summary["pipeline"]["orders_per_s"] / summary["bare_engine_orders_per_s"]
+    )
+    print()
+    print(f"| measure (median of {args.repeat}) | value |")
+    print("|---|---|")
+    for field, value in summary["pipeline"].items():
+        print(f"| {field} | {value:,.1f} |")
+    print(f"| bare engine orders/s (baseline) | {summary['bare_engine_orders_per_s']:,.0f} |")
+    print(f"| pipeline / bare engine | {summary['pipeline_vs_bare_engine']:.2f} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(summary, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,294 @@
+"""LiquiditySimulator: a built-in market maker, so a lone user can trade any contract at once.
+
+Two exchange-owned accounts trade like anyone else - through ``Exchange.insert_order`` and
+``cancel_order``, hence the same router, risk checks, journal and matching:
+
+* the **maker** (``qaex-mm``) keeps a ladder of resting limit orders around a reference price: the
+  best bid at the reference, the best ask one tick above, ``levels`` prices each side, a few lots each.
+  The reference follows a seeded random walk, pulled back towards the day's ``pre_settlement`` and kept
+  inside the price limits with the whole ladder. A level that was taken is put back at the next step.
+* the **taker** (``qaex-taker``) now and then sends a small IOC order at the best opposite price, so
+  that last price, volume, ticks and K-lines move even with no user. It closes positions it holds
+  before opening new ones, so its position stays small and open interest does not drift up forever.
+
+One account per role (not per instrument): the books are separate, so the maker's bids and asks only
+meet in the same book, where the ladder never crosses itself: every step cancels the orders that left
+the ladder *before* it inserts new ones, so the engine's self-trade check never fires. Each instrument
+runs its own loop with its own ``random.Random`` (seeded from ``seed`` and the symbol), so a run with a
+seed is reproducible per instrument whatever the scheduling order of the loops.
+
+Cost: a step every 0.5-2 s per instrument (``interval`` is the mean) sends about one order per second
+per instrument. Finished orders and trades stay in the engine (about 1 KB each) and in the journal
+until the daily settlement clears them, so once the day holds ``day_order_budget`` of the simulator's
+orders it slows down in proportion (a day without settlement then costs ~300k orders, not ~900k);
+run ``POST /api/admin/settle`` daily on a long-running server. The
+gateway sends these accounts no patches (nobody can log in as them: their passwords are random and
+never shown), so they cost the engine's records only.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import trio
+
+from qaex.core.errors import QaexError
+from qaex.core.instruments import Instrument
+from qaex.core.orders import Direction, InsertOrder, Offset, TimeCondition
+
+if TYPE_CHECKING:
+    from qaex.exchange.exchange import Exchange
+
+log = logging.getLogger("qaex.simulator")
+
+MAKER = "qaex-mm"
+TAKER = "qaex-taker"
+ACCOUNT_CASH = 1e11
+"""Big enough that margin never limits the simulator in a lifetime of trading days."""
+
+
+@dataclass(slots=True)
+class Ladder:
+    """The maker's plan for one instrument: reference price and live orders. No IO, no clock."""
+
+    instrument: Instrument
+    rng: random.Random
+    levels: int
+    max_lots: int
+    reference: int = 0  # ticks: the best bid; the best ask is one tick above
+    live: dict[str, tuple[bool, int]] = field(default_factory=dict)  # order_id -> (buy, price in ticks)
+    next_id: int = 1
+
+    def bounds(self) -> tuple[int, int]:
+        """Lowest and highest reference that keep the whole ladder inside the price limits."""
+        instrument = self.instrument
+        low = instrument.lower_limit_ticks + self.levels - 1
+        high = instrument.upper_limit_ticks - self.levels
+        if low > high:  # limits narrower than the ladder: centre it
+            low = high = (instrument.lower_limit_ticks + instrument.upper_limit_ticks) // 2
+        return low, high
+
+    def clamp(self) -> None:
+        low, high = self.bounds()
+        self.reference = min(max(self.reference, low), high)
+
+    def walk(self) -> None:
+        """One random-walk step: stay, or move one tick, more likely towards ``pre_settlement``."""
+        self.clamp()
+        if self.rng.random() < 0.5:
+            return
+        low, high = self.bounds()
+        anchor = round(self.instrument.pre_settlement / self.instrument.price_tick)
+        half_range = max((high - low) / 2, 1.0)
+        up = 0.5 - 0.4 * max(-1.0, min(1.0, (self.reference - anchor) / half_range))
+        self.reference += 1 if self.rng.random() < up else -1
+        self.clamp()
+
+    def desired(self) -> dict[tuple[bool, int], None]:
+        """Every (buy, price) the ladder wants a resting order at; best first each side."""
+        wanted: dict[tuple[bool, int], None] = {}
+        for step in range(self.levels):
+            wanted[(True, self.reference - step)] = None
+            wanted[(False, self.reference + 1 + step)] = None
+        return wanted
+
+    def plan(self) -> tuple[list[str], list[tuple[bool, int, int]]]:
+        """Orders to cancel (off the ladder) and ``(buy, price, lots)`` to insert (empty ladder levels).
+
+        Cancels come first when applied: a bid moving up to where an ask was must not meet it.
+        """
+        wanted = self.desired()
+        cancels = [order_id for order_id, level in self.live.items() if level not in wanted]
+        held = {level for level in self.live.values() if level in wanted}
+        inserts = [
+            (buy, price, self.rng.randint(1, self.max_lots))
+            for buy, price in wanted
+            if (buy, price) not in held
+        ]
+        return cancels, inserts
+
+    def new_order_id(self) -> str:
+        order_id = f"{self.instrument.instrument_id}.{self.next_id}"
+        self.next_id += 1
+        return order_id
+
+
+class LiquiditySimulator:
+    """The built-in market maker and taker (see the module docstring); a service with ``run``."""
+
+    def __init__(
+        self,
+        exchange: Exchange,
+        *,
+        seed: int | None = None,
+        interval: float = 1.25,
+        levels: int = 5,
+        max_lots: int = 5,
+        taker_chance: float = 0.3,
+        symbols: list[str] | None = None,
+        day_order_budget: int = 50_000,
+    ) -> None:
+        """``interval``: mean seconds between two steps of one instrument (each step waits 0.4-1.6 ×
+        ``interval``); ``taker_chance``: probability that a step also sends a taker order;
+        ``day_order_budget``: orders of the trading day past which the simulator slows down."""
+        if interval <= 0 or levels < 1 or max_lots < 1 or not 0 <= taker_chance <= 1 or day_order_budget < 1:
+            raise ValueError(
+                "interval > 0, levels >= 1, max_lots >= 1, 0 <= taker_chance <= 1 and day_order_budget >= 1"
+            )
+        self.exchange = exchange
+        self.seed = seed
+        self.interval = interval
+        self.levels = levels
+        self.max_lots = max_lots
+        self.taker_chance = taker_chance
+        self.symbols = symbols
+        self.day_order_budget = day_order_budget
+        self.ladders: dict[str, Ladder] = {}
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Open (or reuse) the two accounts, put up every ladder, then keep them moving."""
+        engine = self.exchange.engine
+        for user_id in (MAKER, TAKER):
+            self.exchange.gateway.silent_users.add(user_id)
+            if user_id not in engine.users:  # after a restart the journal already holds them
+                await self.exchange.open_account(user_id, secrets.token_urlsafe(24), ACCOUNT_CASH)
+        symbols = self.symbols if self.symbols is not None else list(engine.instruments)
+        self.ladders = {symbol: self._ladder(symbol) for symbol in symbols}
+        self._adopt_todays_orders()
+        for ladder in self.ladders.values():
+            await self._reconcile(ladder)
+        log.info("liquidity simulator ready: %d instruments, seed %s", len(symbols), self.seed)
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+            for ladder in self.ladders.values():
+                nursery.start_soon(self._loop, ladder, name=f"simulator:{ladder.instrument.symbol}")
+
+    def _ladder(self, symbol: str) -> Ladder:
+        engine = self.exchange.engine
+        instrument = engine.instruments[symbol]
+        # A string seed is hashed deterministically (unlike hash()), so runs with one seed agree.
+        rng = random.Random(f"{self.seed}/{symbol}") if self.seed is not None else random.Random()
+        ladder = Ladder(instrument, rng, self.levels, min(self.max_lots, instrument.max_limit_order_volume))
+        last_price = engine.last_price.get(symbol, instrument.pre_settlement)
+        ladder.reference = round(last_price / instrument.price_tick)
+        ladder.clamp()
+        return ladder
+
+    def _adopt_todays_orders(self) -> None:
+        """After a restart that replayed today's orders: keep their ids unused and their ladders known."""
+        for order_id, order in self.exchange.engine.users[MAKER].orders.items():
+            ladder = self.ladders.get(order.symbol)
+            if ladder is None:
+                continue
+            number = order_id.rpartition(".")[2]
+            if number.isdigit():
+                ladder.next_id = max(ladder.next_id, int(number) + 1)
+            if order.status == "ALIVE":
+                ladder.live[order_id] = (order.is_buy, ladder.instrument.to_ticks(order.limit_price) or 0)
+
+    async def _loop(self, ladder: Ladder) -> None:
+        while True:
+            await trio.sleep(ladder.rng.uniform(0.4, 1.6) * self.interval * self._slowdown())
+            await self.step(ladder)
+
+    def _slowdown(self) -> float:
+        """1 until today's orders pass the budget, then proportional to them: the day's records (kept
+        until the settlement clears them) then grow like the square root of time, not linearly."""
+        users = self.exchange.engine.users
+        today = len(users[MAKER].orders) + len(users[TAKER].orders)
+        return max(1.0, today / self.day_order_budget)
+
+    async def step(self, ladder: Ladder) -> None:
+        """Move the reference, maybe send a taker order, then restore the ladder."""
+        instrument = ladder.instrument
+        if instrument.suspended or instrument.expired:
+            return  # orders would only be rejected (and pile up in the day's records)
+        self._forget_finished(ladder)
+        ladder.walk()
+        if ladder.rng.random() < self.taker_chance:
+            await self._take(ladder)
+        await self._reconcile(ladder)
+
+    def _forget_finished(self, ladder: Ladder) -> None:
+        """Drop the maker's orders that were filled or cancelled (settlement clears them all)."""
+        orders = self.exchange.engine.users[MAKER].orders
+        for order_id in list(ladder.live):
+            order = orders.get(order_id)
+            if order is None or order.status != "ALIVE":
+                del ladder.live[order_id]
+
+    async def _reconcile(self, ladder: Ladder) -> None:
+        cancels, inserts = ladder.plan()
+        for order_id in cancels:
+            del ladder.live[order_id]
+            try:
+                await self.exchange.cancel_order(MAKER, order_id)
+            except QaexError:
+                pass  # filled in the meantime: nothing rests there any more either
+        instrument = ladder.instrument
+        for buy, price, lots in inserts:
+            order_id = ladder.new_order_id()
+            order = await self._send(MAKER, instrument, order_id, buy, price, lots, "OPEN", "GFD")
+            if order["status"] == "ALIVE":
+                ladder.live[order_id] = (buy, price)
+            elif not order["exchange_order_id"]:
+                log.warning("market maker order refused (%s): %s", instrument.symbol, order["last_msg"])
+                return  # try again at the next step, not in a loop now
+
+    async def _take(self, ladder: Ladder) -> None:
+        instrument = ladder.instrument
+        book = self.exchange.engine.books[instrument.symbol]
+        buy = ladder.rng.random() < 0.5
+        price = book.best_ask() if buy else book.best_bid()
+        if price is None:
+            return
+        lots = ladder.rng.randint(1, min(2, instrument.max_limit_order_volume))
+        offset = self._taker_offset(instrument, buy, lots)
+        order_id = f"{ladder.new_order_id()}t"
+        await self._send(TAKER, instrument, order_id, buy, price, lots, offset, "IOC")
+
+    def _taker_offset(self, instrument: Instrument, buy: bool, lots: int) -> Offset:
+        """Close what the taker holds on the other side first (today's lots on SHFE/INE), else open."""
+        position = self.exchange.engine.users[TAKER].account.positions.get(instrument.symbol)
+        if position is None:
+            return "OPEN"
+        if buy:
+            today = position.volume_short_today - position.volume_short_frozen_today
+            his = position.volume_short_his - position.volume_short_frozen_his
+        else:
+            today = position.volume_long_today - position.volume_long_frozen_today
+            his = position.volume_long_his - position.volume_long_frozen_his
+        if instrument.separates_today:
+            if his >= lots:
+                return "CLOSE"
+            return "CLOSETODAY" if today >= lots else "OPEN"
+        return "CLOSE" if his + today >= lots else "OPEN"
+
+    async def _send(
+        self,
+        user_id: str,
+        instrument: Instrument,
+        order_id: str,
+        buy: bool,
+        price_ticks: int,
+        lots: int,
+        offset: Offset,
+        time_condition: TimeCondition,
+    ) -> dict[str, object]:
+        direction: Direction = "BUY" if buy else "SELL"
+        request = InsertOrder(
+            user_id=user_id,
+            order_id=order_id,
+            exchange_id=instrument.exchange_id,
+            instrument_id=instrument.instrument_id,
+            direction=direction,
+            offset=offset,
+            volume=lots,
+            limit_price=instrument.from_ticks(price_ticks),
+            time_condition=time_condition,
+        )
+        return await self.exchange.insert_order(request)

@@ -1,0 +1,383 @@
+"""The MarketData service driven directly: engine batches in, shared patches out to in-process sessions.
+
+Sessions are the sans-IO DiffSession + SessionLink driven the way the WebSocket handler drives them
+(feed frames, take rtn_data frames), so these tests need no network and run in milliseconds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from typing import Any
+
+import pytest
+
+from qaex.core.commands import Insert, OpenAccount, Settle
+from qaex.core.engine import Engine
+from qaex.core.kline import NS_PER_DAY
+from qaex.core.orders import InsertOrder
+from qaex.core.patch import merge_patch
+from qaex.core.quote import QuoteBook
+from qaex.exchange.market import MarketData
+from qaex.exchange.snapshot import SessionLink
+from qaex.protocol.session import DiffSession
+
+S = 1_000_000_000
+MINUTE = 60 * S
+T0 = 1_763_946_000 * S  # 2025-11-24 09:00 UTC+8, a Monday
+CU, AU = "SHFE.cu2601", "SHFE.au2602"
+_ids = itertools.count(1)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> int:
+        return self.now
+
+
+class Market:
+    """An engine, its MarketData, and a way to trade that feeds the service like the gateway does."""
+
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self.engine = Engine()
+        self.service = MarketData(self.engine, clock=self.clock)
+        self._orders = itertools.count(1)
+        for user in ("alice", "bob"):
+            self.engine.apply(OpenAccount(ts=T0, user_id=user, password_hash="x", init_cash=1e9))
+        self.engine.flush()
+
+    def order(self, user: str, direction: str, price: float, volume: int = 1, symbol: str = CU) -> None:
+        exchange_id, instrument_id = symbol.split(".")
+        request = InsertOrder(
+            user_id=user, order_id=f"o{next(self._orders)}", exchange_id=exchange_id,
+            instrument_id=instrument_id, direction=direction,  # type: ignore[arg-type]
+            offset="OPEN", volume=volume, limit_price=price,
+        )  # fmt: skip
+        self.clock.now += S // 1000
+        self.engine.apply(Insert(ts=self.clock.now, order=request))
+        self.service.apply(self.engine.flush())
+
+    def trade(self, price: float, volume: int = 1, symbol: str = CU) -> None:
+        self.order("alice", "SELL", price, volume, symbol)
+        self.order("bob", "BUY", price, volume, symbol)
+
+    def publish(self) -> None:
+        self.service.publish()
+
+
+class Client:
+    """A DIFF client model applying every rtn_data to its own tree, as TqSdk does."""
+
+    def __init__(self, market: Market) -> None:
+        self.market = market
+        self.link = SessionLink(DiffSession(next(_ids)))
+        self.tree: dict[str, Any] = {}
+        market.service.add_session(self.link)
+
+    def send(self, **message: Any) -> None:
+        self.link.session.receive(json.dumps(message))
+        self.market.service.subscription_changed(self.link)
+
+    def subscribe(self, ins_list: str) -> None:
+        self.send(aid="subscribe_quote", ins_list=ins_list)
+
+    def set_chart(
+        self, chart_id: str = "c1", ins_list: str = CU, duration: int = MINUTE, **fields: Any
+    ) -> None:
+        self.send(aid="set_chart", chart_id=chart_id, ins_list=ins_list, duration=duration, **fields)
+
+    def take(self) -> list[dict[str, Any]]:
+        """Peek and return the rtn_data's patches ([] when nothing was pending)."""
+        session = self.link.session
+        session.receive(b'{"aid":"peek_message"}')
+        if session.resync_needed:
+            session.reset(self.market.service.full_view(self.link))
+        frame = session.data_to_send()
+        if frame is None:
+            return []
+        data: list[dict[str, Any]] = json.loads(frame)["data"]
+        for patch in data:
+            merge_patch(self.tree, patch)
+        return data
+
+    def quote(self, symbol: str = CU) -> dict[str, Any]:
+        quote: dict[str, Any] = self.tree["quotes"][symbol]
+        return quote
+
+    def notifies(self, data: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [body for patch in data for body in patch.get("notify", {}).values()]
+
+
+DIFF_QUOTE_FIELDS = (
+    "instrument_id exchange_id instrument_name ins_class product_id datetime last_price highest lowest "
+    "open close average volume amount open_interest pre_open_interest pre_close pre_settlement settlement "
+    "upper_limit lower_limit price_tick price_decs volume_multiple max_limit_order_volume "
+    "min_limit_order_volume max_market_order_volume min_market_order_volume expired expire_datetime "
+    "trading_time margin commission"
+).split() + [
+    f"{side}_{kind}{n}" for side in ("bid", "ask") for kind in ("price", "volume") for n in range(1, 6)
+]
+
+
+@pytest.fixture
+def market() -> Market:
+    return Market()
+
+
+# -- connecting and subscribing --------------------------------------------------------------------------
+def test_a_new_session_gets_every_instruments_static_fields_first(market: Market) -> None:
+    client = Client(market)
+    client.take()
+    assert set(client.tree["quotes"]) == set(market.engine.instruments)
+    assert all(quote["price_tick"] > 0 for quote in client.tree["quotes"].values())
+    assert client.tree["mdhis_more_data"] is False
+
+
+def test_the_static_patch_is_built_once_for_all_sessions(market: Market) -> None:
+    clients = [Client(market) for _ in range(3)]
+    patch = market.service.static_patch()
+    assert market.service.static_patch() is patch
+    for client in clients:
+        client.take()
+        assert client.tree["quotes"][AU]["price_tick"] == 0.02
+
+
+def test_subscribing_sends_the_full_quote_with_every_diff_field(market: Market) -> None:
+    client = Client(market)
+    client.take()
+    client.subscribe(CU)
+    client.take()
+    assert client.tree["ins_list"] == CU
+    quote = client.quote()
+    assert set(DIFF_QUOTE_FIELDS) <= set(quote)
+    assert quote["datetime"].startswith("2025-11-24 09:00:00.")
+    assert quote["last_price"] == "-"  # NaN travels as "-" (TqSdk ignores null under quotes)
+
+
+def test_a_trade_moves_last_price_volume_and_the_five_levels(market: Market) -> None:
+    client = Client(market)
+    client.subscribe(CU)
+    client.take()
+    for step in range(6):
+        market.order("alice", "SELL", 86100.0 + 10 * step, 2)
+        market.order("bob", "BUY", 85900.0 - 10 * step, 3)
+    market.trade(86000.0, 4)
+    market.publish()
+    client.take()
+    quote = client.quote()
+    assert quote["last_price"] == 86000.0
+    assert quote["volume"] == 4
+    assert quote["open_interest"] == 180_004
+    assert [quote[f"ask_price{n}"] for n in range(1, 6)] == [86100.0, 86110.0, 86120.0, 86130.0, 86140.0]
+    assert [quote[f"bid_volume{n}"] for n in range(1, 6)] == [3] * 5
+    assert quote["highest"] == quote["lowest"] == quote["open"] == 86000.0
+
+
+def test_only_changed_fields_follow_the_first_quote(market: Market) -> None:
+    client = Client(market)
+    client.subscribe(CU)
+    client.take()
+    market.order("alice", "SELL", 86100.0)
+    market.publish()
+    (patch,) = [p for p in client.take() if "quotes" in p]
+    assert set(patch["quotes"][CU]) == {"ask_price1", "ask_volume1", "datetime"}
+
+
+def test_unsubscribing_stops_the_flow(market: Market) -> None:
+    client = Client(market)
+    client.subscribe(CU)
+    client.take()
+    client.subscribe("")
+    client.take()
+    market.trade(86000.0)
+    market.publish()
+    assert client.take() == []
+
+
+def test_unknown_symbols_are_refused_with_a_notify(market: Market) -> None:
+    client = Client(market)
+    client.subscribe(f"{CU},SHFE.nope")
+    data = client.take()
+    (note,) = client.notifies(data)
+    assert note["level"] == "ERROR" and note["code"] == 409 and "SHFE.nope" in note["content"]
+    assert "last_price" in client.quote()
+
+
+def test_a_quote_changing_a_thousand_times_between_peeks_costs_one_patch(market: Market) -> None:
+    client = Client(market)
+    client.subscribe(CU)
+    client.take()
+    for step in range(1000):
+        market.order("alice", "SELL", 87000.0 + 10 * (step % 50))
+    built = market.service.quote_patches_built
+    market.publish()
+    assert market.service.quote_patches_built == built + 1
+    client.take()
+    assert client.quote()["ask_volume1"] == 20
+
+
+def test_settlement_starts_a_new_trading_day_on_the_quote(market: Market) -> None:
+    client = Client(market)
+    client.subscribe(CU)
+    market.trade(86500.0, 2)
+    market.engine.apply(Settle(ts=market.clock.now, prices={CU: 86400.0}, trading_day=""))
+    market.service.apply(market.engine.flush())
+    market.publish()
+    client.take()
+    quote = client.quote()
+    assert quote["pre_settlement"] == 86400.0
+    assert quote["pre_close"] == 86500.0
+    assert quote["volume"] == 0 and quote["highest"] == "-"
+    assert quote["last_price"] == 86500.0
+    assert quote["upper_limit"] == market.engine.instruments[CU].upper_limit
+
+
+# -- charts ----------------------------------------------------------------------------------------------
+def test_set_chart_answers_ready_with_the_bars_in_the_same_rtn_data(market: Market) -> None:
+    for minute in range(5):
+        market.clock.now = T0 + minute * MINUTE
+        market.trade(86000.0 + 10 * minute)
+    market.publish()
+    client = Client(market)
+    client.set_chart(view_width=3)
+    data = client.take()
+    chart = client.tree["charts"]["c1"]
+    assert chart["ready"] is True and (chart["left_id"], chart["right_id"]) == (2, 4)
+    assert chart["state"]["ins_list"] == CU
+    bars = client.tree["klines"][CU][str(MINUTE)]
+    assert bars["last_id"] == 4 and set(bars["data"]) == {"2", "3", "4"}
+    assert any("charts" in patch and "klines" in patch for patch in data)
+
+
+def test_new_bars_keep_coming_and_the_window_follows(market: Market) -> None:
+    market.trade(86000.0)
+    client = Client(market)
+    client.set_chart(view_width=2)
+    client.take()
+    market.clock.now = T0 + 3 * MINUTE
+    market.service.advance_time(market.clock.now)
+    market.publish()
+    client.take()
+    chart = client.tree["charts"]["c1"]
+    assert (chart["left_id"], chart["right_id"]) == (2, 3)
+    assert client.tree["klines"][CU][str(MINUTE)]["last_id"] == 3
+    assert client.tree["klines"][CU][str(MINUTE)]["data"]["3"]["volume"] == 0
+
+
+def test_a_chart_of_a_new_duration_is_filled_from_history(market: Market) -> None:
+    for minute in range(10):
+        market.clock.now = T0 + minute * MINUTE
+        market.trade(86000.0 + 10 * minute, 2)
+    client = Client(market)
+    client.set_chart(duration=5 * MINUTE, view_width=10)
+    client.take()
+    bars = client.tree["klines"][CU][str(5 * MINUTE)]["data"]
+    assert [bars[i]["volume"] for i in ("0", "1")] == [10, 10]
+    assert (bars["0"]["open"], bars["0"]["high"], bars["0"]["close"]) == (86000.0, 86040.0, 86040.0)
+
+
+def test_a_tick_chart_gets_the_ticks(market: Market) -> None:
+    market.trade(86000.0)
+    market.trade(86010.0)
+    client = Client(market)
+    client.set_chart(duration=0, view_width=10)
+    client.take()
+    ticks = client.tree["ticks"][CU]
+    assert ticks["last_id"] == 1 and ticks["data"]["1"]["last_price"] == 86010.0
+    market.trade(86020.0)
+    market.publish()
+    client.take()
+    assert client.tree["ticks"][CU]["data"]["2"]["volume"] == 3
+
+
+def test_deleting_a_chart_stops_its_feed_and_drops_an_unused_series(market: Market) -> None:
+    market.trade(86000.0)
+    client = Client(market)
+    client.set_chart(duration=5 * MINUTE)
+    client.take()
+    assert (CU, 5 * MINUTE) in market.service.klines
+    client.set_chart(ins_list="")
+    client.take()
+    assert client.tree["charts"] == {}
+    assert (CU, 5 * MINUTE) not in market.service.klines
+    market.trade(86010.0)
+    market.publish()
+    assert client.take() == []
+
+
+def test_a_bad_set_chart_is_refused_with_a_notify(market: Market) -> None:
+    client = Client(market)
+    client.set_chart(ins_list="SHFE.nope")
+    client.set_chart(chart_id="c2", duration=2 * NS_PER_DAY + S)
+    notes = client.notifies(client.take())
+    assert [note["code"] for note in notes] == [409, 490]
+    assert client.link.session.charts == {}
+
+
+def test_a_closed_session_is_forgotten(market: Market) -> None:
+    client = Client(market)
+    client.subscribe(CU)
+    client.set_chart(duration=3 * S)
+    market.service.remove_session(client.link)
+    assert (CU, 3 * S) not in market.service.klines
+    market.trade(86000.0)
+    market.publish()
+    assert all("quotes" not in patch for patch in client.take()[1:])  # [0]: what was queued before
+
+
+# -- resync and scale ------------------------------------------------------------------------------------
+def test_a_resync_rebuilds_quotes_and_charts(market: Market) -> None:
+    market.trade(86000.0)
+    client = Client(market)
+    client.subscribe(CU)
+    client.set_chart(view_width=5)
+    client.take()
+    session = client.link.session
+    session.push(
+        {"filler": {str(i): i for i in range(session.pending_limit + 1)}}
+    )  # a client that never peeks
+    assert session.resync_needed
+    model = dict(client.tree)
+    client.take()
+    assert client.tree["quotes"][CU] == json.loads(json.dumps(model["quotes"][CU]))
+    assert client.tree["charts"]["c1"]["ready"] is True
+
+
+def test_a_thousand_sessions_get_correct_quotes_with_one_patch_build_per_change(
+    market: Market, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    builds = 0
+    full = QuoteBook.full
+
+    def counting_full(book: QuoteBook) -> dict[str, Any]:
+        nonlocal builds
+        builds += 1
+        return full(book)
+
+    monkeypatch.setattr(QuoteBook, "full", counting_full)
+    clients = [Client(market) for _ in range(1000)]
+    for number, client in enumerate(clients):
+        client.subscribe(CU if number % 2 else AU)
+        client.take()
+    builds = 0
+    publishes = 0
+    for change in range(10_000):
+        market.order("alice", "SELL", 87000.0 + 10 * (change % 100))  # a depth change of cu each
+        if change % 100 == 99:
+            market.publish()
+            publishes += 1
+            for client in clients[change // 100 % 10 :: 10]:  # a tenth of the clients peek each time
+                client.take()
+    assert builds == publishes  # one patch per change-batch, however many subscribers
+    expected = market.service.quotes[CU].full()
+    for number, client in enumerate(clients):
+        client.take()
+        if number % 2:
+            assert client.quote(CU) == expected
+        else:
+            assert client.quote(AU)["ask_volume1"] == 0
+    assert not math.isnan(market.service.quotes[CU].asks[0][0])
