@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import trio
-from trio_websocket import WebSocketConnection, open_websocket_url
+from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from qaex.core.patch import merge_patch
 
@@ -34,6 +34,7 @@ class DiffClient:
         self.brokers: list[str] = []
         self.user_id: str | None = None
         self.rtn_data_count = 0
+        self.closed: CloseReason | None = None  # set when the server closed the connection
         self._changed = trio.Event()
 
     @classmethod
@@ -48,6 +49,13 @@ class DiffClient:
                 nursery.cancel_scope.cancel()
 
     async def _read(self) -> None:
+        try:
+            await self._read_messages()
+        except ConnectionClosed as exc:
+            self.closed = exc.reason
+            self._changed.set()
+
+    async def _read_messages(self) -> None:
         while True:
             message = json.loads(await self.ws.get_message())
             aid = message.get("aid")
@@ -58,7 +66,8 @@ class DiffClient:
                         self.notifies.extend(notify.values())
                     merge_patch(self.tree, patch)
                 self.rtn_data_count += 1
-                await self.send({"aid": "peek_message"})
+                if self.ws.closed is None:
+                    await self.send({"aid": "peek_message"})
             elif aid == "rtn_brokers":
                 self.brokers = list(message.get("brokers", []))
             self._changed.set()
@@ -74,6 +83,8 @@ class DiffClient:
                 value = predicate(self)
                 if value:
                     return value
+                if self.closed is not None:
+                    raise ConnectionClosed(self.closed)
                 await self._changed.wait()
 
     # -- trade helpers ----------------------------------------------------------------------------

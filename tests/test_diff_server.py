@@ -242,7 +242,32 @@ async def test_a_stray_byte_after_an_upgrade_request_does_not_kill_the_server(se
     assert server.process.poll() is None
 
 
-def test_sigterm_closes_sessions_with_1001_and_exits_0(tmp_path: Any) -> None:
+def test_session_and_message_rate_limits(tmp_path: Any) -> None:
+    running = launch(tmp_path, extra_env={"QAEX_MAX_SESSIONS": "2", "QAEX_MAX_MESSAGES_PER_SECOND": "20"})
+    try:
+        wait_ready(running)
+
+        async def main() -> None:
+            async with DiffClient.connect(running.diff_url) as first, DiffClient.connect(running.diff_url):
+                with pytest.raises(ConnectionRejected) as info:
+                    async with open_websocket_url(running.diff_url):
+                        pass
+                assert info.value.status_code == 503
+                # A burst past the per-second budget: one ERROR notify 429, then the session is closed.
+                with pytest.raises(ConnectionClosed):
+                    for _ in range(200):
+                        await first.send({"aid": "confirm_settlement"})
+                await first.wait_for(lambda c: c.closed is not None)
+                assert first.closed is not None and first.closed.code == 1008
+
+        trio.run(main)
+        assert running.process.poll() is None
+    finally:
+        running.stop()
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_shutdown_closes_sessions_with_1001_and_exits_0(tmp_path: Any, stop_signal: int) -> None:
     running = launch(tmp_path)
     try:
         wait_ready(running)
@@ -255,7 +280,7 @@ def test_sigterm_closes_sessions_with_1001_and_exits_0(tmp_path: Any) -> None:
                                                   "password": user.password}))  # fmt: skip
                 await ws.send_message('{"aid":"peek_message"}')
                 await ws.get_message()
-                running.process.send_signal(signal.SIGTERM)
+                running.process.send_signal(stop_signal)
                 with trio.fail_after(15):
                     try:
                         while True:
