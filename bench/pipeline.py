@@ -124,9 +124,11 @@ class PipelineResult:
     seconds: float
 
 
-async def pipeline(users: int, steps: list[Step], submitters: int) -> PipelineResult:
+async def pipeline(
+    users: int, steps: list[Step], submitters: int, mark_interval: float = 0.5
+) -> PipelineResult:
     engine = Engine()
-    exchange = Exchange(engine)
+    exchange = Exchange(engine, mark_interval=mark_interval)
     frames = 0
     async with trio.open_nursery() as nursery:
         await nursery.start(exchange.run)
@@ -200,6 +202,7 @@ def main() -> None:
     parser.add_argument("--submitters", type=int, default=64, help="concurrent submitting tasks")
     parser.add_argument("--repeat", type=int, default=3, help="repeats; medians are reported")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--mark-interval", type=float, default=0.5, help="seconds between mark passes")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     args = parser.parse_args()
 
@@ -208,7 +211,7 @@ def main() -> None:
     baselines: list[float] = []
     for attempt in range(args.repeat):
         baselines.append(bare_engine(args.users, steps, 64))
-        runs.append(trio.run(pipeline, args.users, steps, args.submitters))
+        runs.append(trio.run(pipeline, args.users, steps, args.submitters, args.mark_interval))
         print(f"run {attempt + 1}/{args.repeat}: {runs[-1].orders_per_s:,.0f} orders/s through the pipeline, "
               f"{baselines[-1]:,.0f} orders/s bare engine")  # fmt: skip
 

@@ -60,7 +60,7 @@ def build_exchange(config: Config, data_dir: DataDir) -> Exchange:
         checkpoint_seconds=config.checkpoint_seconds,
     )
     market = MarketData(recovered.engine, history=config.market_history)
-    exchange = Exchange(recovered.engine, journal=journal, market=market)
+    exchange = Exchange(recovered.engine, journal=journal, market=market, mark_interval=config.mark_interval)
     exchange.router.resume_after(recovered.last_ts)
     exchange.seed_from_engine()
     if config.market_maker:

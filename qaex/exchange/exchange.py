@@ -49,7 +49,7 @@ class Exchange:
         journal: CommandLog | None = None,
         clock: Callable[[], int] | None = None,
         market: Any = None,
-        mark_interval: float = 0.2,
+        mark_interval: float = 0.5,
     ) -> None:
         self.engine = engine if engine is not None else Engine()
         batch_send, batch_receive = trio.open_memory_channel[Batch](256)
