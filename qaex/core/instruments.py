@@ -328,6 +328,14 @@ class InstrumentRegistry(Mapping[str, Instrument]):
     def __getitem__(self, symbol: str) -> Instrument:
         return self._by_symbol[symbol]
 
+    # Mapping's generic get/__contains__ go through __getitem__ and an exception; these are on the
+    # hot path (every order and every mark looks its instrument up).
+    def get(self, symbol: str, default: Instrument | None = None) -> Instrument | None:  # type: ignore[override]
+        return self._by_symbol.get(symbol, default)
+
+    def __contains__(self, symbol: object) -> bool:
+        return symbol in self._by_symbol
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._by_symbol)
 

@@ -68,7 +68,12 @@ class TradeGateway:
     async def dispatch(self, batch: Batch) -> None:
         patches = self.build_patches(batch)
         for user_id, patch in patches.items():
-            await self._sink.channel_for(user_id).send(patch)
+            channel = self._sink.channel_for(user_id)
+            try:
+                channel.send_nowait(patch)  # the usual case: no scheduler round trip per patch
+            except trio.WouldBlock:
+                await channel.send(patch)  # backpressure from the snapshot manager
+        await trio.lowlevel.checkpoint()
         self.patches_sent += len(patches)
         if self._market is not None and (batch.market_trades or batch.books or batch.instruments):
             await self._market.send(batch)

@@ -94,6 +94,12 @@ class SnapshotManager:
         async with receive:
             async for patch in receive:
                 self.apply(user_id, patch)
+                while True:  # drain what is queued without a scheduler round trip per patch
+                    try:
+                        patch = receive.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                    self.apply(user_id, patch)
 
     def apply(self, user_id: str, patch: Patch) -> None:
         """Merge one patch into the user's tree and every one of the user's sessions; wake them."""
