@@ -59,7 +59,9 @@ def build_exchange(config: Config, data_dir: DataDir) -> Exchange:
         checkpoint_records=config.checkpoint_records,
         checkpoint_seconds=config.checkpoint_seconds,
     )
-    market = MarketData(recovered.engine, history=config.market_history)
+    market = MarketData(
+        recovered.engine, history=config.market_history, publish_interval=config.quote_interval
+    )
     exchange = Exchange(recovered.engine, journal=journal, market=market, mark_interval=config.mark_interval)
     exchange.router.resume_after(recovered.last_ts)
     exchange.seed_from_engine()

@@ -47,6 +47,7 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
     seed: int | None = None  # market maker seed; None = random
     market_maker_interval: float = 1.25  # mean seconds between two market-maker steps per instrument
     mark_interval: float = 0.5  # seconds between two mark-to-market passes over all holders
+    quote_interval: float = 0.1  # shortest time between two market-data publishes
     market_history: int = 10_000  # bars (and ticks) kept per series
     token_ttl: int = 86_400  # seconds a login token stays valid
 
@@ -98,6 +99,7 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
         need(self.checkpoint_seconds > 0, "checkpoint_seconds", "a number of seconds > 0")
         need(self.market_maker_interval > 0, "market_maker_interval", "a number of seconds > 0")
         need(self.mark_interval > 0, "mark_interval", "a number of seconds > 0")
+        need(self.quote_interval >= 0, "quote_interval", "a number of seconds >= 0")
         need(self.market_history >= 1, "market_history", "an integer >= 1")
         need(self.admin_token == "" or len(self.admin_token) >= 16, "admin_token", "at least 16 characters")
         try:

@@ -9,6 +9,7 @@ session (1011) and nothing else; shutdown closes every session with 1001.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 from collections.abc import Awaitable
@@ -18,6 +19,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
 from qaex.core.errors import QaexError
+from qaex.exchange.router import Request
 from qaex.exchange.snapshot import SessionLink
 from qaex.protocol import diff as messages
 from qaex.protocol.session import DiffSession
@@ -149,9 +151,13 @@ class DiffServer:
             if isinstance(event, messages.ReqLogin):
                 await self._login(link, event)
             elif isinstance(event, messages.InsertOrderMessage):
-                await exchange.insert_order(event)
+                # Pipelined: the reader goes on reading (peeks, pongs, the next order) while the
+                # router commits; the order's state arrives as patches, a refusal as a notify.
+                await exchange.submit_insert_order(event, functools.partial(_report_refusal, link))
             elif isinstance(event, messages.CancelOrder):
-                await exchange.cancel_order(event.user_id, event.order_id)
+                await exchange.submit_cancel_order(
+                    event.user_id, event.order_id, functools.partial(_report_refusal, link)
+                )
             elif isinstance(event, messages.ReqTransfer):
                 await self._transfer(link, event)
             elif isinstance(event, messages.ChangePassword):
@@ -215,6 +221,13 @@ class DiffServer:
                 log.info("no pong within %.0f s: closing %s", HEARTBEAT_TIMEOUT, ws.remote)
                 await ws.aclose(1001, "heartbeat timeout")
                 return
+
+
+def _report_refusal(link: SessionLink, request: Request) -> None:
+    """Completion of a pipelined command: a refused one (duplicate id, unknown order) becomes a notify."""
+    if request.error is not None and not link.closed:
+        link.session.notify(request.error.diff_code or 400, "ERROR", request.error.message)
+        link.wake()
 
 
 async def serve_diff(

@@ -35,7 +35,7 @@ from qaex.core.orders import InsertOrder, Order
 from qaex.core.passwords import hash_password, verify_password
 from qaex.exchange.gateway import TradeGateway
 from qaex.exchange.journal import Journal
-from qaex.exchange.router import CommandLog, OrderRouter
+from qaex.exchange.router import CommandLog, OrderRouter, Request
 from qaex.exchange.snapshot import SnapshotManager
 
 log = logging.getLogger("qaex.exchange")
@@ -65,6 +65,9 @@ class Exchange:
         self.gateway = TradeGateway(batch_receive, self.snapshots, market_send)
         self._verified: dict[str, bytes] = {}  # user -> keyed digest of the last verified password
         self._secret = os.urandom(32)
+        # scrypt needs 16 MB per hash: at most two at a time (one per core), so a burst of logins
+        # neither starves the event loop's core nor leaves dozens of 16 MB thread arenas behind.
+        self._hashing = trio.CapacityLimiter(2)
         self.ready = trio.Event()
         self.mark_interval = mark_interval
         self.diff_server: Any = None  # set by qaex.api.diff_server.serve_diff, for metrics
@@ -142,7 +145,7 @@ class Exchange:
             raise QaexError("password must not be empty", code="bad_password")
         if user_id in self.engine.users:
             raise QaexError(f"user {user_id!r} already exists", code="user_exists")
-        password_hash = await trio.to_thread.run_sync(hash_password, password)
+        password_hash = await trio.to_thread.run_sync(hash_password, password, limiter=self._hashing)
         result: Account = await self.router.execute(
             lambda ts: commands.OpenAccount(
                 ts=ts, user_id=user_id, password_hash=password_hash, init_cash=init_cash
@@ -163,7 +166,9 @@ class Exchange:
         cached = self._verified.get(user_id)
         if cached is not None and hmac.compare_digest(cached, digest):
             return True
-        ok = await trio.to_thread.run_sync(verify_password, password, record.password_hash)
+        ok = await trio.to_thread.run_sync(
+            verify_password, password, record.password_hash, limiter=self._hashing
+        )
         if ok:
             self._verified[user_id] = digest
         return ok
@@ -173,7 +178,7 @@ class Exchange:
             raise Forbidden("old password is wrong", code="bad_password", diff_code=402)
         if not new_password:
             raise QaexError("new password must not be empty", code="bad_password")
-        password_hash = await trio.to_thread.run_sync(hash_password, new_password)
+        password_hash = await trio.to_thread.run_sync(hash_password, new_password, limiter=self._hashing)
         await self.router.execute(
             lambda ts: commands.ChangePassword(ts=ts, user_id=user_id, password_hash=password_hash)
         )
@@ -196,6 +201,17 @@ class Exchange:
         """Insert an order; returns it as DIFF shows it right after the exchange handled it."""
         order: Order = await self.router.execute(lambda ts: commands.Insert(ts=ts, order=request))
         return order.to_diff()
+
+    async def submit_insert_order(self, request: InsertOrder, on_done: Callable[[Request], None]) -> None:
+        """Queue an insert without waiting (DIFF): its state arrives as patches, a refusal via on_done."""
+        await self.router.submit(lambda ts: commands.Insert(ts=ts, order=request), on_done)
+
+    async def submit_cancel_order(
+        self, user_id: str, order_id: str, on_done: Callable[[Request], None]
+    ) -> None:
+        await self.router.submit(
+            lambda ts: commands.Cancel(ts=ts, user_id=user_id, order_id=order_id), on_done
+        )
 
     async def cancel_order(self, user_id: str, order_id: str) -> dict[str, Any]:
         order: Order = await self.router.execute(

@@ -31,6 +31,7 @@ drive it with trio's MockClock and a clock derived from ``trio.current_time()``.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -68,10 +69,19 @@ class MarketData:
         *,
         clock: Callable[[], int] = time.time_ns,
         history: int = DEFAULT_MAX_LEN,
-        channel_size: int = 256,
+        channel_size: int = 4096,
+        publish_interval: float = 0.0,
     ) -> None:
-        """``history``: bars (and ticks) kept per series; TqSdk never asks for more than 10,000."""
+        """``history``: bars (and ticks) kept per series; TqSdk never asks for more than 10,000.
+
+        ``publish_interval``: the shortest time between two publishes. Every publish costs one
+        rtn_data per subscribed session, so under load a short pause that lets more batches
+        coalesce into one publish bounds the fan-out cost (``QAEX_QUOTE_INTERVAL``); every change
+        still reaches every subscriber, at most that much later.
+        """
         self.engine = engine
+        self.publish_interval = publish_interval
+        self._last_publish = -math.inf
         self._clock = clock
         self.history = history
         self.batches, self._receive = trio.open_memory_channel[Batch](channel_size)
@@ -104,12 +114,16 @@ class MarketData:
             async with self._receive:
                 async for batch in self._receive:
                     self.apply(batch)
+                    wait = self._last_publish + self.publish_interval - trio.current_time()
+                    if wait > 0:
+                        await trio.sleep(wait)
                     while True:  # coalesce: one publish for every batch already waiting
                         try:
                             self.apply(self._receive.receive_nowait())
                         except trio.WouldBlock:
                             break
                     self.publish()
+                    self._last_publish = trio.current_time()
 
     async def _bar_timer(self) -> None:
         """Open bars on time: sleep to the next boundary of the shortest sub-day series, then advance.

@@ -41,6 +41,9 @@ class Request:
     result: Any = None
     error: QaexError | None = None
     applied_ts: int = 0
+    # Called (synchronously, in the router task) once the command is durable and dispatched, for
+    # callers that pipeline commands instead of waiting for each one (DIFF sessions).
+    on_done: Callable[[Request], None] | None = None
 
 
 class OrderRouter:
@@ -89,6 +92,19 @@ class OrderRouter:
             raise request.error
         return request.result
 
+    async def submit(
+        self,
+        command: AnyCommand | Callable[[int], AnyCommand],
+        on_done: Callable[[Request], None],
+    ) -> None:
+        """Queue a command without waiting for it; `on_done(request)` runs when it is done.
+
+        Commands from one caller are applied in the order they were submitted (one channel, one
+        writer), so a session can pipeline an insert and a cancel and still have them in order.
+        Waits only while the router's queue is full (backpressure).
+        """
+        await self._send.send(Request(command, on_done=on_done))
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         log.info("router ready")
@@ -126,3 +142,8 @@ class OrderRouter:
                     await self._batches.send(batch)
                 for request in requests:
                     request.done.set()
+                    if request.on_done is not None:
+                        try:
+                            request.on_done(request)
+                        except Exception:  # a caller's callback must not take the writer down
+                            log.exception("completion callback of %r failed", request.command)
