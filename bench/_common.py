@@ -1,0 +1,953 @@
+"""Shared helpers of the end-to-end benchmarks (bench/latency.py, bench/throughput.py, bench/sessions.py).
+
+* start the real server (``hypercorn qaex.app:app --worker-class trio``) or the baseline echo server in a
+  subprocess, through a tiny wrapper that raises RLIMIT_NOFILE and pins it to one core;
+* open accounts over HTTP;
+* a lean DIFF connection for the load generators (msgspec decoding, keeps a peek outstanding);
+* the "other sessions" worker process (``python -m bench._common sessions ...``): N DIFF sessions,
+  logged in and subscribed to quotes, that peek forever, count what they receive and can check it;
+* the bare trio-websocket echo server (``python -m bench._common echo --port P``), the baseline;
+* HdrHistogram summaries, JSON + Markdown output in bench/results/, the percentile plot, py-spy.
+
+Run ``python -m bench.latency --help`` (or throughput, sessions); this module is not a benchmark itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import datetime as _dt
+import json
+import os
+import platform
+import resource
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / "bench" / "results"
+PEEK = '{"aid":"peek_message"}'
+SYMBOL = "SHFE.rb2601"  # the traded instrument: tick 1.0, pre_settlement 3100
+PRICE = 3100.0
+TICK = 1.0
+SESSION_SYMBOLS = "SHFE.rb2601,SHFE.cu2601,DCE.m2601"  # what the other sessions subscribe to
+_decode = msgspec.json.decode
+_encode = msgspec.json.encode
+
+# Runs in the server's process before exec: raise RLIMIT_NOFILE, pin to one core, exec the command.
+_WRAPPER = """
+import os, resource, sys
+core, nofile = int(sys.argv[1]), int(sys.argv[2])
+if nofile:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, max(nofile, hard)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(nofile, hard), hard))
+if core >= 0 and hasattr(os, "sched_setaffinity"):
+    os.sched_setaffinity(0, {core})
+os.execvp(sys.argv[3], sys.argv[3:])
+"""
+
+
+# -- machine, load, progress ------------------------------------------------------------------------------
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+
+
+def load() -> str:
+    """The load average, as `uptime` prints it (other jobs may share this machine)."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def cores(server: int | None = None, client: int | None = None) -> tuple[int, int]:
+    """(server core, client core); -1 = no pinning (fewer than 2 cores or no sched_setaffinity)."""
+    if hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) >= 2:
+        allowed = sorted(os.sched_getaffinity(0))
+        server = allowed[0] if server is None else server
+        client = next(c for c in allowed if c != server) if client is None else client
+        return server, client
+    return -1, -1
+
+
+def pin_self(core: int) -> None:
+    if core >= 0 and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {core})
+
+
+def raise_nofile(n: int) -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= n:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n, max(n, hard)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(n, hard), hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+class Progress:
+    """tqdm when installed, else a plain line every few seconds."""
+
+    def __init__(self, total: float, desc: str, unit: str = "it") -> None:
+        self.total, self.desc, self.unit, self.n = total, desc, unit, 0.0
+        self._last = time.monotonic()
+        try:
+            from tqdm import tqdm
+
+            self._bar: Any = tqdm(total=total, desc=desc, unit=unit, leave=False, mininterval=0.5)
+        except ImportError:
+            self._bar = None
+
+    def update(self, n: float = 1) -> None:
+        self.n += n
+        if self._bar is not None:
+            self._bar.update(n)
+        elif time.monotonic() - self._last > 2.0:
+            self._last = time.monotonic()
+            say(f"{self.desc}: {self.n:,.0f}/{self.total:,.0f} {self.unit}")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+# -- servers ----------------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class ServerProc:
+    kind: str  # "qaex" or "echo"
+    process: subprocess.Popen[bytes]
+    diff_url: str
+    http_url: str
+    workdir: Path
+    log_path: Path
+    admin_token: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    _worker_pid: int | None = None
+
+    @property
+    def pid(self) -> int:
+        """The process that serves: hypercorn runs the app in a worker child (spawned) of its master."""
+        if self.kind != "qaex":
+            return self.process.pid
+        if self._worker_pid is None:
+            import psutil
+
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                children = [
+                    p
+                    for p in psutil.Process(self.process.pid).children(recursive=True)
+                    if "resource_tracker" not in " ".join(p.cmdline())
+                ]
+                if children:
+                    self._worker_pid = max(children, key=lambda p: p.memory_info().rss).pid
+                    break
+                time.sleep(0.1)
+            else:
+                self._worker_pid = self.process.pid
+        return self._worker_pid
+
+    def rss_kb(self) -> int:
+        return rss_kb(self.pid)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _wrapped(command: list[str], core: int, nofile: int) -> list[str]:
+    return [sys.executable, "-c", _WRAPPER, str(core), str(nofile), *command]
+
+
+def start_qaex(
+    workdir: Path,
+    *,
+    core: int,
+    extra_env: dict[str, str] | None = None,
+    nofile: int = 0,
+    timeout: float = 30.0,
+) -> ServerProc:
+    """The real server, as the README starts it, pinned to `core`; waits for /health and the DIFF port."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    http_port, diff_port = free_port(), free_port()
+    admin_token = secrets.token_urlsafe(24)
+    env = dict(os.environ)
+    env.pop("QAEX_CONFIG", None)
+    env.update(
+        QAEX_DIFF_HOST="127.0.0.1",
+        QAEX_DIFF_PORT=str(diff_port),
+        QAEX_DATA_DIR=str(workdir / "data"),
+        QAEX_ADMIN_TOKEN=admin_token,
+        QAEX_MARKET_MAKER="0",
+        QAEX_LOG="warning",
+    )
+    env.update(extra_env or {})
+    log_path = workdir / f"qaex-{http_port}.log"
+    command = [sys.executable, "-m", "hypercorn", "qaex.app:app", "--worker-class", "trio"]
+    command += ["-b", f"127.0.0.1:{http_port}"]
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            _wrapped(command, core, nofile), env=env, cwd=workdir, stdout=log_file, stderr=subprocess.STDOUT
+        )
+    server = ServerProc(
+        "qaex",
+        process,
+        f"ws://127.0.0.1:{diff_port}/ws/diff",
+        f"http://127.0.0.1:{http_port}",
+        workdir,
+        log_path,
+        admin_token,
+        env,
+    )
+    _wait_ready(server, http_port, diff_port, timeout)
+    return server
+
+
+def start_echo(workdir: Path, *, core: int, nofile: int = 0, timeout: float = 20.0) -> ServerProc:
+    """The baseline: a bare trio-websocket echo server, started and pinned the same way."""
+    port = free_port()
+    log_path = workdir / f"echo-{port}.log"
+    command = [sys.executable, "-m", "bench._common", "echo", "--port", str(port)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            _wrapped(command, core, nofile), env=env, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT
+        )
+    server = ServerProc("echo", process, f"ws://127.0.0.1:{port}/ws/diff", "", workdir, log_path)
+    _wait_ready(server, 0, port, timeout)
+    return server
+
+
+def _wait_ready(server: ServerProc, http_port: int, diff_port: int, timeout: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"{server.kind} exited with {server.process.returncode}:\n{server.log()}")
+        try:
+            if http_port:
+                if httpx.get(f"http://127.0.0.1:{http_port}/health", timeout=1.0).status_code != 200:
+                    raise OSError("not ready")
+            with socket.create_connection(("127.0.0.1", diff_port), timeout=1.0):
+                return
+        except (OSError, httpx.TransportError):
+            time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(f"{server.kind} not ready after {timeout} s:\n{server.log()}")
+
+
+def open_accounts(
+    http_url: str,
+    users: Iterable[tuple[str, str]],
+    init_cash: float,
+    *,
+    concurrency: int = 8,
+    login: bool = False,
+) -> None:
+    """POST /api/account/open for each (user, password); each costs the server one scrypt hash.
+
+    `login`: also POST /api/auth/login once per user, which verifies the password (one scrypt check)
+    and warms the server's cache of verified passwords, so later DIFF logins of that user are cheap.
+    """
+    import concurrent.futures
+
+    import httpx
+
+    users = list(users)
+    progress = Progress(len(users), "open accounts", "acct")
+
+    def one(user: tuple[str, str]) -> None:
+        body = {"user_id": user[0], "password": user[1], "init_cash": init_cash}
+        answer = httpx.post(http_url + "/api/account/open", json=body, timeout=120.0)
+        if answer.status_code != 201:
+            raise RuntimeError(f"open {user[0]}: {answer.status_code} {answer.text}")
+        if login:
+            http_login(http_url, *user)
+
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        for _ in pool.map(one, users):
+            progress.update()
+    progress.close()
+
+
+def http_login(http_url: str, user: str, password: str) -> str:
+    import httpx
+
+    answer = httpx.post(
+        http_url + "/api/auth/login", json={"user_id": user, "password": password}, timeout=60
+    )
+    answer.raise_for_status()
+    token: str = answer.json()["token"]
+    return token
+
+
+def make_users(prefix: str, count: int) -> list[tuple[str, str]]:
+    tag = secrets.token_hex(3)
+    return [(f"{prefix}{tag}{i}", secrets.token_hex(8)) for i in range(count)]
+
+
+@contextlib.contextmanager
+def workdir(keep: bool = False) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="qaex-bench-"))
+    try:
+        yield path
+    finally:
+        if not keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+# -- DIFF messages ----------------------------------------------------------------------------------------
+def insert_order_message(
+    user: str, order_id: str, direction: str, price: float, volume: int = 1, symbol: str = SYMBOL
+) -> str:
+    exchange_id, instrument_id = symbol.split(".", 1)
+    return _encode(
+        {
+            "aid": "insert_order",
+            "user_id": user,
+            "order_id": order_id,
+            "exchange_id": exchange_id,
+            "instrument_id": instrument_id,
+            "direction": direction,
+            "offset": "OPEN",
+            "volume": volume,
+            "price_type": "LIMIT",
+            "limit_price": price,
+            "volume_condition": "ANY",
+            "time_condition": "GFD",
+        }
+    ).decode()
+
+
+class DiffConn:
+    """One DIFF session for a load generator: peeks after every rtn_data and hands each patch list on."""
+
+    def __init__(self, ws: Any, on_data: Callable[[float, list[dict[str, Any]]], None] | None = None) -> None:
+        self.ws = ws
+        self.on_data = on_data
+        self.user: str | None = None
+        self.logged_in = False
+        self.login_failed = False
+        self.account_seen = False
+        self.frames = 0
+        self.patches = 0
+        self.errors: list[dict[str, Any]] = []
+        self.quote: dict[str, dict[str, Any]] = {}
+        self.orders: dict[str, dict[str, Any]] = {}  # only filled when track_orders
+        self.track_orders = True
+        self.closed: str | None = None  # the close reason, when the server closed the session
+
+    async def reader(self) -> None:
+        import trio
+        from trio_websocket import ConnectionClosed
+
+        ws = self.ws
+        while True:
+            try:
+                frame = await ws.get_message()
+            except ConnectionClosed as exc:
+                self.closed = str(exc.reason)
+                return
+            now = trio.current_time()
+            message = _decode(frame)
+            if message.get("aid") != "rtn_data":
+                continue
+            data = message["data"]
+            try:
+                await ws.send_message(PEEK)
+            except ConnectionClosed as exc:
+                self.closed = str(exc.reason)
+                return
+            self.frames += 1
+            self.patches += len(data)
+            for patch in data:
+                self._scan(patch)
+            if self.on_data is not None:
+                self.on_data(now, data)
+
+    def _scan(self, patch: dict[str, Any]) -> None:
+        notify = patch.get("notify")
+        if notify:
+            for note in notify.values():
+                if note.get("code") == 401:
+                    self.logged_in = True
+                elif note.get("level") == "ERROR":
+                    self.errors.append(note)
+                    if note.get("code") in (402, 403):
+                        self.login_failed = True
+        quotes = patch.get("quotes")
+        if quotes:
+            for symbol, quote in quotes.items():
+                if isinstance(quote, dict):
+                    self.quote.setdefault(symbol, {}).update(quote)
+        trade = patch.get("trade")
+        if trade and self.user in trade:
+            tree = trade[self.user]
+            if isinstance(tree, dict):
+                if "accounts" in tree:
+                    self.account_seen = True
+                orders = tree.get("orders")
+                if orders and self.track_orders:
+                    for order_id, order in orders.items():
+                        if isinstance(order, dict):
+                            self.orders.setdefault(order_id, {}).update(order)
+
+    async def login(self, user: str, password: str, within: float = 120.0) -> None:
+        import trio
+
+        self.user = user
+        await self.ws.send_message(
+            _encode({"aid": "req_login", "bid": "qaex", "user_name": user, "password": password}).decode()
+        )
+        with trio.fail_after(within):
+            while not (self.logged_in and self.account_seen):
+                if self.login_failed:
+                    raise RuntimeError(f"login failed for {user}: {self.errors}")
+                await trio.sleep(0.005)
+
+    async def subscribe(self, ins_list: str) -> None:
+        await self.ws.send_message(_encode({"aid": "subscribe_quote", "ins_list": ins_list}).decode())
+
+
+@contextlib.asynccontextmanager
+async def diff_session(url: str, on_data: Any = None) -> Any:
+    import trio
+    from trio_websocket import ConnectionClosed, open_websocket_url
+
+    with contextlib.suppress(ConnectionClosed):  # the server may close it (e.g. its heartbeat timeout)
+        async with open_websocket_url(url, max_message_size=1 << 24) as ws:
+            conn = DiffConn(ws, on_data)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(conn.reader)
+                await ws.send_message(PEEK)
+                yield conn
+                nursery.cancel_scope.cancel()
+
+
+async def wait_until(predicate: Callable[[], bool], within: float, step: float = 0.01) -> bool:
+    import trio
+
+    with trio.move_on_after(within):
+        while not predicate():  # noqa: ASYNC110 (polling a plain predicate is the point)
+            await trio.sleep(step)
+        return True
+    return False
+
+
+# -- histograms and output --------------------------------------------------------------------------------
+PERCENTILES = (50.0, 90.0, 99.0, 99.9)
+
+
+def new_histogram() -> Any:
+    from hdrh.histogram import HdrHistogram
+
+    return HdrHistogram(1, 600_000_000, 3)  # microseconds, 1 µs .. 10 min, 3 significant digits
+
+
+def summarize(hist: Any) -> dict[str, float]:
+    """P50/P90/P99/P99.9/max/mean in milliseconds, plus the count."""
+    if hist.get_total_count() == 0:
+        return {"count": 0}
+    out: dict[str, float] = {"count": hist.get_total_count()}
+    for p in PERCENTILES:
+        out[f"p{p:g}"] = hist.get_value_at_percentile(p) / 1000.0
+    out["max"] = hist.get_max_value() / 1000.0
+    out["mean"] = hist.get_mean_value() / 1000.0
+    return out
+
+
+def percentile_curve(hist: Any) -> list[tuple[float, float]]:
+    """(percentile, latency ms) points for a plot, denser in the tail."""
+    points = []
+    for nines in [i / 20 for i in range(0, 81)]:  # 0 .. 4 nines (99.99 %)
+        percentile = 100.0 * (1 - 10 ** (-nines))
+        points.append((percentile, hist.get_value_at_percentile(percentile) / 1000.0))
+    points.append((100.0, hist.get_max_value() / 1000.0))
+    return points
+
+
+def fmt_ms(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.3f}" if value < 10 else f"{value:.1f}"
+
+
+def latency_table(rows: list[tuple[str, dict[str, float]]], baseline: dict[str, float] | None = None) -> str:
+    head = "| run | count | P50 ms | P90 ms | P99 ms | P99.9 ms | max ms |"
+    if baseline:
+        head += " P50 ÷ base | P99 ÷ base |"
+    lines = [head, "|---|" + "---:|" * (head.count("|") - 2)]
+    for name, s in rows:
+        if not s.get("count"):
+            lines.append(f"| {name} | 0 |" + " – |" * (head.count("|") - 3))
+            continue
+        line = (
+            f"| {name} | {int(s['count']):,} | "
+            + " | ".join(fmt_ms(s[k]) for k in ("p50", "p90", "p99", "p99.9", "max"))
+            + " |"
+        )
+        if baseline:
+            line += f" {s['p50'] / baseline['p50']:.2f}× | {s['p99'] / baseline['p99']:.2f}× |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def write_outputs(name: str, result: dict[str, Any], markdown: str, out_dir: Path | None = None) -> Path:
+    out_dir = out_dir or RESULTS_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    json_path = out_dir / f"{name}-{stamp}.json"
+    json_path.write_text(json.dumps(result, indent=2, default=str))
+    md_path = out_dir / f"{name}-{stamp}.md"
+    md_path.write_text(markdown)
+    (out_dir / f"{name}-latest.json").write_text(json.dumps(result, indent=2, default=str))
+    (out_dir / f"{name}-latest.md").write_text(markdown)
+    say(f"wrote {json_path} and {md_path}")
+    return json_path
+
+
+def plot_percentiles(curves: dict[str, list[tuple[float, float]]], path: Path, title: str) -> Path | None:
+    """Latency by percentile (log-scaled 'nines' on x), one line per run."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        say("matplotlib not installed: no plot (pip install -e '.[bench]')")
+        return None
+    import math
+
+    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
+    for label, points in curves.items():
+        xs = [min(-math.log10(max(1 - p / 100.0, 1e-5)), 5) for p, _ in points]
+        ys = [max(v, 1e-3) for _, v in points]
+        ax.plot(xs, ys, label=label, linewidth=1.8)
+    ticks = [0, 1, 2, 3, 4, 5]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels(["0%", "90%", "99%", "99.9%", "99.99%", "max"])
+    ax.set_yscale("log")
+    ax.set_xlabel("percentile")
+    ax.set_ylabel("latency (ms, log scale)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    say(f"wrote {path}")
+    return path
+
+
+# -- profiling --------------------------------------------------------------------------------------------
+def start_profile(pid: int, duration: float, out: Path) -> subprocess.Popen[bytes] | None:
+    """py-spy record (raw collapsed stacks) on `pid`; None when py-spy is missing."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(py_spy).exists():
+        say("py-spy not installed: no profile (pip install py-spy)")
+        return None
+    command = [py_spy, "record", "--pid", str(pid), "--duration", str(max(1, int(duration)))]
+    command += ["--format", "raw", "--rate", "200", "--nonblocking", "-o", str(out)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def summarize_profile(path: Path, top: int = 25) -> dict[str, Any]:
+    """Top functions by self samples and by inclusive samples, from py-spy's collapsed-stack output."""
+    own: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    if not path.exists():
+        return {"samples": 0}
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = [_short_frame(f) for f in stack.split(";")]
+        own[frames[-1]] += count
+        for frame in set(frames):
+            inclusive[frame] += count
+
+    def share(counter: collections.Counter[str]) -> list[tuple[str, float]]:
+        return [(name, round(100.0 * n / total, 1)) for name, n in counter.most_common(top)]
+
+    return {"samples": total, "self": share(own), "inclusive": share(inclusive)}
+
+
+def _short_frame(frame: str) -> str:
+    # py-spy raw frames look like "function (path/to/file.py:123)"
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")")
+    file_part = where.rsplit(":", 1)[0]
+    for marker in ("site-packages/", "lib/python3"):
+        if marker in file_part:
+            file_part = file_part.split(marker, 1)[1]
+    if "/qaex/" in file_part:
+        file_part = "qaex/" + file_part.rsplit("/qaex/", 1)[1]
+    return f"{name} ({file_part})"
+
+
+def profile_markdown(summary: dict[str, Any], top: int = 15) -> str:
+    if not summary.get("samples"):
+        return "(no profile samples)"
+    lines = [f"py-spy, {summary['samples']:,} samples of the server process.", ""]
+    lines.append("| self % | function | | inclusive % | function |")
+    lines.append("|---:|---|---|---:|---|")
+    for (a, pa), (b, pb) in zip(summary["self"][:top], summary["inclusive"][:top], strict=False):
+        lines.append(f"| {pa} | `{a}` | | {pb} | `{b}` |")
+    return "\n".join(lines)
+
+
+# -- the "other sessions" worker process ----------------------------------------------------------------
+@dataclass
+class WorkerHandle:
+    process: subprocess.Popen[str]
+
+    def command(self, line: str, timeout: float = 600.0) -> dict[str, Any]:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+        return self.read(timeout)
+
+    def read(self, timeout: float = 600.0) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        import select
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.process.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
+            line = self.process.stdout.readline()
+            if not line:
+                raise RuntimeError(f"session worker exited with {self.process.poll()}")
+            if line.startswith("{"):
+                answer: dict[str, Any] = json.loads(line)
+                return answer
+        raise TimeoutError("session worker did not answer")
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(Exception):
+                assert self.process.stdin is not None
+                self.process.stdin.write("EXIT\n")
+                self.process.stdin.flush()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_session_workers(
+    url: str,
+    users: list[tuple[str, str]],
+    sessions: int,
+    processes: int,
+    *,
+    core: int,
+    workdir: Path,
+    nice: int = 10,
+    symbols: str = SESSION_SYMBOLS,
+    timeout: float = 600.0,
+) -> tuple[list[WorkerHandle], list[dict[str, Any]]]:
+    """Spread `sessions` sessions (round-robin over `users`) over `processes` worker processes.
+
+    Returns once every worker has connected, logged in and subscribed all its sessions (their READY
+    answers). Users are logged in by their first session before the others (the server caches a
+    verified password, so only the first login of a user costs a scrypt check).
+    """
+    processes = max(1, min(processes, sessions)) if sessions else 0
+    handles = []
+    for k in range(processes):
+        assigned = [users[i % len(users)] for i in range(k, sessions, processes)]
+        spec = workdir / f"sessions-{k}.json"
+        spec.write_text(json.dumps({"url": url, "sessions": assigned, "symbols": symbols}))
+        command = [sys.executable, "-m", "bench._common", "sessions", "--spec", str(spec)]
+        command += ["--core", str(core), "--nice", str(nice), "--nofile", str(len(assigned) + 512)]
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
+        handles.append(WorkerHandle(process))
+    ready = [h.read(timeout) for h in handles]
+    return handles, ready
+
+
+def workers_command(handles: list[WorkerHandle], line: str, timeout: float = 600.0) -> list[dict[str, Any]]:
+    """Send one command to every worker, then collect every answer (they work in parallel)."""
+    for h in handles:
+        assert h.process.stdin is not None
+        h.process.stdin.write(line + "\n")
+        h.process.stdin.flush()
+    return [h.read(timeout) for h in handles]
+
+
+def _sessions_main(args: argparse.Namespace) -> None:
+    import trio
+    from trio_websocket import open_websocket_url
+
+    spec = json.loads(Path(args.spec).read_text())
+    raise_nofile(args.nofile)
+    pin_self(args.core)
+    if args.nice:
+        os.nice(args.nice)
+    url, assigned, symbols = spec["url"], [tuple(u) for u in spec["sessions"]], spec["symbols"]
+    conns: list[DiffConn] = []
+    failures: list[str] = []
+
+    def answer(obj: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
+    async def one(
+        user: str, password: str, ready: trio.Event, limit: trio.Semaphore, stop: trio.Event
+    ) -> None:
+        try:
+            async with limit:
+                ws_cm = open_websocket_url(url, max_message_size=1 << 24, connect_timeout=60)
+                ws = await ws_cm.__aenter__()
+        except Exception as exc:
+            failures.append(f"connect: {exc!r}")
+            ready.set()
+            return
+        try:
+            conn = DiffConn(ws)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(conn.reader)
+                await ws.send_message(PEEK)
+                try:
+                    await conn.login(user, password)
+                    await conn.subscribe(symbols)
+                    first = symbols.split(",")[0]
+                    ok = await wait_until(lambda: "price_tick" in conn.quote.get(first, {}), 120.0)
+                    if not ok:
+                        failures.append(f"no quote snapshot for {user}")
+                except Exception as exc:
+                    failures.append(f"login/subscribe {user}: {exc!r}")
+                conns.append(conn)
+                ready.set()
+                await stop.wait()
+                nursery.cancel_scope.cancel()
+        except Exception as exc:
+            failures.append(f"session {user}: {exc!r}")
+            ready.set()
+        finally:
+            with trio.move_on_after(2) as scope:
+                scope.shield = True
+                with contextlib.suppress(Exception):
+                    await ws_cm.__aexit__(None, None, None)
+
+    async def main() -> None:
+        stop = trio.Event()
+        limit = trio.Semaphore(128)
+        async with trio.open_nursery() as nursery:
+            # First session of each user first (one scrypt check per user), then the rest.
+            seen: set[str] = set()
+            firsts = [i for i, (u, _) in enumerate(assigned) if not (u in seen or seen.add(u))]  # type: ignore[func-returns-value]
+            rest = [i for i in range(len(assigned)) if i not in set(firsts)]
+            t0 = time.monotonic()
+            for group in (firsts, rest):
+                events = []
+                for i in group:
+                    event = trio.Event()
+                    events.append(event)
+                    nursery.start_soon(one, *assigned[i], event, limit, stop)
+                for event in events:
+                    await event.wait()
+            answer(
+                {
+                    "ready": len(conns),
+                    "failed": len(failures),
+                    "failures": failures[:5],
+                    "seconds": round(time.monotonic() - t0, 2),
+                }
+            )
+            while True:
+                line = (await trio.to_thread.run_sync(sys.stdin.readline)).strip()
+                if not line or line == "EXIT":
+                    break
+                verb, _, rest_text = line.partition(" ")
+                if verb == "RESET":
+                    for c in conns:
+                        c.frames = c.patches = 0
+                    answer({"ok": True, "cpu": _cpu_seconds()})
+                elif verb == "STATS":
+                    answer(_stats(conns) | {"cpu": _cpu_seconds()})
+                elif verb == "ORDERS":
+                    # one order per user, from the user's first session: {"price":..., "direction":...}
+                    params = json.loads(rest_text)
+                    sent = 0
+                    seen_users: set[str] = set()
+                    for c in conns:
+                        if c.user in seen_users or c.user is None:
+                            continue
+                        seen_users.add(c.user)
+                        message = insert_order_message(
+                            c.user, f"chk-{c.user}", params["direction"], params["price"]
+                        )
+                        await c.ws.send_message(message)
+                        sent += 1
+                        if sent % 50 == 0:
+                            await trio.sleep(0.05)
+                    answer({"sent": sent})
+                elif verb == "CHECK":
+                    expected = json.loads(rest_text)
+                    ok = await wait_until(
+                        lambda expected=expected: _check(conns, expected)[0] == len(conns),
+                        expected.get("within", 10),
+                    )
+                    good, problems = _check(conns, expected)
+                    answer({"checked": len(conns), "good": good, "all_good": ok, "problems": problems[:10]})
+                else:
+                    answer({"error": f"unknown command {line!r}"})
+            stop.set()
+
+    trio.run(main)
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return round(usage.ru_utime + usage.ru_stime, 3)
+
+
+def _stats(conns: list[DiffConn]) -> dict[str, Any]:
+    return {
+        "sessions": len(conns),
+        "frames": sum(c.frames for c in conns),
+        "patches": sum(c.patches for c in conns),
+        "with_account": sum(c.account_seen for c in conns),
+        "errors": sum(len(c.errors) for c in conns),
+    }
+
+
+def _check(conns: list[DiffConn], expected: dict[str, Any]) -> tuple[int, list[str]]:
+    """Sessions that got their snapshot (account, full quotes) and the updates (final quote, own order)."""
+    good = 0
+    problems: list[str] = []
+    volumes: dict[str, int] = expected.get("quote_volume", {})
+    order_prefix = expected.get("order_prefix")
+    for c in conns:
+        why = []
+        if not c.account_seen:
+            why.append("no account snapshot")
+        for symbol, volume in volumes.items():
+            quote = c.quote.get(symbol, {})
+            if "price_tick" not in quote:
+                why.append(f"no full quote {symbol}")
+            if quote.get("volume") != volume:
+                why.append(f"{symbol} volume {quote.get('volume')} != {volume}")
+        if order_prefix:
+            order = c.orders.get(f"{order_prefix}{c.user}", {})
+            if order.get("status") != "FINISHED" or order.get("volume_left") != 0:
+                why.append(f"own order not filled: {order.get('status')}")
+        if why:
+            if len(problems) < 10:
+                problems.append(f"{c.user}: {'; '.join(why)}")
+        else:
+            good += 1
+    return good, problems
+
+
+# -- the baseline echo server ------------------------------------------------------------------------------
+def _echo_main(args: argparse.Namespace) -> None:
+    import trio
+    from trio_websocket import ConnectionClosed, serve_websocket
+
+    async def handler(request: Any) -> None:
+        ws = await request.accept()
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await ws.send_message(await ws.get_message())
+
+    async def main() -> None:
+        await serve_websocket(handler, "127.0.0.1", args.port, None, max_message_size=1 << 20)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        trio.run(main)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="helper processes of the qaex end-to-end benchmarks")
+    sub = parser.add_subparsers(dest="what", required=True)
+    echo = sub.add_parser("echo", help="a bare trio-websocket echo server (the baseline)")
+    echo.add_argument("--port", type=int, required=True)
+    sessions = sub.add_parser("sessions", help="N DIFF sessions driven over stdin (used by the benches)")
+    sessions.add_argument("--spec", required=True)
+    sessions.add_argument("--core", type=int, default=-1)
+    sessions.add_argument("--nice", type=int, default=0)
+    sessions.add_argument("--nofile", type=int, default=4096)
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    if args.what == "echo":
+        _echo_main(args)
+    else:
+        _sessions_main(args)
+
+
+if __name__ == "__main__":
+    main()
