@@ -47,7 +47,7 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
     seed: int | None = None  # market maker seed; None = random
     market_maker_interval: float = 1.25  # mean seconds between two market-maker steps per instrument
     mark_interval: float = 0.5  # seconds between two mark-to-market passes over all holders
-    quote_interval: float = 0.1  # shortest time between two market-data publishes
+    quote_interval: float = 0.5  # shortest time between two market-data publishes (CTP-like snapshots)
     market_history: int = 10_000  # bars (and ticks) kept per series
     token_ttl: int = 86_400  # seconds a login token stays valid
 
