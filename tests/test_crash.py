@@ -229,7 +229,7 @@ async def test_kill_9_mid_load_loses_nothing_acknowledged(tmp_path: Path, seed: 
     diff_users = [open_user(first, init_cash=INIT_CASH) for _ in range(2)]
     for client in first.clients:
         client.close()
-    kill_at = random.Random(seed).randint(300, 900)  # acknowledged orders before the kill
+    kill_at = random.Random(seed).randint(1000, 2500)  # acknowledged orders before the kill
     acks = await run_load_and_kill(first, users, diff_users, kill_at)
     assert len(acks.orders) >= kill_at, "the load should have been running when the server was killed"
 
