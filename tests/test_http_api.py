@@ -401,3 +401,24 @@ def test_admin_settle_rolls_the_trading_day(server: Server, admin: httpx.Client)
     assert settled.json()["prices"][CU] == PRICE
     assert settled.json()["trading_day"] > before
     assert trader.get("/api/orders").json()["orders"] == {}
+
+
+def _concrete(path: str) -> str:
+    return re.sub(r"<[^>]+>", lambda m: "SHFE.cu2601" if "symbol" in m.group(0) else "x", path)
+
+
+def test_every_protected_route_refuses_a_missing_token_and_admin_routes_refuse_a_user_token(
+    server: Server, anonymous: httpx.Client, user: User
+) -> None:
+    from qaex.api.http import ROUTES
+
+    protected = [r for r in ROUTES if r.auth != "none"]
+    assert any(r.auth == "admin" for r in protected) and any(r.auth == "user" for r in protected)
+    for route in protected:
+        answer = anonymous.request(route.method, _concrete(route.path), json={})
+        assert answer.status_code == 401, (route.method, route.path, answer.text)
+        assert answer.json()["error"]["code"] == "unauthorized"
+        if route.auth == "admin":
+            as_user = user.client.request(route.method, _concrete(route.path), json={})
+            assert as_user.status_code == 403, (route.method, route.path, as_user.text)
+    assert anonymous.get("/health").status_code == 200
