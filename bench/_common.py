@@ -235,6 +235,7 @@ def start_qaex(
         QAEX_DATA_DIR=str(workdir / "data"),
         QAEX_ADMIN_TOKEN=admin_token,
         QAEX_MARKET_MAKER="0",
+        QAEX_SETTLEMENT_TIME="",
         QAEX_LOG="warning",
     )
     env.update(extra_env or {})

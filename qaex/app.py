@@ -32,6 +32,7 @@ from qaex.api.auth import TokenSigner
 from qaex.api.http import Services, blueprint
 from qaex.api.websocket_guard import RejectWebSockets
 from qaex.config import Config, ConfigError, load_instruments
+from qaex.core.calendar import parse_clock_time
 from qaex.core.engine import Engine
 from qaex.core.journal_format import JournalCorrupt
 from qaex.core.passwords import hash_password
@@ -62,7 +63,13 @@ def build_exchange(config: Config, data_dir: DataDir) -> Exchange:
     market = MarketData(
         recovered.engine, history=config.market_history, publish_interval=config.quote_interval
     )
-    exchange = Exchange(recovered.engine, journal=journal, market=market, mark_interval=config.mark_interval)
+    exchange = Exchange(
+        recovered.engine,
+        journal=journal,
+        market=market,
+        mark_interval=config.mark_interval,
+        settle_at=parse_clock_time(config.settlement_time) if config.settlement_time else None,
+    )
     exchange.router.resume_after(recovered.last_ts)
     exchange.seed_from_engine()
     if config.market_maker:

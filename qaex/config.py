@@ -15,6 +15,7 @@ from typing import Any, Literal, get_args, get_type_hints
 
 import msgspec
 
+from qaex.core.calendar import parse_clock_time
 from qaex.core.instruments import InstrumentRegistry
 from qaex.logconfig import parse_levels
 
@@ -47,6 +48,7 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
     seed: int | None = None  # market maker seed; None = random
     market_maker_interval: float = 1.25  # mean seconds between two market-maker steps per instrument
     mark_interval: float = 0.5  # seconds between two mark-to-market passes over all holders
+    settlement_time: str = "15:30"  # daily settlement, China time, weekdays; "" turns it off
     quote_interval: float = 0.5  # shortest time between two market-data publishes (CTP-like snapshots)
     market_history: int = 10_000  # bars (and ticks) kept per series
     token_ttl: int = 86_400  # seconds a login token stays valid
@@ -100,6 +102,11 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
         need(self.market_maker_interval > 0, "market_maker_interval", "a number of seconds > 0")
         need(self.mark_interval > 0, "mark_interval", "a number of seconds > 0")
         need(self.quote_interval >= 0, "quote_interval", "a number of seconds >= 0")
+        if self.settlement_time:
+            try:
+                parse_clock_time(self.settlement_time)
+            except ValueError:
+                need(False, "settlement_time", "HH:MM (China time) or empty")
         need(self.market_history >= 1, "market_history", "an integer >= 1")
         need(self.admin_token == "" or len(self.admin_token) >= 16, "admin_token", "at least 16 characters")
         try:

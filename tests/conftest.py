@@ -75,6 +75,7 @@ def launch(workdir: Path, *, data_dir: Path | None = None, extra_env: dict[str, 
         QAEX_DATA_DIR=str(data_dir),
         QAEX_ADMIN_TOKEN=admin_token,
         QAEX_MARKET_MAKER="0",
+        QAEX_SETTLEMENT_TIME="",  # a test run that crosses 15:30 China time must not settle mid-test
     )
     env.pop("QAEX_CONFIG", None)
     env.update(extra_env or {})

@@ -17,10 +17,12 @@ The async methods are the one API both transports (HTTP and DIFF) use; each chec
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +30,7 @@ import trio
 
 from qaex.core import commands
 from qaex.core.account import Account
+from qaex.core.calendar import next_settlement
 from qaex.core.engine import Batch, Engine
 from qaex.core.errors import Forbidden, QaexError
 from qaex.core.instruments import Instrument
@@ -50,6 +53,7 @@ class Exchange:
         clock: Callable[[], int] | None = None,
         market: Any = None,
         mark_interval: float = 0.5,
+        settle_at: dt.time | None = None,
     ) -> None:
         self.engine = engine if engine is not None else Engine()
         batch_send, batch_receive = trio.open_memory_channel[Batch](256)
@@ -70,6 +74,8 @@ class Exchange:
         self._hashing = trio.CapacityLimiter(2)
         self.ready = trio.Event()
         self.mark_interval = mark_interval
+        self.settle_at = settle_at
+        self._wall_clock = clock if clock is not None else time.time_ns
         self.diff_server: Any = None  # set by qaex.api.diff_server.serve_diff, for metrics
 
     def _root_fields(self, user_id: str) -> dict[str, Any]:
@@ -110,6 +116,8 @@ class Exchange:
                     await nursery.start(self.market.run)
                 await nursery.start(self.router.run)
                 nursery.start_soon(self._mark_to_market)
+                if self.settle_at is not None:
+                    nursery.start_soon(self._daily_settlement, self.settle_at)
                 if self.simulator is not None:
                     await nursery.start(self.simulator.run)
                 log.info(
@@ -136,6 +144,20 @@ class Exchange:
             await trio.sleep(self.mark_interval)
             if self.engine.prices_moved:
                 await self.router.execute(lambda ts: commands.MarkToMarket(ts=ts))
+
+    async def _daily_settlement(self, at: dt.time) -> None:
+        """Settle every weekday at `at` (China time), like the exchanges' end of day.
+
+        Settlement cancels open orders, rolls positions to the settlement prices (the last price of
+        each instrument) and starts a new trading day, which also clears the day's finished orders
+        and trades, so a long-running server's memory and journal stay bounded.
+        """
+        while True:
+            now = self._wall_clock()
+            due = next_settlement(now, at)
+            await trio.sleep((due - now) / 1e9)
+            prices = await self.settle()
+            log.info("daily settlement at %s: %d instruments settled", at.strftime("%H:%M"), len(prices))
 
     # -- accounts ---------------------------------------------------------------------------------
     async def open_account(self, user_id: str, password: str, init_cash: float = 1_000_000.0) -> Account:
