@@ -386,3 +386,12 @@ def test_trading_day_rolls_over_at_six_pm_and_skips_weekends() -> None:
     # 2025-11-28 is a Friday: 20:00 China time belongs to Monday 2025-12-01.
     friday_evening = 1_764_331_200_000_000_000
     assert trading_day_of(friday_evening) == "20251201"
+
+
+@pytest.mark.parametrize("order_id", ["", "x" * 129])
+def test_an_empty_or_oversized_order_id_is_refused_without_a_trace(order_id: str) -> None:
+    engine = make_engine("a")
+    with pytest.raises(RiskError):
+        order(engine, "a", order_id, "BUY", 1)
+    assert engine.users["a"].orders == {}
+    assert order(engine, "a", "x" * 128, "BUY", 1).status == "ALIVE"

@@ -50,6 +50,7 @@ from qaex.core.orders import (
 
 CHINA_TZ = dt.timezone(dt.timedelta(hours=8))
 RENDERED = dict[str, Any]
+MAX_ORDER_ID_LENGTH = 128
 
 
 @dataclass(slots=True)
@@ -243,6 +244,9 @@ class Engine:
     # -- orders -----------------------------------------------------------------------------------
     def _insert(self, request: InsertOrder, ts: int) -> Order:
         record = self.user(request.user_id)
+        if not 0 < len(request.order_id) <= MAX_ORDER_ID_LENGTH:
+            # Refused as a whole: an order needs an id the client can refer to, and ids are kept.
+            raise risk(errors.BAD_ORDER, f"下单失败, 委托单号长度必须在 1 到 {MAX_ORDER_ID_LENGTH} 之间")
         if request.order_id in record.orders:
             # The existing order keeps its state; the duplicate is refused without a trace in the tree.
             raise risk(errors.DUPLICATE_ORDER_ID, f"下单失败, 委托单号重复: {request.order_id}")
