@@ -136,7 +136,7 @@ class OrderView(msgspec.Struct):
     offset: Offset
     volume_orign: int
     price_type: PriceType
-    limit_price: float | None  # null for market orders (NaN in DIFF)
+    limit_price: float | Literal["-"]  # "-" for market orders (no price), as DIFF sends it
     time_condition: TimeCondition
     volume_condition: VolumeCondition
     insert_date_time: int
