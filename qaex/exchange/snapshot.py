@@ -39,8 +39,13 @@ class SessionLink:
         self.closed = False
 
     def wake(self) -> None:
-        """Tell the writer there may be something to send (a peek arrived, or data did)."""
-        self._wakeup.set()
+        """Tell the writer there is something to send: a peek is waiting and data is pending.
+
+        Without a waiting peek the writer could send nothing, so it is not woken (a task switch per
+        patch saved); the peek's arrival wakes it later.
+        """
+        if self.session.wants_data():
+            self._wakeup.set()
 
     async def wait(self) -> None:
         await self._wakeup.wait()
