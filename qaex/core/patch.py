@@ -99,26 +99,52 @@ class PendingPatches:
     scalar keeps its count until :meth:`take`), which is the safe direction for a memory bound.
     """
 
-    __slots__ = ("_merged", "_resets", "_size")
+    __slots__ = ("_borrowed", "_merged", "_resets", "_size")
 
     def __init__(self) -> None:
         self._merged: Patch = {}
         self._resets: Patch = {}
         self._size = 0
+        # The first patch after a take is held by reference, not copied: a session that peeks
+        # promptly sends each shared patch as it is, with no copy at all. A second add copies it
+        # into `_merged` first, so shared patches are still never merged into.
+        self._borrowed: Patch | None = None
 
     @property
     def size(self) -> int:
         return self._size
 
     def __bool__(self) -> bool:
-        return bool(self._merged)
+        return bool(self._merged) or self._borrowed is not None
 
     def add(self, patch: Patch) -> None:
-        """Coalesce ``patch`` into the pending state; ``patch`` is not mutated nor aliased."""
+        """Coalesce ``patch`` into the pending state; ``patch`` is never mutated.
+
+        It may be kept by reference until the next add or take (see ``_borrowed``): callers must not
+        mutate a patch after adding it, which holds for the shared patches the exchange pushes.
+        """
+        if not patch:
+            return
+        if self._borrowed is None and not self._merged:
+            self._borrowed = patch
+            self._size = tree_size(patch)
+            return
+        if self._borrowed is not None:
+            borrowed, self._borrowed = self._borrowed, None
+            self._size = 0
+            self._compose(self._merged, borrowed, self._resets, [], False)
         self._compose(self._merged, patch, self._resets, [], False)
 
     def take(self) -> list[Patch]:
-        """The coalesced patches to send, in order; the pending state is cleared."""
+        """The coalesced patches to send, in order; the pending state is cleared.
+
+        The result may share the added patches' objects: encode it, don't mutate it.
+        """
+        if self._borrowed is not None:
+            patches = [self._borrowed]
+            self._borrowed = None
+            self._size = 0
+            return patches
         if not self._merged:
             return []
         patches = [self._resets, self._merged] if self._resets else [self._merged]
