@@ -353,7 +353,25 @@ class Account:
         if position is None or math.isnan(last_price) or position.last_price == last_price:
             return False
         position.last_price = last_price
-        self._update(position, instrument)
+        # Only the profits depend on the price (lots, costs and margin do not): recompute just those,
+        # with exactly the formulas of `_refresh`, since every risk check marks the user's positions.
+        multiple = instrument.volume_multiple
+        long, short = position.volume_long, position.volume_short
+        if long:
+            value = last_price * long * multiple
+            position.float_profit_long = value - position.open_cost_long
+            position.position_profit_long = value - position.position_cost_long
+        if short:
+            value = last_price * short * multiple
+            position.float_profit_short = position.open_cost_short - value
+            position.position_profit_short = position.position_cost_short - value
+        float_profit = position.float_profit_long + position.float_profit_short
+        position_profit = position.position_profit_long + position.position_profit_short
+        if self._open_positions:
+            self.float_profit += float_profit - position.float_profit
+            self.position_profit += position_profit - position.position_profit
+        position.float_profit = float_profit
+        position.position_profit = position_profit
         return True
 
     def deposit_cash(self, amount: float) -> None:
