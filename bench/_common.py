@@ -952,3 +952,30 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def add_output_args(parser: argparse.ArgumentParser, *, cores: bool = True, profile: str = "") -> None:
+    """The options every end-to-end bench shares: pinning, profiling, where results go."""
+    if cores:
+        parser.add_argument(
+            "--server-core", type=int, default=None, help="core for the server (default: the first)"
+        )
+        parser.add_argument(
+            "--client-core", type=int, default=None, help="core for the clients (default: another)"
+        )
+    if profile:
+        parser.add_argument("--profile", action="store_true", help=f"py-spy the server {profile}")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where results go (bench/results)")
+    parser.add_argument("--keep", action="store_true", help="keep the servers' working directories")
+
+
+def new_result(bench: str, args: argparse.Namespace, argv: list[str] | None, **extra: Any) -> dict[str, Any]:
+    """The header every result file starts with: what ran, where, with which settings, at what load."""
+    return {
+        "bench": bench,
+        "machine": machine(),
+        "command": " ".join([f"python -m bench.{bench}", *(argv if argv is not None else sys.argv[1:])]),
+        "settings": {k: str(v) for k, v in vars(args).items()},
+        **extra,
+        "load_start": load(),
+    }

@@ -412,17 +412,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--http-duration", type=float, default=5, help="HTTP seconds (default 5)")
     parser.add_argument("--fsync", default="batch,off", help="qaex journal modes to run (default batch,off)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the echo baseline")
-    parser.add_argument(
-        "--server-core", type=int, default=None, help="core for the server (default: the first)"
-    )
-    parser.add_argument(
-        "--client-core", type=int, default=None, help="core for the clients (default: another)"
-    )
-    parser.add_argument("--profile", action="store_true", help="py-spy the server during each qaex phase")
-    parser.add_argument(
-        "--out-dir", type=Path, default=c.RESULTS_DIR, help="where results go (bench/results)"
-    )
-    parser.add_argument("--keep", action="store_true", help="keep the servers' working directories")
+    c.add_output_args(parser, profile="during each qaex phase")
     return parser.parse_args(argv)
 
 
@@ -433,15 +423,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     server_core, client_core = c.cores(args.server_core, args.client_core)
     c.pin_self(client_core)
     c.raise_nofile(args.other_sessions + 4096)
-    result: dict[str, Any] = {
-        "bench": "latency",
-        "machine": c.machine(),
-        "command": " ".join(["python -m bench.latency", *(argv if argv is not None else sys.argv[1:])]),
-        "settings": {k: str(v) for k, v in vars(args).items()},
-        "pinning": {"server_core": server_core, "client_core": client_core},
-        "load_start": c.load(),
-        "runs": {},
-    }
+    result = c.new_result(
+        "latency", args, argv, pinning={"server_core": server_core, "client_core": client_core}, runs={}
+    )
     c.say(f"load average {result['load_start']}; server on core {server_core}, clients on core {client_core}")
     with c.workdir(args.keep) as workdir:
         if not args.no_baseline:

@@ -121,10 +121,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="pin the server to one core and the clients to the "
         "other (default: unpinned, so the scrypt checks of the logins use both cores)",
     )
-    parser.add_argument(
-        "--out-dir", type=Path, default=c.RESULTS_DIR, help="where results go (bench/results)"
-    )
-    parser.add_argument("--keep", action="store_true", help="keep the server's working directory")
+    c.add_output_args(parser, cores=False)
     return parser.parse_args(argv)
 
 
@@ -136,14 +133,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     server_core, client_core = c.cores() if args.pin else (-1, -1)
     c.pin_self(client_core)
     c.raise_nofile(args.sessions + 4096)
-    result: dict[str, Any] = {
-        "bench": "sessions",
-        "machine": c.machine(),
-        "command": " ".join(["python -m bench.sessions", *(argv if argv is not None else sys.argv[1:])]),
-        "settings": {k: str(v) for k, v in vars(args).items()},
-        "pinning": {"server_core": server_core, "client_core": client_core},
-        "load_start": c.load(),
-    }
+    result = c.new_result(
+        "sessions", args, argv, pinning={"server_core": server_core, "client_core": client_core}
+    )
     c.say(f"load average {result['load_start']}")
     env = {
         "QAEX_MAX_SESSIONS": str(args.sessions + 1000),

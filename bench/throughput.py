@@ -163,17 +163,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--fsync", default="batch", choices=["batch", "off"], help="QAEX_FSYNC (default batch)"
     )
-    parser.add_argument(
-        "--server-core", type=int, default=None, help="core for the server (default: the first)"
-    )
-    parser.add_argument(
-        "--client-core", type=int, default=None, help="core for the clients (default: another)"
-    )
-    parser.add_argument("--profile", action="store_true", help="py-spy the server during every step")
-    parser.add_argument(
-        "--out-dir", type=Path, default=c.RESULTS_DIR, help="where results go (bench/results)"
-    )
-    parser.add_argument("--keep", action="store_true", help="keep the server's working directory")
+    c.add_output_args(parser, profile="during every step")
     return parser.parse_args(argv)
 
 
@@ -184,14 +174,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     server_core, client_core = c.cores(args.server_core, args.client_core)
     c.pin_self(client_core)
     c.raise_nofile(args.other_sessions + 4096)
-    result: dict[str, Any] = {
-        "bench": "throughput",
-        "machine": c.machine(),
-        "command": " ".join(["python -m bench.throughput", *(argv if argv is not None else sys.argv[1:])]),
-        "settings": {k: str(v) for k, v in vars(args).items()},
-        "pinning": {"server_core": server_core, "client_core": client_core},
-        "load_start": c.load(),
-    }
+    result = c.new_result(
+        "throughput", args, argv, pinning={"server_core": server_core, "client_core": client_core}
+    )
     c.say(f"load average {result['load_start']}; server on core {server_core}, clients on core {client_core}")
     with c.workdir(args.keep) as workdir:
         sessions = args.other_sessions
