@@ -203,6 +203,9 @@ MARKET_SYMBOL = "DCE.m2601"  # SHFE refuses market orders in TqSdk itself; the s
 
 def scenario_market(api: TqApi, a: TqAccount, http: str, out: dict[str, Any]) -> None:
     quote = api.get_quote(MD_SYMBOL)
+    # The liquidity simulator's taker prints the first trade of the day within seconds; quotes are
+    # published every QAEX_QUOTE_INTERVAL, so wait for a last price rather than read it at once.
+    wait_until(api, lambda: not math.isnan(quote.last_price), 30, f"a last price on {MD_SYMBOL}")
     out["http_quote"] = httpx.get(f"{http}/api/market/quote/{MD_SYMBOL}").json()  # the same moment
     out["quote"] = {
         key: num(quote[key])
