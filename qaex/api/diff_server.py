@@ -46,12 +46,14 @@ class DiffServer:
         max_message_size: int = 1 << 20,
         max_messages_per_second: int = 200,
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        heartbeat_timeout: float = HEARTBEAT_TIMEOUT,
     ) -> None:
         self.exchange = exchange
         self.max_sessions = max_sessions
         self.max_message_size = max_message_size
         self.max_messages_per_second = max_messages_per_second
         self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
         self._ids = itertools.count(1)
         self.active = 0
 
@@ -93,8 +95,9 @@ class DiffServer:
             await ws.send_message(messages.RTN_BROKERS.decode())
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._until_closed, self._writer(ws, link), nursery.cancel_scope)
-                nursery.start_soon(self._until_closed, self._heartbeat(ws), nursery.cancel_scope)
-                await self._until_closed(self._reader(ws, link), nursery.cancel_scope)
+                last_heard = [trio.current_time()]  # when the reader last got a frame from the client
+                nursery.start_soon(self._until_closed, self._heartbeat(ws, last_heard), nursery.cancel_scope)
+                await self._until_closed(self._reader(ws, link, last_heard), nursery.cancel_scope)
         except ConnectionClosed:
             pass
         except Exception:
@@ -121,10 +124,11 @@ class DiffServer:
         finally:
             scope.cancel()
 
-    async def _reader(self, ws: WebSocketConnection, link: SessionLink) -> None:
+    async def _reader(self, ws: WebSocketConnection, link: SessionLink, last_heard: list[float]) -> None:
         window, count = 0, 0
         while True:
             frame = await ws.get_message()
+            last_heard[0] = trio.current_time()
             now = int(trio.current_time())
             if now != window:
                 window, count = now, 0
@@ -212,13 +216,21 @@ class DiffServer:
             view.extend(self.exchange.market.full_view(link))
         return view
 
-    async def _heartbeat(self, ws: WebSocketConnection) -> None:
+    async def _heartbeat(self, ws: WebSocketConnection, last_heard: list[float]) -> None:
+        """Ping a client that has been silent for a heartbeat interval; close it if no pong comes.
+
+        A client that sent anything recently (every active DIFF client peeks after each rtn_data) is
+        alive, so it is not pinged: with thousands of sessions, pings would otherwise be a steady
+        share of the server's frames.
+        """
         while True:
             await trio.sleep(self.heartbeat_interval)
-            with trio.move_on_after(HEARTBEAT_TIMEOUT) as scope:
+            if trio.current_time() - last_heard[0] < self.heartbeat_interval:
+                continue
+            with trio.move_on_after(self.heartbeat_timeout) as scope:
                 await ws.ping()
             if scope.cancelled_caught:
-                log.info("no pong within %.0f s: closing %s", HEARTBEAT_TIMEOUT, ws.remote)
+                log.info("no pong within %.0f s: closing %s", self.heartbeat_timeout, ws.remote)
                 await ws.aclose(1001, "heartbeat timeout")
                 return
 
