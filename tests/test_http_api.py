@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import time
 import uuid
 from typing import Any
@@ -422,3 +423,27 @@ def test_every_protected_route_refuses_a_missing_token_and_admin_routes_refuse_a
             as_user = user.client.request(route.method, _concrete(route.path), json={})
             assert as_user.status_code == 403, (route.method, route.path, as_user.text)
     assert anonymous.get("/health").status_code == 200
+
+
+def _read_response(sock: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(4096)
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    while len(body) < length:
+        body += sock.recv(4096)
+    return head.split(b"\r\n")[0]
+
+
+def test_a_refused_request_whose_body_arrives_late_does_not_stall_the_connection(server: Server) -> None:
+    # hypercorn 0.18 stalled a keep-alive connection when the response (here a 401, decided before
+    # reading the body) went out before the body arrived: the next request never got an answer.
+    host, port = server.http_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /api/account/deposit HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n")
+        time.sleep(0.3)
+        sock.sendall(b"{}")
+        assert _read_response(sock).startswith(b"HTTP/1.1 401")
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _read_response(sock).startswith(b"HTTP/1.1 200")

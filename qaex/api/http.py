@@ -156,6 +156,19 @@ async def timed(histogram: Histogram, call: Awaitable[T]) -> T:
 
 
 # -- errors: JSON for every path, including routing errors and bugs ------------------------------------------
+@blueprint.before_app_request
+async def read_the_body_first() -> None:
+    """Read every request's body before answering it.
+
+    A handler may refuse a request before it reads the body (a missing token is a 401 at once). When
+    the body reaches hypercorn after such an early response, hypercorn 0.18 leaves the keep-alive
+    connection stalled and the client's next request on it never gets an answer. Reading the body
+    first (it is kept for the handler; oversized bodies get their 413 here) makes the order
+    request -> body -> response whatever the client's timing.
+    """
+    await request.get_data(cache=True)
+
+
 @blueprint.app_errorhandler(QaexError)
 async def on_qaex_error(exc: QaexError) -> Response:
     return error_response(STATUS_BY_CODE.get(exc.code, exc.http_status), exc.code, exc.message)
