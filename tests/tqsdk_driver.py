@@ -116,6 +116,13 @@ def wait_until(api: TqApi, predicate: Callable[[], Any], timeout: float, what: s
             raise Failed(f"timed out after {timeout} s waiting for {what}")
 
 
+def accepted(order: Any) -> bool:
+    """The exchange has the order: TqSdk marks a new order ALIVE locally, before the server answers,
+    so only ``exchange_order_id`` proves that an order from one account is in the book before
+    another account's order (on another connection) is sent to meet it."""
+    return bool(order.status == "ALIVE" and order.exchange_order_id != "")
+
+
 def idle(api: TqApi, seconds: float) -> None:
     """Let TqApi apply whatever arrives during ``seconds``."""
     deadline = time.time() + seconds
@@ -295,11 +302,13 @@ def scenario_trading(
 
     # 1. A limit order rests; the other account crosses it.
     rest = api.insert_order(symbol, "BUY", "OPEN", 2, limit_price=price, account=a)
-    wait_until(api, lambda: rest.status == "ALIVE" and rest.exchange_order_id != "", 5, "resting order ALIVE")
+    wait_until(
+        api, lambda: rest.status == "ALIVE" and rest.exchange_order_id != "", 15, "resting order ALIVE"
+    )
     steps["resting"] = order_view(rest)
     cross = api.insert_order(symbol, "SELL", "OPEN", 2, limit_price=price, account=b)
-    wait_until(api, lambda: rest.status == cross.status == "FINISHED", 5, "both orders FINISHED")
-    wait_until(api, lambda: rest.trade_records and cross.trade_records, 5, "both trades")
+    wait_until(api, lambda: rest.status == cross.status == "FINISHED", 15, "both orders FINISHED")
+    wait_until(api, lambda: rest.trade_records and cross.trade_records, 15, "both trades")
     idle(api, 0.3)
     steps["crossed"] = {"maker": order_view(rest), "taker": order_view(cross)}
     steps["snapshot_1"] = {
@@ -309,28 +318,28 @@ def scenario_trading(
 
     # 2. FAK partly filled: 1 lot offered, FAK for 3.
     offer = api.insert_order(symbol, "SELL", "OPEN", 1, limit_price=price + tick, account=b)
-    wait_until(api, lambda: offer.status == "ALIVE", 5, "offer ALIVE")
+    wait_until(api, lambda: accepted(offer), 15, "offer ALIVE (accepted by the exchange)")
     fak = api.insert_order(symbol, "BUY", "OPEN", 3, limit_price=price + tick, advanced="FAK", account=a)
-    wait_until(api, lambda: fak.status == "FINISHED" and offer.status == "FINISHED", 5, "FAK FINISHED")
+    wait_until(api, lambda: fak.status == "FINISHED" and offer.status == "FINISHED", 15, "FAK FINISHED")
     steps["fak"] = order_view(fak)
 
     # 3. FOK that cannot fill (1 lot offered, FOK for 5), then cancel_order of the resting offer.
     offer2 = api.insert_order(symbol, "SELL", "OPEN", 1, limit_price=price + 2 * tick, account=b)
-    wait_until(api, lambda: offer2.status == "ALIVE", 5, "offer2 ALIVE")
+    wait_until(api, lambda: accepted(offer2), 15, "offer2 ALIVE (accepted by the exchange)")
     fok = api.insert_order(symbol, "BUY", "OPEN", 5, limit_price=price + 2 * tick, advanced="FOK", account=a)
-    wait_until(api, lambda: fok.status == "FINISHED", 5, "FOK FINISHED")
+    wait_until(api, lambda: fok.status == "FINISHED", 15, "FOK FINISHED")
     steps["fok"] = order_view(fok)
     api.cancel_order(offer2, account=b)
-    wait_until(api, lambda: offer2.status == "FINISHED", 5, "cancelled offer FINISHED")
+    wait_until(api, lambda: offer2.status == "FINISHED", 15, "cancelled offer FINISHED")
     steps["cancelled"] = order_view(offer2)
 
     # A is long 3 today, B short 3 today. 4. CLOSETODAY 1 lot; CLOSE of today's lots is refused on SHFE.
     bid = api.insert_order(symbol, "BUY", "CLOSETODAY", 1, limit_price=price, account=b)
-    wait_until(api, lambda: bid.status == "ALIVE", 5, "CLOSETODAY bid ALIVE")
+    wait_until(api, lambda: accepted(bid), 15, "CLOSETODAY bid ALIVE (accepted by the exchange)")
     close_today = api.insert_order(symbol, "SELL", "CLOSETODAY", 1, limit_price=price, account=a)
-    wait_until(api, lambda: close_today.status == bid.status == "FINISHED", 5, "CLOSETODAY FINISHED")
+    wait_until(api, lambda: close_today.status == bid.status == "FINISHED", 15, "CLOSETODAY FINISHED")
     refused = api.insert_order(symbol, "SELL", "CLOSE", 1, limit_price=price, account=a)
-    wait_until(api, lambda: refused.status == "FINISHED", 5, "refused CLOSE FINISHED")
+    wait_until(api, lambda: refused.status == "FINISHED", 15, "refused CLOSE FINISHED")
     steps["closetoday"] = {"a": order_view(close_today), "b": order_view(bid)}
     steps["close_refused"] = order_view(refused)
     idle(api, 0.2)
@@ -347,21 +356,21 @@ def scenario_trading(
     steps["after_settle"] = {key: num(pos_a[key]) for key in POSITION_KEYS}
     steps["trading_day"] = api._data["trade"][a._account_key].get("trading_day")
     bid2 = api.insert_order(symbol, "BUY", "CLOSE", 2, limit_price=settle_price, account=b)
-    wait_until(api, lambda: bid2.status == "ALIVE", 5, "CLOSE bid ALIVE")
+    wait_until(api, lambda: accepted(bid2), 15, "CLOSE bid ALIVE (accepted by the exchange)")
     close_his = api.insert_order(symbol, "SELL", "CLOSE", 2, limit_price=settle_price, account=a)
-    wait_until(api, lambda: close_his.status == bid2.status == "FINISHED", 5, "CLOSE FINISHED")
+    wait_until(api, lambda: close_his.status == bid2.status == "FINISHED", 15, "CLOSE FINISHED")
     idle(api, 0.2)
     steps["close"] = order_view(close_his)
     steps["after_close"] = {key: num(pos_a[key]) for key in POSITION_KEYS[:4]}
 
     # 6. TargetPosTask: B offers 3 lots, A's task buys up to a target of 2.
     offer3 = api.insert_order(symbol, "SELL", "OPEN", 3, limit_price=settle_price, account=b)
-    wait_until(api, lambda: offer3.status == "ALIVE", 5, "offer3 ALIVE")
+    wait_until(api, lambda: accepted(offer3), 15, "offer3 ALIVE (accepted by the exchange)")
     task = TargetPosTask(api, symbol, account=a)
     task.set_target_volume(2)
     wait_until(api, lambda: pos_a.pos_long == 2, 15, "TargetPosTask to reach 2 lots")
     api.cancel_order(offer3, account=b)
-    wait_until(api, lambda: offer3.status == "FINISHED", 5, "offer3 cancelled")
+    wait_until(api, lambda: offer3.status == "FINISHED", 15, "offer3 cancelled")
     steps["target_pos"] = {"pos_long": num(pos_a.pos_long), "offer_left": num(offer3.volume_left)}
 
     # 7. req_transfer (TqSdk 3.10.4 has no public call for it: sent on the account's trade channel).
@@ -373,7 +382,7 @@ def scenario_trading(
             "bank_id": "qaex", "bank_password": "", "currency": "CNY", "amount": 1000.0,
         }
     )  # fmt: skip
-    wait_until(api, lambda: account_a.deposit == deposit_before + 1000.0, 5, "the deposit")
+    wait_until(api, lambda: account_a.deposit == deposit_before + 1000.0, 15, "the deposit")
     transfers = api._data["trade"][a._account_key].get("transfers", {})
     steps["transfer"] = {
         "deposit": num(account_a.deposit),
