@@ -632,9 +632,6 @@ class Engine:
         """True while some holders may not be marked at an instrument's latest price."""
         return bool(self._moved)
 
-    def open_orders(self) -> list[Order]:
-        return list(self._orders_by_key.values())
-
     def state_digest(self) -> str:
         """A hash of the whole state, to check that a replay rebuilt exactly what was there."""
         state = {

@@ -72,7 +72,6 @@ class Exchange:
         # scrypt needs 16 MB per hash: at most two at a time (one per core), so a burst of logins
         # neither starves the event loop's core nor leaves dozens of 16 MB thread arenas behind.
         self._hashing = trio.CapacityLimiter(2)
-        self.ready = trio.Event()
         self.mark_interval = mark_interval
         self.settle_at = settle_at
         self._wall_clock = clock if clock is not None else time.time_ns
@@ -126,7 +125,6 @@ class Exchange:
                     len(self.engine.users),
                     self.engine.trading_day or "(first command)",
                 )
-                self.ready.set()
                 task_status.started()
         except BaseException as exc:
             rest = exc.split(trio.Cancelled)[1] if isinstance(exc, BaseExceptionGroup) else exc

@@ -40,7 +40,6 @@ class Request:
     done: trio.Event = field(default_factory=trio.Event)
     result: Any = None
     error: QaexError | None = None
-    applied_ts: int = 0
     # Called (synchronously, in the router task) once the command is durable and dispatched, for
     # callers that pipeline commands instead of waiting for each one (DIFF sessions).
     on_done: Callable[[Request], None] | None = None
@@ -132,7 +131,6 @@ class OrderRouter:
                     except QaexError as exc:
                         # Refused as a whole: nothing changed, so there is nothing to journal.
                         request.error = exc
-                    request.applied_ts = command.ts
                 batch = self.engine.flush()
                 if self._journal is not None and applied:
                     await self._journal.commit(applied)
