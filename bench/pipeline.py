@@ -4,9 +4,16 @@ No network: this measures the exchange's own cost per order. 1,000 users (by def
 logged-in DIFF session that keeps a peek outstanding; submitter tasks send a realistic mix of limit
 orders (about half of them crossing) and cancels through the same `Exchange` API the transports use.
 Reported: orders/s, trades/s, patches/s merged (each into the user's snapshot and into the
-pending buffer of the user's session), and rtn_data frames/s encoded. The same run also measures
-the baseline: the bare engine (apply + flush, no trio services) on the same order stream, so the
-services' overhead is a ratio that a noisy machine cannot fake.
+pending buffer of the user's session), and rtn_data frames/s encoded. A "patch" here is what the
+gateway sends: one per user per router batch, holding every record of that user the batch changed.
+The original design counts one patch per changed record instead (a fill pushes a trade patch, an
+order patch, an account patch, ...: ORIGINAL-DESIGN.zh.md §4.2), so records merged/s is reported too.
+
+Two ways of submitting are measured: `await` (each submitter waits for its order's result before
+sending the next, as an HTTP client does) and `pipelined` (submitters queue orders and are told the
+outcome by a callback, as the DIFF server does for a session's insert_order messages). The same run
+also measures the baseline: the bare engine (apply + flush, no trio services) on the same order
+stream, so the services' overhead is a ratio that a noisy machine cannot fake.
 
     python -m bench.pipeline --help
     python -m bench.pipeline --users 1000 --orders 100000
@@ -32,6 +39,7 @@ from qaex.core.engine import Engine
 from qaex.core.errors import QaexError
 from qaex.core.orders import InsertOrder
 from qaex.exchange.exchange import Exchange
+from qaex.exchange.router import Request
 from qaex.exchange.snapshot import SessionLink
 from qaex.protocol.session import DiffSession
 
@@ -120,12 +128,13 @@ class PipelineResult:
     orders_per_s: float
     trades_per_s: float
     patches_merged_per_s: float
+    records_merged_per_s: float
     rtn_data_per_s: float
     seconds: float
 
 
 async def pipeline(
-    users: int, steps: list[Step], submitters: int, mark_interval: float = 0.5
+    users: int, steps: list[Step], submitters: int, mark_interval: float = 0.5, mode: str = "await"
 ) -> PipelineResult:
     engine = Engine()
     exchange = Exchange(engine, mark_interval=mark_interval)
@@ -161,6 +170,7 @@ async def pipeline(
                 clients.start_soon(client, link)
             await trio.testing.wait_all_tasks_blocked()
             merged_before = exchange.snapshots.patches_merged
+            records_before = exchange.snapshots.records_merged
             trades_before = engine.trades_made
             frames = 0
             queue = iter(steps)
@@ -175,19 +185,38 @@ async def pipeline(
                     except QaexError:
                         pass
 
+            outstanding = 0
+
+            def done(request: Request) -> None:
+                nonlocal outstanding
+                outstanding -= 1
+
+            async def pipelined_submitter() -> None:
+                # What the DIFF server's reader does: queue the command, hear the outcome later.
+                nonlocal outstanding
+                for step in queue:
+                    outstanding += 1
+                    if step.kind == "insert":
+                        await exchange.submit_insert_order(to_request(step), done)
+                    else:
+                        await exchange.submit_cancel_order(step.user, step.order_id, done)
+
             start = time.perf_counter()
             async with trio.open_nursery() as load:
                 for _ in range(submitters):
-                    load.start_soon(submitter)
+                    load.start_soon(submitter if mode == "await" else pipelined_submitter)
             await trio.testing.wait_all_tasks_blocked()
+            assert outstanding == 0
             seconds = time.perf_counter() - start
             clients.cancel_scope.cancel()
         merged = exchange.snapshots.patches_merged - merged_before
+        records = exchange.snapshots.records_merged - records_before
         nursery.cancel_scope.cancel()
     return PipelineResult(
         orders_per_s=len(steps) / seconds,
         trades_per_s=(engine.trades_made - trades_before) / seconds,
         patches_merged_per_s=merged / seconds,
+        records_merged_per_s=records / seconds,
         rtn_data_per_s=frames / seconds,
         seconds=seconds,
     )
@@ -203,39 +232,50 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="repeats; medians are reported")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--mark-interval", type=float, default=0.5, help="seconds between mark passes")
+    parser.add_argument(
+        "--mode", choices=["await", "pipelined", "both"], default="both",
+        help="await: each submitter waits for its result (HTTP); pipelined: queue and get a callback (DIFF)",
+    )  # fmt: skip
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     args = parser.parse_args()
 
     steps = workload(args.users, args.orders, args.seed, Engine())
-    runs: list[PipelineResult] = []
+    modes = ["await", "pipelined"] if args.mode == "both" else [args.mode]
+    runs: dict[str, list[PipelineResult]] = {mode: [] for mode in modes}
     baselines: list[float] = []
     for attempt in range(args.repeat):
+        # Interleaved, so that a machine that slows down mid-run slows every column alike.
         baselines.append(bare_engine(args.users, steps, 64))
-        runs.append(trio.run(pipeline, args.users, steps, args.submitters, args.mark_interval))
-        print(f"run {attempt + 1}/{args.repeat}: {runs[-1].orders_per_s:,.0f} orders/s through the pipeline, "
-              f"{baselines[-1]:,.0f} orders/s bare engine")  # fmt: skip
+        line = [f"run {attempt + 1}/{args.repeat}: bare engine {baselines[-1]:,.0f} orders/s"]
+        for mode in modes:
+            runs[mode].append(
+                trio.run(pipeline, args.users, steps, args.submitters, args.mark_interval, mode)
+            )
+            line.append(f"{mode} {runs[mode][-1].orders_per_s:,.0f} orders/s")
+        print(", ".join(line))
 
-    def median(field: str) -> float:
-        return statistics.median(getattr(run, field) for run in runs)
+    def median(mode: str, field: str) -> float:
+        return statistics.median(getattr(run, field) for run in runs[mode])
 
+    bare = statistics.median(baselines)
     summary: dict[str, Any] = {
         "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()},
         "users": args.users,
         "orders": args.orders,
         "submitters": args.submitters,
-        "pipeline": {field: median(field) for field in asdict(runs[0])},
-        "bare_engine_orders_per_s": statistics.median(baselines),
+        "pipeline": {mode: {f: median(mode, f) for f in asdict(runs[mode][0])} for mode in modes},
+        "bare_engine_orders_per_s": bare,
     }
-    summary["pipeline_vs_bare_engine"] = (
-        summary["pipeline"]["orders_per_s"] / summary["bare_engine_orders_per_s"]
-    )
+    for mode in modes:
+        summary["pipeline"][mode]["vs_bare_engine"] = summary["pipeline"][mode]["orders_per_s"] / bare
     print()
-    print(f"| measure (median of {args.repeat}) | value |")
-    print("|---|---|")
-    for field, value in summary["pipeline"].items():
-        print(f"| {field} | {value:,.1f} |")
-    print(f"| bare engine orders/s (baseline) | {summary['bare_engine_orders_per_s']:,.0f} |")
-    print(f"| pipeline / bare engine | {summary['pipeline_vs_bare_engine']:.2f} |")
+    print(f"| measure (median of {args.repeat}) | " + " | ".join(modes) + " |")
+    print("|---|" + "---|" * len(modes))
+    for field in [*asdict(runs[modes[0]][0]), "vs_bare_engine"]:
+        values = [summary["pipeline"][mode][field] for mode in modes]
+        fmt = "{:,.2f}" if field == "vs_bare_engine" else "{:,.0f}" if field != "seconds" else "{:,.1f}"
+        print(f"| {field} | " + " | ".join(fmt.format(v) for v in values) + " |")
+    print(f"| bare engine orders/s (baseline, same run) | {bare:,.0f} |" + " |" * (len(modes) - 1))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(summary, f, indent=2)

@@ -337,9 +337,10 @@ def test_a_resync_rebuilds_quotes_and_charts(market: Market) -> None:
     client.set_chart(view_width=5)
     client.take()
     session = client.link.session
-    session.push(
-        {"filler": {str(i): i for i in range(session.pending_limit + 1)}}
-    )  # a client that never peeks
+    # A client that never peeks. (One patch alone is held by reference, not copied; the bound
+    # counts what the session copies, so it takes a second patch to cross it.)
+    session.push({"filler": {str(i): i for i in range(session.pending_limit + 1)}})
+    session.push({"filler2": 1})
     assert session.resync_needed
     model = dict(client.tree)
     client.take()

@@ -36,7 +36,6 @@ a time (no loop over positions except in :meth:`Account.settle`).
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Mapping
 from typing import Any
 
@@ -76,24 +75,21 @@ POSITION_FIELDS = (
 )  # fmt: skip
 
 NAN = math.nan
-# Rendering is on the hot path (every fill renders two accounts and two positions): one C-level
-# attrgetter call per object instead of a Python loop of getattr calls.
-_position_values = operator.attrgetter(*POSITION_FIELDS)
-_account_values = operator.attrgetter(*ACCOUNT_FIELDS)
 # The fields a mark-to-market can change; a mark of a holder sends only these.
 POSITION_MARK_FIELDS = (
     "last_price", "float_profit_long", "float_profit_short", "float_profit",
     "position_profit_long", "position_profit_short", "position_profit",
 )  # fmt: skip
 ACCOUNT_MARK_FIELDS = ("position_profit", "float_profit", "balance", "available", "risk_ratio")
-_position_mark_values = operator.attrgetter(*POSITION_MARK_FIELDS)
-_account_mark_values = operator.attrgetter(*ACCOUNT_MARK_FIELDS)
-_POSITION_PRICE_FIELDS = (
-    "open_price_long", "open_price_short", "position_price_long", "position_price_short", "last_price",
-)  # fmt: skip
+# Rendering is on the hot path (every fill renders two accounts and two positions, every mark pass a
+# view of each holder): the renderers below build their dicts with C-level msgspec.structs.asdict or
+# dict literals, several times cheaper than zipping the field names with an attrgetter's values.
+# Each renderer lists exactly the fields of its tuple above, in order (tests/test_engine_fastpath.py).
+_asdict = msgspec.structs.asdict
 
 
-class Position(msgspec.Struct, kw_only=True):
+# gc=False: scalar fields only, so never in a reference cycle (see qaex.core.orders.Order).
+class Position(msgspec.Struct, kw_only=True, gc=False):
     """One user's position in one contract, with exactly the DIFF position fields.
 
     The primary state is the lot counts (today / yesterday, held / frozen per side), the two costs
@@ -147,16 +143,38 @@ class Position(msgspec.Struct, kw_only=True):
     def to_diff(self) -> dict[str, Any]:
         """All DIFF position fields. NaN prices of a flat side travel as "-": JSON has no NaN, a null
         would delete the field, and TqSdk reads a string in a numeric field as NaN (see DIFF.md)."""
-        rendered = dict(zip(POSITION_FIELDS, _position_values(self), strict=True))
-        for name in _POSITION_PRICE_FIELDS:
-            value = rendered[name]
-            if value != value:
-                rendered[name] = "-"
+        # The struct's fields are exactly POSITION_FIELDS, in order (checked below), so msgspec's
+        # C-level asdict is the rendering: three times cheaper than zipping names with values, and
+        # every fill renders two positions.
+        rendered = _asdict(self)
+        if self.open_price_long != self.open_price_long:
+            rendered["open_price_long"] = "-"
+        if self.open_price_short != self.open_price_short:
+            rendered["open_price_short"] = "-"
+        if self.position_price_long != self.position_price_long:
+            rendered["position_price_long"] = "-"
+        if self.position_price_short != self.position_price_short:
+            rendered["position_price_short"] = "-"
+        if self.last_price != self.last_price:
+            rendered["last_price"] = "-"
         return rendered
 
     def mark_view(self) -> dict[str, Any]:
         """Only the fields a mark-to-market changes (last_price is never NaN after a mark)."""
-        return dict(zip(POSITION_MARK_FIELDS, _position_mark_values(self), strict=True))
+        # A literal dict of POSITION_MARK_FIELDS, in order: the cheapest way to build a small dict.
+        return {
+            "last_price": self.last_price,
+            "float_profit_long": self.float_profit_long,
+            "float_profit_short": self.float_profit_short,
+            "float_profit": self.float_profit,
+            "position_profit_long": self.position_profit_long,
+            "position_profit_short": self.position_profit_short,
+            "position_profit": self.position_profit,
+        }
+
+
+if Position.__struct_fields__ != POSITION_FIELDS:  # Position.to_diff renders the struct as it is
+    raise AssertionError("Position's fields must be exactly POSITION_FIELDS, in order")
 
 
 class Account:
@@ -234,11 +252,44 @@ class Account:
 
     def to_diff(self) -> dict[str, Any]:
         """All DIFF account fields (``accounts.CNY``)."""
-        return dict(zip(ACCOUNT_FIELDS, _account_values(self), strict=True))
+        # A literal dict of ACCOUNT_FIELDS, in order, with the derived fields computed once each by
+        # the same expressions as the properties above (so the values are bit-identical to them).
+        static_balance = self.pre_balance + self.deposit - self.withdraw
+        balance = static_balance + self.close_profit - self.commission + self.premium + self.position_profit
+        margin = self.margin
+        return {
+            "user_id": self.user_id,
+            "currency": self.currency,
+            "pre_balance": self.pre_balance,
+            "deposit": self.deposit,
+            "withdraw": self.withdraw,
+            "static_balance": static_balance,
+            "close_profit": self.close_profit,
+            "commission": self.commission,
+            "premium": self.premium,
+            "position_profit": self.position_profit,
+            "float_profit": self.float_profit,
+            "balance": balance,
+            "margin": margin,
+            "frozen_margin": self.frozen_margin,
+            "frozen_commission": self.frozen_commission,
+            "frozen_premium": self.frozen_premium,
+            "available": balance - margin - self.frozen_margin - self.frozen_commission - self.frozen_premium,
+            "risk_ratio": margin / balance if balance > 0 else 0.0,
+        }
 
     def mark_view(self) -> dict[str, Any]:
         """Only the account fields a mark-to-market changes."""
-        return dict(zip(ACCOUNT_MARK_FIELDS, _account_mark_values(self), strict=True))
+        static_balance = self.pre_balance + self.deposit - self.withdraw
+        balance = static_balance + self.close_profit - self.commission + self.premium + self.position_profit
+        margin = self.margin
+        return {
+            "position_profit": self.position_profit,
+            "float_profit": self.float_profit,
+            "balance": balance,
+            "available": balance - margin - self.frozen_margin - self.frozen_commission - self.frozen_premium,
+            "risk_ratio": margin / balance if balance > 0 else 0.0,
+        }
 
     def position(self, instrument: Instrument) -> Position:
         """The position in `instrument`, created flat on first use."""
@@ -269,10 +320,22 @@ class Account:
         if order.order_id in self._frozen_orders:
             raise ValueError(f"order {order.order_id} is already frozen")
         if order.offset == "OPEN":
-            margin = instrument.margin_per_lot(price, long=order.is_buy) * volume
-            commission = instrument.commission(price, volume, "OPEN")
+            # Every order passes here: Instrument.margin_per_lot, Instrument.commission and the
+            # `available` property in line, as the same expressions (so the same floats).
+            multiple = instrument.volume_multiple
+            buy = order.direction == "BUY"
+            ratio = instrument.margin_ratio_long if buy else instrument.margin_ratio_short
+            margin = price * multiple * ratio * volume
+            commission = volume * (
+                instrument.open_commission_per_lot + instrument.open_commission_rate * price * multiple
+            )
+            available = (
+                self.pre_balance + self.deposit - self.withdraw
+                + self.close_profit - self.commission + self.premium + self.position_profit
+                - self.margin - self.frozen_margin - self.frozen_commission - self.frozen_premium
+            )  # fmt: skip
             # Written as "not >=" so that a NaN price is refused rather than accepted.
-            if not self.available >= margin + commission:
+            if not available >= margin + commission:
                 raise risk(INSUFFICIENT_FUNDS, MSG_OPEN_FUNDS)
             order.frozen_margin = margin
             order.frozen_commission = commission
@@ -297,12 +360,42 @@ class Account:
         remaining = order.volume_left
         if not 0 < volume <= remaining:
             raise ValueError(f"fill of {volume} lots on order {order.order_id} with {remaining} left")
-        position = self.position(instrument)
+        position = self.positions.get(instrument.symbol)
+        if position is None:
+            position = self.position(instrument)
         last = volume == remaining
         if order.offset == "OPEN":
-            commission = instrument.commission(price, volume, "OPEN")
-            self._release_money(order, 1.0 if last else volume / remaining)
-            self._open(position, instrument, long=order.is_buy, price=price, volume=volume)
+            # Every fill passes here: Instrument.commission, _release_money and _open in line, as
+            # the same expressions (so the same floats).
+            multiple = instrument.volume_multiple
+            commission = volume * (
+                instrument.open_commission_per_lot + instrument.open_commission_rate * price * multiple
+            )
+            if last:
+                released_margin, released_commission = order.frozen_margin, order.frozen_commission
+                order.frozen_margin = order.frozen_commission = 0.0
+            else:
+                share = volume / remaining
+                released_margin = order.frozen_margin * share
+                released_commission = order.frozen_commission * share
+                order.frozen_margin -= released_margin
+                order.frozen_commission -= released_commission
+            self.frozen_margin -= released_margin
+            self.frozen_commission -= released_commission
+            if position.last_price != position.last_price:
+                # First price this position sees: the fill price (the simulator does the same), so
+                # the new lots start with zero profit instead of NaN.
+                position.last_price = price
+            cost = price * volume * multiple
+            if order.direction == "BUY":
+                position.volume_long_today += volume
+                position.open_cost_long += cost
+                position.position_cost_long += cost
+            else:
+                position.volume_short_today += volume
+                position.open_cost_short += cost
+                position.position_cost_short += cost
+            self._update(position, instrument)
         else:
             # A mixed order (only outside SHFE/INE) closes yesterday's lots first, as it froze them.
             his = min(volume, order.frozen_volume_his)
@@ -320,8 +413,11 @@ class Account:
                 commission += instrument.commission(price, today, "CLOSETODAY")
             self._close(position, instrument, long=not order.is_buy, price=price, his=his, today=today)
         if last:
-            self._frozen_orders.discard(order.order_id)
-            self._snap_frozen()
+            frozen_orders = self._frozen_orders
+            frozen_orders.discard(order.order_id)
+            if not frozen_orders:  # _snap_frozen, in line
+                self.frozen_margin = 0.0
+                self.frozen_commission = 0.0
         self.commission += commission
         return commission
 
@@ -349,30 +445,62 @@ class Account:
         Accounts without a position in the instrument are untouched (no position is created), and a
         NaN price is ignored, as the simulator skips quotes without a last price.
         """
-        position = self.positions.get(instrument.symbol)
-        if position is None or math.isnan(last_price) or position.last_price == last_price:
-            return False
-        position.last_price = last_price
-        # Only the profits depend on the price (lots, costs and margin do not): recompute just those,
-        # with exactly the formulas of `_refresh`, since every risk check marks the user's positions.
-        multiple = instrument.volume_multiple
-        long, short = position.volume_long, position.volume_short
-        if long:
-            value = last_price * long * multiple
-            position.float_profit_long = value - position.open_cost_long
-            position.position_profit_long = value - position.position_cost_long
-        if short:
-            value = last_price * short * multiple
-            position.float_profit_short = position.open_cost_short - value
-            position.position_profit_short = position.position_cost_short - value
-        float_profit = position.float_profit_long + position.float_profit_short
-        position_profit = position.position_profit_long + position.position_profit_short
-        if self._open_positions:
-            self.float_profit += float_profit - position.float_profit
-            self.position_profit += position_profit - position.position_profit
-        position.float_profit = float_profit
-        position.position_profit = position_profit
-        return True
+        symbol = instrument.symbol
+        return self.mark_all({symbol: last_price}, {symbol: instrument}, None)
+
+    def mark_all(
+        self,
+        prices: Mapping[str, float],
+        instruments: Mapping[str, Instrument],
+        marked: dict[tuple[str, str], Position] | None,
+    ) -> bool:
+        """Mark each position that has a price in `prices` to it, as :meth:`mark` does one; True if
+        any field changed. Each position that changed goes into `marked` under (user_id, symbol).
+
+        This is the engine's lazy marking (before every risk check, for every account a batch
+        touched), so the whole pass is one call with the arithmetic in line.
+        """
+        changed = False
+        float_total = self.float_profit
+        position_total = self.position_profit
+        for symbol, position in self.positions.items():
+            price = prices.get(symbol)
+            # Nothing to do at the same price, and a NaN price (price != price) marks nothing.
+            if price is None or position.last_price == price or price != price:
+                continue
+            position.last_price = price
+            # Only the profits depend on the price (lots, costs and margin do not): recompute just
+            # those, with exactly the formulas of `_refresh`.
+            multiple = instruments[symbol].volume_multiple
+            long = position.volume_long
+            if long:
+                value = price * long * multiple
+                position.float_profit_long = float_long = value - position.open_cost_long
+                position.position_profit_long = position_long = value - position.position_cost_long
+            else:
+                float_long, position_long = position.float_profit_long, position.position_profit_long
+            short = position.volume_short
+            if short:
+                value = price * short * multiple
+                position.float_profit_short = float_short = position.open_cost_short - value
+                position.position_profit_short = position_short = position.position_cost_short - value
+            else:
+                float_short, position_short = position.float_profit_short, position.position_profit_short
+            float_profit = float_long + float_short
+            position_profit = position_long + position_short
+            if self._open_positions:
+                # The same additions, in the same order, as updating the attributes each time.
+                float_total += float_profit - position.float_profit
+                position_total += position_profit - position.position_profit
+            position.float_profit = float_profit
+            position.position_profit = position_profit
+            changed = True
+            if marked is not None:
+                marked[self.user_id, symbol] = position
+        if changed:
+            self.float_profit = float_total
+            self.position_profit = position_total
+        return changed
 
     def deposit_cash(self, amount: float) -> None:
         """Add `amount` (> 0) to the account; it counts in today's ``deposit``."""
@@ -446,25 +574,6 @@ class Account:
             self.frozen_margin = 0.0
             self.frozen_commission = 0.0
 
-    def _open(
-        self, position: Position, instrument: Instrument, *, long: bool, price: float, volume: int
-    ) -> None:
-        """Add `volume` of today's lots opened at `price` on one side."""
-        if math.isnan(position.last_price):
-            # First price this position sees: the fill price (the simulator does the same), so the
-            # new lots start with zero profit instead of NaN.
-            position.last_price = price
-        cost = price * volume * instrument.volume_multiple
-        if long:
-            position.volume_long_today += volume
-            position.open_cost_long += cost
-            position.position_cost_long += cost
-        else:
-            position.volume_short_today += volume
-            position.open_cost_short += cost
-            position.position_cost_short += cost
-        self._update(position, instrument)
-
     def _close(
         self, position: Position, instrument: Instrument, *, long: bool, price: float, his: int, today: int
     ) -> None:
@@ -505,7 +614,8 @@ class Account:
         float_profit = position.float_profit
         _refresh(position, instrument)
         is_open = position.volume_long > 0 or position.volume_short > 0
-        self._open_positions += int(is_open) - int(was_open)
+        if is_open != was_open:
+            self._open_positions += 1 if is_open else -1
         if self._open_positions == 0:
             # No lots anywhere: the totals are exactly zero, whatever rounding said.
             self.margin = self.position_profit = self.float_profit = 0.0
@@ -576,10 +686,11 @@ def _refresh(position: Position, instrument: Instrument) -> None:
     if long:
         value = last * long * multiple
         position.open_price_long = position.open_cost_long / (long * multiple)
-        position.position_price_long = position.position_cost_long / (long * multiple)
+        position.position_price_long = price = position.position_cost_long / (long * multiple)
         position.float_profit_long = value - position.open_cost_long
         position.position_profit_long = value - position.position_cost_long
-        position.margin_long = instrument.margin_per_lot(position.position_price_long, long=True) * long
+        # margin_per_lot(price, long=True) * long, in line
+        position.margin_long = price * multiple * instrument.margin_ratio_long * long
     else:
         position.open_price_long = position.position_price_long = NAN
         position.open_cost_long = position.position_cost_long = 0.0
@@ -587,10 +698,10 @@ def _refresh(position: Position, instrument: Instrument) -> None:
     if short:
         value = last * short * multiple
         position.open_price_short = position.open_cost_short / (short * multiple)
-        position.position_price_short = position.position_cost_short / (short * multiple)
+        position.position_price_short = price = position.position_cost_short / (short * multiple)
         position.float_profit_short = position.open_cost_short - value
         position.position_profit_short = position.position_cost_short - value
-        position.margin_short = instrument.margin_per_lot(position.position_price_short, long=False) * short
+        position.margin_short = price * multiple * instrument.margin_ratio_short * short
     else:
         position.open_price_short = position.position_price_short = NAN
         position.open_cost_short = position.position_cost_short = 0.0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import msgspec
 
 from qaex.core import errors
-from qaex.core.account import Account
+from qaex.core.account import Account, Position
 from qaex.core.book import OrderBook
 from qaex.core.commands import (
     AnyCommand,
@@ -51,6 +52,7 @@ from qaex.core.orders import (
 CHINA_TZ = dt.timezone(dt.timedelta(hours=8))
 RENDERED = dict[str, Any]
 MAX_ORDER_ID_LENGTH = 128
+NAN = math.nan
 
 
 @dataclass(slots=True)
@@ -143,13 +145,60 @@ class Engine:
         self._orders_by_key: dict[int, Order] = {}
         self._holders: dict[str, set[str]] = {symbol: set() for symbol in self.instruments}
         self._batch = Batch()
-        self._touched_orders: dict[str, set[str]] = {}
-        self._touched_positions: dict[str, set[str]] = {}
-        self._touched_accounts: set[str] = set()
+        self._init_tracking()
+
+    def _init_tracking(self) -> None:
+        """The change tracking of one batch, empty, and the caches that are not pickled.
+
+        Touched and marked objects are kept by value in insertion-ordered dicts, so that flush renders
+        them without looking them up again: orders by seqno (unique for ever), positions by
+        (user_id, symbol), accounts by user_id.
+        """
+        self._touched_orders: dict[int, Order] = {}
+        self._touched_positions: dict[tuple[str, str], Position] = {}
+        self._touched_accounts: dict[str, Account] = {}
         self._moved: set[str] = set()
         # Marked to market but otherwise unchanged: rendered with the mark fields only.
-        self._marked_positions: dict[str, set[str]] = {}
-        self._marked_accounts: set[str] = set()
+        self._marked_positions: dict[tuple[str, str], Position] = {}
+        self._marked_accounts: dict[str, Account] = {}
+        self._init_caches()
+
+    def _init_caches(self) -> None:
+        # The registry as a read-only dict view: a registry lookup is a Python call, this one is not.
+        self._instrument_of: Mapping[str, Instrument] = self.instruments.view()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_instrument_of"]  # a mappingproxy does not pickle; rebuilt on load
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if isinstance(state["_touched_accounts"], set):
+            self._upgrade_tracking(state)
+        self._init_caches()
+
+    def _upgrade_tracking(self, state: dict[str, Any]) -> None:
+        """Load a checkpoint written before the tracking dicts held objects (they held ids in sets)."""
+        self._init_tracking()
+        for user_id, order_ids in state["_touched_orders"].items():
+            for order_id in order_ids:
+                order = self.users[user_id].orders[order_id]
+                self._touched_orders[order.seqno] = order
+        for user_id in state["_touched_accounts"]:
+            self._touched_accounts[user_id] = self.users[user_id].account
+        for user_id in state["_marked_accounts"]:
+            self._marked_accounts[user_id] = self.users[user_id].account
+        for old, new in (
+            (state["_touched_positions"], self._touched_positions),
+            (state["_marked_positions"], self._marked_positions),
+        ):
+            for user_id, symbols in old.items():
+                positions = self.users[user_id].account.positions
+                for symbol in symbols:
+                    if symbol in positions:
+                        new[user_id, symbol] = positions[symbol]
+        self._moved = state["_moved"]
 
     # ------------------------------------------------------------------------------------------------
     # Commands
@@ -164,7 +213,10 @@ class Engine:
         if first:
             self.trading_day = trading_day_of(command.ts)
         try:
-            result = self._dispatch(command)
+            if isinstance(command, Insert):  # most commands: skip the dispatch call
+                result: Any = self._insert(command.order, command.ts)
+            else:
+                result = self._dispatch(command)
         except QaexError:
             if first:
                 self.trading_day = ""  # a refused command is not journaled, so it must change nothing
@@ -218,7 +270,7 @@ class Engine:
             raise QaexError("init_cash must be >= 0", code="bad_amount")
         account = Account(command.user_id, command.init_cash)
         self.users[command.user_id] = UserRecord(command.user_id, command.password_hash, account)
-        self._touched_accounts.add(command.user_id)
+        self._touched_accounts[command.user_id] = account
         self._batch.users.setdefault(command.user_id, {})
         return account
 
@@ -229,97 +281,109 @@ class Engine:
         if deposit:
             record.account.deposit_cash(amount)
         else:
-            self._mark_account(user_id)
+            self._mark_account(record.account)
             record.account.withdraw_cash(amount)
             amount = -amount
         transfer_id = f"{ts}-{len(record.transfers)}"
         transfer = {"datetime": ts, "currency": "CNY", "amount": amount, "error_id": 0, "error_msg": "成功"}
         record.transfers[transfer_id] = transfer
         self._render_into(user_id, "transfers", transfer_id, dict(transfer))
-        self._touched_accounts.add(user_id)
+        self._touched_accounts[user_id] = record.account
         kind = "入金" if amount > 0 else "出金"
         self.notify(user_id, 421, "INFO", f"{kind}成功: {abs(amount):.2f}")
         return record.account
 
     # -- orders -----------------------------------------------------------------------------------
+    # The order path is the exchange's hot path: it keeps the symbol, account and instrument it has
+    # looked up in locals and passes them on, and records touched objects by value (see flush).
     def _insert(self, request: InsertOrder, ts: int) -> Order:
-        record = self.user(request.user_id)
-        if not 0 < len(request.order_id) <= MAX_ORDER_ID_LENGTH:
+        user_id = request.user_id
+        record = self.users.get(user_id)
+        if record is None:
+            record = self.user(user_id)  # raises NotFound
+        order_id = request.order_id
+        if not 0 < len(order_id) <= MAX_ORDER_ID_LENGTH:
             # Refused as a whole: an order needs an id the client can refer to, and ids are kept.
             raise risk(errors.BAD_ORDER, f"下单失败, 委托单号长度必须在 1 到 {MAX_ORDER_ID_LENGTH} 之间")
-        if request.order_id in record.orders:
+        if order_id in record.orders:
             # The existing order keeps its state; the duplicate is refused without a trace in the tree.
-            raise risk(errors.DUPLICATE_ORDER_ID, f"下单失败, 委托单号重复: {request.order_id}")
-        self._order_seq += 1
-        key = self._order_seq
+            raise risk(errors.DUPLICATE_ORDER_ID, f"下单失败, 委托单号重复: {order_id}")
+        self._order_seq = key = self._order_seq + 1
+        price_type = request.price_type
         order = Order(
             seqno=key,
-            user_id=request.user_id,
-            order_id=request.order_id,
+            user_id=user_id,
+            order_id=order_id,
             exchange_id=request.exchange_id,
             instrument_id=request.instrument_id,
             direction=request.direction,
             offset=request.offset,
             volume_orign=request.volume,
-            price_type=request.price_type,
-            limit_price=request.limit_price if request.price_type == "LIMIT" else float("nan"),
+            price_type=price_type,
+            limit_price=request.limit_price if price_type == "LIMIT" else NAN,
             time_condition=request.time_condition,
             volume_condition=request.volume_condition,
             insert_date_time=ts,
             volume_left=request.volume,
         )
-        record.orders[order.order_id] = order
-        self._touch_order(order)
+        record.orders[order_id] = order
+        self._touched_orders[key] = order
+        symbol = f"{request.exchange_id}.{request.instrument_id}"  # == order.symbol
+        account = record.account
         try:
-            instrument, price_ticks, ioc = self._validate(record, order, ts)
+            instrument, price_ticks, ioc = self._validate(record, order, symbol, ts)
             freeze_price = (
-                instrument.from_ticks(price_ticks) if order.price_type == "LIMIT" else instrument.upper_limit
+                instrument.from_ticks(price_ticks) if price_type == "LIMIT" else instrument.upper_limit
             )
-            self._mark_account(order.user_id)  # available depends on the current prices
-            record.account.freeze(order, instrument, freeze_price)
+            # available depends on the current prices (_mark_account, in line)
+            if account.mark_all(self.mark_price, self._instrument_of, self._marked_positions):
+                self._marked_accounts[user_id] = account
+            account.freeze(order, instrument, freeze_price)
         except RiskError as exc:
             self._reject(order, exc)
             return order
-        self._touched_accounts.add(order.user_id)
+        self._touched_accounts[user_id] = account
         if order.offset != "OPEN":
-            self._touch_position(order.user_id, order.symbol)
-        book = self.books[order.symbol]
-        submission = book.submit(
+            self._touch_position(account, symbol)
+        submission = self.books[symbol].submit(
             key,
-            order.user_id,
-            order.is_buy,
+            user_id,
+            order.direction == "BUY",
             price_ticks,
             order.volume_orign,
             ioc,
             order.volume_condition == "ALL",
         )
         if submission.self_trade:
-            record.account.release(order)
+            account.release(order)
             self._reject(order, risk(errors.SELF_TRADE, "自成交风险: 委托会与本账户的挂单成交, 已拒绝"))
             return order
         order.exchange_order_id = str(key)
-        self._orders_by_key[key] = order
-        for fill in submission.fills:
-            self._fill(instrument, self._orders_by_key[fill.maker], order, fill.price, fill.volume, ts)
+        orders_by_key = self._orders_by_key
+        orders_by_key[key] = order
+        for maker, _, ticks, volume in submission.fills:
+            self._fill(instrument, symbol, orders_by_key[maker], order, ticks, volume, ts)
         if submission.cancelled:
-            record.account.release(order)
+            account.release(order)
             order.status = "FINISHED"
             order.last_msg = MSG_IOC_CANCELLED
-            del self._orders_by_key[key]
+            del orders_by_key[key]
         elif order.volume_left == 0:
-            del self._orders_by_key[key]
+            del orders_by_key[key]
         else:
             order.last_msg = MSG_PARTIAL if order.volume_left < order.volume_orign else MSG_ACCEPTED
-            self._batch.books.add(order.symbol)
+            self._batch.books.add(symbol)
         return order
 
-    def _validate(self, record: UserRecord, order: Order, ts: int) -> tuple[Instrument, int, bool]:
+    def _validate(
+        self, record: UserRecord, order: Order, symbol: str, ts: int
+    ) -> tuple[Instrument, int, bool]:
         """Instrument, price, volume and rate checks; returns (instrument, price in ticks, ioc)."""
-        instrument = self.instruments.get(order.symbol)
+        instrument = self._instrument_of.get(symbol)
         if instrument is None:
-            raise risk(errors.UNKNOWN_INSTRUMENT, f"下单失败, 不支持的合约代码: {order.symbol}")
+            raise risk(errors.UNKNOWN_INSTRUMENT, f"下单失败, 不支持的合约代码: {symbol}")
         if instrument.suspended or instrument.expired:
-            raise risk(errors.INSTRUMENT_SUSPENDED, f"下单失败, 合约 {order.symbol} 已暂停交易")
+            raise risk(errors.INSTRUMENT_SUSPENDED, f"下单失败, 合约 {symbol} 已暂停交易")
         market = order.price_type != "LIMIT"
         low = instrument.min_market_order_volume if market else instrument.min_limit_order_volume
         high = instrument.max_market_order_volume if market else instrument.max_limit_order_volume
@@ -328,24 +392,27 @@ class Engine:
         ioc = order.time_condition == "IOC"
         if order.volume_condition == "ALL" and not ioc:
             raise risk(errors.BAD_ORDER, "下单失败, 全部成交条件 (ALL) 只能与 IOC 一起使用")
+        # Instrument.to_ticks and the *_limit_ticks properties inlined (the same expressions).
+        tick = instrument.price_tick
         if market:
             # Market orders take what the book offers within the daily limits and never rest.
             if not ioc:
                 raise risk(errors.BAD_ORDER, "下单失败, 市价单必须是 IOC")
-            price_ticks = instrument.upper_limit_ticks if order.is_buy else instrument.lower_limit_ticks
+            limit = instrument.upper_limit if order.direction == "BUY" else instrument.lower_limit
+            price_ticks: int = round(limit / tick)
         else:
-            ticks = instrument.to_ticks(order.limit_price)
-            if ticks is None:
+            price = order.limit_price
+            price_ticks = round(price / tick)
+            if abs(price_ticks * tick - price) > 1e-6 * tick:
                 raise risk(
                     errors.PRICE_OFF_TICK,
                     f"下单失败, 委托价格 {order.limit_price} 不是最小变动价位 "
                     f"{instrument.price_tick} 的整数倍",
                 )
-            if ticks > instrument.upper_limit_ticks:
+            if price_ticks > round(instrument.upper_limit / tick):
                 raise risk(errors.PRICE_ABOVE_LIMIT, f"下单失败, 委托价格高于涨停板 {instrument.upper_limit}")
-            if ticks < instrument.lower_limit_ticks:
+            if price_ticks < round(instrument.lower_limit / tick):
                 raise risk(errors.PRICE_BELOW_LIMIT, f"下单失败, 委托价格低于跌停板 {instrument.lower_limit}")
-            price_ticks = ticks
         if self.max_orders_per_second:
             window = ts // 1_000_000_000
             if window != record.order_window:
@@ -363,15 +430,30 @@ class Engine:
         self.notify(order.user_id, exc.diff_code or 400, "ERROR", exc.message)
 
     def _fill(
-        self, instrument: Instrument, maker: Order, taker: Order, ticks: int, volume: int, ts: int
+        self,
+        instrument: Instrument,
+        symbol: str,
+        maker: Order,
+        taker: Order,
+        ticks: int,
+        volume: int,
+        ts: int,
     ) -> None:
         price = instrument.from_ticks(ticks)
-        self._trade_seq += 1
-        exchange_trade_id = str(self._trade_seq)
+        self._trade_seq = trade_seq = self._trade_seq + 1
+        exchange_trade_id = str(trade_seq)
         opens = 0
+        users = self.users
+        rendered_users = self._batch.users
+        holders = self._holders[symbol]
+        touched_orders = self._touched_orders
+        touched_positions = self._touched_positions
+        touched_accounts = self._touched_accounts
         for order in (maker, taker):
-            record = self.users[order.user_id]
-            commission = record.account.fill(order, instrument, price, volume)
+            user_id = order.user_id
+            record = users[user_id]
+            account = record.account
+            commission = account.fill(order, instrument, price, volume)
             order.volume_left -= volume
             if order.volume_left == 0:
                 order.status = "FINISHED"
@@ -379,10 +461,11 @@ class Engine:
             else:
                 order.last_msg = MSG_PARTIAL
             opens += 1 if order.offset == "OPEN" else -1
+            trade_id = f"{exchange_trade_id}|{order.order_id}"
             trade = Trade(
-                seqno=self._trade_seq,
-                user_id=order.user_id,
-                trade_id=f"{exchange_trade_id}|{order.order_id}",
+                seqno=trade_seq,
+                user_id=user_id,
+                trade_id=trade_id,
                 order_id=order.order_id,
                 exchange_trade_id=exchange_trade_id,
                 exchange_id=order.exchange_id,
@@ -394,21 +477,28 @@ class Engine:
                 trade_date_time=ts,
                 commission=commission,
             )
-            record.trades[trade.trade_id] = trade
-            self._render_into(order.user_id, "trades", trade.trade_id, trade.to_diff())
-            self._touch_order(order)
-            self._touch_position(order.user_id, order.symbol)
-            self._touched_accounts.add(order.user_id)
-            self._holders[order.symbol].add(order.user_id)
+            record.trades[trade_id] = trade
+            # _render_into inlined: two trades per fill.
+            rendered = rendered_users.get(user_id)
+            if rendered is None:
+                rendered = rendered_users[user_id] = {}
+            trades = rendered.get("trades")
+            if trades is None:
+                trades = rendered["trades"] = {}
+            trades[trade_id] = trade.to_diff()
+            touched_orders[order.seqno] = order
+            touched_positions[user_id, symbol] = account.positions[symbol]  # the fill made it
+            touched_accounts[user_id] = account
+            holders.add(user_id)
         if maker.volume_left == 0:
             del self._orders_by_key[maker.seqno]
-        symbol = instrument.symbol
-        self.open_interest[symbol] = self.open_interest.get(symbol, 0) + volume * opens // 2
+        self.open_interest[symbol] = open_interest = self.open_interest.get(symbol, 0) + volume * opens // 2
         self.last_price[symbol] = price
         self.mark_price[symbol] = price
         self._moved.add(symbol)
-        self._batch.books.add(symbol)
-        self._batch.market_trades.append(MarketTrade(symbol, price, volume, ts, self.open_interest[symbol]))
+        batch = self._batch
+        batch.books.add(symbol)
+        batch.market_trades.append(MarketTrade(symbol, price, volume, ts, open_interest))
 
     def _cancel(self, user_id: str, order_id: str, ts: int) -> Order:
         record = self.user(user_id)
@@ -424,16 +514,18 @@ class Engine:
         return order
 
     def _cancel_order(self, order: Order) -> None:
-        self.books[order.symbol].cancel(order.seqno)
-        self.users[order.user_id].account.release(order)
+        symbol = order.symbol
+        self.books[symbol].cancel(order.seqno)
+        account = self.users[order.user_id].account
+        account.release(order)
         order.status = "FINISHED"
         order.last_msg = MSG_CANCELLED
         del self._orders_by_key[order.seqno]
-        self._touch_order(order)
-        self._touched_accounts.add(order.user_id)
+        self._touched_orders[order.seqno] = order
+        self._touched_accounts[order.user_id] = account
         if order.offset != "OPEN":
-            self._touch_position(order.user_id, order.symbol)
-        self._batch.books.add(order.symbol)
+            self._touch_position(account, symbol)
+        self._batch.books.add(symbol)
 
     # -- settlement and admin ---------------------------------------------------------------------
     def _settle(self, command: Settle) -> dict[str, float]:
@@ -450,10 +542,11 @@ class Engine:
         for order in list(self._orders_by_key.values()):
             self._cancel_order(order)
         for record in self.users.values():
-            record.account.settle(prices, self.instruments)
-            self._touched_accounts.add(record.user_id)
-            for symbol in record.account.positions:
-                self._touch_position(record.user_id, symbol)
+            account = record.account
+            account.settle(prices, self.instruments)
+            self._touched_accounts[record.user_id] = account
+            for symbol, position in account.positions.items():
+                self._touched_positions[record.user_id, symbol] = position
             # A new trading day starts with an empty order and trade list, as at a real exchange.
             for order_id in record.orders:
                 self._render_into(record.user_id, "orders", order_id, None)
@@ -461,7 +554,7 @@ class Engine:
                 self._render_into(record.user_id, "trades", trade_id, None)
             record.orders.clear()
             record.trades.clear()
-            self._touched_orders.pop(record.user_id, None)
+        self._touched_orders.clear()  # every order touched so far belonged to some user's cleared list
         for symbol, instrument in self.instruments.items():
             instrument.pre_close = self.last_price.get(symbol, instrument.pre_close)
             self.mark_price[symbol] = prices[symbol]
@@ -505,17 +598,10 @@ class Engine:
     def notify(self, user_id: str, code: int, level: str, content: str) -> None:
         self._batch.notifies.setdefault(user_id, []).append((code, level, content))
 
-    def _touch_order(self, order: Order) -> None:
-        touched = self._touched_orders.get(order.user_id)
-        if touched is None:
-            touched = self._touched_orders[order.user_id] = set()
-        touched.add(order.order_id)
-
-    def _touch_position(self, user_id: str, symbol: str) -> None:
-        touched = self._touched_positions.get(user_id)
-        if touched is None:
-            touched = self._touched_positions[user_id] = set()
-        touched.add(symbol)
+    def _touch_position(self, account: Account, symbol: str) -> None:
+        position = account.positions.get(symbol)
+        if position is not None:  # a position is never removed, so one missing now has nothing to show
+            self._touched_positions[account.user_id, symbol] = position
 
     def _render_into(self, user_id: str, kind: str, key: str, rendered: RENDERED | None) -> None:
         user = self._batch.users.get(user_id)
@@ -526,23 +612,15 @@ class Engine:
             objects = user[kind] = {}
         objects[key] = rendered
 
-    def _mark_account(self, user_id: str) -> None:
+    def _mark_account(self, account: Account) -> None:
         """Bring one account's positions to the current last prices (cheap: that user's positions only).
 
         Marking is lazy: an account is marked whenever it is used (a risk check, a transfer, a render)
         and, for every holder at once, by `mark_holders`. The result depends only on the positions and
         the last prices, never on when it happens, so lazy marking keeps replays exact.
         """
-        account = self.users[user_id].account
-        for symbol, position in account.positions.items():
-            price = self.mark_price.get(symbol)
-            if price is not None and position.last_price != price:
-                if account.mark(self.instruments[symbol], price):
-                    marked = self._marked_positions.get(user_id)
-                    if marked is None:
-                        marked = self._marked_positions[user_id] = set()
-                    marked.add(symbol)
-                    self._marked_accounts.add(user_id)
+        if account.mark_all(self.mark_price, self._instrument_of, self._marked_positions):
+            self._marked_accounts[account.user_id] = account
 
     def mark_holders(self) -> int:
         """Mark every holder of every instrument whose price moved since the last call; returns how many.
@@ -552,48 +630,76 @@ class Engine:
         per interval instead of one per order.
         """
         marked = 0
+        users = self.users
         for symbol in sorted(self._moved):  # set order varies by process: keep passes reproducible
             holders = self._holders[symbol]
             for user_id in sorted(holders):
-                position = self.users[user_id].account.positions.get(symbol)
+                account = users[user_id].account
+                position = account.positions.get(symbol)
                 if position is None or (position.volume_long == 0 and position.volume_short == 0):
                     holders.discard(user_id)
-                self._mark_account(user_id)
+                self._mark_account(account)
                 marked += 1
         self._moved.clear()
         return marked
 
     def flush(self) -> Batch:
-        """Render everything touched (participants marked to market first) and start a new batch."""
-        for user_id in list(self._touched_accounts):
-            self._mark_account(user_id)
-        for user_id, order_ids in self._touched_orders.items():
-            orders = self.users[user_id].orders
-            for order_id in order_ids:
-                self._render_into(user_id, "orders", order_id, orders[order_id].to_diff())
-        for user_id, symbols in self._touched_positions.items():
-            positions = self.users[user_id].account.positions
-            for symbol in symbols:
-                position = positions.get(symbol)
-                if position is not None:
-                    self._render_into(user_id, "positions", symbol, position.to_diff())
-        for user_id in self._touched_accounts:
-            self._render_into(user_id, "accounts", "CNY", self.users[user_id].account.to_diff())
-        for user_id, symbols in self._marked_positions.items():
-            touched = self._touched_positions.get(user_id, ())
-            positions = self.users[user_id].account.positions
-            for symbol in symbols:
-                if symbol not in touched:
-                    self._render_into(user_id, "positions", symbol, positions[symbol].mark_view())
-        for user_id in self._marked_accounts:
-            if user_id not in self._touched_accounts:
-                self._render_into(user_id, "accounts", "CNY", self.users[user_id].account.mark_view())
-        self._marked_positions.clear()
-        self._marked_accounts.clear()
-        self._touched_orders.clear()
-        self._touched_positions.clear()
-        self._touched_accounts.clear()
+        """Render everything touched (participants marked to market first) and start a new batch.
+
+        Rendered objects go to ``users[user_id][kind][key]``; the loops below do the lookups of
+        `_render_into` in line, since a batch renders a few objects per command.
+        """
+        touched_accounts = self._touched_accounts
+        touched_positions = self._touched_positions
+        mark_price, instrument_of = self.mark_price, self._instrument_of
+        marked_positions, marked_accounts = self._marked_positions, self._marked_accounts
+        for user_id, account in touched_accounts.items():  # _mark_account, in line
+            if account.mark_all(mark_price, instrument_of, marked_positions):
+                marked_accounts[user_id] = account
         batch = self._batch
+        users = batch.users
+        for order in self._touched_orders.values():
+            user = users.get(order.user_id)
+            if user is None:
+                user = users[order.user_id] = {}
+            objects = user.get("orders")
+            if objects is None:
+                objects = user["orders"] = {}
+            objects[order.order_id] = order.to_diff()
+        for (user_id, symbol), position in touched_positions.items():
+            user = users.get(user_id)
+            if user is None:
+                user = users[user_id] = {}
+            objects = user.get("positions")
+            if objects is None:
+                objects = user["positions"] = {}
+            objects[symbol] = position.to_diff()
+        for user_id, account in touched_accounts.items():
+            user = users.get(user_id)
+            if user is None:
+                user = users[user_id] = {}
+            user["accounts"] = {"CNY": account.to_diff()}  # "CNY" is the only key of "accounts"
+        for key, position in marked_positions.items():
+            if key not in touched_positions:
+                user_id, symbol = key
+                user = users.get(user_id)
+                if user is None:
+                    user = users[user_id] = {}
+                objects = user.get("positions")
+                if objects is None:
+                    objects = user["positions"] = {}
+                objects[symbol] = position.mark_view()
+        for user_id, account in marked_accounts.items():
+            if user_id not in touched_accounts:
+                user = users.get(user_id)
+                if user is None:
+                    user = users[user_id] = {}
+                user["accounts"] = {"CNY": account.mark_view()}
+        self._marked_positions = {}
+        self._marked_accounts = {}
+        self._touched_orders = {}
+        self._touched_positions = {}
+        self._touched_accounts = {}
         batch.trading_day = self.trading_day
         batch.last_seq = self.seq
         self._batch = Batch()
@@ -605,7 +711,7 @@ class Engine:
     def user_tree(self, user_id: str) -> dict[str, Any]:
         """The user's whole DIFF trade tree (``trade/{user_id}``), for a session's first snapshot."""
         record = self.user(user_id)
-        self._mark_account(user_id)
+        self._mark_account(record.account)
         return {
             "user_id": user_id,
             "trading_day": self.trading_day,

@@ -13,6 +13,7 @@ import math
 import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import msgspec
@@ -94,7 +95,7 @@ class Instrument(msgspec.Struct, kw_only=True):
         return ticks
 
     def from_ticks(self, ticks: int) -> float:
-        return round(ticks * self.price_tick, self.price_decs)
+        return _price_of(ticks, self.price_tick)
 
     @property
     def upper_limit_ticks(self) -> int:
@@ -125,6 +126,14 @@ class Instrument(msgspec.Struct, kw_only=True):
         else:
             per_lot, rate = self.close_commission_per_lot, self.close_commission_rate
         return volume * (per_lot + rate * price * self.volume_multiple)
+
+
+@functools.lru_cache(maxsize=1 << 16, typed=True)
+def _price_of(ticks: int, tick: float) -> float:
+    """Cached: every fill and every limit order converts a price from ticks, and rounding a float to
+    a number of decimals is several times slower than a cache hit. A pure function of its
+    arguments, so the cache changes no result (typed, so an int tick never answers for a float)."""
+    return round(ticks * tick, _decimals(tick))
 
 
 @functools.lru_cache(maxsize=256)
@@ -338,6 +347,11 @@ class InstrumentRegistry(Mapping[str, Instrument]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._by_symbol)
+
+    def view(self) -> Mapping[str, Instrument]:
+        """A live read-only view of the registry: C-level lookups for the engine's hot path (a
+        registry lookup is a Python call), and it follows every later :meth:`add`."""
+        return MappingProxyType(self._by_symbol)
 
     def __len__(self) -> int:
         return len(self._by_symbol)

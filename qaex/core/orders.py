@@ -6,7 +6,6 @@ rendering a record for a patch is a field copy. Prices are floats here; the book
 
 from __future__ import annotations
 
-import operator
 from typing import Any, Literal
 
 import msgspec
@@ -29,8 +28,7 @@ TRADE_FIELDS = (
     "direction", "offset", "volume", "price", "trade_date_time", "commission",
 )  # fmt: skip
 
-_order_values = operator.attrgetter(*ORDER_FIELDS)
-_trade_values = operator.attrgetter(*TRADE_FIELDS)
+_asdict = msgspec.structs.asdict
 
 MSG_ACCEPTED = "报单成功"
 MSG_FILLED = "全部成交"
@@ -59,7 +57,10 @@ class InsertOrder(msgspec.Struct, kw_only=True, frozen=True):
         return f"{self.exchange_id}.{self.instrument_id}"
 
 
-class Order(msgspec.Struct, kw_only=True):
+# Order and Trade (and account.Position) are ``gc=False``: their fields are strings and numbers only, so
+# an instance can never be part of a reference cycle, and the exchange keeps a great many of them —
+# untracked instances are cheaper to create and the cycle collector never walks them.
+class Order(msgspec.Struct, kw_only=True, gc=False):
     seqno: int
     user_id: str
     order_id: str
@@ -97,13 +98,32 @@ class Order(msgspec.Struct, kw_only=True):
 
     def to_diff(self) -> dict[str, Any]:
         """The DIFF order; a price that is not a number (market orders) travels as "-" (see DIFF.md)."""
-        rendered = dict(zip(ORDER_FIELDS, _order_values(self), strict=True))
-        if self.limit_price != self.limit_price:
-            rendered["limit_price"] = "-"
-        return rendered
+        # A literal dict of exactly ORDER_FIELDS, in order: every order a batch touches is rendered,
+        # and this is several times cheaper than zipping the names with an attrgetter's values.
+        limit_price = self.limit_price
+        return {
+            "seqno": self.seqno,
+            "user_id": self.user_id,
+            "order_id": self.order_id,
+            "exchange_id": self.exchange_id,
+            "instrument_id": self.instrument_id,
+            "direction": self.direction,
+            "offset": self.offset,
+            "volume_orign": self.volume_orign,
+            "price_type": self.price_type,
+            "limit_price": limit_price if limit_price == limit_price else "-",
+            "time_condition": self.time_condition,
+            "volume_condition": self.volume_condition,
+            "insert_date_time": self.insert_date_time,
+            "exchange_order_id": self.exchange_order_id,
+            "status": self.status,
+            "volume_left": self.volume_left,
+            "frozen_margin": self.frozen_margin,
+            "last_msg": self.last_msg,
+        }
 
 
-class Trade(msgspec.Struct, kw_only=True):
+class Trade(msgspec.Struct, kw_only=True, gc=False):
     seqno: int
     user_id: str
     trade_id: str
@@ -123,4 +143,10 @@ class Trade(msgspec.Struct, kw_only=True):
         return f"{self.exchange_id}.{self.instrument_id}"
 
     def to_diff(self) -> dict[str, Any]:
-        return dict(zip(TRADE_FIELDS, _trade_values(self), strict=True))
+        # The struct's fields are exactly TRADE_FIELDS, in order (checked below): msgspec's C-level
+        # asdict is the rendering, without a Python loop.
+        return _asdict(self)
+
+
+if Trade.__struct_fields__ != TRADE_FIELDS:  # Trade.to_diff renders the struct as it is
+    raise AssertionError("Trade's fields must be exactly TRADE_FIELDS, in order")

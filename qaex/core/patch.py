@@ -112,7 +112,14 @@ class PendingPatches:
 
     @property
     def size(self) -> int:
+        if self._size < 0:  # counted on demand for a borrowed patch (see `add`)
+            self._size = tree_size(self._borrowed) if self._borrowed is not None else 0
         return self._size
+
+    @property
+    def borrowing(self) -> bool:
+        """Only one patch is pending and it is held by reference: nothing is copied, no memory is held."""
+        return self._borrowed is not None
 
     def __bool__(self) -> bool:
         return bool(self._merged) or self._borrowed is not None
@@ -127,7 +134,7 @@ class PendingPatches:
             return
         if self._borrowed is None and not self._merged:
             self._borrowed = patch
-            self._size = tree_size(patch)
+            self._size = -1  # not counted unless asked: most borrowed patches are sent as they are
             return
         if self._borrowed is not None:
             borrowed, self._borrowed = self._borrowed, None

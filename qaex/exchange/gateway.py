@@ -3,7 +3,8 @@
 For every user a batch touched, the gateway compares each rendered object (order, trade, position,
 account, transfer) with what it sent before and builds one merge patch of only the changed fields,
 rooted at ``trade/{user_id}``; notifies ride in the same patch under ``notify``. Each user's patches
-go over that user's memory channel to the SnapshotManager. The gateway never awaits a network peer:
+go over that user's memory channel to the SnapshotManager, which is then told which users have new
+patches (one wake-up per batch). The gateway never awaits a network peer:
 the only thing it can wait on is a full user channel, which is backpressure from the SnapshotManager,
 never from a client.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import itertools
 import logging
 import secrets
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 import trio
@@ -31,6 +33,9 @@ class PatchSink(Protocol):
     """Where per-user patches go: the SnapshotManager."""
 
     def channel_for(self, user_id: str) -> trio.MemorySendChannel[Patch]: ...
+
+    def announce(self, user_ids: Iterable[str]) -> None:
+        """Patches were sent into these users' channels: the consumer should drain them."""
 
 
 class TradeGateway:
@@ -67,12 +72,20 @@ class TradeGateway:
 
     async def dispatch(self, batch: Batch) -> None:
         patches = self.build_patches(batch)
+        sink = self._sink
+        sent: list[str] = []
         for user_id, patch in patches.items():
-            channel = self._sink.channel_for(user_id)
+            channel = sink.channel_for(user_id)
             try:
                 channel.send_nowait(patch)  # the usual case: no scheduler round trip per patch
             except trio.WouldBlock:
-                await channel.send(patch)  # backpressure from the snapshot manager
+                # Backpressure from the snapshot manager: let it drain this user's channel first.
+                sink.announce([*sent, user_id])
+                sent.clear()
+                await channel.send(patch)
+            sent.append(user_id)
+        if sent:
+            sink.announce(sent)
         await trio.lowlevel.checkpoint()
         self.patches_sent += len(patches)
         if self._market is not None and (batch.market_trades or batch.books or batch.instruments):
@@ -81,12 +94,15 @@ class TradeGateway:
     def build_patches(self, batch: Batch) -> dict[str, Patch]:
         """One merge patch per user with only what changed since that user's previous patch."""
         patches: dict[str, Patch] = {}
+        silent = self.silent_users
+        all_sent = self._sent
+        debug = log.isEnabledFor(logging.DEBUG)
         for user_id, kinds in batch.users.items():
-            if user_id in self.silent_users:
+            if user_id in silent:
                 continue
-            sent = self._sent.get(user_id)
+            sent = all_sent.get(user_id)
             if sent is None:
-                sent = self._sent[user_id] = {}
+                sent = all_sent[user_id] = {}
             tree: dict[str, Any] = {}
             for kind, objects in kinds.items():
                 sent_objects = sent.get(kind)
@@ -95,21 +111,24 @@ class TradeGateway:
                 changes: dict[str, Any] = {}
                 for key, rendered in objects.items():
                     before = sent_objects.get(key)
-                    if rendered is None:
-                        if before is not None or key in sent_objects:
-                            sent_objects.pop(key, None)
-                            changes[key] = None
-                        continue
                     if before is None:
-                        changes[key] = rendered
-                        sent_objects[key] = dict(rendered)  # the patch carries `rendered` itself
-                        continue
-                    # Rendered records are flat, and may be partial (a mark sends only the marked
-                    # fields): one pass over what was rendered, then the shadow takes the changes.
-                    delta = {name: value for name, value in rendered.items() if before.get(name) != value}
-                    if delta:
-                        changes[key] = delta
-                        before.update(delta)
+                        if rendered is not None:
+                            changes[key] = rendered
+                            sent_objects[key] = rendered.copy()  # the patch carries `rendered` itself
+                        elif key in sent_objects:
+                            del sent_objects[key]
+                            changes[key] = None
+                    elif rendered is None:
+                        del sent_objects[key]
+                        changes[key] = None
+                    else:
+                        # Rendered records are flat, and may be partial (a mark sends only the marked
+                        # fields): one pass over what was rendered, then the shadow takes the changes.
+                        get = before.get
+                        delta = {name: value for name, value in rendered.items() if get(name) != value}
+                        if delta:
+                            changes[key] = delta
+                            before.update(delta)
                 if changes:
                     tree[kind] = changes
             if batch.settled:
@@ -117,7 +136,7 @@ class TradeGateway:
                 tree["session"] = {"trading_day": batch.trading_day}
             if tree:
                 patches[user_id] = {"trade": {user_id: tree}}
-                if log.isEnabledFor(logging.DEBUG):
+                if debug:
                     log.debug("user %s: patch of %s", user_id, ", ".join(sorted(tree)))
         for user_id, notes in batch.notifies.items():
             if user_id in self.silent_users:

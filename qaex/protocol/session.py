@@ -194,8 +194,9 @@ class DiffSession:
             patch = {key: value for key, value in patch.items() if key != "notify"}
         if self.resync_needed:
             return  # the full view the owner will pass to reset() includes this change
-        self._pending.add(patch)
-        if self._pending.size > self.pending_limit:
+        pending = self._pending
+        pending.add(patch)
+        if not pending.borrowing and pending.size > self.pending_limit:
             self._pending = PendingPatches()
             self.resync_needed = True
 
