@@ -170,7 +170,7 @@ async def pipeline(
                 clients.start_soon(client, link)
             await trio.testing.wait_all_tasks_blocked()
             merged_before = exchange.snapshots.patches_merged
-            records_before = exchange.snapshots.records_merged
+            records_before = exchange.gateway.records_sent
             trades_before = engine.trades_made
             frames = 0
             queue = iter(steps)
@@ -210,7 +210,7 @@ async def pipeline(
             seconds = time.perf_counter() - start
             clients.cancel_scope.cancel()
         merged = exchange.snapshots.patches_merged - merged_before
-        records = exchange.snapshots.records_merged - records_before
+        records = exchange.gateway.records_sent - records_before
         nursery.cancel_scope.cancel()
     return PipelineResult(
         orders_per_s=len(steps) / seconds,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import trio
@@ -10,8 +11,10 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
+from qaex.core.engine import Batch
 from qaex.core.patch import merge_patch
-from qaex.exchange.snapshot import SessionLink, SnapshotManager, merge_user_patch
+from qaex.exchange.gateway import TradeGateway
+from qaex.exchange.snapshot import SessionLink, SnapshotManager
 from qaex.protocol.session import DiffSession
 
 PEEK = b'{"aid":"peek_message"}'
@@ -36,20 +39,63 @@ async def test_patches_of_many_users_arrive_in_order_through_a_full_channel() ->
     manager = SnapshotManager(root, channel_size=4)
     async with trio.open_nursery() as nursery:
         await nursery.start(manager.run)
+        links = {}
+        for user in ("a", "b", "c"):
+            links[user] = link = SessionLink(DiffSession(len(links) + 1))
+            manager.add(link)
+            manager.login(link, user)
         # 3 users x 200 patches through channels of 4: the sender waits on full channels many times.
         for i in range(200):
             for user in ("a", "b", "c"):
-                await send(
-                    manager, user, {"trade": {user: {"orders": {"o1": {"seq": i}, f"x{i}": {"n": i}}}}}
-                )
+                patch = {"trade": {user: {"orders": {"o1": {"seq": i}, f"x{i}": {"n": i}}}}}
+                await send(manager, user, patch)
         await trio.testing.wait_all_tasks_blocked()
-        for user in ("a", "b", "c"):
-            orders = manager.tree(user)["orders"]
+        for user, link in links.items():
+            link.session.receive(PEEK)
+            frame = link.session.data_to_send()
+            assert frame is not None
+            client: dict[str, Any] = {}
+            for patch in json.loads(frame)["data"]:
+                merge_patch(client, patch)
+            orders = client["trade"][user]["orders"]
             assert orders["o1"] == {"seq": 199}  # the last one won: every patch applied in order
             assert len(orders) == 201
             assert orders["x150"] == {"n": 150}
         assert manager.patches_merged == 600
-        assert manager.records_merged == 600 * 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_login_never_gets_a_patch_older_than_its_snapshot() -> None:
+    """The gateway writes the tree before the patch reaches the channel: login drains the channel."""
+    manager = SnapshotManager(root)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(manager.run)
+        early = SessionLink(DiffSession(1))
+        manager.add(early)
+        manager.login(early, "a")
+        early.session.receive(PEEK)
+        assert early.session.data_to_send() is not None
+        for i in range(3):  # as the gateway does: into the tree, then into the channel
+            manager.tree("a")["orders"][f"o{i}"] = {"status": "ALIVE"}
+            manager.channel_for("a").send_nowait({"trade": {"a": {"orders": {f"o{i}": {"status": "ALIVE"}}}}})
+        manager.tree("a")["orders"]["o0"]["status"] = "FINISHED"
+        manager.channel_for("a").send_nowait({"trade": {"a": {"orders": {"o0": {"status": "FINISHED"}}}}})
+        late = SessionLink(DiffSession(2))
+        manager.add(late)
+        manager.login(late, "a")  # before the consumer ran
+        manager.announce(["a"])
+        await trio.testing.wait_all_tasks_blocked()
+        for link in (early, late):
+            link.session.receive(PEEK)
+            frame = link.session.data_to_send()
+            assert frame is not None
+            client: dict[str, Any] = {}
+            for patch in json.loads(frame)["data"]:
+                merge_patch(client, patch)
+            assert client["trade"]["a"]["orders"]["o0"] == {"status": "FINISHED"}
+            assert len(client["trade"]["a"]["orders"]) == 3
+            link.session.receive(PEEK)
+            assert link.session.data_to_send() is None  # nothing older arrives afterwards
         nursery.cancel_scope.cancel()
 
 
@@ -86,44 +132,54 @@ def test_channel_for_refuses_before_the_manager_runs() -> None:
         raise AssertionError("channel_for worked without a consumer")
 
 
-# merge_user_patch must equal the general RFC 7386 merge on every input, not just the gateway's shape.
-keys = st.sampled_from(["a", "b", "c"])
+# The gateway diffs against the user's tree and writes each patch into it: for any sequence of
+# renderings, a client applying the patches ends with the tree, and the tree holds the renderings.
+keys = st.sampled_from(["k1", "k2", "k3"])
+fields = st.sampled_from(["f", "g", "h"])
 scalars = st.one_of(st.integers(-2, 2), st.sampled_from(["x", "-"]), st.floats(allow_nan=False, width=16))
-records = st.one_of(
-    st.none(),
-    scalars,
+renderings = st.one_of(st.none(), st.dictionaries(fields, scalars, min_size=1, max_size=3))
+batches = st.lists(
     st.dictionaries(
-        keys, st.one_of(scalars, st.none(), st.dictionaries(keys, scalars, max_size=2)), max_size=3
+        st.sampled_from(["orders", "positions"]), st.dictionaries(keys, renderings, max_size=3), max_size=2
     ),
-)
-kind_changes = st.one_of(st.none(), scalars, st.dictionaries(keys, records, max_size=3))
-user_patches = st.dictionaries(
-    st.sampled_from(["orders", "accounts", "trading_day"]), kind_changes, max_size=3
-)
-trees = st.dictionaries(
-    st.sampled_from(["orders", "accounts", "trading_day"]),
-    st.one_of(
-        scalars,
-        st.dictionaries(keys, st.one_of(scalars, st.dictionaries(keys, scalars, max_size=3)), max_size=3),
-    ),
-    max_size=3,
+    max_size=8,
 )
 
 
-@given(trees, st.lists(user_patches, max_size=6))
-def test_merge_user_patch_equals_merge_patch(tree: dict[str, Any], patches: list[dict[str, Any]]) -> None:
-    fast, general = copy.deepcopy(tree), copy.deepcopy(tree)
-    for patch in patches:
-        original = copy.deepcopy(patch)
-        merge_user_patch(fast, patch)
-        merge_patch(general, patch)
-        assert patch == original  # never mutated
-    assert fast == general
-    # Nothing in the tree is shared with a patch: later merges never write into a patch.
-    for patch in patches:
-        snapshot = copy.deepcopy(patch)
-        merge_user_patch(fast, {"orders": {"a": {"b": 1}}, "accounts": {"a": {"c": 2}}})
-        assert patch == snapshot
+class TreeSink:
+    def __init__(self) -> None:
+        self.trees: dict[str, dict[str, Any]] = {}
+
+    def tree(self, user_id: str) -> dict[str, Any]:
+        return self.trees.setdefault(user_id, root(user_id))
+
+    def channel_for(self, user_id: str) -> Any:  # pragma: no cover - build_patches never sends
+        raise AssertionError
+
+    def announce(self, user_ids: Any) -> None:  # pragma: no cover
+        raise AssertionError
+
+
+@given(batches)
+def test_gateway_patches_rebuild_the_tree_it_keeps(rendered_batches: list[dict[str, Any]]) -> None:
+    sink = TreeSink()
+    gateway = TradeGateway(trio.open_memory_channel[Batch](1)[1], sink)
+    client: dict[str, Any] = {}
+    model: dict[str, dict[str, Any]] = {"orders": {}, "positions": {}}
+    for kinds in rendered_batches:
+        patches = gateway.build_patches(Batch(users={"a": copy.deepcopy(kinds)}))
+        for patch in patches.values():
+            merge_patch(client, copy.deepcopy(patch))
+        for kind, objects in kinds.items():
+            for key, rendering in objects.items():
+                if rendering is None:
+                    model[kind].pop(key, None)
+                else:
+                    model[kind].setdefault(key, {}).update(rendering)
+    tree = sink.trees.get("a", root("a"))
+    for kind in ("orders", "positions"):
+        assert tree.get(kind, {}) == model[kind]
+        assert client.get("trade", {}).get("a", {}).get(kind, {}) == model[kind]
 
 
 async def test_gateway_waits_on_a_full_user_channel_and_loses_nothing() -> None:

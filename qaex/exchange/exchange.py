@@ -95,14 +95,12 @@ class Exchange:
     def seed_from_engine(self) -> None:
         """After recovery, before serving: start every user's DIFF tree from the engine's state.
 
-        The snapshot manager and gateway otherwise build trees from patches alone, so a session
-        logging in after a restart would see only what changed since. Seeding the gateway's memory of
-        what was sent keeps its next patches minimal, too.
+        The gateway otherwise builds trees from patches alone, so a session logging in after a
+        restart would see only what changed since. The tree is also what the gateway compares new
+        renderings with, so its next patches stay minimal.
         """
         for user_id in self.engine.users:
-            tree = self.engine.user_tree(user_id)
-            self.snapshots.trees[user_id] = tree
-            self.gateway.seed(user_id, tree)
+            self.snapshots.trees[user_id] = self.engine.user_tree(user_id)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:

@@ -2,11 +2,14 @@
 
 For every user a batch touched, the gateway compares each rendered object (order, trade, position,
 account, transfer) with what it sent before and builds one merge patch of only the changed fields,
-rooted at ``trade/{user_id}``; notifies ride in the same patch under ``notify``. Each user's patches
-go over that user's memory channel to the SnapshotManager, which is then told which users have new
-patches (one wake-up per batch). The gateway never awaits a network peer:
-the only thing it can wait on is a full user channel, which is backpressure from the SnapshotManager,
-never from a client.
+rooted at ``trade/{user_id}``; notifies ride in the same patch under ``notify``. "What it sent
+before" is the user's trade tree kept by the SnapshotManager: the gateway applies each patch to it
+as it builds the patch, so there is one copy of every user's state, not a snapshot plus a shadow
+(the manager drains a user's channel before it copies the tree for a session, see
+SnapshotManager.login). Each user's patches go over that user's memory channel to the
+SnapshotManager, which is then told which users have new patches (one wake-up per batch). The
+gateway never awaits a network peer: the only thing it can wait on is a full user channel, which is
+backpressure from the SnapshotManager, never from a client.
 
 Market-level effects of a batch (trades, depth changes, instrument changes) are forwarded unchanged
 to the market-data service, if one is attached.
@@ -34,6 +37,10 @@ class PatchSink(Protocol):
 
     def channel_for(self, user_id: str) -> trio.MemorySendChannel[Patch]: ...
 
+    def tree(self, user_id: str) -> dict[str, Any]:
+        """The user's trade tree: what the user's sessions are built from, and what was sent."""
+        ...
+
     def announce(self, user_ids: Iterable[str]) -> None:
         """Patches were sent into these users' channels: the consumer should drain them."""
 
@@ -48,20 +55,13 @@ class TradeGateway:
         self._batches = batches
         self._sink = sink
         self._market = market
-        # What each user's clients have been sent: user -> kind -> key -> rendered object.
-        self._sent: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
         self._notify_ids = itertools.count(1)
         # Notify keys must be new to every client, also one that reconnects after a restart.
         self._notify_prefix = f"qaex-{secrets.token_hex(3)}-g"
         self.patches_sent = 0
+        self.records_sent = 0
         # Accounts nobody can log in as (the liquidity simulator's): no patches, no trees to keep.
         self.silent_users: set[str] = set()
-
-    def seed(self, user_id: str, tree: dict[str, Any]) -> None:
-        """Remember a user's whole trade tree as sent (after a restart, see Exchange.seed_from_engine)."""
-        sent = self._sent.setdefault(user_id, {})
-        for kind in ("orders", "trades", "positions", "accounts", "transfers"):
-            sent[kind] = {key: dict(value) for key, value in tree.get(kind, {}).items()}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -95,18 +95,17 @@ class TradeGateway:
         """One merge patch per user with only what changed since that user's previous patch."""
         patches: dict[str, Patch] = {}
         silent = self.silent_users
-        all_sent = self._sent
+        user_tree = self._sink.tree
         debug = log.isEnabledFor(logging.DEBUG)
+        records = 0
         for user_id, kinds in batch.users.items():
             if user_id in silent:
                 continue
-            sent = all_sent.get(user_id)
-            if sent is None:
-                sent = all_sent[user_id] = {}
+            sent = user_tree(user_id)
             tree: dict[str, Any] = {}
             for kind, objects in kinds.items():
                 sent_objects = sent.get(kind)
-                if sent_objects is None:
+                if type(sent_objects) is not dict:
                     sent_objects = sent[kind] = {}
                 changes: dict[str, Any] = {}
                 for key, rendered in objects.items():
@@ -131,13 +130,20 @@ class TradeGateway:
                             before.update(delta)
                 if changes:
                     tree[kind] = changes
+                    records += len(changes)
             if batch.settled:
-                tree["trading_day"] = batch.trading_day
+                tree["trading_day"] = sent["trading_day"] = batch.trading_day
                 tree["session"] = {"trading_day": batch.trading_day}
+                session = sent.get("session")
+                if type(session) is dict:
+                    session["trading_day"] = batch.trading_day
+                else:
+                    sent["session"] = {"trading_day": batch.trading_day}
             if tree:
                 patches[user_id] = {"trade": {user_id: tree}}
                 if debug:
                     log.debug("user %s: patch of %s", user_id, ", ".join(sorted(tree)))
+        self.records_sent += records
         for user_id, notes in batch.notifies.items():
             if user_id in self.silent_users:
                 continue

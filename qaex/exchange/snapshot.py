@@ -2,13 +2,15 @@
 
 Each user has a bounded memory channel from the TradeGateway. The gateway sends a batch's patches
 into the channels of the users it touched and then *announces* those users; the manager's consumer
-task (one for all users, run in the exchange's nursery, never detached) drains the announced channels
-in order. It merges every patch into the user's current trade tree, so that a session logging in later
-starts from one complete snapshot, and pushes the patch into the pending buffer of each of that user's
-sessions, then wakes them. A full channel makes the gateway wait (it announces first, so the consumer
-drains it): backpressure stays per user and in order. Pending buffers coalesce and are bounded (see
-qaex.protocol.session): a session that stops peeking costs about one snapshot, never an unbounded
-queue.
+task (one for all users, run in the exchange's nursery, never detached) drains the announced
+channels in order and pushes each patch into the pending buffer of each of that user's sessions,
+then wakes them. The manager also keeps each user's current trade tree, so that a session logging in
+later starts from one complete snapshot; the gateway writes every patch into the tree as it builds
+it (the tree doubles as the gateway's record of what was sent), which is why the manager drains a
+user's channel before it copies the tree for a session (`login`, `full_view`). A full channel makes
+the gateway wait (it announces first, so the consumer drains it): backpressure stays per user and in
+order. Pending buffers coalesce and are bounded (see qaex.protocol.session): a session that stops
+peeking costs about one snapshot, never an unbounded queue.
 
 Sessions also receive market data (quotes, charts): `SessionLink` is the trio side of one
 connection, a DiffSession plus the event its writer task waits on.
@@ -23,7 +25,6 @@ from typing import Any
 
 import trio
 
-from qaex.core.patch import merge_patch
 from qaex.protocol.session import DiffSession
 
 log = logging.getLogger("qaex.snapshot")
@@ -90,7 +91,6 @@ class SnapshotManager:
         self.sessions: dict[str, set[SessionLink]] = {}
         self.links: set[SessionLink] = set()
         self.patches_merged = 0
-        self.records_merged = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The consumer: drains the channels of announced users, in order, one patch at a time.
@@ -154,10 +154,10 @@ class SnapshotManager:
         self._wakeup.set()
 
     def apply(self, user_id: str, patch: Patch) -> None:
-        """Merge one patch into the user's tree and every one of the user's sessions; wake them."""
-        trade = patch.get("trade")
-        if trade is not None:
-            self.records_merged += merge_user_patch(self.tree(user_id), trade[user_id])
+        """Push one patch into every one of the user's sessions and wake them.
+
+        The user's tree already holds the patch: the gateway writes it as it builds the patch.
+        """
         self.patches_merged += 1
         sessions = self.sessions.get(user_id)
         if not sessions:
@@ -174,7 +174,13 @@ class SnapshotManager:
         self.links.add(link)
 
     def login(self, link: SessionLink, user_id: str) -> None:
-        """Attach a logged-in session to its user: it gets the full trade tree first, then every patch."""
+        """Attach a logged-in session to its user: it gets the full trade tree first, then every patch.
+
+        The tree is ahead of the user's channel (the gateway writes patches into it before sending
+        them), so the channel is drained first: the new session then starts from a tree that
+        includes every patch the other sessions got, and gets only newer ones.
+        """
+        self.flush(user_id)
         link.session.logged_in(user_id)
         self.sessions.setdefault(user_id, set()).add(link)
         link.session.push({"trade": {user_id: copy.deepcopy(self.tree(user_id))}})
@@ -182,8 +188,18 @@ class SnapshotManager:
         log.info("session %s logged in as %s", link.session.session_id, user_id)
 
     def full_view(self, user_id: str) -> Patch:
-        """The whole trade tree of a user as one patch (for a session's resync)."""
+        """The whole trade tree of a user as one patch (for a session's resync).
+
+        Drains the user's channel first (see :meth:`login`): a resyncing session must not get, after
+        its full view, a patch the view already holds.
+        """
+        self.flush(user_id)
         return {"trade": {user_id: copy.deepcopy(self.tree(user_id))}}
+
+    def flush(self, user_id: str) -> None:
+        """Deliver the patches waiting in the user's channel to the user's sessions now."""
+        if user_id in self._receivers:
+            self._drain(user_id)
 
     def remove(self, link: SessionLink) -> None:
         """Forget a closed session: its pending buffer goes with it; the user's tree stays."""
@@ -196,40 +212,6 @@ class SnapshotManager:
                 sessions.discard(link)
                 if not sessions:
                     del self.sessions[user_id]
-
-
-def merge_user_patch(tree: dict[str, Any], patch: Patch) -> int:
-    """Merge a user's ``trade/{user_id}`` patch into the user's tree; returns the records it changed.
-
-    Equivalent to ``merge_patch(tree, patch)``, with a fast path for the gateway's usual shape: kind ->
-    key -> a flat record of changed fields (no dict and no ``None`` among the values), which is a
-    plain ``dict.update`` of the record. Anything else takes the general RFC 7386 merge.
-    """
-    records = 0
-    for kind, changes in patch.items():
-        objects = tree.get(kind)
-        if type(changes) is not dict or type(objects) is not dict:
-            merge_patch(tree, {kind: changes})
-            continue
-        records += len(changes)
-        for key, record in changes.items():
-            if type(record) is dict and _is_flat(record):
-                current = objects.get(key)
-                if type(current) is dict:
-                    current.update(record)
-                else:
-                    objects[key] = record.copy()  # flat: a shallow copy is a full copy
-            else:
-                merge_patch(objects, {key: record})
-    return records
-
-
-def _is_flat(record: Patch) -> bool:
-    """No value is None or a dict."""
-    for value in record.values():
-        if value is None or type(value) is dict:
-            return False
-    return True
 
 
 def _without_trade_deletions(user_id: str, patch: Patch) -> Patch:
