@@ -22,6 +22,7 @@ stream, so the services' overhead is a ratio that a noisy machine cannot fake.
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import json
 import platform
@@ -34,6 +35,7 @@ from typing import Any
 import trio
 import trio.testing
 
+from qaex import gc_policy
 from qaex.core.commands import Cancel, Insert, OpenAccount
 from qaex.core.engine import Engine
 from qaex.core.errors import QaexError
@@ -100,6 +102,15 @@ def to_request(step: Step) -> InsertOrder:
     )
 
 
+FREEZE_SETUP = True  # main() turns it off for --gc-threshold 0
+
+
+def freeze_setup() -> None:
+    """What the server does once its state is loaded (qaex.gc_policy), unless --gc-threshold 0."""
+    if FREEZE_SETUP:
+        gc_policy.freeze_loaded_state()
+
+
 def bare_engine(users: int, steps: list[Step], batch: int) -> float:
     """Baseline: the same stream through Engine.apply + flush only (no trio, no patches). Orders/s."""
     engine = Engine()
@@ -107,6 +118,7 @@ def bare_engine(users: int, steps: list[Step], batch: int) -> float:
         engine.apply(OpenAccount(ts=i + 1, user_id=f"u{i}", password_hash="x", init_cash=1e12))
     engine.flush()
     ts = 10**18
+    freeze_setup()
     start = time.perf_counter()
     for index, step in enumerate(steps):
         ts += 1000
@@ -120,7 +132,9 @@ def bare_engine(users: int, steps: list[Step], batch: int) -> float:
         if index % batch == batch - 1:
             engine.flush()
     engine.flush()
-    return len(steps) / (time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    gc.unfreeze()
+    return len(steps) / seconds
 
 
 @dataclass
@@ -201,6 +215,7 @@ async def pipeline(
                     else:
                         await exchange.submit_cancel_order(step.user, step.order_id, done)
 
+            freeze_setup()
             start = time.perf_counter()
             async with trio.open_nursery() as load:
                 for _ in range(submitters):
@@ -212,6 +227,7 @@ async def pipeline(
         merged = exchange.snapshots.patches_merged - merged_before
         records = exchange.gateway.records_sent - records_before
         nursery.cancel_scope.cancel()
+    gc.unfreeze()
     return PipelineResult(
         orders_per_s=len(steps) / seconds,
         trades_per_s=(engine.trades_made - trades_before) / seconds,
@@ -236,8 +252,15 @@ def main() -> None:
         "--mode", choices=["await", "pipelined", "both"], default="both",
         help="await: each submitter waits for its result (HTTP); pipelined: queue and get a callback (DIFF)",
     )  # fmt: skip
+    parser.add_argument(
+        "--gc-threshold", type=int, default=gc_policy.DEFAULT_THRESHOLD,
+        help="young-generation GC threshold, as QAEX_GC_THRESHOLD (0: CPython's default, no freeze)",
+    )  # fmt: skip
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     args = parser.parse_args()
+    gc_policy.tune(args.gc_threshold)
+    global FREEZE_SETUP
+    FREEZE_SETUP = args.gc_threshold != 0
 
     steps = workload(args.users, args.orders, args.seed, Engine())
     modes = ["await", "pipelined"] if args.mode == "both" else [args.mode]
@@ -263,6 +286,7 @@ def main() -> None:
         "users": args.users,
         "orders": args.orders,
         "submitters": args.submitters,
+        "gc_threshold": gc.get_threshold(),
         "pipeline": {mode: {f: median(mode, f) for f in asdict(runs[mode][0])} for mode in modes},
         "bare_engine_orders_per_s": bare,
     }

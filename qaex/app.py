@@ -27,7 +27,7 @@ from typing import Any
 import trio
 from quart_trio import QuartTrio
 
-from qaex import logconfig
+from qaex import gc_policy, logconfig
 from qaex.api.auth import TokenSigner
 from qaex.api.http import Services, blueprint
 from qaex.api.websocket_guard import RejectWebSockets
@@ -116,6 +116,8 @@ class Server:
             admin_token = secrets.token_urlsafe(24)
             log.warning("QAEX_ADMIN_TOKEN is not set; the admin token of this run is %s", admin_token)
         exchange = build_exchange(config, data_dir)
+        gc_policy.tune(config.gc_threshold)
+        gc_policy.freeze_loaded_state()
         self.app.config["MAX_CONTENT_LENGTH"] = config.max_message_size
         self.app.extensions["qaex"] = Services(
             config=config,

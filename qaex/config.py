@@ -52,6 +52,7 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
     quote_interval: float = 0.5  # shortest time between two market-data publishes (CTP-like snapshots)
     market_history: int = 10_000  # bars (and ticks) kept per series
     token_ttl: int = 86_400  # seconds a login token stays valid
+    gc_threshold: int = 10_000  # young-generation GC threshold (see qaex/gc_policy.py); 0 = CPython's
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -102,6 +103,7 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
         need(self.market_maker_interval > 0, "market_maker_interval", "a number of seconds > 0")
         need(self.mark_interval > 0, "mark_interval", "a number of seconds > 0")
         need(self.quote_interval >= 0, "quote_interval", "a number of seconds >= 0")
+        need(self.gc_threshold >= 0, "gc_threshold", "an integer >= 0 (0 = CPython's default)")
         if self.settlement_time:
             try:
                 parse_clock_time(self.settlement_time)

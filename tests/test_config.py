@@ -139,3 +139,23 @@ def test_second_server_on_the_same_data_dir_exits_with_a_clear_message(tmp_path:
         assert "Traceback" not in second.log()
     finally:
         assert first.stop() == 0, first.log()
+
+
+def test_gc_threshold_is_checked_and_applied() -> None:
+    import gc
+
+    from qaex import gc_policy
+
+    assert Config.load({}).gc_threshold == gc_policy.DEFAULT_THRESHOLD
+    with pytest.raises(ConfigError, match="QAEX_GC_THRESHOLD"):
+        Config.load({"QAEX_GC_THRESHOLD": "-1"})
+    before = gc.get_threshold()
+    try:
+        gc_policy.tune(0)  # 0: CPython's default stays
+        assert gc.get_threshold() == before
+        gc_policy.tune(12_345)
+        assert gc.get_threshold() == (12_345, *before[1:])
+        with pytest.raises(ValueError):
+            gc_policy.tune(-5)
+    finally:
+        gc.set_threshold(*before)

@@ -67,6 +67,9 @@ def test_metrics_is_prometheus_text(anonymous: httpx.Client, user: User) -> None
         == values["qaex_http_order_submit_seconds_count"]
     )
     assert values["qaex_router_command_seconds_count"] >= 2
+    assert values["qaex_records_total"] >= 2  # the order and the account, at least
+    assert values["qaex_gc_frozen_objects"] > 1000  # the state loaded at start is frozen
+    assert values["qaex_gc_full_collections_total"] >= 1  # the collection before the freeze
 
 
 def test_openapi_lists_every_route_with_schemas(anonymous: httpx.Client) -> None:

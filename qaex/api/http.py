@@ -7,6 +7,7 @@ Every route is declared once with :func:`route`, which registers the view and it
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 import uuid
@@ -215,6 +216,24 @@ async def metrics() -> Response:
                 "qaex_batches_total", "counter", "Router batches flushed", exchange.router.batches_flushed
             ),
             sample("qaex_patches_total", "counter", "Per-user patches sent", exchange.gateway.patches_sent),
+            sample(
+                "qaex_records_total",
+                "counter",
+                "Changed records sent in patches",
+                exchange.gateway.records_sent,
+            ),
+            sample(
+                "qaex_gc_full_collections_total",
+                "counter",
+                "Full (oldest-generation) garbage collections",
+                gc.get_stats()[2]["collections"],
+            ),
+            sample(
+                "qaex_gc_frozen_objects",
+                "gauge",
+                "Objects frozen at start (gc.freeze)",
+                gc.get_freeze_count(),
+            ),
             found.order_latency.render(),
             found.command_latency.render(),
         ]
