@@ -12,8 +12,10 @@ order patch, an account patch, ...: ORIGINAL-DESIGN.zh.md §4.2), so records mer
 Two ways of submitting are measured: `await` (each submitter waits for its order's result before
 sending the next, as an HTTP client does) and `pipelined` (submitters queue orders and are told the
 outcome by a callback, as the DIFF server does for a session's insert_order messages). The same run
-also measures the baseline: the bare engine (apply + flush, no trio services) on the same order
-stream, so the services' overhead is a ratio that a noisy machine cannot fake.
+also measures two baselines: the bare engine (apply + flush, no trio services) on the same order
+stream, so the services' overhead is a ratio that a noisy machine cannot fake, and the router alone
+(a no-op engine: what trio and the router cost per command, the floor of any pipeline here).
+The garbage collector runs as the server runs it (qaex.gc_policy; --gc-threshold 0 for CPython's).
 
     python -m bench.pipeline --help
     python -m bench.pipeline --users 1000 --orders 100000
@@ -36,12 +38,12 @@ import trio
 import trio.testing
 
 from qaex import gc_policy
-from qaex.core.commands import Cancel, Insert, OpenAccount
-from qaex.core.engine import Engine
+from qaex.core.commands import Cancel, Insert, MarkToMarket, OpenAccount
+from qaex.core.engine import Batch, Engine
 from qaex.core.errors import QaexError
 from qaex.core.orders import InsertOrder
 from qaex.exchange.exchange import Exchange
-from qaex.exchange.router import Request
+from qaex.exchange.router import OrderRouter, Request
 from qaex.exchange.snapshot import SessionLink
 from qaex.protocol.session import DiffSession
 
@@ -109,6 +111,47 @@ def freeze_setup() -> None:
     """What the server does once its state is loaded (qaex.gc_policy), unless --gc-threshold 0."""
     if FREEZE_SETUP:
         gc_policy.freeze_loaded_state()
+
+
+class _NullEngine:
+    """An engine that does nothing: what the router and trio cost per command on their own."""
+
+    def apply(self, command: Any) -> None:
+        return None
+
+    def flush(self) -> Batch:
+        return Batch()
+
+
+async def router_floor(commands: int, submitters: int, mode: str) -> float:
+    """Second baseline: commands/s through the OrderRouter alone (no-op engine, no patches)."""
+    batches, _ = trio.open_memory_channel[Batch](1)
+    router = OrderRouter(_NullEngine(), batches)  # type: ignore[arg-type]
+    command = MarkToMarket(ts=0)
+    left = commands
+
+    def done(request: Request) -> None:
+        pass
+
+    async def submitter() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            if mode == "await":
+                await router.execute(command)
+            else:
+                await router.submit(command, done)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(router.run)
+        start = time.perf_counter()
+        async with trio.open_nursery() as load:
+            for _ in range(submitters):
+                load.start_soon(submitter)
+        await trio.testing.wait_all_tasks_blocked()
+        seconds = time.perf_counter() - start
+        nursery.cancel_scope.cancel()
+    return commands / seconds
 
 
 def bare_engine(users: int, steps: list[Step], batch: int) -> float:
@@ -265,6 +308,7 @@ def main() -> None:
     steps = workload(args.users, args.orders, args.seed, Engine())
     modes = ["await", "pipelined"] if args.mode == "both" else [args.mode]
     runs: dict[str, list[PipelineResult]] = {mode: [] for mode in modes}
+    floors: dict[str, list[float]] = {mode: [] for mode in modes}
     baselines: list[float] = []
     for attempt in range(args.repeat):
         # Interleaved, so that a machine that slows down mid-run slows every column alike.
@@ -274,7 +318,10 @@ def main() -> None:
             runs[mode].append(
                 trio.run(pipeline, args.users, steps, args.submitters, args.mark_interval, mode)
             )
-            line.append(f"{mode} {runs[mode][-1].orders_per_s:,.0f} orders/s")
+            floors[mode].append(trio.run(router_floor, len(steps), args.submitters, mode))
+            line.append(
+                f"{mode} {runs[mode][-1].orders_per_s:,.0f} orders/s (router alone {floors[mode][-1]:,.0f})"
+            )
         print(", ".join(line))
 
     def median(mode: str, field: str) -> float:
@@ -292,14 +339,15 @@ def main() -> None:
     }
     for mode in modes:
         summary["pipeline"][mode]["vs_bare_engine"] = summary["pipeline"][mode]["orders_per_s"] / bare
+        summary["pipeline"][mode]["router_alone_per_s"] = statistics.median(floors[mode])
     print()
     print(f"| measure (median of {args.repeat}) | " + " | ".join(modes) + " |")
     print("|---|" + "---|" * len(modes))
-    for field in [*asdict(runs[modes[0]][0]), "vs_bare_engine"]:
+    for field in [*asdict(runs[modes[0]][0]), "vs_bare_engine", "router_alone_per_s"]:
         values = [summary["pipeline"][mode][field] for mode in modes]
         fmt = "{:,.2f}" if field == "vs_bare_engine" else "{:,.0f}" if field != "seconds" else "{:,.1f}"
         print(f"| {field} | " + " | ".join(fmt.format(v) for v in values) + " |")
-    print(f"| bare engine orders/s (baseline, same run) | {bare:,.0f} |" + " |" * (len(modes) - 1))
+    print(f"| bare engine orders/s (baseline, same run, no trio) | {bare:,.0f} |" + " |" * (len(modes) - 1))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(summary, f, indent=2)

@@ -12,6 +12,8 @@ import math
 from typing import Any
 
 import pytest
+import trio
+import trio.testing
 
 from qaex.core.commands import Insert, OpenAccount, Settle
 from qaex.core.engine import Engine
@@ -382,3 +384,33 @@ def test_a_thousand_sessions_get_correct_quotes_with_one_patch_build_per_change(
         else:
             assert client.quote(AU)["ask_volume1"] == 0
     assert not math.isnan(market.service.quotes[CU].asks[0][0])
+
+
+async def test_a_publish_wakes_writers_in_steps_so_other_tasks_run_between() -> None:
+    market = Market()
+    clients = [Client(market) for _ in range(80)]
+    for client in clients:
+        client.subscribe(CU)
+        client.take()
+        client.link.session.receive(b'{"aid":"peek_message"}')  # a peek outstanding, as TqSdk keeps one
+    market.trade(86000.0)
+    order: list[str] = []
+
+    async def writer(client: Client) -> None:
+        await client.link.wait()
+        order.append("writer")
+
+    async def other() -> None:  # e.g. the trading path, ready to run once the publish starts
+        await trio.lowlevel.checkpoint()
+        order.append("other")
+
+    async with trio.open_nursery() as nursery:
+        for client in clients:
+            nursery.start_soon(writer, client)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(other)
+        await market.service.publish_in_steps()
+    assert order.count("writer") == len(clients)  # everybody woken
+    assert order.index("other") < 40  # not behind the whole burst of 80 writers
+    for client in clients:
+        assert client.take() == [] or client.quote()  # the quote patch was delivered

@@ -56,6 +56,9 @@ MINUTE_NS = 60 * NS_PER_SECOND
 KEPT_DURATIONS_NS = (MINUTE_NS, NS_PER_DAY)
 """Series kept for every instrument from the start, so that a chart finds history at once."""
 
+WAKE_STEP = 4
+"""Writers a publish wakes between two checkpoints (see MarketData.publish_in_steps)."""
+
 NOTIFY_BAD_INSTRUMENT = 409
 NOTIFY_BAD_CHART = 490
 
@@ -122,7 +125,7 @@ class MarketData:
                             self.apply(self._receive.receive_nowait())
                         except trio.WouldBlock:
                             break
-                    self.publish()
+                    await self.publish_in_steps()
                     self._last_publish = trio.current_time()
 
     async def _bar_timer(self) -> None:
@@ -143,7 +146,7 @@ class MarketData:
             )
             await trio.sleep(max(boundary - now, 1) / NS_PER_SECOND)
             self.advance_time(self._clock())
-            self.publish()
+            await self.publish_in_steps()
 
     def now(self) -> int:
         """The clock, never going backwards (quote times stay ordered even if the wall clock steps back)."""
@@ -231,7 +234,26 @@ class MarketData:
     # -- output ------------------------------------------------------------------------------------
     def publish(self) -> None:
         """Push one shared patch per changed quote and series to its subscribers, then chart moves."""
-        woken: set[SessionLink] = set()
+        for link in self._push_changes():
+            link.wake()
+
+    async def publish_in_steps(self) -> None:
+        """:meth:`publish`, waking the sessions' writers :data:`WAKE_STEP` at a time.
+
+        A publish may wake a thousand writers at once, and each then encodes and sends a frame. Woken
+        all together they form one long scheduler batch, and an order's acknowledgement that becomes
+        ready meanwhile waits behind the whole burst (it was the P99 of order latency at low load).
+        Waking them in steps, with a checkpoint between, lets the trading path run between steps.
+        """
+        woken = self._push_changes()
+        for start in range(0, len(woken), WAKE_STEP):
+            for link in woken[start : start + WAKE_STEP]:
+                link.wake()
+            await trio.lowlevel.checkpoint()
+
+    def _push_changes(self) -> list[SessionLink]:
+        """Push the changes since the last publish into the sessions; returns the sessions to wake."""
+        woken: dict[SessionLink, None] = {}
         for symbol in self._dirty_quotes:
             patch = self.quotes[symbol].take_patch()
             if patch is None:
@@ -239,7 +261,7 @@ class MarketData:
             self.quote_patches_built += 1
             for link in self._quote_links.get(symbol, ()):
                 link.session.push(patch)
-                woken.add(link)
+                woken[link] = None
         self._dirty_quotes.clear()
         moved: list[tuple[SessionLink, Chart]] = []
         seen: set[int] = set()
@@ -253,7 +275,7 @@ class MarketData:
             self.series_patches_built += 1
             for link, charts in self._feeds.get(key, {}).items():
                 link.session.push(patch)
-                woken.add(link)
+                woken[link] = None
                 for chart in charts:
                     if id(chart) not in seen:
                         seen.add(id(chart))
@@ -263,8 +285,7 @@ class MarketData:
             update = chart.update_patch(self._lookup)
             if update is not None:
                 link.session.push(update)
-        for link in woken:
-            link.wake()
+        return list(woken)
 
     def _series(self, key: SeriesKey) -> KlineSeries | TickSeries | None:
         symbol, duration = key
