@@ -85,9 +85,13 @@ async def flow(
         stats = c.workers_command(workers, "STATS")
         result["client_frames_per_s"] = round(sum(s["frames"] for s in stats) / wall, 1)
         result["client_patches_per_s"] = round(sum(s["patches"] for s in stats) / wall, 1)
-        # the truth: what the driver's session shows once the flow has settled
+        # The truth: the exchange's own quote over HTTP once the flow has settled. (Not the driver's
+        # session: with 10,000 subscribers one publish takes seconds to reach everybody, and the
+        # driver's own session may be among the last.)
         await trio.sleep(2.0)
-        volumes = {s: maker_conn.quote.get(s, {}).get("volume") for s in c.SESSION_SYMBOLS.split(",")}
+        volumes = await trio.to_thread.run_sync(
+            lambda: {s: quote_volume(server.http_url, s) for s in c.SESSION_SYMBOLS.split(",")}
+        )
         result["final_quote_volume"] = volumes
         expected = {"quote_volume": volumes, "order_prefix": "chk-", "within": args.check_within}
         checks = await trio.to_thread.run_sync(
@@ -97,6 +101,15 @@ async def flow(
         result["all_data_ok"] = sum(x["good"] for x in checks)
         result["problems"] = [p for x in checks for p in x["problems"]][:20]
         result["rss_kb_after"] = server.rss_kb()
+
+
+def quote_volume(http_url: str, symbol: str) -> int:
+    import httpx
+
+    answer = httpx.get(f"{http_url}/api/market/quote/{symbol}", timeout=60.0)
+    answer.raise_for_status()
+    volume: int = answer.json()["volume"]
+    return volume
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
