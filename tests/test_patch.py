@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from qaex.core.patch import PendingPatches, diff, merge_patch, tree_size
+from qaex.core.patch import PendingPatches, copy_tree, diff, merge_patch, tree_size
 
 
 def applied(tree: dict[str, Any], *patches: dict[str, Any]) -> dict[str, Any]:
@@ -217,3 +217,14 @@ def test_pending_size_never_undercounts() -> None:
 
 def test_tree_size_counts_keys_at_every_depth() -> None:
     assert tree_size({"a": 1, "b": {"c": 1, "d": {"e": 1}}}) == 5
+
+
+def test_copy_tree_copies_every_dict_and_shares_the_rest() -> None:
+    levels = [1, 2]
+    tree = {"a": {"b": {"c": 1.5}, "d": "x"}, "e": levels}
+    copied = copy_tree(tree)
+    assert copied == tree
+    copied["a"]["b"]["c"] = 2.0
+    copied["a"]["new"] = 1
+    assert tree == {"a": {"b": {"c": 1.5}, "d": "x"}, "e": levels}  # the original is untouched
+    assert copied["e"] is levels  # lists are immutable by convention: shared, not copied

@@ -24,6 +24,17 @@ def root(user_id: str) -> dict[str, Any]:
     return {"user_id": user_id, "orders": {}, "accounts": {}}
 
 
+def peek_and_apply(link: SessionLink) -> dict[str, Any]:
+    """Peek, take the rtn_data, and return what a client that applied it holds."""
+    link.session.receive(PEEK)
+    frame = link.session.data_to_send()
+    assert frame is not None
+    client: dict[str, Any] = {}
+    for patch in json.loads(frame)["data"]:
+        merge_patch(client, patch)
+    return client
+
+
 async def send(manager: SnapshotManager, user_id: str, patch: dict[str, Any]) -> None:
     """What the gateway does: send into the user's channel (waiting if it is full), then announce."""
     channel = manager.channel_for(user_id)
@@ -51,12 +62,7 @@ async def test_patches_of_many_users_arrive_in_order_through_a_full_channel() ->
                 await send(manager, user, patch)
         await trio.testing.wait_all_tasks_blocked()
         for user, link in links.items():
-            link.session.receive(PEEK)
-            frame = link.session.data_to_send()
-            assert frame is not None
-            client: dict[str, Any] = {}
-            for patch in json.loads(frame)["data"]:
-                merge_patch(client, patch)
+            client = peek_and_apply(link)
             orders = client["trade"][user]["orders"]
             assert orders["o1"] == {"seq": 199}  # the last one won: every patch applied in order
             assert len(orders) == 201
@@ -86,12 +92,7 @@ async def test_a_login_never_gets_a_patch_older_than_its_snapshot() -> None:
         manager.announce(["a"])
         await trio.testing.wait_all_tasks_blocked()
         for link in (early, late):
-            link.session.receive(PEEK)
-            frame = link.session.data_to_send()
-            assert frame is not None
-            client: dict[str, Any] = {}
-            for patch in json.loads(frame)["data"]:
-                merge_patch(client, patch)
+            client = peek_and_apply(link)
             assert client["trade"]["a"]["orders"]["o0"] == {"status": "FINISHED"}
             assert len(client["trade"]["a"]["orders"]) == 3
             link.session.receive(PEEK)

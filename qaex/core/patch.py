@@ -69,6 +69,15 @@ def diff(old: Patch, new: Patch) -> Patch | None:
     return patch or None
 
 
+def copy_tree(tree: Patch) -> Patch:
+    """A copy of every dict in ``tree``; other values are shared (immutable by convention, see above).
+
+    What a session's snapshot needs: the tree keeps changing after the copy, the copy must not. About 5×
+    faster than ``copy.deepcopy``, which dispatches on and memoizes every value.
+    """
+    return {key: copy_tree(value) if type(value) is dict else value for key, value in tree.items()}
+
+
 def tree_size(tree: Patch) -> int:
     """Number of keys in ``tree`` at every depth: the unit of :attr:`PendingPatches.size`."""
     size = len(tree)

@@ -18,13 +18,13 @@ connection, a DiffSession plus the event its writer task waits on.
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import trio
 
+from qaex.core.patch import copy_tree
 from qaex.protocol.session import DiffSession
 
 log = logging.getLogger("qaex.snapshot")
@@ -183,7 +183,7 @@ class SnapshotManager:
         self.flush(user_id)
         link.session.logged_in(user_id)
         self.sessions.setdefault(user_id, set()).add(link)
-        link.session.push({"trade": {user_id: copy.deepcopy(self.tree(user_id))}})
+        link.session.push({"trade": {user_id: copy_tree(self.tree(user_id))}})
         link.wake()
         log.info("session %s logged in as %s", link.session.session_id, user_id)
 
@@ -194,7 +194,7 @@ class SnapshotManager:
         its full view, a patch the view already holds.
         """
         self.flush(user_id)
-        return {"trade": {user_id: copy.deepcopy(self.tree(user_id))}}
+        return {"trade": {user_id: copy_tree(self.tree(user_id))}}
 
     def flush(self, user_id: str) -> None:
         """Deliver the patches waiting in the user's channel to the user's sessions now."""
