@@ -40,7 +40,8 @@ async def simulated(seed: int = 7) -> AsyncIterator[Exchange]:
             await exchange.router.execute(
                 OpenAccount(ts=0, user_id=user_id, password_hash="-", init_cash=1e8)
             )
-        await nursery.start(LiquiditySimulator(exchange, seed=seed).run)
+        exchange.simulator = LiquiditySimulator(exchange, seed=seed)
+        await nursery.start(exchange.simulator.run)
         yield exchange
         nursery.cancel_scope.cancel()
 
@@ -91,6 +92,22 @@ async def test_a_lone_user_can_buy_and_sell_every_builtin_contract_at_once(
             bought = await exchange.insert_order(market_order(symbol, "BUY", f"b{number}"))
             sold = await exchange.insert_order(market_order(symbol, "SELL", f"s{number}"))
             assert bought["volume_left"] == 0 and sold["volume_left"] == 0, (symbol, bought, sold)
+
+
+async def test_a_contract_listed_while_running_gets_a_ladder(autojump_clock: trio.abc.Clock) -> None:
+    async with simulated() as exchange:
+        spec = {
+            "exchange_id": "SHFE", "instrument_id": "zn2601", "product_id": "zn", "instrument_name": "沪锌2601",
+            "price_tick": 5.0, "volume_multiple": 5, "margin_ratio_long": 0.1, "margin_ratio_short": 0.1,
+            "pre_settlement": 22000.0,
+        }  # fmt: skip
+        await exchange.upsert_instrument(spec)
+        await trio.sleep(5)  # a few steps of the new ladder
+        bought = await exchange.insert_order(market_order("SHFE.zn2601", "BUY", "zn-b"))
+        sold = await exchange.insert_order(market_order("SHFE.zn2601", "SELL", "zn-s"))
+        assert bought["volume_left"] == 0 and sold["volume_left"] == 0
+        await exchange.upsert_instrument({**spec, "limit_ratio": 0.1})  # an update: still one ladder
+        assert len(exchange.simulator.ladders) == len(exchange.engine.instruments)
 
 
 async def test_charts_move_with_no_user_and_quotes_stay_within_limits(autojump_clock: trio.abc.Clock) -> None:

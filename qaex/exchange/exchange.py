@@ -247,6 +247,8 @@ class Exchange:
 
     async def upsert_instrument(self, spec: dict[str, Any]) -> Instrument:
         result: Instrument = await self.router.execute(lambda ts: commands.UpsertInstrument(ts=ts, spec=spec))
+        if self.simulator is not None:
+            self.simulator.instrument_added(result.symbol)  # a new contract gets liquidity at once
         return result
 
     async def set_suspended(self, symbol: str, suspended: bool) -> Instrument:

@@ -148,6 +148,7 @@ class LiquiditySimulator:
         self.symbols = symbols
         self.day_order_budget = day_order_budget
         self.ladders: dict[str, Ladder] = {}
+        self._nursery: trio.Nursery | None = None  # the ladders' loops, while running
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Open (or reuse) the two accounts, put up every ladder, then keep them moving."""
@@ -163,9 +164,27 @@ class LiquiditySimulator:
             await self._reconcile(ladder)
         log.info("liquidity simulator ready: %d instruments, seed %s", len(symbols), self.seed)
         task_status.started()
-        async with trio.open_nursery() as nursery:
-            for ladder in self.ladders.values():
-                nursery.start_soon(self._loop, ladder, name=f"simulator:{ladder.instrument.symbol}")
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                for ladder in self.ladders.values():
+                    nursery.start_soon(self._loop, ladder, name=f"simulator:{ladder.instrument.symbol}")
+        finally:
+            self._nursery = None
+
+    def instrument_added(self, symbol: str) -> None:
+        """A contract listed while running (``POST /api/admin/instruments``) gets its ladder too.
+
+        Only when the simulator covers every contract (no ``symbols`` list) and is running; the new
+        loop puts the ladder up at its first step, like every other one.
+        """
+        if self._nursery is None or self.symbols is not None or symbol in self.ladders:
+            return
+        if symbol not in self.exchange.engine.instruments:
+            return
+        ladder = self.ladders[symbol] = self._ladder(symbol)
+        self._nursery.start_soon(self._loop, ladder, name=f"simulator:{symbol}")
+        log.info("liquidity simulator: ladder for %s", symbol)
 
     def _ladder(self, symbol: str) -> Ladder:
         engine = self.exchange.engine
