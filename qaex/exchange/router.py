@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import msgspec
@@ -37,7 +37,8 @@ class Request:
     """One command waiting for the router, and its outcome."""
 
     command: AnyCommand | Callable[[int], AnyCommand]
-    done: trio.Event = field(default_factory=trio.Event)
+    # Set when the command is done, for a caller that waits (execute); a pipelined caller has none.
+    done: trio.Event | None = None
     result: Any = None
     error: QaexError | None = None
     # Called (synchronously, in the router task) once the command is durable and dispatched, for
@@ -84,9 +85,10 @@ class OrderRouter:
         Raises the QaexError the engine refused it with. Returns only once the command is durable
         and its patches have been handed to the gateway.
         """
-        request = Request(command)
+        done = trio.Event()
+        request = Request(command, done)
         await self._send.send(request)
-        await request.done.wait()
+        await done.wait()
         if request.error is not None:
             raise request.error
         return request.result
@@ -139,7 +141,8 @@ class OrderRouter:
                 if batch:
                     await self._batches.send(batch)
                 for request in requests:
-                    request.done.set()
+                    if request.done is not None:
+                        request.done.set()
                     if request.on_done is not None:
                         try:
                             request.on_done(request)
