@@ -123,8 +123,12 @@ class TradeGateway:
                     else:
                         # Rendered records are flat, and may be partial (a mark sends only the marked
                         # fields): one pass over what was rendered, then the shadow takes the changes.
+                        # (A plain loop: a comprehension is a function call of its own before 3.12.)
                         get = before.get
-                        delta = {name: value for name, value in rendered.items() if get(name) != value}
+                        delta = {}
+                        for name, value in rendered.items():
+                            if get(name) != value:
+                                delta[name] = value
                         if delta:
                             changes[key] = delta
                             before.update(delta)
