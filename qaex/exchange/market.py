@@ -58,6 +58,10 @@ KEPT_DURATIONS_NS = (MINUTE_NS, NS_PER_DAY)
 
 WAKE_STEP = 4
 """Writers a publish wakes between two checkpoints (see MarketData.publish_in_steps)."""
+SPREAD = 0.4
+"""A publish wakes its subscribers over at most this fraction of the publish interval."""
+MIN_PAUSE = 0.0002
+"""Shorter pauses are not worth a timer: a checkpoint instead."""
 
 NOTIFY_BAD_INSTRUMENT = 409
 NOTIFY_BAD_CHART = 490
@@ -84,6 +88,7 @@ class MarketData:
         """
         self.engine = engine
         self.publish_interval = publish_interval
+        self._rotation = 0
         self._last_publish = -math.inf
         self._clock = clock
         self.history = history
@@ -125,8 +130,13 @@ class MarketData:
                             self.apply(self._receive.receive_nowait())
                         except trio.WouldBlock:
                             break
+                    started = trio.current_time()
                     await self.publish_in_steps()
-                    self._last_publish = trio.current_time()
+                    # The interval runs from start to start while the wake-ups fit in SPREAD of it;
+                    # when they take longer (thousands of subscribers) it keeps a gap of the rest
+                    # after them, so that quote frames never crowd out the trading path.
+                    ended = trio.current_time()
+                    self._last_publish = max(started, ended - SPREAD * self.publish_interval)
 
     async def _bar_timer(self) -> None:
         """Open bars on time: sleep to the next boundary of the shortest sub-day series, then advance.
@@ -238,18 +248,32 @@ class MarketData:
             link.wake()
 
     async def publish_in_steps(self) -> None:
-        """:meth:`publish`, waking the sessions' writers :data:`WAKE_STEP` at a time.
+        """:meth:`publish`, waking the writers with :meth:`wake_in_steps`."""
+        await self.wake_in_steps(self._push_changes())
 
-        A publish may wake a thousand writers at once, and each then encodes and sends a frame. Woken
-        all together they form one long scheduler batch, and an order's acknowledgement that becomes
-        ready meanwhile waits behind the whole burst (it was the P99 of order latency at low load).
-        Waking them in steps, with a checkpoint between, lets the trading path run between steps.
+    async def wake_in_steps(self, links: list[SessionLink]) -> None:
+        """Wake these sessions' writers :data:`WAKE_STEP` at a time, spread over part of the interval.
+
+        A publish may wake a thousand writers, and each then encodes and sends a frame. Woken all
+        together they form one long scheduler batch, and an order's acknowledgement that becomes
+        ready meanwhile waits behind the whole burst (that was the P99 of order latency). Woken a few
+        at a time, with a pause between, spread over at most :data:`SPREAD` of the publish interval,
+        the trading path runs in between. Each publish starts at another place in the list, so that
+        no session is always the last to hear.
         """
-        woken = self._push_changes()
-        for start in range(0, len(woken), WAKE_STEP):
-            for link in woken[start : start + WAKE_STEP]:
+        if not links:
+            return
+        self._rotation = (self._rotation + int(len(links) * 0.618) + 1) % len(links)
+        links = links[self._rotation :] + links[: self._rotation]
+        steps = -(-len(links) // WAKE_STEP)
+        pause = SPREAD * self.publish_interval / steps
+        for start in range(0, len(links), WAKE_STEP):
+            for link in links[start : start + WAKE_STEP]:
                 link.wake()
-            await trio.lowlevel.checkpoint()
+            if pause >= MIN_PAUSE:
+                await trio.sleep(pause)
+            else:
+                await trio.lowlevel.checkpoint()
 
     def _push_changes(self) -> list[SessionLink]:
         """Push the changes since the last publish into the sessions; returns the sessions to wake."""
