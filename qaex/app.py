@@ -73,8 +73,9 @@ def build_exchange(config: Config, data_dir: DataDir) -> Exchange:
     exchange.router.resume_after(recovered.last_ts)
     exchange.seed_from_engine()
     if config.market_maker:
+        symbols = [s.strip() for s in config.market_maker_symbols.split(",") if s.strip()]
         exchange.simulator = LiquiditySimulator(
-            exchange, seed=config.seed, interval=config.market_maker_interval
+            exchange, seed=config.seed, interval=config.market_maker_interval, symbols=symbols or None
         )
     return exchange
 

@@ -47,6 +47,7 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
     init_cash: float = 1_000_000.0
     seed: int | None = None  # market maker seed; None = random
     market_maker_interval: float = 1.25  # mean seconds between two market-maker steps per instrument
+    market_maker_symbols: str = ""  # comma-separated contracts the market maker quotes; "" = every one
     mark_interval: float = 0.5  # seconds between two mark-to-market passes over all holders
     settlement_time: str = "15:30"  # daily settlement, China time, weekdays; "" turns it off
     quote_interval: float = 0.5  # shortest time between two market-data publishes (CTP-like snapshots)

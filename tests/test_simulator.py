@@ -29,7 +29,7 @@ def wall_clock() -> int:
 
 
 @asynccontextmanager
-async def simulated(seed: int = 7) -> AsyncIterator[Exchange]:
+async def simulated(seed: int = 7, symbols: list[str] | None = None) -> AsyncIterator[Exchange]:
     """An exchange with market data and a running simulator (its accounts opened without a password hash
     in a thread, which would let trio's mock clock jump while it runs)."""
     engine = Engine()
@@ -40,7 +40,7 @@ async def simulated(seed: int = 7) -> AsyncIterator[Exchange]:
             await exchange.router.execute(
                 OpenAccount(ts=0, user_id=user_id, password_hash="-", init_cash=1e8)
             )
-        exchange.simulator = LiquiditySimulator(exchange, seed=seed)
+        exchange.simulator = LiquiditySimulator(exchange, seed=seed, symbols=symbols)
         await nursery.start(exchange.simulator.run)
         yield exchange
         nursery.cancel_scope.cancel()
@@ -108,6 +108,25 @@ async def test_a_contract_listed_while_running_gets_a_ladder(autojump_clock: tri
         assert bought["volume_left"] == 0 and sold["volume_left"] == 0
         await exchange.upsert_instrument({**spec, "limit_ratio": 0.1})  # an update: still one ladder
         assert len(exchange.simulator.ladders) == len(exchange.engine.instruments)
+
+
+async def test_a_symbols_list_limits_the_ladders_also_for_contracts_listed_later(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    zinc = {
+        "exchange_id": "SHFE", "instrument_id": "zn2601", "product_id": "zn", "instrument_name": "沪锌2601",
+        "price_tick": 5.0, "volume_multiple": 5, "margin_ratio_long": 0.1, "margin_ratio_short": 0.1,
+        "pre_settlement": 22000.0,
+    }  # fmt: skip
+    lead = {**zinc, "instrument_id": "pb2601", "product_id": "pb", "instrument_name": "沪铅2601"}
+    async with simulated(symbols=["SHFE.rb2601", "SHFE.zn2601"]) as exchange:
+        assert set(exchange.simulator.ladders) == {"SHFE.rb2601"}  # zn2601 does not exist yet
+        await exchange.upsert_instrument(zinc)
+        await exchange.upsert_instrument(lead)
+        await trio.sleep(5)
+        assert set(exchange.simulator.ladders) == {"SHFE.rb2601", "SHFE.zn2601"}
+        assert exchange.engine.books["SHFE.pb2601"].best_bid() is None  # left to the users
+        assert exchange.engine.books["SHFE.zn2601"].best_bid() is not None
 
 
 async def test_charts_move_with_no_user_and_quotes_stay_within_limits(autojump_clock: trio.abc.Clock) -> None:

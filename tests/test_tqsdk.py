@@ -22,8 +22,11 @@ import httpx
 import pytest
 from conftest import Server, User, launch, open_user, wait_ready
 
+from qaex.core.instruments import InstrumentRegistry
+
 DRIVER = Path(__file__).with_name("tqsdk_driver.py")
 QUIET = "SHFE.zn2601"
+BUILTIN = list(InstrumentRegistry())
 """A contract the test creates after the start, so the liquidity simulator leaves it alone."""
 ROUND_THE_CLOCK = {"day": [["00:00:00", "18:00:00"]], "night": [["18:00:00", "90:00:00"]]}
 """Every minute of the week is inside these hours for TqSdk's `_is_in_trading_time` (TargetPosTask):
@@ -93,7 +96,9 @@ def parse(stdout: str, stderr: str = "") -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
     server = launch(
-        tmp_path_factory.mktemp("qaex-tqsdk"), extra_env={"QAEX_MARKET_MAKER": "1", "QAEX_SEED": "1"}
+        tmp_path_factory.mktemp("qaex-tqsdk"),
+        # The built-in contracts get the market maker; QUIET, listed below, is left to the two accounts.
+        extra_env={"QAEX_MARKET_MAKER": "1", "QAEX_SEED": "1", "QAEX_MARKET_MAKER_SYMBOLS": ",".join(BUILTIN)},
     )
     bad_login: subprocess.Popen[str] | None = None
     try:

@@ -157,7 +157,12 @@ class LiquiditySimulator:
             self.exchange.gateway.silent_users.add(user_id)
             if user_id not in engine.users:  # after a restart the journal already holds them
                 await self.exchange.open_account(user_id, secrets.token_urlsafe(24), ACCOUNT_CASH)
-        symbols = self.symbols if self.symbols is not None else list(engine.instruments)
+        # A listed contract that does not exist yet gets its ladder when it is listed (instrument_added).
+        symbols = (
+            [s for s in self.symbols if s in engine.instruments]
+            if self.symbols is not None
+            else list(engine.instruments)
+        )
         self.ladders = {symbol: self._ladder(symbol) for symbol in symbols}
         self._adopt_todays_orders()
         for ladder in self.ladders.values():
@@ -175,10 +180,12 @@ class LiquiditySimulator:
     def instrument_added(self, symbol: str) -> None:
         """A contract listed while running (``POST /api/admin/instruments``) gets its ladder too.
 
-        Only when the simulator covers every contract (no ``symbols`` list) and is running; the new
-        loop puts the ladder up at its first step, like every other one.
+        Only for a contract the simulator covers (every one, or those of its ``symbols`` list), and
+        while it runs; the new loop puts the ladder up at its first step, like every other one.
         """
-        if self._nursery is None or self.symbols is not None or symbol in self.ladders:
+        if self._nursery is None or symbol in self.ladders:
+            return
+        if self.symbols is not None and symbol not in self.symbols:
             return
         if symbol not in self.exchange.engine.instruments:
             return
