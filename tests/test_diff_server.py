@@ -306,3 +306,19 @@ def test_the_integration_example_runs_against_the_server(server: Server) -> None
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "alice: traded BUY 2 @ 3100.0" in done.stdout and "bob: traded SELL 2 @ 3100.0" in done.stdout
+
+
+async def test_ins_query_is_answered_under_symbols_and_a_bad_one_with_an_error(server: Server) -> None:
+    query = 'query {\n  multi_symbol_info(class: [FUTURE], exchange_id: ["DCE"]) {\n    instrument_id\n  }\n}'
+    async with DiffClient.connect(server.diff_url) as client:  # before any login, as TqSdk may send it
+        await client.send({"aid": "ins_query", "query_id": "q1", "query": query, "variables": {}})
+        answer = await client.wait_for(lambda c: c.tree.get("symbols", {}).get("q1"))
+        assert answer["query"] == query
+        assert [e["instrument_id"] for e in answer["result"]["multi_symbol_info"]] == ["DCE.m2601", "DCE.i2601"]
+        await client.send({"aid": "ins_query", "query_id": "q2", "query": "query { options { x } }"})
+        await client.wait_for(lambda c: "q2" in c.tree.get("symbols", {}))
+        assert client.tree["symbols"]["q2"]["result"] == {}  # answered, so the client does not hang
+        note = await client.wait_for(lambda c: error_notify(c, 0))
+        assert "multi_symbol_info" in note["content"]
+        await client.send({"aid": "ins_query", "query_id": "q1", "query": ""})  # TqSdk's way to drop one
+        await client.wait_for(lambda c: "q1" not in c.tree.get("symbols", {}))

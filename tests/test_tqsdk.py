@@ -139,6 +139,12 @@ def trading(main: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- market data ----------------------------------------------------------------------------------
+def test_query_quotes_lists_the_exchanges_contracts(main: dict[str, Any]) -> None:
+    found = main["query_quotes"]
+    assert found["shfe_futures"] == [s for s in BUILTIN if s.startswith("SHFE.")] + [QUIET]
+    assert found["cu_not_expired"] == ["SHFE.cu2601"]
+
+
 def test_get_quote_has_live_prices_and_the_contract_fields(main: dict[str, Any]) -> None:
     quote = main["quote"]
     assert quote["instrument_id"] == "SHFE.cu2601" and quote["exchange_id"] == "SHFE"

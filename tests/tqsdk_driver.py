@@ -214,6 +214,11 @@ def scenario_market(api: TqApi, a: TqAccount, http: str, out: dict[str, Any]) ->
     # published every QAEX_QUOTE_INTERVAL, so wait for a last price rather than read it at once.
     wait_until(api, lambda: not math.isnan(quote.last_price), 30, f"a last price on {MD_SYMBOL}")
     out["http_quote"] = httpx.get(f"{http}/api/market/quote/{MD_SYMBOL}").json()  # the same moment
+    # The contract service (DIFF ins_query), as TqSdk's own query functions use it.
+    out["query_quotes"] = {
+        "shfe_futures": list(api.query_quotes(ins_class="FUTURE", exchange_id="SHFE")),
+        "cu_not_expired": list(api.query_quotes(product_id="cu", expired=False)),
+    }
     out["quote"] = {
         key: num(quote[key])
         for key in (

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
+from qaex.core import ins_query
 from qaex.core.errors import QaexError
 from qaex.exchange.router import Request
 from qaex.exchange.snapshot import SessionLink
@@ -171,10 +172,26 @@ class DiffServer:
             elif isinstance(event, (messages.SubscribeQuote, messages.SetChart)):
                 if exchange.market is not None:
                     exchange.market.subscription_changed(link)
-            # confirm_settlement and ins_query need nothing from the exchange.
+            elif isinstance(event, messages.InsQuery):
+                self._ins_query(link, event)
+            # confirm_settlement needs nothing from the exchange.
         except QaexError as exc:
             session.notify(exc.diff_code or 400, "ERROR", exc.message)
         link.wake()
+
+    def _ins_query(self, link: SessionLink, event: messages.InsQuery) -> None:
+        """Answer under ``symbols/{query_id}`` (qaex.core.ins_query); an empty query drops the answer."""
+        if not event.query:
+            link.session.push({"symbols": {event.query_id: None}})
+            return
+        try:
+            result = ins_query.answer(event.query, self.exchange.engine.instruments.values())
+        except ins_query.UnsupportedQuery as exc:
+            # Still answered (empty), so that the client does not wait for its timeout.
+            link.session.notify(messages.NOTIFY_BAD_MESSAGE, "ERROR", str(exc))
+            result = {}
+        answer = {"query": event.query, "variables": event.variables or {}, "result": result}
+        link.session.push({"symbols": {event.query_id: answer}})
 
     async def _login(self, link: SessionLink, event: messages.ReqLogin) -> None:
         session = link.session
