@@ -335,9 +335,7 @@ class Engine:
             freeze_price = (
                 instrument.from_ticks(price_ticks) if price_type == "LIMIT" else instrument.upper_limit
             )
-            # available depends on the current prices (_mark_account, in line)
-            if account.mark_all(self.mark_price, self._instrument_of, self._marked_positions):
-                self._marked_accounts[user_id] = account
+            self._mark_account(account)  # available depends on the current prices
             account.freeze(order, instrument, freeze_price)
         except RiskError as exc:
             self._reject(order, exc)
@@ -392,27 +390,25 @@ class Engine:
         ioc = order.time_condition == "IOC"
         if order.volume_condition == "ALL" and not ioc:
             raise risk(errors.BAD_ORDER, "下单失败, 全部成交条件 (ALL) 只能与 IOC 一起使用")
-        # Instrument.to_ticks and the *_limit_ticks properties inlined (the same expressions).
-        tick = instrument.price_tick
         if market:
             # Market orders take what the book offers within the daily limits and never rest.
             if not ioc:
                 raise risk(errors.BAD_ORDER, "下单失败, 市价单必须是 IOC")
-            limit = instrument.upper_limit if order.direction == "BUY" else instrument.lower_limit
-            price_ticks: int = round(limit / tick)
+            buy = order.direction == "BUY"
+            price_ticks = instrument.upper_limit_ticks if buy else instrument.lower_limit_ticks
         else:
-            price = order.limit_price
-            price_ticks = round(price / tick)
-            if abs(price_ticks * tick - price) > 1e-6 * tick:
+            ticks = instrument.to_ticks(order.limit_price)
+            if ticks is None:
                 raise risk(
                     errors.PRICE_OFF_TICK,
                     f"下单失败, 委托价格 {order.limit_price} 不是最小变动价位 "
                     f"{instrument.price_tick} 的整数倍",
                 )
-            if price_ticks > round(instrument.upper_limit / tick):
+            if ticks > instrument.upper_limit_ticks:
                 raise risk(errors.PRICE_ABOVE_LIMIT, f"下单失败, 委托价格高于涨停板 {instrument.upper_limit}")
-            if price_ticks < round(instrument.lower_limit / tick):
+            if ticks < instrument.lower_limit_ticks:
                 raise risk(errors.PRICE_BELOW_LIMIT, f"下单失败, 委托价格低于跌停板 {instrument.lower_limit}")
+            price_ticks = ticks
         if self.max_orders_per_second:
             window = ts // 1_000_000_000
             if window != record.order_window:
@@ -646,60 +642,31 @@ class Engine:
     def flush(self) -> Batch:
         """Render everything touched (participants marked to market first) and start a new batch.
 
-        Rendered objects go to ``users[user_id][kind][key]``; the loops below do the lookups of
-        `_render_into` in line, since a batch renders a few objects per command.
+        Rendered objects go to ``users[user_id][kind][key]`` (see `_render_into`).
         """
         touched_accounts = self._touched_accounts
         touched_positions = self._touched_positions
-        mark_price, instrument_of = self.mark_price, self._instrument_of
-        marked_positions, marked_accounts = self._marked_positions, self._marked_accounts
-        for user_id, account in touched_accounts.items():  # _mark_account, in line
-            if account.mark_all(mark_price, instrument_of, marked_positions):
-                marked_accounts[user_id] = account
-        batch = self._batch
-        users = batch.users
+        for account in touched_accounts.values():
+            self._mark_account(account)
+        render = self._render_into
         for order in self._touched_orders.values():
-            user = users.get(order.user_id)
-            if user is None:
-                user = users[order.user_id] = {}
-            objects = user.get("orders")
-            if objects is None:
-                objects = user["orders"] = {}
-            objects[order.order_id] = order.to_diff()
+            render(order.user_id, "orders", order.order_id, order.to_diff())
         for (user_id, symbol), position in touched_positions.items():
-            user = users.get(user_id)
-            if user is None:
-                user = users[user_id] = {}
-            objects = user.get("positions")
-            if objects is None:
-                objects = user["positions"] = {}
-            objects[symbol] = position.to_diff()
+            render(user_id, "positions", symbol, position.to_diff())
         for user_id, account in touched_accounts.items():
-            user = users.get(user_id)
-            if user is None:
-                user = users[user_id] = {}
-            user["accounts"] = {"CNY": account.to_diff()}  # "CNY" is the only key of "accounts"
-        for key, position in marked_positions.items():
+            render(user_id, "accounts", "CNY", account.to_diff())  # "CNY" is the only key of "accounts"
+        for key, position in self._marked_positions.items():
             if key not in touched_positions:
-                user_id, symbol = key
-                user = users.get(user_id)
-                if user is None:
-                    user = users[user_id] = {}
-                objects = user.get("positions")
-                if objects is None:
-                    objects = user["positions"] = {}
-                objects[symbol] = position.mark_view()
-        for user_id, account in marked_accounts.items():
+                render(key[0], "positions", key[1], position.mark_view())
+        for user_id, account in self._marked_accounts.items():
             if user_id not in touched_accounts:
-                user = users.get(user_id)
-                if user is None:
-                    user = users[user_id] = {}
-                user["accounts"] = {"CNY": account.mark_view()}
+                render(user_id, "accounts", "CNY", account.mark_view())
         self._marked_positions = {}
         self._marked_accounts = {}
         self._touched_orders = {}
         self._touched_positions = {}
         self._touched_accounts = {}
+        batch = self._batch
         batch.trading_day = self.trading_day
         batch.last_seq = self.seq
         self._batch = Batch()
