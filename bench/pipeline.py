@@ -104,15 +104,6 @@ def to_request(step: Step) -> InsertOrder:
     )
 
 
-FREEZE_SETUP = True  # main() turns it off for --gc-threshold 0
-
-
-def freeze_setup() -> None:
-    """What the server does once its state is loaded (qaex.gc_policy), unless --gc-threshold 0."""
-    if FREEZE_SETUP:
-        gc_policy.freeze_loaded_state()
-
-
 class _NullEngine:
     """An engine that does nothing: what the router and trio cost per command on their own."""
 
@@ -154,14 +145,15 @@ async def router_floor(commands: int, submitters: int, mode: str) -> float:
     return commands / seconds
 
 
-def bare_engine(users: int, steps: list[Step], batch: int) -> float:
+def bare_engine(users: int, steps: list[Step], batch: int, freeze: bool = True) -> float:
     """Baseline: the same stream through Engine.apply + flush only (no trio, no patches). Orders/s."""
     engine = Engine()
     for i in range(users):
         engine.apply(OpenAccount(ts=i + 1, user_id=f"u{i}", password_hash="x", init_cash=1e12))
     engine.flush()
     ts = 10**18
-    freeze_setup()
+    if freeze:  # what the server does once its state is loaded (qaex.gc_policy)
+        gc_policy.freeze_loaded_state()
     start = time.perf_counter()
     for index, step in enumerate(steps):
         ts += 1000
@@ -191,7 +183,12 @@ class PipelineResult:
 
 
 async def pipeline(
-    users: int, steps: list[Step], submitters: int, mark_interval: float = 0.5, mode: str = "await"
+    users: int,
+    steps: list[Step],
+    submitters: int,
+    mark_interval: float = 0.5,
+    mode: str = "await",
+    freeze: bool = True,
 ) -> PipelineResult:
     engine = Engine()
     exchange = Exchange(engine, mark_interval=mark_interval)
@@ -258,7 +255,8 @@ async def pipeline(
                     else:
                         await exchange.submit_cancel_order(step.user, step.order_id, done)
 
-            freeze_setup()
+            if freeze:  # as bare_engine does
+                gc_policy.freeze_loaded_state()
             start = time.perf_counter()
             async with trio.open_nursery() as load:
                 for _ in range(submitters):
@@ -302,8 +300,7 @@ def main() -> None:
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     args = parser.parse_args()
     gc_policy.tune(args.gc_threshold)
-    global FREEZE_SETUP
-    FREEZE_SETUP = args.gc_threshold != 0
+    freeze = args.gc_threshold != 0  # 0: CPython's GC as it comes, no freeze either
 
     steps = workload(args.users, args.orders, args.seed, Engine())
     modes = ["await", "pipelined"] if args.mode == "both" else [args.mode]
@@ -312,11 +309,11 @@ def main() -> None:
     baselines: list[float] = []
     for attempt in range(args.repeat):
         # Interleaved, so that a machine that slows down mid-run slows every column alike.
-        baselines.append(bare_engine(args.users, steps, 64))
+        baselines.append(bare_engine(args.users, steps, 64, freeze))
         line = [f"run {attempt + 1}/{args.repeat}: bare engine {baselines[-1]:,.0f} orders/s"]
         for mode in modes:
             runs[mode].append(
-                trio.run(pipeline, args.users, steps, args.submitters, args.mark_interval, mode)
+                trio.run(pipeline, args.users, steps, args.submitters, args.mark_interval, mode, freeze)
             )
             floors[mode].append(trio.run(router_floor, len(steps), args.submitters, mode))
             line.append(

@@ -30,7 +30,14 @@ _CALL = re.compile(r"\bmulti_symbol_info\b\s*(?:\((?P<args>[^)]*)\))?\s*\{", re.
 _ARGUMENT = re.compile(r'(?P<name>\w+)\s*:\s*(?P<value>\[[^\]]*\]|"(?:[^"\\]|\\.)*"|true|false|-?\d+)')
 _LIST_ITEM = re.compile(r'"((?:[^"\\]|\\.)*)"|(\w+)')
 _FILTERS = {
-    "class", "class_", "exchange_id", "product_id", "instrument_id", "expired", "has_night", "timestamp"
+    "class",
+    "class_",
+    "exchange_id",
+    "product_id",
+    "instrument_id",
+    "expired",
+    "has_night",
+    "timestamp",
 }
 
 
@@ -72,11 +79,11 @@ def answer(query: str, instruments: Iterable[Instrument]) -> dict[str, Any]:
     symbols = _as_list(arguments.get("instrument_id"))
     expired = arguments.get("expired")
     has_night = arguments.get("has_night")
-    found = []
+    found: list[dict[str, Any]] = []
+    if classes is not None and "FUTURE" not in classes:
+        return {"multi_symbol_info": found}  # every listed contract is a future
     for instrument in instruments:
         symbol = f"{instrument.exchange_id}.{instrument.instrument_id}"
-        if classes is not None and "FUTURE" not in classes:
-            continue
         if exchanges is not None and instrument.exchange_id not in exchanges:
             continue
         if products is not None and instrument.product_id not in products:

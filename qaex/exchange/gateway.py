@@ -122,7 +122,7 @@ class TradeGateway:
                         changes[key] = None
                     else:
                         # Rendered records are flat, and may be partial (a mark sends only the marked
-                        # fields): one pass over what was rendered, then the shadow takes the changes.
+                        # fields): one pass over what was rendered, then the tree takes the changes.
                         # (A plain loop: a comprehension is a function call of its own before 3.12.)
                         get = before.get
                         delta = {}
@@ -149,7 +149,7 @@ class TradeGateway:
                     log.debug("user %s: patch of %s", user_id, ", ".join(sorted(tree)))
         self.records_sent += records
         for user_id, notes in batch.notifies.items():
-            if user_id in self.silent_users:
+            if user_id in silent:
                 continue
             patch = patches.get(user_id)
             if patch is None:

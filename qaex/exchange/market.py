@@ -57,7 +57,7 @@ KEPT_DURATIONS_NS = (MINUTE_NS, NS_PER_DAY)
 """Series kept for every instrument from the start, so that a chart finds history at once."""
 
 WAKE_STEP = 4
-"""Writers a publish wakes between two checkpoints (see MarketData.publish_in_steps)."""
+"""Writers a publish wakes between two pauses (see MarketData.wake_in_steps)."""
 SPREAD = 0.4
 """A publish wakes its subscribers over at most this fraction of the publish interval."""
 MIN_PAUSE = 0.0002

@@ -157,12 +157,8 @@ class LiquiditySimulator:
             self.exchange.gateway.silent_users.add(user_id)
             if user_id not in engine.users:  # after a restart the journal already holds them
                 await self.exchange.open_account(user_id, secrets.token_urlsafe(24), ACCOUNT_CASH)
-        # A listed contract that does not exist yet gets its ladder when it is listed (instrument_added).
-        symbols = (
-            [s for s in self.symbols if s in engine.instruments]
-            if self.symbols is not None
-            else list(engine.instruments)
-        )
+        # A covered contract that does not exist yet gets its ladder when it is listed (instrument_added).
+        symbols = [symbol for symbol in engine.instruments if self._covers(symbol)]
         self.ladders = {symbol: self._ladder(symbol) for symbol in symbols}
         self._adopt_todays_orders()
         for ladder in self.ladders.values():
@@ -183,15 +179,16 @@ class LiquiditySimulator:
         Only for a contract the simulator covers (every one, or those of its ``symbols`` list), and
         while it runs; the new loop puts the ladder up at its first step, like every other one.
         """
-        if self._nursery is None or symbol in self.ladders:
-            return
-        if self.symbols is not None and symbol not in self.symbols:
+        if self._nursery is None or symbol in self.ladders or not self._covers(symbol):
             return
         if symbol not in self.exchange.engine.instruments:
             return
         ladder = self.ladders[symbol] = self._ladder(symbol)
         self._nursery.start_soon(self._loop, ladder, name=f"simulator:{symbol}")
         log.info("liquidity simulator: ladder for %s", symbol)
+
+    def _covers(self, symbol: str) -> bool:
+        return self.symbols is None or symbol in self.symbols
 
     def _ladder(self, symbol: str) -> Ladder:
         engine = self.exchange.engine

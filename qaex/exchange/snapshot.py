@@ -107,7 +107,7 @@ class SnapshotManager:
                 self._wakeup = trio.Event()
                 ready, self._ready = self._ready, {}
                 for user_id in ready:
-                    self._drain(user_id)
+                    self.flush(user_id)
                 # Give the gateway (and everyone else) a turn between two rounds.
                 await trio.lowlevel.checkpoint()
         finally:
@@ -116,15 +116,6 @@ class SnapshotManager:
                 channel.close()
             for receive in self._receivers.values():
                 receive.close()
-
-    def _drain(self, user_id: str) -> None:
-        receive = self._receivers[user_id]
-        while True:
-            try:
-                patch = receive.receive_nowait()
-            except trio.WouldBlock:
-                return
-            self.apply(user_id, patch)
 
     # -- users ------------------------------------------------------------------------------------
     def tree(self, user_id: str) -> dict[str, Any]:
@@ -198,8 +189,15 @@ class SnapshotManager:
 
     def flush(self, user_id: str) -> None:
         """Deliver the patches waiting in the user's channel to the user's sessions now."""
-        if user_id in self._receivers:
-            self._drain(user_id)
+        receive = self._receivers.get(user_id)
+        if receive is None:
+            return
+        while True:
+            try:
+                patch = receive.receive_nowait()
+            except trio.WouldBlock:
+                return
+            self.apply(user_id, patch)
 
     def remove(self, link: SessionLink) -> None:
         """Forget a closed session: its pending buffer goes with it; the user's tree stays."""
