@@ -31,6 +31,7 @@ import platform
 import random
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -172,6 +173,91 @@ def bare_engine(users: int, steps: list[Step], batch: int, freeze: bool = True) 
     return len(steps) / seconds
 
 
+def recorded_batches(users: int, steps: list[Step], batch: int) -> tuple[Batch, list[Batch]]:
+    """What the engine hands the gateway for this stream, `batch` commands per flush (untimed).
+
+    Returns the batch that opens the accounts and then one batch per `batch` commands.
+    """
+    engine = Engine()
+    for i in range(users):
+        engine.apply(OpenAccount(ts=i + 1, user_id=f"u{i}", password_hash="x", init_cash=1e12))
+    opening = engine.flush()
+    ts = 10**18
+    batches: list[Batch] = []
+    for index, step in enumerate(steps):
+        ts += 1000
+        try:
+            if step.kind == "insert":
+                engine.apply(Insert(ts=ts, order=to_request(step)))
+            else:
+                engine.apply(Cancel(ts=ts, user_id=step.user, order_id=step.order_id))
+        except QaexError:
+            pass
+        if index % batch == batch - 1:
+            batches.append(engine.flush())
+    batches.append(engine.flush())
+    return opening, batches
+
+
+async def services_floor(
+    users: int, commands: int, recorded: tuple[Batch, list[Batch]], freeze: bool = True
+) -> float:
+    """Third baseline: orders/s through gateway -> snapshot manager -> sessions with no engine work.
+
+    The engine's batches for the same stream are recorded beforehand (`recorded_batches`) and fed to
+    the gateway's channel as the router would send them, so what is timed is everything after the
+    engine: diffing into patches, fan-out, session buffers, rtn_data encoding, trio's task switches.
+    No engine, however fast, can take the pipeline past this.
+    """
+    opening, batches = recorded
+    exchange = Exchange(Engine())
+    feed = exchange.router._batches  # the router's end of the gateway channel; the router stays idle
+    async with trio.open_nursery() as nursery:
+        await nursery.start(exchange.run)
+        await feed.send(opening)
+        async with trio.open_nursery() as clients:
+            await _attach_sessions(exchange, users, clients, lambda: None)
+            if freeze:  # as the other runs do; the recorded batches are frozen with the rest
+                gc_policy.freeze_loaded_state()
+            start = time.perf_counter()
+            for batch in batches:
+                await feed.send(batch)
+            await trio.testing.wait_all_tasks_blocked()
+            seconds = time.perf_counter() - start
+            clients.cancel_scope.cancel()
+        nursery.cancel_scope.cancel()
+    gc.unfreeze()
+    return commands / seconds
+
+
+async def _attach_sessions(
+    exchange: Exchange, users: int, nursery: trio.Nursery, on_frame: Callable[[], None]
+) -> None:
+    """Log one DIFF session in per user, each run by a task that peeks again after every rtn_data."""
+    await trio.testing.wait_all_tasks_blocked()  # the accounts' patches are in the trees
+    links: list[SessionLink] = []
+    for i in range(users):
+        link = SessionLink(DiffSession(i + 1))
+        exchange.snapshots.add(link)
+        exchange.snapshots.login(link, f"u{i}")
+        link.session.receive(PEEK)
+        links.append(link)
+
+    async def client(link: SessionLink) -> None:
+        # What a session's writer plus a fast client do: send rtn_data, get the next peek.
+        while True:
+            await link.wait()
+            if link.session.resync_needed and link.session.user_id is not None:
+                link.session.reset([exchange.snapshots.full_view(link.session.user_id)])
+            if link.session.data_to_send() is not None:
+                on_frame()
+                link.session.receive(PEEK)
+
+    for link in links:
+        nursery.start_soon(client, link)
+    await trio.testing.wait_all_tasks_blocked()
+
+
 @dataclass
 class PipelineResult:
     orders_per_s: float
@@ -179,6 +265,7 @@ class PipelineResult:
     patches_merged_per_s: float
     records_merged_per_s: float
     rtn_data_per_s: float
+    commands_per_batch: float
     seconds: float
 
 
@@ -200,32 +287,17 @@ async def pipeline(
             await exchange.router.execute(
                 lambda ts, i=i: OpenAccount(ts=ts, user_id=f"u{i}", password_hash="x", init_cash=1e12)
             )
-        links: list[SessionLink] = []
-        for i in range(users):
-            link = SessionLink(DiffSession(i + 1))
-            exchange.snapshots.add(link)
-            exchange.snapshots.login(link, f"u{i}")
-            link.session.receive(PEEK)
-            links.append(link)
 
-        async def client(link: SessionLink) -> None:
-            # What a session's writer plus a fast client do: send rtn_data, get the next peek.
+        def frame() -> None:
             nonlocal frames
-            while True:
-                await link.wait()
-                if link.session.resync_needed and link.session.user_id is not None:
-                    link.session.reset([exchange.snapshots.full_view(link.session.user_id)])
-                if link.session.data_to_send() is not None:
-                    frames += 1
-                    link.session.receive(PEEK)
+            frames += 1
 
         async with trio.open_nursery() as clients:
-            for link in links:
-                clients.start_soon(client, link)
-            await trio.testing.wait_all_tasks_blocked()
+            await _attach_sessions(exchange, users, clients, frame)
             merged_before = exchange.snapshots.patches_merged
             records_before = exchange.gateway.records_sent
             trades_before = engine.trades_made
+            flushes_before = exchange.router.batches_flushed
             frames = 0
             queue = iter(steps)
 
@@ -267,6 +339,7 @@ async def pipeline(
             clients.cancel_scope.cancel()
         merged = exchange.snapshots.patches_merged - merged_before
         records = exchange.gateway.records_sent - records_before
+        flushes = exchange.router.batches_flushed - flushes_before
         nursery.cancel_scope.cancel()
     gc.unfreeze()
     return PipelineResult(
@@ -275,6 +348,7 @@ async def pipeline(
         patches_merged_per_s=merged / seconds,
         records_merged_per_s=records / seconds,
         rtn_data_per_s=frames / seconds,
+        commands_per_batch=len(steps) / max(flushes, 1),
         seconds=seconds,
     )
 
@@ -306,6 +380,7 @@ def main() -> None:
     modes = ["await", "pipelined"] if args.mode == "both" else [args.mode]
     runs: dict[str, list[PipelineResult]] = {mode: [] for mode in modes}
     floors: dict[str, list[float]] = {mode: [] for mode in modes}
+    services: dict[str, list[float]] = {mode: [] for mode in modes}
     baselines: list[float] = []
     for attempt in range(args.repeat):
         # Interleaved, so that a machine that slows down mid-run slows every column alike.
@@ -316,8 +391,13 @@ def main() -> None:
                 trio.run(pipeline, args.users, steps, args.submitters, args.mark_interval, mode, freeze)
             )
             floors[mode].append(trio.run(router_floor, len(steps), args.submitters, mode))
+            # The engine's batches, cut as this mode's router cut them, replayed without the engine.
+            recorded = recorded_batches(args.users, steps, round(runs[mode][-1].commands_per_batch))
+            services[mode].append(trio.run(services_floor, args.users, len(steps), recorded, freeze))
+            del recorded
             line.append(
-                f"{mode} {runs[mode][-1].orders_per_s:,.0f} orders/s (router alone {floors[mode][-1]:,.0f})"
+                f"{mode} {runs[mode][-1].orders_per_s:,.0f} orders/s (router alone {floors[mode][-1]:,.0f},"
+                f" services alone {services[mode][-1]:,.0f})"
             )
         print(", ".join(line))
 
@@ -337,12 +417,15 @@ def main() -> None:
     for mode in modes:
         summary["pipeline"][mode]["vs_bare_engine"] = summary["pipeline"][mode]["orders_per_s"] / bare
         summary["pipeline"][mode]["router_alone_per_s"] = statistics.median(floors[mode])
+        summary["pipeline"][mode]["services_alone_orders_per_s"] = statistics.median(services[mode])
     print()
     print(f"| measure (median of {args.repeat}) | " + " | ".join(modes) + " |")
     print("|---|" + "---|" * len(modes))
-    for field in [*asdict(runs[modes[0]][0]), "vs_bare_engine", "router_alone_per_s"]:
+    extra = ["vs_bare_engine", "router_alone_per_s", "services_alone_orders_per_s"]
+    for field in [*asdict(runs[modes[0]][0]), *extra]:
         values = [summary["pipeline"][mode][field] for mode in modes]
-        fmt = "{:,.2f}" if field == "vs_bare_engine" else "{:,.0f}" if field != "seconds" else "{:,.1f}"
+        fmt = "{:,.1f}" if field in ("seconds", "commands_per_batch") else "{:,.0f}"
+        fmt = "{:,.2f}" if field == "vs_bare_engine" else fmt
         print(f"| {field} | " + " | ".join(fmt.format(v) for v in values) + " |")
     print(f"| bare engine orders/s (baseline, same run, no trio) | {bare:,.0f} |" + " |" * (len(modes) - 1))
     if args.json:
