@@ -605,6 +605,7 @@ def start_profile(pid: int, duration: float, out: Path) -> subprocess.Popen[byte
     if not Path(py_spy).exists():
         say("py-spy not installed: no profile (pip install py-spy)")
         return None
+    out.parent.mkdir(parents=True, exist_ok=True)  # py-spy does not create it
     command = [py_spy, "record", "--pid", str(pid), "--duration", str(max(1, int(duration)))]
     command += ["--format", "raw", "--rate", "200", "--nonblocking", "-o", str(out)]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -8,6 +8,7 @@ the app's nursery, under one supervisor task:
 ```
 app.nursery (quart-trio lifespan)
 └── Server.supervise
+    ├── StallReporter.run (only with QAEX_STALL_MS; qaex.stalls)
     ├── Exchange.run
     └── serve_diff (qaex.api.diff_server)
 ```
@@ -41,6 +42,7 @@ from qaex.exchange.exchange import Exchange
 from qaex.exchange.market import MarketData
 from qaex.exchange.recovery import open_journal
 from qaex.exchange.simulator import LiquiditySimulator
+from qaex.stalls import StallReporter
 
 log = logging.getLogger("qaex.app")
 
@@ -137,6 +139,8 @@ class Server:
         try:
             with self._scope:
                 async with trio.open_nursery() as nursery:
+                    if config.stall_ms > 0:
+                        await nursery.start(StallReporter(config.stall_ms / 1000).run)
                     await nursery.start(exchange.run)
                     serve_diff = _diff_server()
                     if serve_diff is None:

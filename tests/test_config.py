@@ -154,8 +154,11 @@ def test_gc_threshold_is_checked_and_applied() -> None:
         gc_policy.tune(0)  # 0: CPython's default stays
         assert gc.get_threshold() == before
         gc_policy.tune(12_345)
-        assert gc.get_threshold() == (12_345, *before[1:])
+        assert gc.get_threshold() == (12_345, gc_policy.MIDDLE_THRESHOLD, gc_policy.OLD_THRESHOLD)
         with pytest.raises(ValueError):
             gc_policy.tune(-5)
+        with pytest.raises(ConfigError, match="QAEX_STALL_MS"):
+            Config.load({"QAEX_STALL_MS": "-1"})
+        assert Config.load({"QAEX_STALL_MS": "2.5"}).stall_ms == 2.5
     finally:
         gc.set_threshold(*before)

@@ -122,13 +122,16 @@ class MarketData:
             async with self._receive:
                 async for batch in self._receive:
                     self.apply(batch)
-                    wait = self._last_publish + self.publish_interval - trio.current_time()
-                    if wait > 0:
-                        await trio.sleep(wait)
-                    while True:  # coalesce: one publish for every batch already waiting
+                    # Until the next publish is due, fold each batch in as it comes: one short step
+                    # per batch, rather than half a second of them in one step before the publish
+                    # (which held up everything else on the loop for several milliseconds).
+                    with trio.move_on_at(self._last_publish + self.publish_interval):
+                        async for batch in self._receive:
+                            self.apply(batch)
+                    while True:  # and whatever is still waiting now
                         try:
                             self.apply(self._receive.receive_nowait())
-                        except trio.WouldBlock:
+                        except (trio.WouldBlock, trio.EndOfChannel):
                             break
                     started = trio.current_time()
                     await self.publish_in_steps()
