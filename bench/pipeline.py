@@ -15,7 +15,8 @@ outcome by a callback, as the DIFF server does for a session's insert_order mess
 also measures two baselines: the bare engine (apply + flush, no trio services) on the same order
 stream, so the services' overhead is a ratio that a noisy machine cannot fake, and the router alone
 (a no-op engine: what trio and the router cost per command, the floor of any pipeline here).
-The garbage collector runs as the server runs it (qaex.gc_policy; --gc-threshold 0 for CPython's).
+The garbage collector runs as the server runs it (qaex.gc_policy: timed young collections and a
+count-based backstop; --gc-interval 0 --gc-threshold 0 for CPython's own).
 
     python -m bench.pipeline --help
     python -m bench.pipeline --users 1000 --orders 100000
@@ -200,7 +201,11 @@ def recorded_batches(users: int, steps: list[Step], batch: int) -> tuple[Batch, 
 
 
 async def services_floor(
-    users: int, commands: int, recorded: tuple[Batch, list[Batch]], freeze: bool = True
+    users: int,
+    commands: int,
+    recorded: tuple[Batch, list[Batch]],
+    freeze: bool = True,
+    gc_interval: float = gc_policy.DEFAULT_INTERVAL,
 ) -> float:
     """Third baseline: orders/s through gateway -> snapshot manager -> sessions with no engine work.
 
@@ -214,6 +219,8 @@ async def services_floor(
     feed = exchange.router._batches  # the router's end of the gateway channel; the router stays idle
     async with trio.open_nursery() as nursery:
         await nursery.start(exchange.run)
+        if gc_interval > 0:
+            await nursery.start(gc_policy.collect_on_timer, gc_interval)
         await feed.send(opening)
         async with trio.open_nursery() as clients:
             await _attach_sessions(exchange, users, clients, lambda: None)
@@ -276,12 +283,15 @@ async def pipeline(
     mark_interval: float = 0.5,
     mode: str = "await",
     freeze: bool = True,
+    gc_interval: float = gc_policy.DEFAULT_INTERVAL,
 ) -> PipelineResult:
     engine = Engine()
     exchange = Exchange(engine, mark_interval=mark_interval)
     frames = 0
     async with trio.open_nursery() as nursery:
         await nursery.start(exchange.run)
+        if gc_interval > 0:  # as the server runs it (qaex.app)
+            await nursery.start(gc_policy.collect_on_timer, gc_interval)
         for i in range(users):
             # Opening through the router (the real path) but without scrypt: the bench is about orders.
             await exchange.router.execute(
@@ -371,6 +381,10 @@ def main() -> None:
         "--gc-threshold", type=int, default=gc_policy.DEFAULT_THRESHOLD,
         help="young-generation GC threshold, as QAEX_GC_THRESHOLD (0: CPython's default, no freeze)",
     )  # fmt: skip
+    parser.add_argument(
+        "--gc-interval", type=float, default=gc_policy.DEFAULT_INTERVAL,
+        help="seconds between timed young collections, as QAEX_GC_INTERVAL (0: none)",
+    )  # fmt: skip
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     args = parser.parse_args()
     gc_policy.tune(args.gc_threshold)
@@ -388,12 +402,23 @@ def main() -> None:
         line = [f"run {attempt + 1}/{args.repeat}: bare engine {baselines[-1]:,.0f} orders/s"]
         for mode in modes:
             runs[mode].append(
-                trio.run(pipeline, args.users, steps, args.submitters, args.mark_interval, mode, freeze)
+                trio.run(
+                    pipeline,
+                    args.users,
+                    steps,
+                    args.submitters,
+                    args.mark_interval,
+                    mode,
+                    freeze,
+                    args.gc_interval,
+                )
             )
             floors[mode].append(trio.run(router_floor, len(steps), args.submitters, mode))
             # The engine's batches, cut as this mode's router cut them, replayed without the engine.
             recorded = recorded_batches(args.users, steps, round(runs[mode][-1].commands_per_batch))
-            services[mode].append(trio.run(services_floor, args.users, len(steps), recorded, freeze))
+            services[mode].append(
+                trio.run(services_floor, args.users, len(steps), recorded, freeze, args.gc_interval)
+            )
             del recorded
             line.append(
                 f"{mode} {runs[mode][-1].orders_per_s:,.0f} orders/s (router alone {floors[mode][-1]:,.0f},"
@@ -411,6 +436,7 @@ def main() -> None:
         "orders": args.orders,
         "submitters": args.submitters,
         "gc_threshold": gc.get_threshold(),
+        "gc_interval": args.gc_interval,
         "pipeline": {mode: {f: median(mode, f) for f in asdict(runs[mode][0])} for mode in modes},
         "bare_engine_orders_per_s": bare,
     }

@@ -9,6 +9,7 @@ the app's nursery, under one supervisor task:
 app.nursery (quart-trio lifespan)
 └── Server.supervise
     ├── StallReporter.run (only with QAEX_STALL_MS; qaex.stalls)
+    ├── gc_policy.collect_on_timer (QAEX_GC_INTERVAL)
     ├── Exchange.run
     └── serve_diff (qaex.api.diff_server)
 ```
@@ -141,6 +142,8 @@ class Server:
                 async with trio.open_nursery() as nursery:
                     if config.stall_ms > 0:
                         await nursery.start(StallReporter(config.stall_ms / 1000).run)
+                    if config.gc_interval > 0:
+                        await nursery.start(gc_policy.collect_on_timer, config.gc_interval)
                     await nursery.start(exchange.run)
                     serve_diff = _diff_server()
                     if serve_diff is None:

@@ -53,7 +53,8 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
     quote_interval: float = 0.5  # shortest time between two market-data publishes (CTP-like snapshots)
     market_history: int = 10_000  # bars (and ticks) kept per series
     token_ttl: int = 86_400  # seconds a login token stays valid
-    gc_threshold: int = 1000  # young-generation GC threshold (see qaex/gc_policy.py); 0 = CPython's
+    gc_threshold: int = 20_000  # CPython's young-generation GC threshold (qaex/gc_policy.py); 0 = CPython's
+    gc_interval: float = 0.02  # seconds between timed young collections (qaex/gc_policy.py); 0 = none
     stall_ms: float = 0.0  # log event-loop passes longer than this (qaex/stalls.py); 0 = off
 
     @classmethod
@@ -106,6 +107,7 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
         need(self.mark_interval > 0, "mark_interval", "a number of seconds > 0")
         need(self.quote_interval >= 0, "quote_interval", "a number of seconds >= 0")
         need(self.gc_threshold >= 0, "gc_threshold", "an integer >= 0 (0 = CPython's default)")
+        need(self.gc_interval >= 0, "gc_interval", "a number of seconds >= 0 (0 = no timed collections)")
         need(self.stall_ms >= 0, "stall_ms", "a number of milliseconds >= 0 (0 = off)")
         if self.settlement_time:
             try:

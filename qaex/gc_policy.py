@@ -13,18 +13,24 @@ Two measures, both applied once the server has loaded its state:
   snapshot trees) moves to the permanent generation, which later collections never walk. Frozen
   objects are still freed by reference counting; only cycles among them would stay (the engine's
   records are not cyclic).
-* thresholds ``(1000, 2, 1000)`` (``QAEX_GC_THRESHOLD`` sets the first; 0 keeps all of CPython's):
-  young collections often, so each is short; the middle generation every second young collection,
-  so it stays short too; full collections rarely.
+* collections on a timer (:func:`collect_on_timer`, ``QAEX_GC_INTERVAL``, 20 ms): the young
+  generation every interval, the middle one every :data:`MIDDLE_EVERY` intervals, everything every
+  :data:`FULL_EVERY` middle collections (~80 s). CPython's own, count-based collections stay as a
+  backstop for when the loop is too busy to run the timer, at a young threshold of
+  ``QAEX_GC_THRESHOLD`` (20,000).
 
-Why these. What a collection costs is the number of live objects it walks, and a DIFF session keeps
-a chain of suspended coroutines per task (reader, writer, trio-websocket's reader) that is rebuilt
-every time the session wakes. With 1,000 sessions woken by each quote publish, the young generation
-held ~49,000 objects (12,000 of them coroutines) although its allocation count said 10,000, and a
-young collection at the former threshold of 10,000 took 16 ms every 0.6 s: that was the P99 of order
-latency (qaex.stalls found it). At ``(1000, 2, 1000)`` ``bench.latency`` gives P99 11-15 ms instead of
-22-25 ms and P99.9 17-20 ms instead of 30-41 ms; the in-process pipeline loses 6-7 % of its orders/s
-(docs/benchmarks.md has both runs).
+Why a timer. What a collection costs is the number of live objects it walks, and a DIFF session
+keeps a chain of suspended coroutines per task (its reader, its writer, trio-websocket's reader)
+that it rebuilds every time it wakes. CPython counts allocations *minus deallocations*: a session
+that replaces its old chain by a new one adds nothing to the count, so the count says nothing about
+how many live objects are piling up in the young generation. With 1,000 sessions woken by each quote
+publish, the young generation held ~49,000 objects (12,000 coroutines) when the count said 10,000,
+and a young collection at the former threshold of 10,000 stopped the loop for 16 ms every 0.6 s:
+the tail of order latency (qaex.stalls found it). A lower count threshold helped at 1,000 orders/s
+and hurt at 500/s, since the count grows with the order rate and the chains do not. A timer bounds
+what each collection walks by what the server allocated in the last 20 ms, whatever the load: in
+``bench.latency`` P99.9 went from 25-35 ms to 17-19 ms and the worst order from 36-40 ms to 21 ms
+(docs/benchmarks.md).
 
 Most of the exchange's own records never reach the collector anyway: orders, trades and positions
 are ``gc=False`` msgspec structs, and dicts holding only numbers and strings are untracked.
@@ -35,20 +41,47 @@ from __future__ import annotations
 import gc
 import logging
 
+import trio
+
 log = logging.getLogger("qaex.gc")
 
-DEFAULT_THRESHOLD = 1000  # young generation: net allocations between two young collections
-MIDDLE_THRESHOLD = 2  # young collections between two middle-generation collections
-OLD_THRESHOLD = 1000  # middle collections between two full ones (CPython also waits for 25 % growth)
+DEFAULT_THRESHOLD = 20_000  # CPython's young threshold: the backstop behind the timer
+DEFAULT_INTERVAL = 0.02  # seconds between two timed young collections
+MIDDLE_EVERY = 4  # timed collections per middle-generation collection
+FULL_EVERY = 1000  # middle collections per full collection (~80 s at the default interval)
 
 
 def tune(young_threshold: int = DEFAULT_THRESHOLD) -> None:
-    """Set the thresholds to ``(young_threshold, MIDDLE_THRESHOLD, OLD_THRESHOLD)``; 0 leaves CPython's."""
+    """Set CPython's automatic thresholds to ``(young_threshold, 10, 1000)``; 0 leaves CPython's."""
     if young_threshold < 0:
         raise ValueError("the gc threshold must be >= 0")
     if young_threshold == 0:
         return
-    gc.set_threshold(young_threshold, MIDDLE_THRESHOLD, OLD_THRESHOLD)
+    gc.set_threshold(young_threshold, 10, FULL_EVERY)
+
+
+async def collect_on_timer(
+    interval: float = DEFAULT_INTERVAL, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Collect the young generation every `interval` seconds, older ones less often, until cancelled.
+
+    Run under the server's supervisor (qaex.app). Each young collection walks only what was
+    allocated since the previous one and is still alive, so it stays short under any load.
+    """
+    if interval <= 0:
+        raise ValueError("the collection interval must be > 0")
+    task_status.started()
+    log.info("gc: young collections every %.0f ms", interval * 1000)
+    ticks = 0
+    while True:
+        await trio.sleep(interval)
+        ticks += 1
+        if ticks % (MIDDLE_EVERY * FULL_EVERY) == 0:
+            gc.collect(2)
+        elif ticks % MIDDLE_EVERY == 0:
+            gc.collect(1)
+        else:
+            gc.collect(0)
 
 
 def freeze_loaded_state() -> None:

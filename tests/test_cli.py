@@ -14,7 +14,9 @@ from conftest import free_port
 
 
 def test_help_lists_the_subcommands() -> None:
-    done = subprocess.run([sys.executable, "-m", "qaex", "--help"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "qaex", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0
     assert "serve" in done.stdout and "journal" in done.stdout
 

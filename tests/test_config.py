@@ -154,9 +154,12 @@ def test_gc_threshold_is_checked_and_applied() -> None:
         gc_policy.tune(0)  # 0: CPython's default stays
         assert gc.get_threshold() == before
         gc_policy.tune(12_345)
-        assert gc.get_threshold() == (12_345, gc_policy.MIDDLE_THRESHOLD, gc_policy.OLD_THRESHOLD)
+        assert gc.get_threshold() == (12_345, 10, gc_policy.FULL_EVERY)
         with pytest.raises(ValueError):
             gc_policy.tune(-5)
+        with pytest.raises(ConfigError, match="QAEX_GC_INTERVAL"):
+            Config.load({"QAEX_GC_INTERVAL": "-0.1"})
+        assert Config.load({}).gc_interval == gc_policy.DEFAULT_INTERVAL
         with pytest.raises(ConfigError, match="QAEX_STALL_MS"):
             Config.load({"QAEX_STALL_MS": "-1"})
         assert Config.load({"QAEX_STALL_MS": "2.5"}).stall_ms == 2.5

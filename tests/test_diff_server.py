@@ -314,7 +314,10 @@ async def test_ins_query_is_answered_under_symbols_and_a_bad_one_with_an_error(s
         await client.send({"aid": "ins_query", "query_id": "q1", "query": query, "variables": {}})
         answer = await client.wait_for(lambda c: c.tree.get("symbols", {}).get("q1"))
         assert answer["query"] == query
-        assert [e["instrument_id"] for e in answer["result"]["multi_symbol_info"]] == ["DCE.m2601", "DCE.i2601"]
+        assert [e["instrument_id"] for e in answer["result"]["multi_symbol_info"]] == [
+            "DCE.m2601",
+            "DCE.i2601",
+        ]
         await client.send({"aid": "ins_query", "query_id": "q2", "query": "query { options { x } }"})
         await client.wait_for(lambda c: "q2" in c.tree.get("symbols", {}))
         assert client.tree["symbols"]["q2"]["result"] == {}  # answered, so the client does not hang

@@ -433,7 +433,9 @@ def _read_response(sock: socket.socket) -> bytes:
     while b"\r\n\r\n" not in data:
         data += sock.recv(4096)
     head, body = data.split(b"\r\n\r\n", 1)
-    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    length = next(
+        int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+    )
     while len(body) < length:
         body += sock.recv(4096)
     return head.split(b"\r\n")[0]
@@ -444,7 +446,9 @@ def test_a_refused_request_whose_body_arrives_late_does_not_stall_the_connection
     # reading the body) went out before the body arrived: the next request never got an answer.
     host, port = server.http_url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(b"POST /api/account/deposit HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n")
+        sock.sendall(
+            b"POST /api/account/deposit HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n"
+        )
         time.sleep(0.3)
         sock.sendall(b"{}")
         assert _read_response(sock).startswith(b"HTTP/1.1 401")

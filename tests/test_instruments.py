@@ -12,7 +12,15 @@ from qaex.core.instruments import InstrumentRegistry
 def test_built_in_contracts_cover_the_five_exchanges() -> None:
     registry = InstrumentRegistry()
     assert {i.exchange_id for i in registry.values()} == {"SHFE", "INE", "DCE", "CZCE", "CFFEX"}
-    for symbol in ("SHFE.cu2601", "SHFE.au2602", "SHFE.rb2601", "INE.sc2601", "DCE.m2601", "CZCE.SR601", "CFFEX.IF2512"):
+    for symbol in (
+        "SHFE.cu2601",
+        "SHFE.au2602",
+        "SHFE.rb2601",
+        "INE.sc2601",
+        "DCE.m2601",
+        "CZCE.SR601",
+        "CFFEX.IF2512",
+    ):
         assert symbol in registry
 
 
@@ -35,7 +43,9 @@ def test_commission_per_lot_and_per_turnover_by_offset() -> None:
     assert registry["SHFE.au2602"].commission(950.0, 2, "OPEN") == pytest.approx(20.0)
     assert registry["SHFE.au2602"].commission(950.0, 2, "CLOSETODAY") == 0.0
     index = registry["CFFEX.IF2512"]
-    assert index.commission(4500.0, 1, "CLOSETODAY") == pytest.approx(10 * index.commission(4500.0, 1, "CLOSE"))
+    assert index.commission(4500.0, 1, "CLOSETODAY") == pytest.approx(
+        10 * index.commission(4500.0, 1, "CLOSE")
+    )
     assert registry["SHFE.cu2601"].margin_per_lot(86000.0, long=True) == pytest.approx(43000.0)
 
 

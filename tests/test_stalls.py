@@ -9,6 +9,7 @@ import time
 
 import pytest
 import trio
+import trio.testing
 
 from qaex.stalls import StallReporter
 

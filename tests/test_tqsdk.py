@@ -98,7 +98,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
     server = launch(
         tmp_path_factory.mktemp("qaex-tqsdk"),
         # The built-in contracts get the market maker; QUIET, listed below, is left to the two accounts.
-        extra_env={"QAEX_MARKET_MAKER": "1", "QAEX_SEED": "1", "QAEX_MARKET_MAKER_SYMBOLS": ",".join(BUILTIN)},
+        extra_env={
+            "QAEX_MARKET_MAKER": "1",
+            "QAEX_SEED": "1",
+            "QAEX_MARKET_MAKER_SYMBOLS": ",".join(BUILTIN),
+        },
     )
     bad_login: subprocess.Popen[str] | None = None
     try:
