@@ -147,6 +147,20 @@ def test_query_quotes_lists_the_exchanges_contracts(main: dict[str, Any]) -> Non
     found = main["query_quotes"]
     assert found["shfe_futures"] == [s for s in BUILTIN if s.startswith("SHFE.")] + [QUIET]
     assert found["cu_not_expired"] == ["SHFE.cu2601"]
+    assert found["continuous"] == [] and found["options"] == []  # answered (empty), not timed out
+
+
+def test_query_symbol_info_has_the_contract_fields(main: dict[str, Any]) -> None:
+    registry = InstrumentRegistry()
+    assert len(main["symbol_info"]) == 2
+    for row in main["symbol_info"]:
+        spec = registry[row["instrument_id"]]
+        assert row["ins_class"] == "FUTURE" and row["instrument_name"] == spec.instrument_name
+        assert row["exchange_id"] == spec.exchange_id and row["product_id"] == spec.product_id
+        assert row["price_tick"] == spec.price_tick and row["volume_multiple"] == spec.volume_multiple
+        assert row["max_limit_order_volume"] == spec.max_limit_order_volume and row["expired"] is False
+        assert row["upper_limit"] > row["pre_settlement"] > row["lower_limit"] > 0
+        assert row["trading_time_day"]
 
 
 def test_get_quote_has_live_prices_and_the_contract_fields(main: dict[str, Any]) -> None:

@@ -218,7 +218,21 @@ def scenario_market(api: TqApi, a: TqAccount, http: str, out: dict[str, Any]) ->
     out["query_quotes"] = {
         "shfe_futures": list(api.query_quotes(ins_class="FUTURE", exchange_id="SHFE")),
         "cu_not_expired": list(api.query_quotes(product_id="cu", expired=False)),
+        "continuous": list(api.query_cont_quotes()),  # qaex lists futures only
+        "options": list(api.query_options(MD_SYMBOL)),
     }
+    info = api.query_symbol_info([MD_SYMBOL, MARKET_SYMBOL])
+    out["symbol_info"] = [
+        {
+            key: num(row[key])
+            for key in (
+                "instrument_id", "ins_class", "instrument_name", "exchange_id", "product_id", "price_tick",
+                "volume_multiple", "max_limit_order_volume", "expired", "upper_limit", "lower_limit",
+                "pre_settlement", "trading_time_day",
+            )
+        }
+        for _, row in info.iterrows()
+    ]  # fmt: skip
     out["quote"] = {
         key: num(quote[key])
         for key in (

@@ -185,7 +185,7 @@ class DiffServer:
             link.session.push({"symbols": {event.query_id: None}})
             return
         try:
-            result = ins_query.answer(event.query, self.exchange.engine.instruments.values())
+            result = ins_query.answer(event.query, self.exchange.engine.instruments.values(), event.variables)
         except ins_query.UnsupportedQuery as exc:
             # Still answered (empty), so that the client does not wait for its timeout.
             link.session.notify(messages.NOTIFY_BAD_MESSAGE, "ERROR", str(exc))

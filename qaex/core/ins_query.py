@@ -27,7 +27,7 @@ from typing import Any
 from qaex.core.instruments import Instrument
 
 _CALL = re.compile(r"\bmulti_symbol_info\b\s*(?:\((?P<args>[^)]*)\))?\s*\{", re.DOTALL)
-_ARGUMENT = re.compile(r'(?P<name>\w+)\s*:\s*(?P<value>\[[^\]]*\]|"(?:[^"\\]|\\.)*"|true|false|-?\d+)')
+_ARGUMENT = re.compile(r'(?P<name>\w+)\s*:\s*(?P<value>\[[^\]]*\]|"(?:[^"\\]|\\.)*"|true|false|-?\d+|\$\w+)')
 _LIST_ITEM = re.compile(r'"((?:[^"\\]|\\.)*)"|(\w+)')
 _FILTERS = {
     "class",
@@ -37,6 +37,7 @@ _FILTERS = {
     "instrument_id",
     "expired",
     "has_night",
+    "has_derivatives",
     "timestamp",
 }
 
@@ -45,8 +46,12 @@ class UnsupportedQuery(ValueError):
     """A query qaex cannot answer (not ``multi_symbol_info``, or an unknown argument)."""
 
 
-def parse(query: str) -> dict[str, Any]:
-    """The arguments of the query's ``multi_symbol_info`` call: lists, booleans, strings, integers."""
+def parse(query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The arguments of the query's ``multi_symbol_info`` call: lists, booleans, strings, integers.
+
+    An argument may be a GraphQL variable (``instrument_id: $instrument_id``), whose value is taken
+    from `variables` (TqSdk sends one that way for a few old contracts).
+    """
     call = _CALL.search(query)
     if call is None:
         raise UnsupportedQuery("ins_query: only multi_symbol_info queries are supported (query_quotes)")
@@ -56,7 +61,11 @@ def parse(query: str) -> dict[str, Any]:
         name, value = match.group("name"), match.group("value")
         if name not in _FILTERS:
             raise UnsupportedQuery(f"ins_query: unsupported argument {name!r} of multi_symbol_info")
-        if value.startswith("["):
+        if value.startswith("$"):
+            if variables is None or value[1:] not in variables:
+                raise UnsupportedQuery(f"ins_query: variable {value} has no value in `variables`")
+            arguments[name] = variables[value[1:]]
+        elif value.startswith("["):
             arguments[name] = [quoted or bare for quoted, bare in _LIST_ITEM.findall(value[1:-1])]
         elif value.startswith('"'):
             arguments[name] = value[1:-1]
@@ -70,9 +79,15 @@ def parse(query: str) -> dict[str, Any]:
     return arguments
 
 
-def answer(query: str, instruments: Iterable[Instrument]) -> dict[str, Any]:
-    """The ``result`` of a ``multi_symbol_info`` query over the listed contracts."""
-    arguments = parse(query)
+def answer(
+    query: str, instruments: Iterable[Instrument], variables: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The ``result`` of a ``multi_symbol_info`` query over the listed contracts.
+
+    qaex lists no options or continuous contracts, so a future here never has derivatives, and a
+    query for derivatives (TqSdk's ``query_options``) finds the future without any.
+    """
+    arguments = parse(query, variables)
     classes = _as_list(arguments.get("class", arguments.get("class_")))
     exchanges = _as_list(arguments.get("exchange_id"))
     products = _as_list(arguments.get("product_id"))
@@ -82,6 +97,8 @@ def answer(query: str, instruments: Iterable[Instrument]) -> dict[str, Any]:
     found: list[dict[str, Any]] = []
     if classes is not None and "FUTURE" not in classes:
         return {"multi_symbol_info": found}  # every listed contract is a future
+    if arguments.get("has_derivatives") is True:
+        return {"multi_symbol_info": found}  # ... and none has options listed on it
     for instrument in instruments:
         symbol = f"{instrument.exchange_id}.{instrument.instrument_id}"
         if exchanges is not None and instrument.exchange_id not in exchanges:
