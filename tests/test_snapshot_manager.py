@@ -241,3 +241,55 @@ async def test_session_link_wake_and_wait() -> None:
         assert woken == 0
         link.wake()
     assert woken == 1
+
+
+async def test_a_round_touching_many_sessions_does_not_hold_up_later_ones(monkeypatch: Any) -> None:
+    """Writers are woken WAKE_BUDGET per pass; a later small round's sessions go before the backlog."""
+    from qaex.exchange import snapshot
+
+    monkeypatch.setattr(snapshot, "WAKE_BUDGET", 10)
+    woken: list[SessionLink] = []
+    real_wake = SessionLink.wake
+    manager = SnapshotManager(root)
+
+    def recording_wake(self: SessionLink) -> None:
+        woken.append(self)
+        real_wake(self)
+        if len(woken) == 10:  # the first round's budget is spent: now a small round comes in
+            manager.channel_for("small").send_nowait({"trade": {"small": {"orders": {"1": {"n": 9}}}}})
+            manager.announce(["small"])
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(manager.run)
+        links: dict[str, list[SessionLink]] = {}
+        for user_id, count in [
+            ("big0", 10),
+            ("big1", 10),
+            ("big2", 10),
+            ("big3", 10),
+            ("big4", 10),
+            ("small", 1),
+        ]:
+            links[user_id] = []
+            for _ in range(count):
+                link = SessionLink(DiffSession(len(manager.links) + 1))
+                manager.add(link)
+                manager.login(link, user_id)
+                peek_and_apply(link)  # the login snapshot is taken; the next peek waits for data
+                link.session.receive(PEEK)
+                links[user_id].append(link)
+        await trio.testing.wait_all_tasks_blocked()
+        monkeypatch.setattr(SessionLink, "wake", recording_wake)
+        for i in range(5):
+            manager.channel_for(f"big{i}").send_nowait({"trade": {f"big{i}": {"orders": {"1": {"n": i}}}}})
+        manager.announce(f"big{i}" for i in range(5))
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    small = links["small"][0]
+    assert woken.index(small) == 10  # first in the next pass, before the 40 of the backlog
+    every_big = {link for user_id, group in links.items() if user_id != "small" for link in group}
+    assert set(woken) - {small} == every_big and len(woken) == 51  # all woken, each once
+    for user_id, group in links.items():
+        for link in group:
+            expected = 9 if user_id == "small" else int(user_id[3:])
+            assert peek_and_apply(link)["trade"][user_id]["orders"]["1"]["n"] == expected

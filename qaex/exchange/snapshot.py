@@ -29,6 +29,9 @@ from qaex.protocol.session import DiffSession
 
 log = logging.getLogger("qaex.snapshot")
 
+WAKE_BUDGET = 128
+"""Session writers woken per scheduler pass by the consumer (about 10 ms of sending at most)."""
+
 Patch = dict[str, Any]
 
 
@@ -90,6 +93,8 @@ class SnapshotManager:
         self.trees: dict[str, dict[str, Any]] = {}
         self.sessions: dict[str, set[SessionLink]] = {}
         self.links: set[SessionLink] = set()
+        # Sessions with new data whose writers are still to be woken, oldest first (see `run`).
+        self._backlog: dict[SessionLink, None] = {}
         self.patches_merged = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -97,17 +102,40 @@ class SnapshotManager:
 
         One task for all users, not one per user: a batch touching 500 users then costs one wake-up
         instead of 500 task switches, and every user's patches still arrive in the order they were sent.
+
+        Every patch goes into its sessions' pending buffers at once, but the sessions' writers are
+        woken at most :data:`WAKE_BUDGET` per scheduler pass. A round that touches more sessions than
+        that (200 users with 50 sessions each: 10,000 writers, about a second of sending) goes to a
+        backlog that drains ``WAKE_BUDGET`` writers per pass, while the sessions of later, smaller
+        rounds are woken first. Otherwise trio would run all 10,000 writers in one pass, and every
+        other session's acknowledgement would wait behind them.
         """
         self._running = True
         task_status.started()
         log.info("snapshot manager ready")
+        backlog = self._backlog
         try:
             while True:
-                await self._wakeup.wait()
-                self._wakeup = trio.Event()
+                if not self._ready and not backlog:
+                    await self._wakeup.wait()
+                    self._wakeup = trio.Event()
                 ready, self._ready = self._ready, {}
+                fresh: list[SessionLink] = []
                 for user_id in ready:
-                    self.flush(user_id)
+                    self._drain(user_id, fresh)
+                budget = WAKE_BUDGET
+                if len(fresh) <= budget:
+                    for link in fresh:
+                        backlog.pop(link, None)
+                        link.wake()
+                    budget -= len(fresh)
+                else:
+                    backlog.update(dict.fromkeys(fresh))
+                while backlog and budget > 0:
+                    link = next(iter(backlog))
+                    del backlog[link]
+                    link.wake()
+                    budget -= 1
                 # Give the gateway (and everyone else) a turn between two rounds.
                 await trio.lowlevel.checkpoint()
         finally:
@@ -144,8 +172,8 @@ class SnapshotManager:
         self._ready.update(dict.fromkeys(user_ids))
         self._wakeup.set()
 
-    def apply(self, user_id: str, patch: Patch) -> None:
-        """Push one patch into every one of the user's sessions and wake them.
+    def apply(self, user_id: str, patch: Patch, woken: list[SessionLink] | None = None) -> None:
+        """Push one patch into every one of the user's sessions and wake them (or list them in `woken`).
 
         The user's tree already holds the patch: the gateway writes it as it builds the patch.
         """
@@ -156,7 +184,10 @@ class SnapshotManager:
         patch = _without_trade_deletions(user_id, patch)
         for link in sessions:
             link.session.push(patch)
-            link.wake()
+            if woken is None:
+                link.wake()
+            else:
+                woken.append(link)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("patch pushed to session %s of %s", link.session.session_id, user_id)
 
@@ -189,20 +220,28 @@ class SnapshotManager:
 
     def flush(self, user_id: str) -> None:
         """Deliver the patches waiting in the user's channel to the user's sessions now."""
+        self._drain(user_id, None)
+
+    def _drain(self, user_id: str, woken: list[SessionLink] | None) -> None:
         receive = self._receivers.get(user_id)
         if receive is None:
             return
+        seen = len(woken) if woken is not None else 0
         while True:
             try:
                 patch = receive.receive_nowait()
             except trio.WouldBlock:
-                return
-            self.apply(user_id, patch)
+                break
+            self.apply(user_id, patch, woken)
+        if woken is not None and len(woken) - seen > len(self.sessions.get(user_id, ())):
+            # Several patches for one user: each session once.
+            woken[seen:] = dict.fromkeys(woken[seen:])
 
     def remove(self, link: SessionLink) -> None:
         """Forget a closed session: its pending buffer goes with it; the user's tree stays."""
         link.closed = True
         self.links.discard(link)
+        self._backlog.pop(link, None)
         user_id = link.session.user_id
         if user_id is not None:
             sessions = self.sessions.get(user_id)
