@@ -11,11 +11,12 @@ import json
 import math
 from typing import Any
 
+import msgspec
 import pytest
 import trio
 import trio.testing
 
-from qaex.core.commands import Insert, OpenAccount, Settle
+from qaex.core.commands import Insert, OpenAccount, Settle, UpsertInstrument
 from qaex.core.engine import Engine
 from qaex.core.kline import NS_PER_DAY
 from qaex.core.orders import InsertOrder
@@ -414,3 +415,42 @@ async def test_a_publish_wakes_writers_in_steps_so_other_tasks_run_between() -> 
     assert order.index("other") < 40  # not behind the whole burst of 80 writers
     for client in clients:
         assert client.take() == [] or client.quote()  # the quote patch was delivered
+
+
+def test_every_session_gets_the_new_contract_figures_after_a_settlement(market: Market) -> None:
+    """Also sessions not subscribed to the quote: TqSdk's query_symbol_info reads these fields."""
+    watcher, bystander = Client(market), Client(market)
+    watcher.subscribe(CU)
+    watcher.take()
+    bystander.take()
+    before = dict(bystander.tree["quotes"][CU])
+    market.trade(86500.0, 2)
+    market.engine.apply(Settle(ts=market.clock.now, prices={CU: 86400.0}, trading_day=""))
+    market.service.apply(market.engine.flush())
+    market.publish()
+    watcher.take()
+    bystander.take()
+    instrument = market.engine.instruments[CU]
+    for client in (watcher, bystander):
+        quote = client.tree["quotes"][CU]
+        assert quote["pre_settlement"] == 86400.0 != before["pre_settlement"]
+        assert (
+            quote["upper_limit"] == instrument.upper_limit and quote["lower_limit"] == instrument.lower_limit
+        )
+        assert quote["pre_close"] == 86500.0
+    assert "last_price" not in bystander.tree["quotes"][CU]  # contract figures only, no market data
+    assert bystander.take() == []  # and only once
+
+
+def test_a_contract_listed_while_sessions_are_connected_reaches_them(market: Market) -> None:
+    client = Client(market)
+    client.take()
+    spec = dict(msgspec.to_builtins(market.engine.instruments[CU]))
+    spec.update(instrument_id="cu2699", instrument_name="沪铜2699")
+    market.engine.apply(UpsertInstrument(ts=market.clock.now + 1, spec=spec))
+    market.service.apply(market.engine.flush())
+    market.publish()
+    client.take()
+    listed = client.tree["quotes"]["SHFE.cu2699"]
+    assert listed["price_tick"] == 10.0 and listed["instrument_name"] == "沪铜2699"
+    assert listed["upper_limit"] > listed["pre_settlement"] > listed["lower_limit"]

@@ -179,6 +179,13 @@ class QuoteBook:
             "min_market_order_volume": instrument.min_market_order_volume,
             "expired": instrument.expired,
             "expire_datetime": instrument.expire_datetime,
+            # The day's contract figures (they change only at settlement), which TqSdk's
+            # query_symbol_info reads from the contract service rather than from live quotes.
+            "pre_settlement": wire_float(instrument.pre_settlement),
+            "pre_close": wire_float(instrument.pre_close),
+            "pre_open_interest": instrument.pre_open_interest,
+            "upper_limit": wire_float(instrument.upper_limit),
+            "lower_limit": wire_float(instrument.lower_limit),
             "trading_time": {
                 "day": [list(span) for span in instrument.trading_time.day],
                 "night": [list(span) for span in instrument.trading_time.night],
@@ -202,11 +209,6 @@ class QuoteBook:
                 "amount": self.amount,
                 "open_interest": self.open_interest,
                 "settlement": wire_float(self.settlement),
-                "pre_settlement": wire_float(instrument.pre_settlement),
-                "pre_close": wire_float(instrument.pre_close),
-                "pre_open_interest": instrument.pre_open_interest,
-                "upper_limit": wire_float(instrument.upper_limit),
-                "lower_limit": wire_float(instrument.lower_limit),
                 # Per lot at the previous settlement: what TqSdk's own simulator (TqSim) charges.
                 "margin": instrument.margin_per_lot(instrument.pre_settlement, long=True),
                 "commission": instrument.commission(instrument.pre_settlement, 1, "OPEN"),

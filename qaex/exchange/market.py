@@ -107,6 +107,9 @@ class MarketData:
         self._dirty_series: set[SeriesKey] = set()
         self._full_quotes: dict[str, Patch] = {}  # shared {"quotes": {symbol: full}} until it changes
         self._static_patch: Patch | None = None
+        # Instruments listed or changed since the last publish: every session gets their contract
+        # fields again (subscribers get them in the quote patch as well; merging twice is harmless).
+        self._static_changed: set[str] = set()
         self._last_ts = 0
         self.quote_patches_built = 0
         self.series_patches_built = 0
@@ -216,7 +219,8 @@ class MarketData:
     def _instrument_changed(self, symbol: str, settled: bool) -> None:
         quote = self.quotes.get(symbol)
         if quote is None:
-            self._list(symbol)
+            self._list(symbol)  # listed while running: sessions connected before must learn of it
+            self._static_changed.add(symbol)
             return
         if settled:
             # The engine already rolled the instrument (pre_settlement is the settlement price); the
@@ -226,6 +230,7 @@ class MarketData:
             quote.new_trading_day(self.now())
         self._depth_changed(symbol)  # restamps the quote, so a spec change (limits...) is re-sent
         self._static_patch = None
+        self._static_changed.add(symbol)
 
     def _depth_changed(self, symbol: str) -> None:
         instrument = self.engine.instruments[symbol]
@@ -281,6 +286,12 @@ class MarketData:
     def _push_changes(self) -> list[SessionLink]:
         """Push the changes since the last publish into the sessions; returns the sessions to wake."""
         woken: dict[SessionLink, None] = {}
+        if self._static_changed:
+            static = {"quotes": {s: self.quotes[s].static_fields() for s in sorted(self._static_changed)}}
+            self._static_changed.clear()
+            for link in self._links:
+                link.session.push(static)
+                woken[link] = None
         for symbol in self._dirty_quotes:
             patch = self.quotes[symbol].take_patch()
             if patch is None:
