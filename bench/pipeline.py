@@ -32,7 +32,7 @@ import platform
 import random
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -147,16 +147,17 @@ async def router_floor(commands: int, submitters: int, mode: str) -> float:
     return commands / seconds
 
 
-def bare_engine(users: int, steps: list[Step], batch: int, freeze: bool = True) -> float:
-    """Baseline: the same stream through Engine.apply + flush only (no trio, no patches). Orders/s."""
+def _engine_with_accounts(users: int) -> tuple[Engine, Batch]:
+    """A fresh engine with the users' accounts open, and the batch that opened them."""
     engine = Engine()
     for i in range(users):
         engine.apply(OpenAccount(ts=i + 1, user_id=f"u{i}", password_hash="x", init_cash=1e12))
-    engine.flush()
+    return engine, engine.flush()
+
+
+def _flushes(engine: Engine, steps: list[Step], batch: int) -> Iterator[Batch]:
+    """Apply the stream to the engine, flushing (and yielding the batch) every `batch` commands."""
     ts = 10**18
-    if freeze:  # what the server does once its state is loaded (qaex.gc_policy)
-        gc_policy.freeze_loaded_state()
-    start = time.perf_counter()
     for index, step in enumerate(steps):
         ts += 1000
         try:
@@ -167,8 +168,18 @@ def bare_engine(users: int, steps: list[Step], batch: int, freeze: bool = True) 
         except QaexError:
             pass
         if index % batch == batch - 1:
-            engine.flush()
-    engine.flush()
+            yield engine.flush()
+    yield engine.flush()
+
+
+def bare_engine(users: int, steps: list[Step], batch: int, freeze: bool = True) -> float:
+    """Baseline: the same stream through Engine.apply + flush only (no trio, no patches). Orders/s."""
+    engine, _ = _engine_with_accounts(users)
+    if freeze:  # what the server does once its state is loaded (qaex.gc_policy)
+        gc_policy.freeze_loaded_state()
+    start = time.perf_counter()
+    for _ in _flushes(engine, steps, batch):
+        pass
     seconds = time.perf_counter() - start
     gc.unfreeze()
     return len(steps) / seconds
@@ -179,25 +190,8 @@ def recorded_batches(users: int, steps: list[Step], batch: int) -> tuple[Batch, 
 
     Returns the batch that opens the accounts and then one batch per `batch` commands.
     """
-    engine = Engine()
-    for i in range(users):
-        engine.apply(OpenAccount(ts=i + 1, user_id=f"u{i}", password_hash="x", init_cash=1e12))
-    opening = engine.flush()
-    ts = 10**18
-    batches: list[Batch] = []
-    for index, step in enumerate(steps):
-        ts += 1000
-        try:
-            if step.kind == "insert":
-                engine.apply(Insert(ts=ts, order=to_request(step)))
-            else:
-                engine.apply(Cancel(ts=ts, user_id=step.user, order_id=step.order_id))
-        except QaexError:
-            pass
-        if index % batch == batch - 1:
-            batches.append(engine.flush())
-    batches.append(engine.flush())
-    return opening, batches
+    engine, opening = _engine_with_accounts(users)
+    return opening, list(_flushes(engine, steps, batch))
 
 
 async def services_floor(
