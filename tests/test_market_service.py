@@ -454,3 +454,39 @@ def test_a_contract_listed_while_sessions_are_connected_reaches_them(market: Mar
     listed = client.tree["quotes"]["SHFE.cu2699"]
     assert listed["price_tick"] == 10.0 and listed["instrument_name"] == "沪铜2699"
     assert listed["upper_limit"] > listed["pre_settlement"] > listed["lower_limit"]
+
+
+async def test_batches_are_folded_in_as_they_come_while_the_publish_waits(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """Each batch is applied when it arrives, in a step of its own, not all at once before the publish."""
+    market = Market()
+    service = market.service = MarketData(market.engine, clock=market.clock, publish_interval=10.0)
+    client = Client(market)
+    client.subscribe(CU)
+    client.take()
+    orders = itertools.count(1)
+
+    async def trade(price: float) -> None:
+        for user, direction in (("alice", "SELL"), ("bob", "BUY")):
+            request = InsertOrder(
+                user_id=user, order_id=f"f{next(orders)}", exchange_id="SHFE", instrument_id="cu2601",
+                direction=direction, offset="OPEN", volume=1, limit_price=price,  # type: ignore[arg-type]
+            )  # fmt: skip
+            market.clock.now += S // 1000
+            market.engine.apply(Insert(ts=market.clock.now, order=request))
+            await service.batches.send(market.engine.flush())
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.run)
+        await trade(86010.0)  # the first publish is due at once
+        await trio.testing.wait_all_tasks_blocked()
+        assert client.take() and client.quote()["last_price"] == 86010.0
+        await trade(86020.0)
+        await trio.testing.wait_all_tasks_blocked()
+        assert service.quotes[CU].last_price == 86020.0  # folded in already...
+        assert client.take() == []  # ... but not published before the interval is up
+        mock_clock.jump(10.0)
+        await trio.testing.wait_all_tasks_blocked()
+        assert client.take() and client.quote()["last_price"] == 86020.0
+        nursery.cancel_scope.cancel()

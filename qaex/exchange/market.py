@@ -276,12 +276,14 @@ class MarketData:
         steps = -(-len(links) // WAKE_STEP)
         pause = SPREAD * self.publish_interval / steps
         for start in range(0, len(links), WAKE_STEP):
+            if start:  # a pause between two steps, none after the last
+                if pause >= MIN_PAUSE:
+                    await trio.sleep(pause)
+                else:
+                    await trio.lowlevel.checkpoint()
             for link in links[start : start + WAKE_STEP]:
                 link.wake()
-            if pause >= MIN_PAUSE:
-                await trio.sleep(pause)
-            else:
-                await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint()
 
     def _push_changes(self) -> list[SessionLink]:
         """Push the changes since the last publish into the sessions; returns the sessions to wake."""
