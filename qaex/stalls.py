@@ -11,7 +11,7 @@ off unless ``QAEX_STALL_MS`` is set (see docs/configuration.md); when on, it cos
 per task step and a thread that wakes every ``threshold / 2``.
 
 The first use was finding the tail of order latency: a young-generation collection of 16 ms every
-0.6 s, which is why qaex.gc_policy collects the young generations more often.
+0.6 s, which is why qaex.gc_policy collects the young generation on a timer.
 """
 
 from __future__ import annotations
