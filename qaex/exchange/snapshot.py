@@ -120,7 +120,7 @@ class SnapshotManager:
                     await self._wakeup.wait()
                     self._wakeup = trio.Event()
                 ready, self._ready = self._ready, {}
-                fresh: list[SessionLink] = []
+                fresh: dict[SessionLink, None] = {}  # ordered, each session once
                 for user_id in ready:
                     self._drain(user_id, fresh)
                 budget = WAKE_BUDGET
@@ -130,7 +130,7 @@ class SnapshotManager:
                         link.wake()
                     budget -= len(fresh)
                 else:
-                    backlog.update(dict.fromkeys(fresh))
+                    backlog.update(fresh)
                 while backlog and budget > 0:
                     link = next(iter(backlog))
                     del backlog[link]
@@ -172,7 +172,7 @@ class SnapshotManager:
         self._ready.update(dict.fromkeys(user_ids))
         self._wakeup.set()
 
-    def apply(self, user_id: str, patch: Patch, woken: list[SessionLink] | None = None) -> None:
+    def apply(self, user_id: str, patch: Patch, woken: dict[SessionLink, None] | None = None) -> None:
         """Push one patch into every one of the user's sessions and wake them (or list them in `woken`).
 
         The user's tree already holds the patch: the gateway writes it as it builds the patch.
@@ -187,7 +187,7 @@ class SnapshotManager:
             if woken is None:
                 link.wake()
             else:
-                woken.append(link)
+                woken[link] = None
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("patch pushed to session %s of %s", link.session.session_id, user_id)
 
@@ -222,20 +222,16 @@ class SnapshotManager:
         """Deliver the patches waiting in the user's channel to the user's sessions now."""
         self._drain(user_id, None)
 
-    def _drain(self, user_id: str, woken: list[SessionLink] | None) -> None:
+    def _drain(self, user_id: str, woken: dict[SessionLink, None] | None) -> None:
         receive = self._receivers.get(user_id)
         if receive is None:
             return
-        seen = len(woken) if woken is not None else 0
         while True:
             try:
                 patch = receive.receive_nowait()
             except trio.WouldBlock:
-                break
+                return
             self.apply(user_id, patch, woken)
-        if woken is not None and len(woken) - seen > len(self.sessions.get(user_id, ())):
-            # Several patches for one user: each session once.
-            woken[seen:] = dict.fromkeys(woken[seen:])
 
     def remove(self, link: SessionLink) -> None:
         """Forget a closed session: its pending buffer goes with it; the user's tree stays."""
