@@ -1,4 +1,4 @@
-"""Command line: ``qaex serve`` and ``qaex journal inspect|verify|checkpoint``.
+"""Command line: ``qaex serve`` and ``qaex journal inspect|verify|checkpoint|truncate``.
 
 Each subcommand is one ``add_<name>(subparsers)`` function that registers its parser and sets
 ``handler``; ``main`` dispatches. ``qaex serve`` runs the same app as
@@ -61,18 +61,35 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def add_journal(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser("journal", help="inspect, verify or compact the journal")
+    parser = subparsers.add_parser("journal", help="inspect, verify, compact or cut the journal")
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     for name, handler, text in (
         ("inspect", journal_inspect, "print journal records (seq, time, command and its key fields)"),
         ("verify", journal_verify, "check every CRC and sequence number, replay, print the state digest"),
         ("checkpoint", journal_checkpoint, "recover and write a checkpoint now (server must be stopped)"),
+        (
+            "truncate",
+            journal_truncate,
+            "cut a damaged journal before seq N, keeping the cut bytes aside (server must be stopped)",
+        ),
     ):
         action = actions.add_parser(name, help=text, description=text)
         action.add_argument("--data-dir", help="data directory (default: QAEX_DATA_DIR or ./qaex-data)")
         if name == "inspect":
             action.add_argument("--limit", type=int, default=0, help="print at most N records (0: all)")
             action.add_argument("--from-seq", type=int, default=0, help="start at this sequence number")
+        if name == "truncate":
+            action.add_argument(
+                "--at-seq",
+                type=int,
+                required=True,
+                metavar="N",
+                help="the first record to remove: the start of a batch, at or before the damage "
+                "(the start-up error and `qaex journal verify` name it)",
+            )
+            action.add_argument(
+                "--dry-run", action="store_true", help="print what would be done, change nothing"
+            )
         action.set_defaults(handler=handler)
 
 
@@ -116,9 +133,15 @@ def journal_inspect(args: argparse.Namespace) -> int:
                 return 1 if problems else 0
             print(f"{record.seq:>10} {describe(record.command())}{' ;' if record.batch_end else ''}")
             printed += 1
-        if scan.damage is not None:
+        damage = scan.damage
+        if damage is not None:
             problems += 1
-            print(f"!! {path} offset {scan.damage.offset}: {scan.damage.reason}", file=sys.stderr)
+            kind = "torn tail" if damage.torn else "DAMAGED"
+            print(
+                f"!! {path} offset {damage.offset} (record seq {damage.seq}): {damage.reason}: {kind}: "
+                f"{damage.verdict}",
+                file=sys.stderr,
+            )
     return 1 if problems else 0
 
 
@@ -173,6 +196,51 @@ def journal_checkpoint(args: argparse.Namespace) -> int:
     finally:
         data_dir.unlock()
     print(f"checkpoint {path} at seq {recovered.last_seq}; state digest {recovered.engine.state_digest()}")
+    return 0
+
+
+def journal_truncate(args: argparse.Namespace) -> int:
+    """Cut the journal so it ends before seq N: the way past damage recovery refuses to guess about.
+
+    Writes, so it takes the data directory lock (`--dry-run` only reads, and does not).
+    """
+    from qaex.core.journal_format import JournalCorrupt
+    from qaex.datadir import DataDir, DataDirLocked
+    from qaex.exchange.recovery import CannotCut, cut_journal, plan_cut, recover
+
+    setup = _journal_setup(args)
+    if setup is None:
+        return 2
+    data_dir = DataDir(setup[0])
+    if not args.dry_run:
+        try:
+            data_dir.lock()
+        except DataDirLocked as exc:
+            print(f"qaex journal: {exc}", file=sys.stderr)
+            return 1
+    try:
+        try:
+            plan = plan_cut(data_dir.path, args.at_seq)
+        except CannotCut as exc:
+            print(f"qaex journal truncate: {exc}", file=sys.stderr)
+            return 1
+        for line in plan.describe():
+            print(line)
+        if args.dry_run:
+            print("dry run: nothing changed")
+            return 0
+        for path in cut_journal(plan):
+            print(f"saved {path}")
+        try:
+            recovered = recover(data_dir.path, setup[1], repair=False)
+        except JournalCorrupt as exc:
+            print(f"CORRUPT: {exc}", file=sys.stderr)
+            return 1
+    finally:
+        data_dir.unlock()
+    for warning in recovered.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"journal ends at seq {recovered.last_seq}; state digest {recovered.engine.state_digest()}")
     return 0
 
 

@@ -32,12 +32,11 @@ from quart_trio import QuartTrio
 from qaex import gc_policy, logconfig
 from qaex.api.auth import TokenSigner
 from qaex.api.http import Services, blueprint
-from qaex.api.websocket_guard import RejectWebSockets
-from qaex.config import Config, ConfigError, load_instruments
+from qaex.api.websocket_guard import RejectWebSockets, refuse_websocket_upgrades
+from qaex.config import Config, ConfigError, access_guard, load_instruments
 from qaex.core.calendar import parse_clock_time
 from qaex.core.engine import Engine
 from qaex.core.journal_format import JournalCorrupt
-from qaex.core.passwords import hash_password
 from qaex.datadir import DataDir, DataDirLocked
 from qaex.exchange.exchange import Exchange
 from qaex.exchange.market import MarketData
@@ -72,6 +71,8 @@ def build_exchange(config: Config, data_dir: DataDir) -> Exchange:
         market=market,
         mark_interval=config.mark_interval,
         settle_at=parse_clock_time(config.settlement_time) if config.settlement_time else None,
+        max_sessions_per_user=config.max_sessions_per_user,
+        guard=access_guard(config),
     )
     exchange.router.resume_after(recovered.last_ts)
     exchange.seed_from_engine()
@@ -128,7 +129,6 @@ class Server:
             exchange=exchange,
             tokens=TokenSigner(data_dir.secret(), config.token_ttl),
             admin_token=admin_token,
-            dummy_password_hash=await trio.to_thread.run_sync(hash_password, secrets.token_hex(8)),
         )
         await self.app.nursery.start(self._supervise, exchange, config)
         log.info("data directory %s (locked by pid %d)", data_dir.path, os.getpid())
@@ -203,8 +203,10 @@ def create_app(config: Config | None = None) -> QuartTrio:
     app = QuartTrio(__name__)
     app.config["JSON_SORT_KEYS"] = False
     app.register_blueprint(blueprint)
-    # hypercorn issue #225: see qaex.api.websocket_guard.
+    # hypercorn issue #225: WebSocket upgrades on this port are plain HTTP requests, answered with a
+    # JSON 400 by the guard; see qaex.api.websocket_guard.
     app.asgi_app = RejectWebSockets(app.asgi_app)  # type: ignore[method-assign]
+    refuse_websocket_upgrades(app)
     server = Server(app, config)
     app.extensions["qaex.server"] = server
     app.before_serving(server.start)

@@ -15,8 +15,10 @@ from typing import Any, Literal, get_args, get_type_hints
 
 import msgspec
 
+from qaex.core import limits
 from qaex.core.calendar import parse_clock_time
 from qaex.core.instruments import InstrumentRegistry
+from qaex.core.throttle import AccessGuard, parse_networks
 from qaex.logconfig import parse_levels
 
 ENV_PREFIX = "QAEX_"
@@ -41,6 +43,7 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
     checkpoint_seconds: float = 600.0  # ... or seconds, whichever comes first
     log: str = "info"
     max_sessions: int = 20_000
+    max_sessions_per_user: int = 32  # DIFF sessions one user may be logged in on at once; 0 = no limit
     max_message_size: int = 1 << 20  # bytes, for DIFF messages and HTTP request bodies
     max_messages_per_second: int = 200  # per DIFF session
     max_orders_per_second: int = 500  # per user; 0 = unlimited
@@ -56,6 +59,12 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
     gc_threshold: int = 20_000  # CPython's young-generation GC threshold (qaex/gc_policy.py); 0 = CPython's
     gc_interval: float = 0.02  # seconds between timed young collections (qaex/gc_policy.py); 0 = none
     stall_ms: float = 0.0  # log event-loop passes longer than this (qaex/stalls.py); 0 = off
+    # Access limits (qaex/core/throttle.py); the addresses are the clients', see trusted_proxies.
+    login_failures_before_backoff: int = 5  # per (user id, address); then 1 s, 2 s, 4 s, ...
+    login_backoff_max_seconds: float = 300.0  # the back-off's cap; 0 = no back-off
+    login_address_failures_per_minute: int = 30  # per address, over all user ids; 0 = no limit
+    max_accounts_per_address_per_hour: int = 20  # HTTP account opening; 0 = no limit
+    trusted_proxies: str = ""  # comma-separated addresses/networks whose X-Forwarded-For is believed
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -95,12 +104,13 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
         need(0 <= self.diff_port <= 65535, "diff_port", "a port number 0-65535")
         need(bool(self.diff_host), "diff_host", "a host name or address")
         need(bool(self.data_dir), "data_dir", "a directory path")
-        need(self.max_sessions > 0, "max_sessions", "an integer > 0")
-        need(self.max_message_size >= 1024, "max_message_size", "an integer >= 1024 (bytes)")
+        need(0 < self.max_sessions <= 1_000_000, "max_sessions", "an integer 1-1000000")
+        need(self.max_sessions_per_user >= 0, "max_sessions_per_user", "an integer >= 0 (0 = no limit)")
+        need(1024 <= self.max_message_size <= 64 << 20, "max_message_size", "1024-67108864 (bytes)")
         need(self.max_messages_per_second > 0, "max_messages_per_second", "an integer > 0")
         need(self.max_orders_per_second >= 0, "max_orders_per_second", "an integer >= 0 (0 = unlimited)")
-        need(self.init_cash >= 0 and self.init_cash != float("inf"), "init_cash", "a finite number >= 0")
-        need(self.token_ttl > 0, "token_ttl", "a number of seconds > 0")
+        need(0 <= self.init_cash <= limits.MAX_AMOUNT, "init_cash", f"a number 0-{limits.MAX_AMOUNT:.0f}")
+        need(0 < self.token_ttl <= 366 * 86_400, "token_ttl", "a number of seconds 1-31622400")
         need(self.checkpoint_records > 0, "checkpoint_records", "an integer > 0")
         need(self.checkpoint_seconds > 0, "checkpoint_seconds", "a number of seconds > 0")
         need(self.market_maker_interval > 0, "market_maker_interval", "a number of seconds > 0")
@@ -109,12 +119,38 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
         need(self.gc_threshold >= 0, "gc_threshold", "an integer >= 0 (0 = CPython's default)")
         need(self.gc_interval >= 0, "gc_interval", "a number of seconds >= 0 (0 = no timed collections)")
         need(self.stall_ms >= 0, "stall_ms", "a number of milliseconds >= 0 (0 = off)")
+        need(
+            1 <= self.login_failures_before_backoff <= 1000,
+            "login_failures_before_backoff",
+            "an integer 1-1000",
+        )
+        need(
+            0 <= self.login_backoff_max_seconds <= 86_400,
+            "login_backoff_max_seconds",
+            "a number of seconds 0-86400 (0 = no back-off)",
+        )
+        need(
+            0 <= self.login_address_failures_per_minute <= 1_000_000,
+            "login_address_failures_per_minute",
+            "an integer 0-1000000 (0 = no limit)",
+        )
+        need(
+            0 <= self.max_accounts_per_address_per_hour <= 1_000_000,
+            "max_accounts_per_address_per_hour",
+            "an integer 0-1000000 (0 = no limit)",
+        )
+        try:
+            parse_networks(self.trusted_proxies)
+        except ValueError as exc:
+            raise ConfigError(
+                f"{origin('trusted_proxies')}: expected comma-separated IP addresses or networks: {exc}"
+            ) from None
         if self.settlement_time:
             try:
                 parse_clock_time(self.settlement_time)
             except ValueError:
                 need(False, "settlement_time", "HH:MM (China time) or empty")
-        need(self.market_history >= 1, "market_history", "an integer >= 1")
+        need(1 <= self.market_history <= 1_000_000, "market_history", "an integer 1-1000000")
         need(self.admin_token == "" or len(self.admin_token) >= 16, "admin_token", "at least 16 characters")
         try:
             parse_levels(self.log)
@@ -190,3 +226,14 @@ def load_instruments(config: Config) -> InstrumentRegistry:
         raise ConfigError(f"QAEX_INSTRUMENTS: cannot read {config.instruments}: {exc.strerror}") from None
     except (ValueError, msgspec.ValidationError) as exc:  # TOMLDecodeError is a ValueError
         raise ConfigError(f"QAEX_INSTRUMENTS: {config.instruments}: {exc}") from None
+
+
+def access_guard(config: Config) -> AccessGuard:
+    """The login throttles and per-address limits of `config` (qaex.core.throttle)."""
+    return AccessGuard(
+        trusted_proxies=config.trusted_proxies,
+        login_failures_before_backoff=config.login_failures_before_backoff,
+        login_backoff_max_seconds=config.login_backoff_max_seconds,
+        login_address_failures_per_minute=config.login_address_failures_per_minute,
+        max_accounts_per_address_per_hour=config.max_accounts_per_address_per_hour,
+    )

@@ -76,6 +76,7 @@ def launch(workdir: Path, *, data_dir: Path | None = None, extra_env: dict[str, 
         QAEX_ADMIN_TOKEN=admin_token,
         QAEX_MARKET_MAKER="0",
         QAEX_SETTLEMENT_TIME="",  # a test run that crosses 15:30 China time must not settle mid-test
+        QAEX_MAX_ACCOUNTS_PER_ADDRESS_PER_HOUR="0",  # every test opens its accounts from 127.0.0.1
     )
     env.pop("QAEX_CONFIG", None)
     env.update(extra_env or {})

@@ -27,6 +27,7 @@ import trio
 from conftest import Server, User, launch, open_user, wait_ready
 
 from qaex.client import DiffClient
+from qaex.core.engine import MAX_REJECTED_KEPT
 
 SYMBOLS = {"SHFE.cu2601": (86000.0, 10.0), "SHFE.rb2601": (3100.0, 1.0)}
 ENV = {"QAEX_MAX_ORDERS_PER_SECOND": "0", "QAEX_MAX_MESSAGES_PER_SECOND": "100000"}
@@ -177,10 +178,16 @@ def check_invariants(server: Server, users: list[User], acks: Acks) -> dict[str,
         assert account["close_profit"] == 0  # every order opens
         assert account["margin"] == pytest.approx(sum(p["margin"] for p in positions.values()))
         assert account["static_balance"] == pytest.approx(INIT_CASH)
-    # Every acknowledged order is there, in the state it was acknowledged in or a later one.
+    # Every acknowledged order is there, in the state it was acknowledged in or a later one; only an
+    # order the risk checks refused may be gone, and only once the day keeps MAX_REJECTED_KEPT newer ones.
     for order_id, acked in acks.orders.items():
         user_id = acks.owner[order_id]
         now = seen[user_id]["orders"].get(order_id)
+        if now is None and acked["status"] == "FINISHED" and not acked["exchange_order_id"]:
+            refused = [o for o in seen[user_id]["orders"].values() if not o["exchange_order_id"]]
+            assert len(refused) == MAX_REJECTED_KEPT, f"refused order {order_id} of {user_id} dropped early"
+            assert all(o["seqno"] > acked["seqno"] for o in refused), (acked, refused)
+            continue
         assert now is not None, f"acknowledged order {order_id} of {user_id} is lost"
         assert now["volume_left"] <= acked["volume_left"], (acked, now)
         if acked["status"] == "FINISHED":

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from qaex.core import limits
 from qaex.core.commands import (
     Cancel,
     Deposit,
@@ -18,7 +19,7 @@ from qaex.core.commands import (
     UpsertInstrument,
     Withdraw,
 )
-from qaex.core.engine import Engine, trading_day_of
+from qaex.core.engine import MAX_REJECTED_KEPT, Engine, trading_day_of
 from qaex.core.errors import NotFound, QaexError, RiskError
 from qaex.core.orders import InsertOrder
 
@@ -113,7 +114,6 @@ def test_rejected_order_is_finished_without_exchange_order_id_and_notifies() -> 
         (86005.0, 1, "最小变动价位"),
         (99990.0, 1, "涨停"),
         (70000.0, 1, "跌停"),
-        (86000.0, 0, "委托数量"),
         (86000.0, 501, "委托数量"),
     ],
 )
@@ -217,26 +217,21 @@ def test_cancel_errors_for_unknown_and_finished_orders() -> None:
 def test_rate_limit_rejects_orders_beyond_the_per_second_budget() -> None:
     engine = make_engine("a", max_orders_per_second=3)
     t = T0 + 10**12
-    results = [
-        engine.apply(
-            Insert(
-                ts=t + i,
-                order=InsertOrder(
-                    user_id="a",
-                    order_id=f"o{i}",
-                    exchange_id="SHFE",
-                    instrument_id="cu2601",
-                    direction="BUY",
-                    offset="OPEN",
-                    volume=1,
-                    limit_price=85000.0,
-                ),
-            )
-        )
-        for i in range(4)
-    ]
-    assert [r.status for r in results] == ["ALIVE", "ALIVE", "ALIVE", "FINISHED"]
-    assert "频率" in results[3].last_msg
+
+    def insert(i: int, price: float = 85000.0, at: int = 0) -> Any:
+        request = InsertOrder(user_id="a", order_id=f"o{i}", exchange_id="SHFE", instrument_id="cu2601",
+                              direction="BUY", offset="OPEN", volume=1, limit_price=price)  # fmt: skip
+        return engine.apply(Insert(ts=t + at + i, order=request))
+
+    # Refused orders count too (the off-tick price): a flood of refusals is rate-limited like any other.
+    results = [insert(0), insert(1, price=85001.0), insert(2)]
+    assert [r.status for r in results] == ["ALIVE", "FINISHED", "ALIVE"]
+    # One over the rate is refused as a whole: nothing kept, nothing journaled.
+    with pytest.raises(RiskError) as refused:
+        insert(3)
+    assert refused.value.code == "rate_limited" and "频率" in refused.value.message
+    assert "o3" not in engine.users["a"].orders
+    assert insert(3, at=10**9).status == "ALIVE"  # the next second has a fresh budget
 
 
 def test_deposit_and_withdraw_change_the_account_and_record_transfers() -> None:
@@ -388,10 +383,40 @@ def test_trading_day_rolls_over_at_six_pm_and_skips_weekends() -> None:
     assert trading_day_of(friday_evening) == "20251201"
 
 
-@pytest.mark.parametrize("order_id", ["", "x" * 129])
+@pytest.mark.parametrize("order_id", ["", "x" * (limits.MAX_ID_LENGTH + 1)])
 def test_an_empty_or_oversized_order_id_is_refused_without_a_trace(order_id: str) -> None:
     engine = make_engine("a")
     with pytest.raises(RiskError):
         order(engine, "a", order_id, "BUY", 1)
     assert engine.users["a"].orders == {}
-    assert order(engine, "a", "x" * 128, "BUY", 1).status == "ALIVE"
+    assert order(engine, "a", "x" * limits.MAX_ID_LENGTH, "BUY", 1).status == "ALIVE"
+
+
+@pytest.mark.parametrize(("volume", "price"), [(2**64, 86000.0), (-(2**64), 86000.0), (0, 86000.0), (-1, 86000.0),
+                                               (1, 1e308), (1, -1.0), (1, float("nan")), (1, float("inf"))])  # fmt: skip
+def test_numbers_beyond_the_global_bounds_are_refused_as_a_whole(volume: int, price: float) -> None:
+    # Built in-process (no decoder in front): still refused before anything is kept or journaled.
+    engine = make_engine("a")
+    with pytest.raises(RiskError):
+        order(engine, "a", "big", "BUY", volume, price)
+    assert engine.users["a"].orders == {}
+
+
+def test_a_price_far_above_the_limit_on_a_small_tick_is_a_limit_rejection() -> None:
+    engine = make_engine("a")
+    request = InsertOrder(user_id="a", order_id="far", exchange_id="SHFE", instrument_id="au2602",
+                          direction="BUY", offset="OPEN", volume=1, limit_price=limits.MAX_PRICE)  # fmt: skip
+    rejected = engine.apply(Insert(ts=ts(), order=request))
+    assert rejected.status == "FINISHED" and "涨停" in rejected.last_msg
+
+
+def test_the_day_keeps_only_the_newest_rejected_orders() -> None:
+    engine = make_engine("a")
+    engine.flush()
+    for number in range(MAX_REJECTED_KEPT + 5):
+        assert order(engine, "a", f"r{number}", "BUY", 1, 86005.0).status == "FINISHED"  # off the tick grid
+    kept = engine.users["a"].orders
+    assert len(kept) == MAX_REJECTED_KEPT and "r0" not in kept and f"r{MAX_REJECTED_KEPT + 4}" in kept
+    rendered = engine.flush().users["a"]["orders"]
+    assert rendered["r0"] is None and rendered["r4"] is None and rendered["r5"] is not None
+    assert order(engine, "a", "good", "BUY", 1, 86000.0).status == "ALIVE"  # a dropped refusal is no limit

@@ -105,7 +105,7 @@ def test_unknown_route_and_wrong_method_answer_json(anonymous: httpx.Client) -> 
 def test_open_account_gives_the_diff_account(anonymous: httpx.Client) -> None:
     user_id = f"a{uuid.uuid4().hex[:8]}"
     response = anonymous.post(
-        "/api/account/open", json={"user_id": user_id, "password": "pw", "init_cash": 5e5}
+        "/api/account/open", json={"user_id": user_id, "password": "pw-123456", "init_cash": 5e5}
     )
     assert response.status_code == 201
     account = response.json()
@@ -114,14 +114,14 @@ def test_open_account_gives_the_diff_account(anonymous: httpx.Client) -> None:
 
 
 def test_open_existing_account_is_a_conflict(server: Server, user: User, anonymous: httpx.Client) -> None:
-    response = anonymous.post("/api/account/open", json={"user_id": user.user_id, "password": "other"})
+    response = anonymous.post("/api/account/open", json={"user_id": user.user_id, "password": "other-password"})
     assert response.status_code == 409
     assert error_of(response)["code"] == "user_exists"
 
 
 def test_open_account_refuses_bad_user_ids(anonymous: httpx.Client) -> None:
     for user_id in ["", "a.b", "x" * 65, "with space"]:
-        response = anonymous.post("/api/account/open", json={"user_id": user_id, "password": "pw"})
+        response = anonymous.post("/api/account/open", json={"user_id": user_id, "password": "pw-123456"})
         assert response.status_code == 400, (user_id, response.text)
 
 

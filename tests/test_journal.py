@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,10 +16,12 @@ from qaex.core.commands import Cancel, Deposit, OpenAccount
 from qaex.core.engine import Engine
 from qaex.core.journal_format import (
     HEADER,
+    SECTOR,
     SEGMENT_MAGIC,
     decode_checkpoint,
     encode_batch,
     encode_checkpoint,
+    find_record,
     scan_segment,
 )
 from qaex.exchange.journal import Journal, numbered_files
@@ -61,7 +65,7 @@ def test_crc_covers_the_sequence_number() -> None:
     data[len(SEGMENT_MAGIC) + 8] ^= 0x01  # low byte of the first record's seq
     scan = scan_segment(bytes(data), 1)
     assert scan.damage is not None and "CRC mismatch" in scan.damage.reason
-    assert scan.damage.data_follows
+    assert scan.damage.data_follows and not scan.damage.torn
 
 
 def test_sequence_gap_is_damage_with_data_after_it() -> None:
@@ -73,6 +77,117 @@ def test_sequence_gap_is_damage_with_data_after_it() -> None:
 def test_segment_torn_while_being_created_is_empty() -> None:
     scan = scan_segment(SEGMENT_MAGIC[:3], 1)
     assert scan.records == [] and scan.damage is not None and not scan.damage.data_follows
+    assert scan.damage.torn
+    zeros = scan_segment(bytes(700), 1)  # created, size on disk, header never written
+    assert zeros.damage is not None and zeros.damage.torn
+    alien = scan_segment(b"PK\x03\x04" + bytes(100), 1)
+    assert alien.damage is not None and not alien.damage.torn
+
+
+# -- torn write or damage ---------------------------------------------------------------------------------
+def deposit(ts: int, user: str = "alice") -> Deposit:
+    return Deposit(ts=ts, user_id=user, amount=1.0)
+
+
+def journal_with_last_batch(size: int, *, inside_one_sector: bool = False) -> tuple[bytes, int]:
+    """A segment of a few acknowledged batches and a last one of `size` records; and where that batch starts.
+
+    With `inside_one_sector`, the last record does not cross a sector boundary (a padding user id
+    moves it), so no single bit flip can leave a whole sector piece of zeros in it.
+    """
+    for pad in range(200):
+        head = segment(
+            encode_batch(1, [deposit(10), deposit(11, "b" * (1 + pad))]), encode_batch(3, [deposit(12)] * 3)
+        )
+        data = head + encode_batch(6, [deposit(20 + n) for n in range(size)])
+        last = scan_segment(data, 1).records[-1]
+        if not inside_one_sector or last.offset // SECTOR == (last.end - 1) // SECTOR:
+            return data, len(head)
+    raise AssertionError("no padding puts the last record inside one sector")
+
+
+def test_every_bit_flip_in_the_last_record_is_damage_not_a_torn_tail() -> None:
+    """Issue #13: the last record of the last batch was written and fsynced, then one bit changed."""
+    data, _ = journal_with_last_batch(1, inside_one_sector=True)
+    last = scan_segment(data, 1).records[-1]
+    for position in range(last.offset, last.end):
+        for bit in range(8):
+            damaged = bytearray(data)
+            damaged[position] ^= 1 << bit
+            scan = scan_segment(bytes(damaged), 1)
+            assert scan.damage is not None, (position, bit)
+            assert not scan.damage.torn, (position - last.offset, bit, scan.damage)
+            assert scan.damage.offset == last.offset and scan.damage.seq == last.seq
+
+
+def test_every_bit_flip_in_a_multi_record_last_batch_is_damage() -> None:
+    data, start = journal_with_last_batch(4)
+    for position in range(start, len(data)):
+        damaged = bytearray(data)
+        damaged[position] ^= 0x10
+        scan = scan_segment(bytes(damaged), 1)
+        assert scan.damage is not None and not scan.damage.torn, (position - start, scan.damage)
+
+
+def test_every_cut_of_the_last_batch_is_a_torn_tail() -> None:
+    """`kill -9` mid-write leaves a prefix of the batch: at any byte, it is torn and cut back to the batch start."""
+    data, start = journal_with_last_batch(4)
+    for cut in range(start + 1, len(data)):
+        scan = scan_segment(data[:cut], 1)
+        assert scan.damage is None or scan.damage.torn, (cut - start, scan.damage)
+        assert scan.batch_end == start
+        assert scan.damage is not None or scan.incomplete > 0
+
+
+def test_power_loss_images_of_the_last_batch_are_torn_tails() -> None:
+    """A power loss keeps some sectors of the batch being written, not others (they read as zeros), and may
+    lose the end of the file: every such image is a torn tail."""
+    rng = random.Random(13)
+    data, start = journal_with_last_batch(60)
+    sectors = range(start // SECTOR, (len(data) - 1) // SECTOR + 1)
+    for _ in range(300):
+        image = bytearray(data[: rng.randrange(start + 1, len(data) + 1)])
+        for sector in sectors:
+            if rng.random() < 0.3:
+                low = max(sector * SECTOR, start)  # the first sector's beginning was fsynced before
+                high = min((sector + 1) * SECTOR, len(image))
+                image[low:high] = bytes(max(0, high - low))
+        scan = scan_segment(bytes(image), 1)
+        assert scan.damage is None or scan.damage.torn, scan.damage
+        assert scan.batch_end == start
+
+
+def test_zeros_followed_by_a_later_batch_are_damage() -> None:
+    data, _ = journal_with_last_batch(3)
+    damaged = bytearray(data)
+    damaged[len(SEGMENT_MAGIC) : len(SEGMENT_MAGIC) + 40] = bytes(40)  # the first batch, acknowledged
+    scan = scan_segment(bytes(damaged), 1)
+    assert scan.damage is not None and not scan.damage.torn and scan.damage.data_follows
+    assert "later batch" in scan.damage.verdict
+
+
+def test_a_one_bit_length_error_is_named() -> None:
+    data, _ = journal_with_last_batch(1)
+    last = scan_segment(data, 1).records[-1]
+    damaged = bytearray(data)
+    damaged[last.offset + 1] ^= 0x01  # length + 256: runs past the end of the file
+    scan = scan_segment(bytes(damaged), 1)
+    assert scan.damage is not None and not scan.damage.torn
+    assert f"with a length of {len(last.body)} bytes the record is intact" in scan.damage.verdict
+
+
+def test_resynchronizing_after_damage_is_fast_on_large_segments() -> None:
+    """The search for records after damage proposes candidates by seq, and skips runs of zeros."""
+    records = encode_batch(1, [deposit(n) for n in range(60_000)])  # seqs below 65,536: upper bytes 0
+    data = SEGMENT_MAGIC + bytes(8 << 20) + records  # 8 MiB of zeros, then valid records
+    started = time.perf_counter()
+    found = find_record(data, len(SEGMENT_MAGIC), 1)
+    assert found is not None and found.seq == 1 and found.offset == len(SEGMENT_MAGIC) + (8 << 20)
+    damaged = bytearray(SEGMENT_MAGIC + records)
+    damaged[len(SEGMENT_MAGIC) + 20] ^= 0xFF  # the first record: everything after it has to be read
+    scan = scan_segment(bytes(damaged) + bytes(4 << 20), 1)
+    assert scan.damage is not None and scan.damage.data_follows and not scan.damage.torn
+    assert time.perf_counter() - started < 5
 
 
 def test_header_layout_is_17_bytes() -> None:
@@ -177,7 +292,10 @@ def test_verify_fails_on_corruption(journal_dir: Path) -> None:
     path.write_bytes(bytes(data))
     done = qaex("journal", "verify", "--data-dir", str(journal_dir))
     assert done.returncode == 1
-    assert f"CORRUPT: journal damaged in {path} at offset {len(SEGMENT_MAGIC)}: CRC mismatch" in done.stderr
+    assert (
+        f"CORRUPT: journal damaged in {path} at offset {len(SEGMENT_MAGIC)} (record seq 1): CRC mismatch"
+        in done.stderr
+    )
 
 
 def test_server_refuses_to_start_on_a_corrupt_journal(journal_dir: Path) -> None:
@@ -187,7 +305,10 @@ def test_server_refuses_to_start_on_a_corrupt_journal(journal_dir: Path) -> None
     path.write_bytes(bytes(data))
     server = launch(journal_dir.parent, data_dir=journal_dir)
     server.process.wait(30)  # hypercorn 0.18's CLI exits 0 even when its worker fails (docs/deployment.md)
-    assert f"qaex cannot start: journal damaged in {path} at offset 8: CRC mismatch" in server.log()
+    assert (
+        f"qaex cannot start: journal damaged in {path} at offset 8 (record seq 1): CRC mismatch"
+        in server.log()
+    )
 
 
 def test_checkpoint_command_refuses_while_a_server_holds_the_directory(journal_dir: Path) -> None:

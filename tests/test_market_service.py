@@ -190,6 +190,31 @@ def test_only_changed_fields_follow_the_first_quote(market: Market) -> None:
     assert set(patch["quotes"][CU]) == {"ask_price1", "ask_volume1", "datetime"}
 
 
+def test_a_batch_folded_in_late_shows_its_own_depth_not_the_engines_newer_books(market: Market) -> None:
+    client = Client(market)
+    client.subscribe(CU)
+    client.take()
+
+    def sell(number: int, price: float, volume: int) -> Insert:
+        request = InsertOrder(
+            user_id="alice", order_id=f"late{number}", exchange_id="SHFE", instrument_id="cu2601",
+            direction="SELL", offset="OPEN", volume=volume, limit_price=price,
+        )  # fmt: skip
+        return Insert(ts=market.clock.now + number, order=request)
+
+    market.engine.apply(sell(1, 86100.0, 2))
+    batch = market.engine.flush()
+    market.engine.apply(sell(2, 86050.0, 5))  # the engine is a batch ahead of the service
+    market.service.apply(batch)
+    market.publish()
+    client.take()
+    assert (client.quote()["ask_price1"], client.quote()["ask_volume1"]) == (86100.0, 2)
+    market.service.apply(market.engine.flush())
+    market.publish()
+    client.take()
+    assert (client.quote()["ask_price1"], client.quote()["ask_volume1"]) == (86050.0, 5)
+
+
 def test_unsubscribing_stops_the_flow(market: Market) -> None:
     client = Client(market)
     client.subscribe(CU)

@@ -91,7 +91,7 @@ async def exchange(nursery: trio.Nursery) -> AsyncIterator[Exchange]:
     exchange = Exchange(Engine())
     await nursery.start(exchange.run)
     for user in ("alice", "bob", "carol"):
-        await exchange.open_account(user, "pw", 1_000_000.0)
+        await exchange.open_account(user, "pw-123456", 1_000_000.0)
     yield exchange
 
 
@@ -297,10 +297,10 @@ async def test_a_session_that_never_peeks_stays_bounded_and_resyncs_correctly(ex
 
 
 async def test_closed_sessions_leave_nothing_behind(exchange: Exchange) -> None:
-    clients = [Client(exchange) for _ in range(50)]
+    clients = [Client(exchange) for _ in range(exchange.snapshots.max_sessions_per_user)]
     for client in clients:
         client.login("alice")
-    assert len(exchange.snapshots.sessions["alice"]) == 50
+    assert len(exchange.snapshots.sessions["alice"]) == len(clients)
     for client in clients:
         exchange.snapshots.remove(client.link)
     assert "alice" not in exchange.snapshots.sessions

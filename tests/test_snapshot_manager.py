@@ -193,7 +193,7 @@ async def test_gateway_waits_on_a_full_user_channel_and_loses_nothing() -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(exchange.run)
         for user in ("a", "b"):
-            await exchange.open_account(user, "pw", 1e9)
+            await exchange.open_account(user, "pw-123456", 1e9)
         async with trio.open_nursery() as load:
             for i in range(300):
                 for user, direction in (("a", "BUY"), ("b", "SELL")):

@@ -118,7 +118,7 @@ async def test_fills_create_no_tasks() -> None:
         exchange = Exchange(Engine())
         await nursery.start(exchange.run)
         for user in ("a", "b"):
-            await exchange.open_account(user, "pw", 1e9)
+            await exchange.open_account(user, "pw-123456", 1e9)
         ids = itertools.count()
 
         async def trade() -> None:

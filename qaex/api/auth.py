@@ -3,8 +3,9 @@
 A user token is ``user_id.expiry.signature``: the expiry in epoch seconds and an HMAC-SHA256 of
 ``user_id.expiry`` under the data directory's secret (base64url, no padding). The server keeps no
 session table — any token it signed is valid until it expires, across restarts, because the secret
-lives in the data directory. User ids cannot contain ``.`` (see Exchange.open_account), so the token
-splits unambiguously.
+lives in the data directory. User ids cannot contain ``.`` (``limits.USER_ID_PATTERN``), so the token
+splits unambiguously. Verification checks the shape of each part first: any string a client sends
+is a TokenError (401), never another exception.
 """
 
 from __future__ import annotations
@@ -12,7 +13,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import time
+
+from qaex.core.limits import is_user_id
+
+_EXPIRY = re.compile(r"[0-9]{1,12}")  # epoch seconds, ASCII digits only (int() takes any script's)
+_SIGNATURE = re.compile(r"[A-Za-z0-9_-]{43}")  # base64url of a SHA-256 digest, no padding
 
 
 class TokenError(Exception):
@@ -35,12 +42,14 @@ class TokenSigner:
         return f"{payload}.{self._signature(payload)}", expiry
 
     def verify(self, token: str, *, now: float | None = None) -> str:
-        """The user id the token was issued to; raises TokenError."""
+        """The user id the token was issued to; raises TokenError (and nothing else) for any string."""
         user_id, _, rest = token.partition(".")
         expiry_text, _, signature = rest.partition(".")
-        if not (user_id and expiry_text.isdigit() and signature):
+        if not (is_user_id(user_id) and _EXPIRY.fullmatch(expiry_text) and _SIGNATURE.fullmatch(signature)):
             raise TokenError("malformed token")
-        if not hmac.compare_digest(signature, self._signature(f"{user_id}.{expiry_text}")):
+        # Both ASCII by now; compared as bytes all the same (compare_digest refuses non-ASCII str).
+        expected = self._signature(f"{user_id}.{expiry_text}")
+        if not hmac.compare_digest(signature.encode(), expected.encode()):
             raise TokenError("invalid token")
         if int(expiry_text) <= (time.time() if now is None else now):
             raise TokenError("token expired: log in again")
@@ -58,4 +67,7 @@ def bearer(header: str | None) -> str | None:
 
 
 def is_admin_token(candidate: str, admin_token: str) -> bool:
-    return hmac.compare_digest(candidate.encode(), admin_token.encode())
+    """Constant-time comparison, as bytes: any string (non-ASCII, lone surrogates) is just unequal."""
+    return hmac.compare_digest(
+        candidate.encode("utf-8", "surrogatepass"), admin_token.encode("utf-8", "surrogatepass")
+    )

@@ -16,10 +16,11 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+from trio_websocket import ConnectionClosed, Endpoint, WebSocketConnection, WebSocketRequest, serve_websocket
 
 from qaex.core import ins_query
 from qaex.core.errors import QaexError
+from qaex.core.throttle import LoginThrottled
 from qaex.exchange.router import Request
 from qaex.exchange.snapshot import SessionLink
 from qaex.protocol import diff as messages
@@ -57,6 +58,7 @@ class DiffServer:
         self.heartbeat_timeout = heartbeat_timeout
         self._ids = itertools.count(1)
         self.active = 0
+        self._sources: dict[int, str] = {}  # session id -> client address, for the login throttle
 
     async def serve(
         self, host: str, port: int, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
@@ -87,6 +89,7 @@ class DiffServer:
         ws = await request.accept()
         self.active += 1
         link = SessionLink(DiffSession(next(self._ids)))
+        self._sources[link.session.session_id] = self._source_of(request, ws)
         snapshots = self.exchange.snapshots
         snapshots.add(link)
         if self.exchange.market is not None:
@@ -110,6 +113,7 @@ class DiffServer:
                 with trio.CancelScope(shield=True), trio.move_on_after(1):
                     await ws.aclose(1001, "server shutting down")
             self.active -= 1
+            self._sources.pop(link.session.session_id, None)
             snapshots.remove(link)
             if self.exchange.market is not None:
                 self.exchange.market.remove_session(link)
@@ -167,7 +171,10 @@ class DiffServer:
                 await self._transfer(link, event)
             elif isinstance(event, messages.ChangePassword):
                 assert session.user_id is not None
-                await exchange.change_password(session.user_id, event.old_password, event.new_password)
+                # The policy for the new password (weak_password), the old one checked like a login.
+                await exchange.change_password(
+                    session.user_id, event.old_password, event.new_password, source=self._source(link)
+                )
                 session.notify(0, "INFO", "修改密码成功")
             elif isinstance(event, (messages.SubscribeQuote, messages.SetChart)):
                 if exchange.market is not None:
@@ -184,29 +191,63 @@ class DiffServer:
         if not event.query:
             link.session.push({"symbols": {event.query_id: None}})
             return
+        query, variables = event.query, event.variables or {}
         try:
-            result = ins_query.answer(event.query, self.exchange.engine.instruments.values(), event.variables)
+            result = ins_query.answer(query, self.exchange.engine.instruments.values(), event.variables)
         except ins_query.UnsupportedQuery as exc:
-            # Still answered (empty), so that the client does not wait for its timeout.
+            # Still answered (empty), so that the client does not wait for its timeout; the refused
+            # query is not echoed back (it may be as large as the frame limit).
             link.session.notify(messages.NOTIFY_BAD_MESSAGE, "ERROR", str(exc))
-            result = {}
-        answer = {"query": event.query, "variables": event.variables or {}, "result": result}
+            result, query, variables = {}, "", {}
+        answer = {"query": query, "variables": variables, "result": result}
         link.session.push({"symbols": {event.query_id: answer}})
 
+    def _source_of(self, request: WebSocketRequest, ws: WebSocketConnection) -> str:
+        """The client's address as the throttles key it (a trusted proxy's X-Forwarded-For, or the peer)."""
+        remote = ws.remote
+        peer = remote.address if isinstance(remote, Endpoint) else str(remote)
+        forwarded = ",".join(
+            value.decode("latin-1") for name, value in request.headers if name.lower() == b"x-forwarded-for"
+        )
+        return self.exchange.guard.source(str(peer), forwarded or None)
+
+    def _source(self, link: SessionLink) -> str:
+        return self._sources.get(link.session.session_id, "unknown")
+
     async def _login(self, link: SessionLink, event: messages.ReqLogin) -> None:
+        """Check the password under the login throttle shared with HTTP (qaex.core.throttle).
+
+        Refusals are ERROR notifies: 402 wrong user name or password, 429 throttled (too many
+        failures for this user from this address, or from this address; nothing is checked).
+        """
         session = link.session
-        if not await self.exchange.check_password(event.user_name, event.password):
+        try:
+            ok = await self.exchange.check_password(
+                event.user_name, event.password, source=self._source(link)
+            )
+        except LoginThrottled as exc:
+            session.login_failed()
+            session.notify(429, "ERROR", f"登录失败: 失败次数过多, 请 {exc.retry_after_seconds} 秒后再试")
+            log.info("session %s: login throttled for %r", session.session_id, event.user_name[:64])
+            return
+        if not ok:
             session.login_failed()
             session.notify(402, "ERROR", "登录失败: 用户名或密码错误")
-            log.info("session %s: login failed for %r", session.session_id, event.user_name)
+            log.info("session %s: login failed for %r", session.session_id, event.user_name[:64])
             return
+        try:
+            self.exchange.snapshots.login(link, event.user_name)  # too many sessions: Conflict
+        except QaexError:
+            session.login_failed()
+            raise
         session.notify(401, "INFO", "登录成功")
-        self.exchange.snapshots.login(link, event.user_name)
 
     async def _transfer(self, link: SessionLink, event: messages.ReqTransfer) -> None:
         user_id = link.session.user_id
         assert user_id is not None
-        if event.future_password and not await self.exchange.check_password(user_id, event.future_password):
+        if event.future_password and not await self.exchange.check_password(  # throttled: notify 429
+            user_id, event.future_password, source=self._source(link)
+        ):
             link.session.notify(422, "ERROR", "转账失败: 期货账户密码错误")
             return
         if event.amount > 0:

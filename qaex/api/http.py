@@ -24,13 +24,15 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from qaex.api.auth import TokenError, TokenSigner, bearer, is_admin_token
 from qaex.api.metrics import Histogram, exposition, sample
 from qaex.config import Config
+from qaex.core import limits
 from qaex.core.chart import MAX_VIEW_WIDTH
 from qaex.core.errors import QaexError
 from qaex.core.orders import InsertOrder
-from qaex.core.passwords import verify_password
 from qaex.core.quote import NAN_ON_WIRE
+from qaex.core.throttle import Throttled
 from qaex.exchange.exchange import Exchange
 from qaex.protocol import http as proto
+from qaex.protocol import strict_json
 from qaex.protocol.http import Auth, RouteDoc
 
 log = logging.getLogger("qaex.http")
@@ -47,6 +49,7 @@ STATUS_BY_CODE = {
     "duplicate_order_id": 409,
     "order_finished": 409,
     "insufficient_funds": 422,
+    "rate_limited": 429,
 }
 
 
@@ -58,7 +61,6 @@ class Services:
     exchange: Exchange
     tokens: TokenSigner
     admin_token: str
-    dummy_password_hash: str  # verified for unknown users, so login timing does not reveal who exists
     order_latency: Histogram = field(
         default_factory=lambda: Histogram("qaex_http_order_submit_seconds", "HTTP order submit handling time")
     )
@@ -112,13 +114,66 @@ def error_response(status: int, code: str, message: str, **extra: Any) -> Respon
     return json_response({"error": {"code": code, "message": message}, **extra}, status)
 
 
+_decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
+
+
 async def decode(body_type: type[T]) -> T:
-    """The request body as `body_type`; an empty body counts as ``{}``."""
+    """The request body as `body_type`; an empty body counts as ``{}``.
+
+    Strict (qaex.protocol.strict_json): bounded types, bounded nesting, no duplicate keys.
+    """
     data = await request.get_data(cache=False)
+    decoder = _decoders.get(body_type)
+    if decoder is None:
+        decoder = _decoders[body_type] = msgspec.json.Decoder(body_type)
     try:
-        return msgspec.json.decode(data if data.strip() else b"{}", type=body_type)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        value: T = strict_json.decode(data if data.strip() else b"{}", decoder)
+    except strict_json.StrictJsonError as exc:
         raise HttpError(400, "bad_request", f"invalid body: {exc}") from None
+    return value
+
+
+def client_address() -> str:
+    """The request's source address as the throttles key it (``AccessGuard.source``: the peer, or
+    what a trusted proxy says in ``X-Forwarded-For``)."""
+    guard = services().exchange.guard
+    peer = request.remote_addr or ""
+    forwarded = ",".join(request.headers.getlist("X-Forwarded-For")) or None
+    if forwarded is not None and not guard.trusts(peer):
+        _warn_untrusted_forwarding(peer)
+    return guard.source(peer, forwarded)
+
+
+_warned_peers: set[str] = set()
+
+
+def _warn_untrusted_forwarding(peer: str) -> None:
+    """Once per peer (a few): behind a proxy that is not trusted, every client has the proxy's address."""
+    if peer not in _warned_peers and len(_warned_peers) < 8:
+        _warned_peers.add(peer)
+        log.warning(
+            "X-Forwarded-For from %s ignored: it is not in QAEX_TRUSTED_PROXIES, so its clients share "
+            "its address for the login and account-opening limits (see docs/configuration.md)",
+            peer,
+        )
+
+
+def query_int(name: str, default: int, low: int, high: int) -> int:
+    """The query parameter `name` as an integer `low`..`high` (`default` when absent); 400 otherwise.
+
+    ASCII digits only, at most as many as `high` has: ``str.isdigit`` and ``int`` accept other
+    scripts' digits and superscripts (``²`` passes isdigit and fails int), and 5,000 digits exceed
+    Python's int-string limit.
+    """
+    text = request.args.get(name)
+    if text is None:
+        return default
+    if 0 < len(text) <= len(str(high)) and text.isascii() and text.isdigit():
+        value = int(text)
+        if low <= value <= high:
+            return value
+    shown = text if len(text) <= 20 else text[:20] + "..."
+    raise HttpError(400, "bad_request", f"{name} must be an integer {low}-{high}, got {shown!r}")
 
 
 def current_user() -> str:
@@ -172,7 +227,10 @@ async def read_the_body_first() -> None:
 
 @blueprint.app_errorhandler(QaexError)
 async def on_qaex_error(exc: QaexError) -> Response:
-    return error_response(STATUS_BY_CODE.get(exc.code, exc.http_status), exc.code, exc.message)
+    response = error_response(STATUS_BY_CODE.get(exc.code, exc.http_status), exc.code, exc.message)
+    if isinstance(exc, Throttled):
+        response.headers["Retry-After"] = str(exc.retry_after_seconds)
+    return response
 
 
 @blueprint.app_errorhandler(HTTPException)
@@ -249,30 +307,36 @@ async def openapi() -> Response:
 # -- accounts ------------------------------------------------------------------------------------------------
 @route(
     "POST", "/api/account/open", "Open an account", body=proto.OpenAccountRequest, answer=proto.AccountView,
-    status=201, errors=(400, 409),
+    status=201, errors=(400, 409, 429),
 )  # fmt: skip
 async def open_account() -> Response:
     found = services()
     body = await decode(proto.OpenAccountRequest)
+    if body.user_id.startswith(limits.RESERVED_USER_PREFIX):
+        reserved = limits.RESERVED_USER_PREFIX
+        raise HttpError(400, "bad_user_id", f"user ids starting with {reserved!r} are the exchange's own")
     init_cash = found.config.init_cash if body.init_cash is None else body.init_cash
-    account = await timed(
-        found.command_latency, found.exchange.open_account(body.user_id, body.password, init_cash)
-    )
+    guard, source = found.exchange.guard, client_address()
+    guard.begin_account_opening(source, trio.current_time())  # 429 too_many_accounts
+    try:
+        account = await timed(
+            found.command_latency, found.exchange.open_account(body.user_id, body.password, init_cash)
+        )
+    except QaexError:  # refused (bad id, weak password, taken): it does not count
+        guard.account_not_opened(source, trio.current_time())
+        raise
     return json_response(account.to_diff(), 201)
 
 
 @route(
     "POST", "/api/auth/login", "Get a bearer token", body=proto.LoginRequest, answer=proto.LoginResponse,
-    errors=(400, 401),
+    errors=(400, 401, 429),
 )  # fmt: skip
 async def login() -> Response:
     found = services()
     body = await decode(proto.LoginRequest)
-    if body.user_id in found.exchange.engine.users:
-        ok = await found.exchange.check_password(body.user_id, body.password)
-    else:
-        await trio.to_thread.run_sync(verify_password, body.password, found.dummy_password_hash)
-        ok = False
+    # Throttled per (user, address) and per address: 429 login_throttled, before any hashing.
+    ok = await found.exchange.check_password(body.user_id, body.password, source=client_address())
     if not ok:
         raise HttpError(401, "bad_credentials", "wrong user_id or password")
     token, expires_at = found.tokens.issue(body.user_id)
@@ -506,13 +570,6 @@ async def quote(symbol: str) -> Response:
     return json_response(answer)
 
 
-def _count(default: int) -> int:
-    text = request.args.get("count", str(default))
-    if not text.isdigit() or not 1 <= int(text) <= MAX_VIEW_WIDTH:
-        raise HttpError(400, "bad_request", f"count must be an integer 1-{MAX_VIEW_WIDTH}, got {text!r}")
-    return int(text)
-
-
 def _market_data(symbol: str) -> Any:
     services().exchange.engine.instrument(symbol)  # 404 for an unknown symbol
     market = services().exchange.market
@@ -528,20 +585,16 @@ def _market_data(symbol: str) -> Any:
 )  # fmt: skip
 async def klines(symbol: str) -> Response:
     market = _market_data(symbol)
-    count = _count(200)
-    duration_text = request.args.get("duration", "60")
-    if not duration_text.isdigit() or int(duration_text) == 0:
-        raise HttpError(
-            400, "bad_request", f"duration must be a whole number of seconds > 0, got {duration_text!r}"
-        )
+    count = query_int("count", 200, 1, MAX_VIEW_WIDTH)
+    duration = query_int("duration", 60, 1, limits.MAX_DURATION_NS // 1_000_000_000)
     try:
-        series = market.kline_history(symbol, int(duration_text) * 1_000_000_000)
+        series = market.kline_history(symbol, duration * 1_000_000_000)
     except ValueError as exc:
         raise HttpError(400, "bad_request", str(exc)) from None
     bars = series.window(series.last_id - count + 1, series.last_id)
     return json_response(
         proto.KlinesResponse(
-            symbol, int(duration_text), series.last_id,
+            symbol, duration, series.last_id,
             [proto.KlineView(id=int(bar_id), **bar) for bar_id, bar in bars.items()],
         )
     )  # fmt: skip
@@ -553,7 +606,7 @@ async def klines(symbol: str) -> Response:
 )  # fmt: skip
 async def ticks(symbol: str) -> Response:
     market = _market_data(symbol)
-    count = _count(200)
+    count = query_int("count", 200, 1, MAX_VIEW_WIDTH)
     series = market.series(symbol, 0)
     window = series.window(series.last_id - count + 1, series.last_id)
     rows = [
@@ -568,10 +621,8 @@ async def ticks(symbol: str) -> Response:
     answer=proto.DepthResponse, errors=(400, 404),
 )  # fmt: skip
 async def depth(symbol: str) -> Response:
-    levels_text = request.args.get("levels", "5")
-    if not levels_text.isdigit() or not 1 <= int(levels_text) <= 50:
-        raise HttpError(400, "bad_request", f"levels must be an integer 1-50, got {levels_text!r}")
-    bids, asks = _depth(symbol, int(levels_text))
+    levels = query_int("levels", 5, 1, 50)
+    bids, asks = _depth(symbol, levels)
     return json_response(proto.DepthResponse(symbol, bids, asks))
 
 

@@ -6,36 +6,43 @@ replaying the same commands gives exactly the same state: the engine never reads
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
+from qaex.core.limits import Amount, Cash, IdText, PositivePrice, SymbolText, TradingDay, UserId
 from qaex.core.orders import InsertOrder
+
+PasswordHash = Annotated[str, msgspec.Meta(max_length=512)]
 
 
 class Command(msgspec.Struct, tag_field="cmd", kw_only=True, frozen=True):
+    """Base of the commands. Fields carry the bounds of :mod:`qaex.core.limits` that the engine checks
+    when it applies a command, so a journal record out of them is refused when it is decoded (damage),
+    and every command the engine applied decodes again on replay."""
+
     ts: int  # epoch ns, assigned by the router
 
 
 class OpenAccount(Command, frozen=True, tag="open_account"):
-    user_id: str
-    password_hash: str
-    init_cash: float
+    user_id: UserId
+    password_hash: PasswordHash
+    init_cash: Cash
 
 
 class ChangePassword(Command, frozen=True, tag="change_password"):
-    user_id: str
-    password_hash: str
+    user_id: UserId
+    password_hash: PasswordHash
 
 
 class Deposit(Command, frozen=True, tag="deposit"):
-    user_id: str
-    amount: float
+    user_id: UserId
+    amount: Amount
 
 
 class Withdraw(Command, frozen=True, tag="withdraw"):
-    user_id: str
-    amount: float
+    user_id: UserId
+    amount: Amount
 
 
 class Insert(Command, frozen=True, tag="insert"):
@@ -43,15 +50,15 @@ class Insert(Command, frozen=True, tag="insert"):
 
 
 class Cancel(Command, frozen=True, tag="cancel"):
-    user_id: str
-    order_id: str
+    user_id: UserId
+    order_id: IdText
 
 
 class Settle(Command, frozen=True, tag="settle"):
     """Daily settlement: prices missing from `prices` settle at the last price (or pre_settlement)."""
 
-    prices: dict[str, float] = msgspec.field(default_factory=dict)
-    trading_day: str = ""
+    prices: dict[SymbolText, PositivePrice] = msgspec.field(default_factory=dict)
+    trading_day: TradingDay = ""
 
 
 class UpsertInstrument(Command, frozen=True, tag="upsert_instrument"):
@@ -59,7 +66,7 @@ class UpsertInstrument(Command, frozen=True, tag="upsert_instrument"):
 
 
 class SetSuspended(Command, frozen=True, tag="set_suspended"):
-    symbol: str
+    symbol: SymbolText
     suspended: bool
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 
-from qaex.core import errors
+from qaex.core import errors, limits
 from qaex.core.account import Account, Position
 from qaex.core.book import OrderBook
 from qaex.core.commands import (
@@ -48,10 +48,12 @@ from qaex.core.orders import (
     Order,
     Trade,
 )
+from qaex.core.quote import DEPTH_LEVELS  # the levels a batch carries per book: what a DIFF quote shows
 
 CHINA_TZ = dt.timezone(dt.timedelta(hours=8))
 RENDERED = dict[str, Any]
-MAX_ORDER_ID_LENGTH = 128
+MAX_REJECTED_KEPT = 200
+"""Orders refused by the risk checks that one user's trading day keeps (and shows); older ones are dropped."""
 NAN = math.nan
 
 
@@ -67,6 +69,8 @@ class UserRecord:
     transfers: dict[str, dict[str, Any]] = field(default_factory=dict)
     order_window: int = -1  # rate limit: the second being counted
     orders_in_window: int = 0
+    # Client order ids of the day's orders refused by the risk checks, oldest first (MAX_REJECTED_KEPT).
+    rejected: dict[str, None] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -78,26 +82,60 @@ class MarketTrade:
     open_interest: int
 
 
+Depth = tuple[list[tuple[int, int]], list[tuple[int, int]]]
+"""``(bids, asks)`` of one book, each best first as ``(price_ticks, volume)`` (`OrderBook.depth`)."""
+
+
 @dataclass(slots=True)
 class Batch:
-    """What a run of commands changed, rendered for the gateway.
+    """What a run of commands changed, rendered for the gateway and the market data.
 
     ``users[user_id][kind][key]`` is the full DIFF rendering of a touched object (kind is orders, trades,
     positions, accounts, transfers) or None when the object was removed from the user's tree; the
     gateway sends only the fields that differ from what it sent before.
+
+    ``depth_changed`` holds the symbols whose book changed (an order rested, filled or was cancelled),
+    ``instruments_changed`` the symbols listed or whose spec, suspension or daily figures changed.
+    ``depth`` holds, for every symbol in ``depth_changed``, the :data:`DEPTH_LEVELS` best levels of
+    its book as they stand when `Engine.flush` renders the batch: consumers read a book's depth from
+    the batch, never from the engine, whose books may already be ahead of it.
     """
 
     users: dict[str, dict[str, dict[str, RENDERED | None]]] = field(default_factory=dict)
     notifies: dict[str, list[tuple[int, str, str]]] = field(default_factory=dict)  # (code, level, content)
     market_trades: list[MarketTrade] = field(default_factory=list)
-    books: set[str] = field(default_factory=set)  # symbols whose depth changed
-    instruments: set[str] = field(default_factory=set)  # symbols whose spec or daily figures changed
+    depth_changed: set[str] = field(default_factory=set)
+    instruments_changed: set[str] = field(default_factory=set)
     settled: bool = False
     trading_day: str = ""
     last_seq: int = 0
+    depth: dict[str, Depth] = field(default_factory=dict)  # by flush: symbol -> its book's best levels
 
     def __bool__(self) -> bool:
-        return bool(self.users or self.notifies or self.market_trades or self.books or self.instruments)
+        return bool(
+            self.users
+            or self.notifies
+            or self.market_trades
+            or self.depth_changed
+            or self.instruments_changed
+        )
+
+    def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
+        """Unpickle, also a batch from a checkpoint written before the symbol sets had these names.
+
+        An engine checkpoint pickles the engine's open batch. The state is ``(None, slot values)``
+        (the default pickling of a class with ``__slots__``); fields it lacks get their defaults.
+        """
+        values = dict(state[1])
+        for old, new in _RENAMED_BATCH_FIELDS.items():
+            if old in values:
+                values[new] = values.pop(old)
+        Batch.__init__(self)
+        for name, value in values.items():
+            setattr(self, name, value)
+
+
+_RENAMED_BATCH_FIELDS = {"books": "depth_changed", "instruments": "instruments_changed"}
 
 
 def trading_day_of(ts: int) -> str:
@@ -176,6 +214,9 @@ class Engine:
         self.__dict__.update(state)
         if isinstance(state["_touched_accounts"], set):
             self._upgrade_tracking(state)
+        for record in self.users.values():
+            if not hasattr(record, "rejected"):  # a checkpoint written before refusals were bounded
+                record.rejected = {}
         self._init_caches()
 
     def _upgrade_tracking(self, state: dict[str, Any]) -> None:
@@ -247,7 +288,7 @@ class Engine:
         if isinstance(command, SetSuspended):
             instrument = self.instrument(command.symbol)
             instrument.suspended = command.suspended
-            self._batch.instruments.add(command.symbol)
+            self._batch.instruments_changed.add(command.symbol)
             return instrument
         raise TypeError(f"unknown command {command!r}")
 
@@ -264,10 +305,12 @@ class Engine:
         return instrument
 
     def _open_account(self, command: OpenAccount) -> Account:
+        if not limits.is_user_id(command.user_id):
+            raise QaexError("user_id must be 1-64 of A-Z a-z 0-9 _ -", code="bad_user_id")
         if command.user_id in self.users:
             raise errors.Conflict(f"user {command.user_id!r} already exists", code="user_exists")
-        if not command.init_cash >= 0:
-            raise QaexError("init_cash must be >= 0", code="bad_amount")
+        if not 0 <= command.init_cash <= limits.MAX_AMOUNT:
+            raise QaexError(f"init_cash must be 0-{limits.MAX_AMOUNT:.0f}", code="bad_amount")
         account = Account(command.user_id, command.init_cash)
         self.users[command.user_id] = UserRecord(command.user_id, command.password_hash, account)
         self._touched_accounts[command.user_id] = account
@@ -276,8 +319,9 @@ class Engine:
 
     def _transfer(self, user_id: str, amount: float, ts: int, *, deposit: bool) -> Account:
         record = self.user(user_id)
-        if not (amount > 0 and amount < 1e15):
-            raise QaexError(f"转账金额必须大于0: {amount}", code="bad_amount", diff_code=422)
+        if not limits.amount_ok(amount):
+            message = f"转账金额必须大于0且不超过 {limits.MAX_AMOUNT:.0f}: {amount}"
+            raise QaexError(message, code="bad_amount", diff_code=422)
         if deposit:
             record.account.deposit_cash(amount)
         else:
@@ -302,12 +346,32 @@ class Engine:
         if record is None:
             record = self.user(user_id)  # raises NotFound
         order_id = request.order_id
-        if not 0 < len(order_id) <= MAX_ORDER_ID_LENGTH:
-            # Refused as a whole: an order needs an id the client can refer to, and ids are kept.
-            raise risk(errors.BAD_ORDER, f"下单失败, 委托单号长度必须在 1 到 {MAX_ORDER_ID_LENGTH} 之间")
+        # Refused as a whole (nothing recorded, nothing journaled): values outside the bounds of the
+        # journal's InsertOrder type (qaex.core.limits). The decoders refuse them first; this is for
+        # requests built in-process, so that every journaled insert decodes on replay. Within the
+        # bounds, a volume or price the instrument does not allow is a recorded rejection (below).
+        if not 0 < len(order_id) <= limits.MAX_ID_LENGTH:
+            raise risk(errors.BAD_ORDER, f"下单失败, 委托单号长度必须在 1 到 {limits.MAX_ID_LENGTH} 之间")
+        if not 1 <= request.volume <= limits.MAX_ORDER_VOLUME:
+            raise risk(errors.BAD_VOLUME, f"下单失败, 委托数量必须在 1 到 {limits.MAX_ORDER_VOLUME} 之间")
+        if not 0 <= request.limit_price <= limits.MAX_PRICE:  # also refuses NaN
+            raise risk(errors.BAD_ORDER, f"下单失败, 委托价格必须在 0 到 {limits.MAX_PRICE:.0f} 之间")
+        if not (0 < len(request.exchange_id) <= 16 and 0 < len(request.instrument_id) <= 64):
+            raise risk(errors.UNKNOWN_INSTRUMENT, f"下单失败, 不支持的合约代码: {request.symbol[:100]}")
         if order_id in record.orders:
             # The existing order keeps its state; the duplicate is refused without a trace in the tree.
             raise risk(errors.DUPLICATE_ORDER_ID, f"下单失败, 委托单号重复: {order_id}")
+        if self.max_orders_per_second:
+            # Every order counts, refused ones included; one over the rate is refused as a whole, so a
+            # flood costs neither memory nor journal. Replays see only the counted (journaled) orders.
+            window = ts // 1_000_000_000
+            if window != record.order_window:
+                record.order_window, record.orders_in_window = window, 0
+            if record.orders_in_window >= self.max_orders_per_second:
+                raise risk(
+                    errors.RATE_LIMITED, f"下单失败, 超过每秒 {self.max_orders_per_second} 笔的报单频率限制"
+                )
+            record.orders_in_window += 1
         self._order_seq = key = self._order_seq + 1
         price_type = request.price_type
         order = Order(
@@ -370,7 +434,7 @@ class Engine:
             del orders_by_key[key]
         else:
             order.last_msg = MSG_PARTIAL if order.volume_left < order.volume_orign else MSG_ACCEPTED
-            self._batch.books.add(symbol)
+            self._batch.depth_changed.add(symbol)
         return order
 
     def _validate(
@@ -397,33 +461,37 @@ class Engine:
             buy = order.direction == "BUY"
             price_ticks = instrument.upper_limit_ticks if buy else instrument.lower_limit_ticks
         else:
-            ticks = instrument.to_ticks(order.limit_price)
+            # The limits first: they bound the price before any tick arithmetic (a price of 1e9 on a
+            # 0.02 tick is 5e10 ticks: fine; unchecked, a huge one would overflow).
+            price, slack = order.limit_price, 1e-6 * instrument.price_tick
+            if price > instrument.upper_limit + slack:
+                raise risk(errors.PRICE_ABOVE_LIMIT, f"下单失败, 委托价格高于涨停板 {instrument.upper_limit}")
+            if price < instrument.lower_limit - slack:
+                raise risk(errors.PRICE_BELOW_LIMIT, f"下单失败, 委托价格低于跌停板 {instrument.lower_limit}")
+            ticks = instrument.to_ticks(price)
             if ticks is None:
                 raise risk(
                     errors.PRICE_OFF_TICK,
                     f"下单失败, 委托价格 {order.limit_price} 不是最小变动价位 "
                     f"{instrument.price_tick} 的整数倍",
                 )
-            if ticks > instrument.upper_limit_ticks:
-                raise risk(errors.PRICE_ABOVE_LIMIT, f"下单失败, 委托价格高于涨停板 {instrument.upper_limit}")
-            if ticks < instrument.lower_limit_ticks:
-                raise risk(errors.PRICE_BELOW_LIMIT, f"下单失败, 委托价格低于跌停板 {instrument.lower_limit}")
             price_ticks = ticks
-        if self.max_orders_per_second:
-            window = ts // 1_000_000_000
-            if window != record.order_window:
-                record.order_window, record.orders_in_window = window, 0
-            if record.orders_in_window >= self.max_orders_per_second:
-                raise risk(
-                    errors.RATE_LIMITED, f"下单失败, 超过每秒 {self.max_orders_per_second} 笔的报单频率限制"
-                )
-            record.orders_in_window += 1
         return instrument, price_ticks, ioc
 
     def _reject(self, order: Order, exc: QaexError) -> None:
+        """Finish a refused order; the user's day keeps the newest MAX_REJECTED_KEPT of them."""
         order.status = "FINISHED"
         order.last_msg = exc.message
         self.notify(order.user_id, exc.diff_code or 400, "ERROR", exc.message)
+        record = self.users[order.user_id]
+        rejected = record.rejected
+        rejected[order.order_id] = None
+        if len(rejected) > MAX_REJECTED_KEPT:
+            oldest = next(iter(rejected))
+            del rejected[oldest]
+            dropped = record.orders.pop(oldest)
+            self._touched_orders.pop(dropped.seqno, None)
+            self._render_into(order.user_id, "orders", oldest, None)
 
     def _fill(
         self,
@@ -493,7 +561,7 @@ class Engine:
         self.mark_price[symbol] = price
         self._moved.add(symbol)
         batch = self._batch
-        batch.books.add(symbol)
+        batch.depth_changed.add(symbol)
         batch.market_trades.append(MarketTrade(symbol, price, volume, ts, open_interest))
 
     def _cancel(self, user_id: str, order_id: str, ts: int) -> Order:
@@ -521,14 +589,23 @@ class Engine:
         self._touched_accounts[order.user_id] = account
         if order.offset != "OPEN":
             self._touch_position(account, symbol)
-        self._batch.books.add(symbol)
+        self._batch.depth_changed.add(symbol)
 
     # -- settlement and admin ---------------------------------------------------------------------
     def _settle(self, command: Settle) -> dict[str, float]:
         """Expire every open order, settle every account, and roll every instrument to the next day."""
+        day = command.trading_day
+        if day and not (len(day) == 8 and day.isascii() and day.isdigit()):
+            raise QaexError(f"trading_day must be YYYYMMDD, got {day[:20]!r}", code="bad_request")
+        for symbol in command.prices:
+            if not 0 < len(symbol) <= 64:
+                raise QaexError(f"no instrument {symbol[:70]!r}", code="unknown_instrument")
         prices: dict[str, float] = {}
         for symbol, instrument in self.instruments.items():
             price = command.prices.get(symbol, self.last_price.get(symbol, instrument.pre_settlement))
+            if not 0 < price <= limits.MAX_PRICE:
+                message = f"settlement price {price} of {symbol} is not in (0, {limits.MAX_PRICE:.0f}]"
+                raise QaexError(message, code="bad_price")
             ticks = instrument.to_ticks(price)
             if ticks is None:  # checked before anything changes: a refused command is not journaled
                 raise QaexError(
@@ -549,6 +626,7 @@ class Engine:
             for trade_id in record.trades:
                 self._render_into(record.user_id, "trades", trade_id, None)
             record.orders.clear()
+            record.rejected.clear()
             record.trades.clear()
         self._touched_orders.clear()  # every order touched so far belonged to some user's cleared list
         for symbol, instrument in self.instruments.items():
@@ -557,7 +635,7 @@ class Engine:
             instrument.pre_settlement = prices[symbol]
             instrument.pre_open_interest = self.open_interest.get(symbol, instrument.pre_open_interest)
             instrument.reset_limits()
-            self._batch.instruments.add(symbol)
+            self._batch.instruments_changed.add(symbol)
         self._moved.clear()  # positions were just reset to the settlement prices
         self.trading_day = command.trading_day or next_trading_day(self.trading_day)
         self._batch.settled = True
@@ -585,7 +663,7 @@ class Engine:
             self.books[symbol] = OrderBook(symbol)
             self._holders[symbol] = set()
             self.open_interest[symbol] = instrument.pre_open_interest
-        self._batch.instruments.add(symbol)
+        self._batch.instruments_changed.add(symbol)
         return instrument
 
     # ------------------------------------------------------------------------------------------------
@@ -642,7 +720,8 @@ class Engine:
     def flush(self) -> Batch:
         """Render everything touched (participants marked to market first) and start a new batch.
 
-        Rendered objects go to ``users[user_id][kind][key]`` (see `_render_into`).
+        Rendered objects go to ``users[user_id][kind][key]`` (see `_render_into`); the best
+        :data:`DEPTH_LEVELS` levels of every changed book go to ``depth[symbol]``, once per batch.
         """
         touched_accounts = self._touched_accounts
         touched_positions = self._touched_positions
@@ -667,6 +746,9 @@ class Engine:
         self._touched_positions = {}
         self._touched_accounts = {}
         batch = self._batch
+        if batch.depth_changed:
+            books = self.books
+            batch.depth = {symbol: books[symbol].depth(DEPTH_LEVELS) for symbol in batch.depth_changed}
         batch.trading_day = self.trading_day
         batch.last_seq = self.seq
         self._batch = Batch()

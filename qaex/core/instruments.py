@@ -14,50 +14,70 @@ import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
+
+from qaex.core import limits
 
 DAY_SESSION_METALS = [["09:00:00", "10:15:00"], ["10:30:00", "11:30:00"], ["13:30:00", "15:00:00"]]
 DAY_SESSION_CFFEX = [["09:30:00", "11:30:00"], ["13:00:00", "15:00:00"]]
 
 
+ClockTime = Annotated[str, msgspec.Meta(pattern=limits.whole(r"[0-9]{2}:[0-9]{2}:[0-9]{2}"))]
+Session = Annotated[list[ClockTime], msgspec.Meta(min_length=2, max_length=2)]  # [start, end]
+Sessions = Annotated[list[Session], msgspec.Meta(max_length=8)]
+
+
 class TradingTime(msgspec.Struct, frozen=True):
-    day: list[list[str]] = msgspec.field(default_factory=lambda: [list(s) for s in DAY_SESSION_METALS])
-    night: list[list[str]] = msgspec.field(default_factory=list)
+    day: Sessions = msgspec.field(default_factory=lambda: [list(s) for s in DAY_SESSION_METALS])
+    night: Sessions = msgspec.field(default_factory=list)
+
+
+# Bounds of a contract's figures (qaex.core.limits has the reasons): checked wherever an Instrument is
+# decoded — the admin route, instrument TOML files, the journal's upsert commands.
+Tick = Annotated[float, msgspec.Meta(ge=10.0**-limits.MAX_PRICE_TICK_DIGITS, le=1e6)]
+Multiplier = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
+Ratio = Annotated[float, msgspec.Meta(ge=0, le=1)]
+LimitRatio = Annotated[float, msgspec.Meta(gt=0, le=1)]
+Fee = Annotated[float, msgspec.Meta(ge=0, le=1e6)]
+Lots = Annotated[int, msgspec.Meta(ge=1, le=limits.MAX_ORDER_VOLUME)]
+Interest = Annotated[int, msgspec.Meta(ge=0, le=10**12)]
+Code = Annotated[str, msgspec.Meta(pattern=limits.whole(r"[A-Za-z0-9_-]{1,32}"))]
 
 
 class Instrument(msgspec.Struct, kw_only=True):
     """One futures contract. Money is CNY; rates are fractions of turnover (price × multiplier × lots)."""
 
-    exchange_id: str
-    instrument_id: str
-    product_id: str
-    instrument_name: str
-    price_tick: float
-    volume_multiple: int
-    margin_ratio_long: float
-    margin_ratio_short: float
+    exchange_id: limits.ExchangeCode
+    instrument_id: Code
+    product_id: Code
+    instrument_name: Annotated[str, msgspec.Meta(max_length=64)]
+    price_tick: Tick
+    volume_multiple: Multiplier
+    margin_ratio_long: Ratio
+    margin_ratio_short: Ratio
     # Commission: a fixed amount per lot plus a rate on turnover, separately for open, close, close-today.
-    open_commission_per_lot: float = 0.0
-    open_commission_rate: float = 0.0
-    close_commission_per_lot: float = 0.0
-    close_commission_rate: float = 0.0
-    close_today_commission_per_lot: float = 0.0
-    close_today_commission_rate: float = 0.0
-    pre_settlement: float
-    pre_close: float = math.nan
-    pre_open_interest: int = 0
+    open_commission_per_lot: Fee = 0.0
+    open_commission_rate: Ratio = 0.0
+    close_commission_per_lot: Fee = 0.0
+    close_commission_rate: Ratio = 0.0
+    close_today_commission_per_lot: Fee = 0.0
+    close_today_commission_rate: Ratio = 0.0
+    pre_settlement: limits.PositivePrice
+    pre_close: limits.Price = math.nan
+    pre_open_interest: Interest = 0
     # Daily price limits as a fraction of pre_settlement; explicit limits override the ratio.
-    limit_ratio: float = 0.06
-    upper_limit: float = math.nan
-    lower_limit: float = math.nan
-    min_limit_order_volume: int = 1
-    max_limit_order_volume: int = 500
-    min_market_order_volume: int = 1
-    max_market_order_volume: int = 100
+    limit_ratio: LimitRatio = 0.06
+    upper_limit: limits.Price = math.nan
+    lower_limit: limits.Price = math.nan
+    min_limit_order_volume: Lots = 1
+    max_limit_order_volume: Lots = 500
+    min_market_order_volume: Lots = 1
+    max_market_order_volume: Lots = 100
     trading_time: TradingTime = msgspec.field(default_factory=TradingTime)
-    expire_datetime: float = 0.0  # epoch seconds, as TqSdk's quote shows it
+    # epoch seconds, as TqSdk's quote shows it
+    expire_datetime: Annotated[float, msgspec.Meta(ge=0, le=1e10)] = 0.0
     expired: bool = False
     suspended: bool = False
 
@@ -374,7 +394,11 @@ class InstrumentRegistry(Mapping[str, Instrument]):
         keep = bool(document.get("include_defaults", False)) if include_defaults is None else include_defaults
         registry = cls(None if keep else [])
         for table in document.get("instrument", []):
-            registry.add(msgspec.convert(table, Instrument, strict=False))
+            try:
+                registry.add(msgspec.convert(table, Instrument, strict=False))
+            except msgspec.ValidationError as exc:
+                symbol = f"{table.get('exchange_id')}.{table.get('instrument_id')}"
+                raise ValueError(f"{symbol}: {exc}") from None
         if not registry:
             raise ValueError("instrument file lists no [[instrument]]")
         return registry

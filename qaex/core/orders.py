@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from qaex.core.limits import CodeText, IdText, Price, SymbolText, UserId, Volume
+
 Direction = Literal["BUY", "SELL"]
 Offset = Literal["OPEN", "CLOSE", "CLOSETODAY"]
 PriceType = Literal["LIMIT", "ANY", "BEST", "FIVELEVEL"]
@@ -38,17 +40,21 @@ MSG_IOC_CANCELLED = "已撤单报单已提交"
 
 
 class InsertOrder(msgspec.Struct, kw_only=True, frozen=True):
-    """A request to insert an order, as DIFF's insert_order carries it (already decoded)."""
+    """A request to insert an order, as DIFF's insert_order carries it (already decoded).
 
-    user_id: str
-    order_id: str
-    exchange_id: str
-    instrument_id: str
+    The field types carry the bounds the engine checks on every insert (lengths and ranges, see
+    :mod:`qaex.core.limits`), so a journal record that decodes is one the engine could have applied;
+    DIFF's :class:`~qaex.protocol.diff.InsertOrderMessage` adds the id alphabets."""
+
+    user_id: UserId
+    order_id: IdText
+    exchange_id: CodeText
+    instrument_id: SymbolText
     direction: Direction
     offset: Offset
-    volume: int
+    volume: Volume
     price_type: PriceType = "LIMIT"
-    limit_price: float = 0.0
+    limit_price: Price = 0.0
     time_condition: TimeCondition = "GFD"
     volume_condition: VolumeCondition = "ANY"
 

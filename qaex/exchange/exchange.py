@@ -23,7 +23,8 @@ import hmac
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
@@ -34,14 +35,24 @@ from qaex.core.calendar import next_settlement
 from qaex.core.engine import Batch, Engine
 from qaex.core.errors import Forbidden, QaexError
 from qaex.core.instruments import Instrument
+from qaex.core.limits import MAX_PASSWORD_LENGTH, is_user_id, password_problem
 from qaex.core.orders import InsertOrder, Order
 from qaex.core.passwords import hash_password, verify_password
+from qaex.core.throttle import AccessGuard, LoginThrottled
 from qaex.exchange.gateway import TradeGateway
 from qaex.exchange.journal import Journal
 from qaex.exchange.router import CommandLog, OrderRouter, Request
-from qaex.exchange.snapshot import SnapshotManager
+from qaex.exchange.snapshot import DEFAULT_MAX_SESSIONS_PER_USER, SnapshotManager
 
 log = logging.getLogger("qaex.exchange")
+
+
+class _Gate:
+    __slots__ = ("lock", "waiting")
+
+    def __init__(self) -> None:
+        self.lock = trio.Lock()
+        self.waiting = 0
 
 
 class Exchange:
@@ -54,6 +65,8 @@ class Exchange:
         market: Any = None,
         mark_interval: float = 0.5,
         settle_at: dt.time | None = None,
+        max_sessions_per_user: int = DEFAULT_MAX_SESSIONS_PER_USER,
+        guard: AccessGuard | None = None,
     ) -> None:
         self.engine = engine if engine is not None else Engine()
         batch_send, batch_receive = trio.open_memory_channel[Batch](256)
@@ -62,7 +75,7 @@ class Exchange:
             router_kwargs["clock"] = clock
         self.router = OrderRouter(self.engine, batch_send, **router_kwargs)
         self.journal = journal
-        self.snapshots = SnapshotManager(self._root_fields)
+        self.snapshots = SnapshotManager(self._root_fields, max_sessions_per_user=max_sessions_per_user)
         self.market = market
         self.simulator: Any = None  # the liquidity simulator, started once the router runs (qaex.app)
         market_send = market.batches if market is not None else None
@@ -72,6 +85,9 @@ class Exchange:
         # scrypt needs 16 MB per hash: at most two at a time (one per core), so a burst of logins
         # neither starves the event loop's core nor leaves dozens of 16 MB thread arenas behind.
         self._hashing = trio.CapacityLimiter(2)
+        self.guard = guard if guard is not None else AccessGuard()  # login throttles, per-address limits
+        self._dummy_hash: str | None = None  # verified for unknown users: same cost as a real check
+        self._checking: dict[str, _Gate] = {}  # source address -> its password checks, one at a time
         self.mark_interval = mark_interval
         self.settle_at = settle_at
         self._wall_clock = clock if clock is not None else time.time_ns
@@ -157,10 +173,13 @@ class Exchange:
 
     # -- accounts ---------------------------------------------------------------------------------
     async def open_account(self, user_id: str, password: str, init_cash: float = 1_000_000.0) -> Account:
-        if not user_id or len(user_id) > 64 or not user_id.replace("_", "").replace("-", "").isalnum():
-            raise QaexError("user_id must be 1-64 letters, digits, '_' or '-'", code="bad_user_id")
-        if not password:
-            raise QaexError("password must not be empty", code="bad_password")
+        """Open an account; `user_id` must match ``limits.USER_ID_PATTERN``, `password` the policy
+        (``limits.password_problem``): QaexError ``bad_user_id`` / ``weak_password`` / ``user_exists``."""
+        if not is_user_id(user_id):
+            raise QaexError("user_id must be 1-64 of A-Z a-z 0-9 _ -", code="bad_user_id")
+        problem = password_problem(user_id, password)
+        if problem is not None:
+            raise QaexError(problem, code="weak_password")
         if user_id in self.engine.users:
             raise QaexError(f"user {user_id!r} already exists", code="user_exists")
         password_hash = await trio.to_thread.run_sync(hash_password, password, limiter=self._hashing)
@@ -172,10 +191,60 @@ class Exchange:
         log.info("account opened: %s with %.2f", user_id, init_cash)
         return result
 
-    async def check_password(self, user_id: str, password: str) -> bool:
-        """True if `password` is the user's; repeat checks of a verified password skip the scrypt cost."""
+    async def check_password(self, user_id: str, password: str, *, source: str | None = None) -> bool:
+        """True if `password` is the user's; repeat checks of a verified password skip the scrypt cost.
+
+        `source` is the client's address (``AccessGuard.source``) when a client asks: the login
+        throttle then applies — LoginThrottled, before any hashing, while the (user, address) key
+        backs off or the address has spent its failures — and the outcome is recorded. In-process
+        callers pass no source. An unknown user costs the same scrypt as a known one, so the time
+        of the answer does not tell who has an account. Only the length bounds are checked (a
+        password chosen before the policy still works).
+        """
+        if source is None:
+            return await self._verify_password(user_id, password)
+        logins = self.guard.logins
+        wait = logins.wait(user_id, source, trio.current_time())  # throttled already: refused at once
+        if wait > 0:
+            raise LoginThrottled(wait)
+        async with self._one_check_at_a_time(source):
+            wait = logins.begin(user_id, source, trio.current_time())  # sees the check before's outcome
+            if wait > 0:
+                raise LoginThrottled(wait)
+            ok = False
+            try:
+                ok = await self._verify_password(user_id, password)
+            finally:  # cancelled while hashing: a failure
+                logins.end(user_id, source, ok, trio.current_time())
+        return ok
+
+    @asynccontextmanager
+    async def _one_check_at_a_time(self, source: str) -> AsyncIterator[None]:
+        """One password check per source address at a time: a flood from one address holds one of
+        the two hashing slots, never both, nor a queue of them that other clients wait behind; and
+        each throttle decision for the address sees the outcome of the check before it."""
+        gate = self._checking.get(source)
+        if gate is None:
+            gate = self._checking[source] = _Gate()
+        gate.waiting += 1
+        try:
+            async with gate.lock:
+                yield
+        finally:
+            gate.waiting -= 1
+            if gate.waiting == 0:
+                del self._checking[source]
+
+    async def _verify_password(self, user_id: str, password: str) -> bool:
+        if not 1 <= len(password) <= MAX_PASSWORD_LENGTH:
+            return False
         record = self.engine.users.get(user_id)
         if record is None:
+            if self._dummy_hash is None:
+                self._dummy_hash = await trio.to_thread.run_sync(
+                    hash_password, os.urandom(16).hex(), limiter=self._hashing
+                )
+            await trio.to_thread.run_sync(verify_password, password, self._dummy_hash, limiter=self._hashing)
             return False
         keyed = hmac.new(
             self._secret, f"{user_id}\0{password}\0{record.password_hash}".encode(), hashlib.sha256
@@ -191,11 +260,19 @@ class Exchange:
             self._verified[user_id] = digest
         return ok
 
-    async def change_password(self, user_id: str, old_password: str, new_password: str) -> None:
-        if not await self.check_password(user_id, old_password):
+    async def change_password(
+        self, user_id: str, old_password: str, new_password: str, *, source: str | None = None
+    ) -> None:
+        """Check the new password against the policy, then the old one (throttled like a login when
+        a client's `source` is given).
+
+        QaexError ``weak_password``, Forbidden ``bad_password``, LoginThrottled.
+        """
+        problem = password_problem(user_id, new_password)
+        if problem is not None:
+            raise QaexError(problem, code="weak_password")
+        if not await self.check_password(user_id, old_password, source=source):
             raise Forbidden("old password is wrong", code="bad_password", diff_code=402)
-        if not new_password:
-            raise QaexError("new password must not be empty", code="bad_password")
         password_hash = await trio.to_thread.run_sync(hash_password, new_password, limiter=self._hashing)
         await self.router.execute(
             lambda ts: commands.ChangePassword(ts=ts, user_id=user_id, password_hash=password_hash)

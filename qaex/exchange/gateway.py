@@ -11,8 +11,8 @@ SnapshotManager, which is then told which users have new patches (one wake-up pe
 gateway never awaits a network peer: the only thing it can wait on is a full user channel, which is
 backpressure from the SnapshotManager, never from a client.
 
-Market-level effects of a batch (trades, depth changes, instrument changes) are forwarded unchanged
-to the market-data service, if one is attached.
+A batch with market-level effects (trades, changed books with their depth, instrument changes) is
+forwarded unchanged to the market-data service, if one is attached.
 """
 
 from __future__ import annotations
@@ -88,8 +88,9 @@ class TradeGateway:
             sink.announce(sent)
         await trio.lowlevel.checkpoint()
         self.patches_sent += len(patches)
-        if self._market is not None and (batch.market_trades or batch.books or batch.instruments):
-            await self._market.send(batch)
+        market = self._market
+        if market is not None and (batch.market_trades or batch.depth_changed or batch.instruments_changed):
+            await market.send(batch)
 
     def build_patches(self, batch: Batch) -> dict[str, Patch]:
         """One merge patch per user with only what changed since that user's previous patch."""

@@ -22,6 +22,11 @@ a damaged newest checkpoint still leaves a way to recover.
 A write or fsync error is fatal: the router crashes, the exchange stops, and the process exits.
 After a failed fsync the page cache can no longer be trusted (Linux may drop the dirty pages), so
 carrying on could acknowledge commands that are lost.
+
+Recovery tells a torn tail from damage (qaex.core.journal_format.classify) by two properties of
+this writer: one commit at a time, so a batch is written only after the previous one's fsync
+returned (a valid later batch proves an earlier one was acknowledged); and each run appends to its
+own new segment, so only the newest segment can end in a torn write.
 """
 
 from __future__ import annotations

@@ -17,6 +17,20 @@ the ladder *before* it inserts new ones, so the engine's self-trade check never 
 runs its own loop with its own ``random.Random`` (seeded from ``seed`` and the symbol), so a run with a
 seed is reproducible per instrument whatever the scheduling order of the loops.
 
+Order ids are ``{instrument_id}.{N}`` (maker) and ``{instrument_id}.{N}t`` (taker), N from one counter
+per instrument. After a restart the journal has brought back the day's orders of both accounts, so the
+counter resumes above every number either account used for the instrument, whatever the suffix (an id
+used again would be refused as a duplicate), and the maker takes up its orders still in the book.
+
+The simulator is a participant, and no participant can end the exchange: everything it does runs
+inside a supervisor boundary. A step (or the first put-up of a ladder) that raises an ``Exception`` is
+logged with its traceback (each kind of exception at most once a minute, the repeats counted), the
+ladder waits ``BACKOFF_FIRST`` seconds, doubling with each failure in a row up to ``BACKOFF_MAX``, then
+re-syncs from the engine (the maker's live orders, the next free id) and tries again; the other
+ladders go on. A failure outside the ladders' loops (opening the accounts, building the ladders)
+restarts the whole simulator from the engine's state after the same back-off. Only a ``BaseException``
+(cancellation, when the exchange stops) ends it.
+
 Cost: a step every 0.5-2 s per instrument (``interval`` is the mean) sends about one order per second
 per instrument. Finished orders and trades stay in the engine (about 1 KB each) and in the journal
 until the daily settlement clears them, so once the day holds ``day_order_budget`` of the simulator's
@@ -30,7 +44,9 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import secrets
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -49,6 +65,49 @@ MAKER = "qaex-mm"
 TAKER = "qaex-taker"
 ACCOUNT_CASH = 1e11
 """Big enough that margin never limits the simulator in a lifetime of trading days."""
+BACKOFF_FIRST = 1.0
+"""Seconds a ladder waits after a failed step; doubled for each further failure in a row..."""
+BACKOFF_MAX = 30.0
+"""...up to this."""
+LOG_EVERY = 60.0
+"""Seconds between two log records of one kind of failure (the ones in between are counted)."""
+
+_NUMBER = re.compile(r"\d+")
+
+
+def backoff(failures: int) -> float:
+    """Seconds to wait after the ``failures``-th failure in a row (1, 2, 3, ...)."""
+    return min(BACKOFF_FIRST * 2.0 ** min(failures - 1, 64), BACKOFF_MAX)
+
+
+class ThrottledLog:
+    """Logs one kind of record at most once per ``every`` seconds of trio's clock, counting the rest.
+
+    The count is reported with the next record of the kind that gets through.
+    """
+
+    def __init__(self, logger: logging.Logger, every: float = LOG_EVERY) -> None:
+        self.logger = logger
+        self.every = every
+        self._last: dict[str, float] = {}  # kind -> when it was last logged
+        self._held: dict[str, int] = {}  # kind -> records not logged since
+
+    def log(
+        self, kind: str, level: int, message: str, *args: object, exc_info: BaseException | None = None
+    ) -> bool:
+        """Log unless a record of `kind` went out less than ``every`` seconds ago; True if logged."""
+        now = trio.current_time()
+        last = self._last.get(kind)
+        if last is not None and now - last < self.every:
+            self._held[kind] = self._held.get(kind, 0) + 1
+            return False
+        held = self._held.pop(kind, 0)
+        if held and last is not None:
+            message += " (and %d more like it in the last %.0f s)"
+            args = (*args, held, now - last)
+        self._last[kind] = now
+        self.logger.log(level, message, *args, exc_info=exc_info)
+        return True
 
 
 @dataclass(slots=True)
@@ -62,6 +121,7 @@ class Ladder:
     reference: int = 0  # ticks: the best bid; the best ask is one tick above
     live: dict[str, tuple[bool, int]] = field(default_factory=dict)  # order_id -> (buy, price in ticks)
     next_id: int = 1
+    failures: int = 0  # steps failed in a row (the supervisor's back-off and re-sync)
 
     def bounds(self) -> tuple[int, int]:
         """Lowest and highest reference that keep the whole ladder inside the price limits."""
@@ -149,9 +209,41 @@ class LiquiditySimulator:
         self.day_order_budget = day_order_budget
         self.ladders: dict[str, Ladder] = {}
         self._nursery: trio.Nursery | None = None  # the ladders' loops, while running
+        self._errors = ThrottledLog(log)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Open (or reuse) the two accounts, put up every ladder, then keep them moving."""
+        """Open (or reuse) the two accounts, put up every ladder, then keep them moving.
+
+        Started once the ladders are up (or once putting them up failed: the exchange does not wait
+        for the simulator). Never returns, and raises nothing but cancellation: a failure restarts the
+        simulator from the engine's state after a back-off (see the module docstring).
+        """
+        started = False
+        failures = 0
+        while True:
+            try:
+                await self._put_up()
+                failures = 0
+                if not started:
+                    started = True
+                    task_status.started()
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    for ladder in self.ladders.values():
+                        nursery.start_soon(self._loop, ladder, name=f"simulator:{ladder.instrument.symbol}")
+                    await trio.sleep_forever()  # also with no ladder yet: contracts may be listed later
+            except Exception as exc:
+                failures += 1
+                self._failed("start-up", exc, failures)
+                if not started:
+                    started = True
+                    task_status.started()
+                await trio.sleep(backoff(failures))
+            finally:
+                self._nursery = None
+
+    async def _put_up(self) -> None:
+        """Open (or reuse) the two accounts, take up today's orders, put up every ladder once."""
         engine = self.exchange.engine
         for user_id in (MAKER, TAKER):
             self.exchange.gateway.silent_users.add(user_id)
@@ -160,18 +252,10 @@ class LiquiditySimulator:
         # A covered contract that does not exist yet gets its ladder when it is listed (instrument_added).
         symbols = [symbol for symbol in engine.instruments if self._covers(symbol)]
         self.ladders = {symbol: self._ladder(symbol) for symbol in symbols}
-        self._adopt_todays_orders()
+        self._resync(self.ladders.values())
         for ladder in self.ladders.values():
-            await self._reconcile(ladder)
+            await self._supervised(ladder, self._reconcile)
         log.info("liquidity simulator ready: %d instruments, seed %s", len(symbols), self.seed)
-        task_status.started()
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                for ladder in self.ladders.values():
-                    nursery.start_soon(self._loop, ladder, name=f"simulator:{ladder.instrument.symbol}")
-        finally:
-            self._nursery = None
 
     def instrument_added(self, symbol: str) -> None:
         """A contract listed while running (``POST /api/admin/instruments``) gets its ladder too.
@@ -183,7 +267,13 @@ class LiquiditySimulator:
             return
         if symbol not in self.exchange.engine.instruments:
             return
-        ladder = self.ladders[symbol] = self._ladder(symbol)
+        try:
+            ladder = self._ladder(symbol)
+            self._resync([ladder])  # today's orders, if the contract was quoted earlier today
+        except Exception as exc:  # a participant's failure is not the admin's request's
+            self._failed(symbol, exc, 1)
+            return
+        self.ladders[symbol] = ladder
         self._nursery.start_soon(self._loop, ladder, name=f"simulator:{symbol}")
         log.info("liquidity simulator: ladder for %s", symbol)
 
@@ -201,22 +291,75 @@ class LiquiditySimulator:
         ladder.clamp()
         return ladder
 
-    def _adopt_todays_orders(self) -> None:
-        """After a restart that replayed today's orders: keep their ids unused and their ladders known."""
-        for order_id, order in self.exchange.engine.users[MAKER].orders.items():
-            ladder = self.ladders.get(order.symbol)
-            if ladder is None:
-                continue
-            number = order_id.rpartition(".")[2]
-            if number.isdigit():
-                ladder.next_id = max(ladder.next_id, int(number) + 1)
-            if order.status == "ALIVE":
-                ladder.live[order_id] = (order.is_buy, ladder.instrument.to_ticks(order.limit_price) or 0)
+    def _resync(self, ladders: Iterable[Ladder]) -> None:
+        """Make the ladders agree with the engine (after a restart, after a failure).
+
+        ``live`` becomes the maker's orders in the instrument's book, and ``next_id`` goes above every
+        number used in the instrument's ids of *either* account, whatever follows it (the taker's ``t``):
+        ids are kept for the day, so one issued again would be refused as a duplicate.
+        """
+        by_symbol = {ladder.instrument.symbol: ladder for ladder in ladders}
+        if not by_symbol:
+            return
+        highest = {ladder.instrument.instrument_id: 0 for ladder in by_symbol.values()}  # id prefix -> N
+        for ladder in by_symbol.values():
+            ladder.live = {}
+        users = self.exchange.engine.users
+        for user_id in (MAKER, TAKER):
+            for order_id, order in users[user_id].orders.items():
+                prefix, dot, rest = order_id.rpartition(".")
+                number = _NUMBER.match(rest) if dot and prefix in highest else None
+                if number is not None:
+                    highest[prefix] = max(highest[prefix], int(number.group()))
+                if user_id == MAKER and order.status == "ALIVE":
+                    quoting = by_symbol.get(order.symbol)
+                    if quoting is not None:
+                        price = quoting.instrument.to_ticks(order.limit_price) or 0
+                        quoting.live[order_id] = (order.is_buy, price)
+        for ladder in by_symbol.values():
+            ladder.next_id = max(ladder.next_id, highest[ladder.instrument.instrument_id] + 1)
 
     async def _loop(self, ladder: Ladder) -> None:
         while True:
-            await trio.sleep(ladder.rng.uniform(0.4, 1.6) * self.interval * self._slowdown())
-            await self.step(ladder)
+            if ladder.failures:
+                await trio.sleep(backoff(ladder.failures))
+            else:
+                await trio.sleep(ladder.rng.uniform(0.4, 1.6) * self.interval * self._slowdown())
+            await self._supervised(ladder, self.step)
+
+    async def _supervised(self, ladder: Ladder, action: Callable[[Ladder], Awaitable[None]]) -> None:
+        """The supervisor boundary around one step of a ladder: an ``Exception`` is logged and counted
+        (the loop then backs off), never raised; after a failure the ladder re-syncs before it acts."""
+        try:
+            if ladder.failures:
+                self._resync([ladder])
+            await action(ladder)
+        except Exception as exc:
+            ladder.failures += 1
+            self._failed(ladder.instrument.symbol, exc, ladder.failures)
+            return
+        if ladder.failures:
+            self._errors.log(
+                "recovered",
+                logging.WARNING,
+                "liquidity simulator: %s recovered after %d failed step(s)",
+                ladder.instrument.symbol,
+                ladder.failures,
+            )
+            ladder.failures = 0
+
+    def _failed(self, what: str, exc: Exception, failures: int) -> None:
+        kind = f"{type(exc).__module__}.{type(exc).__qualname__}"
+        self._errors.log(
+            kind,
+            logging.ERROR,
+            "liquidity simulator: %s failed (%d in a row); trying again in %.0f s: %r",
+            what,
+            failures,
+            backoff(failures),
+            exc,
+            exc_info=exc,
+        )
 
     def _slowdown(self) -> float:
         """1 until today's orders pass the budget, then proportional to them: the day's records (kept

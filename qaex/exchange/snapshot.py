@@ -24,8 +24,13 @@ from typing import Any
 
 import trio
 
+from qaex.core.errors import Conflict
 from qaex.core.patch import copy_tree
+from qaex.protocol.diff import NOTIFY_TOO_MANY_SESSIONS
 from qaex.protocol.session import DiffSession
+
+DEFAULT_MAX_SESSIONS_PER_USER = 32
+"""Sessions one user may be logged in on at once: every one costs a writer task and a copy of each patch."""
 
 log = logging.getLogger("qaex.snapshot")
 
@@ -80,9 +85,17 @@ class SessionLink:
 
 
 class SnapshotManager:
-    def __init__(self, root_fields: Callable[[str], dict[str, Any]], *, channel_size: int = 1024) -> None:
-        """`root_fields(user_id)`: the fields a user's trade tree starts with (user_id, trading_day...)."""
+    def __init__(
+        self,
+        root_fields: Callable[[str], dict[str, Any]],
+        *,
+        channel_size: int = 1024,
+        max_sessions_per_user: int = DEFAULT_MAX_SESSIONS_PER_USER,
+    ) -> None:
+        """`root_fields(user_id)`: the fields a user's trade tree starts with (user_id, trading_day...);
+        `max_sessions_per_user`: logged-in sessions one user may hold at once (0 = no limit)."""
         self._root_fields = root_fields
+        self.max_sessions_per_user = max_sessions_per_user
         self._channel_size = channel_size
         self._running = False
         self._channels: dict[str, trio.MemorySendChannel[Patch]] = {}
@@ -198,13 +211,22 @@ class SnapshotManager:
     def login(self, link: SessionLink, user_id: str) -> None:
         """Attach a logged-in session to its user: it gets the full trade tree first, then every patch.
 
+        Raises Conflict (``too_many_sessions``) when the user already holds `max_sessions_per_user`.
+
         The tree is ahead of the user's channel (the gateway writes patches into it before sending
         them), so the channel is drained first: the new session then starts from a tree that
         includes every patch the other sessions got, and gets only newer ones.
         """
+        sessions = self.sessions.setdefault(user_id, set())
+        if self.max_sessions_per_user and len(sessions) >= self.max_sessions_per_user:
+            raise Conflict(
+                f"登录失败: 连接数已达上限 (at most {self.max_sessions_per_user} sessions per user)",
+                code="too_many_sessions",
+                diff_code=NOTIFY_TOO_MANY_SESSIONS,
+            )
         self.flush(user_id)
         link.session.logged_in(user_id)
-        self.sessions.setdefault(user_id, set()).add(link)
+        sessions.add(link)
         link.session.push({"trade": {user_id: copy_tree(self.tree(user_id))}})
         link.wake()
         log.info("session %s logged in as %s", link.session.session_id, user_id)

@@ -14,17 +14,36 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
+from qaex.core.ins_query import MAX_LIST_ITEMS, MAX_QUERY_LENGTH
+from qaex.core.limits import (
+    MAX_DURATION_NS,
+    MAX_PASSWORD_LENGTH,
+    ClientKey,
+    ExchangeCode,
+    InsList,
+    Int64,
+    OrderId,
+    Password,
+    ShortText,
+    SignedAmount,
+    Symbol,
+    UserId,
+)
 from qaex.core.orders import InsertOrder
+from qaex.protocol import strict_json
 
 NotifyLevel = Literal["INFO", "WARNING", "ERROR"]
 
 # Notify codes. 400/408/418 are open-trade-gateway's (clients know them); 490/491 are qaex's own, for
-# frames that are not a valid DIFF message at all.
+# frames that are not a valid DIFF message at all; 492: the user holds too many sessions to log in.
 NOTIFY_DUPLICATE_LOGIN: Final = 400
 NOTIFY_WRONG_USER: Final = 408
 NOTIFY_CANCEL_WRONG_USER: Final = 418
 NOTIFY_BAD_MESSAGE: Final = 490
 NOTIFY_UNKNOWN_AID: Final = 491
+NOTIFY_TOO_MANY_SESSIONS: Final = 492
+
+
 
 
 class DiffProtocolError(Exception):
@@ -45,9 +64,9 @@ class PeekMessage(_Message, frozen=True, tag="peek_message"):
 
 
 class ReqLogin(_Message, frozen=True, tag="req_login"):
-    bid: str
-    user_name: str
-    password: str
+    bid: ShortText
+    user_name: UserId
+    password: Password
 
 
 class ConfirmSettlement(_Message, frozen=True, tag="confirm_settlement"):
@@ -55,7 +74,7 @@ class ConfirmSettlement(_Message, frozen=True, tag="confirm_settlement"):
 
 
 class SubscribeQuote(_Message, frozen=True, tag="subscribe_quote"):
-    ins_list: str  # "SHFE.cu2601,DCE.m2601"; replaces the previous subscription, "" unsubscribes
+    ins_list: InsList  # "SHFE.cu2601,DCE.m2601"; replaces the previous subscription, "" unsubscribes
 
 
 class SetChart(_Message, frozen=True, tag="set_chart"):
@@ -65,46 +84,53 @@ class SetChart(_Message, frozen=True, tag="set_chart"):
     default width then.
     """
 
-    chart_id: str
-    ins_list: str
-    duration: int  # ns; 0 = ticks
-    view_width: int = 500
-    left_kline_id: int | None = None
-    focus_datetime: int | None = None
-    focus_position: int | None = None
-    trading_day_start: int | None = None
-    trading_day_count: int | None = None
+    chart_id: ClientKey
+    ins_list: InsList
+    duration: Annotated[int, msgspec.Meta(ge=0, le=MAX_DURATION_NS)]  # ns; 0 = ticks
+    view_width: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 500
+    left_kline_id: Int64 | None = None
+    focus_datetime: Int64 | None = None
+    focus_position: Annotated[int, msgspec.Meta(ge=-1_000_000, le=1_000_000)] | None = None
+    trading_day_start: Int64 | None = None
+    trading_day_count: Annotated[int, msgspec.Meta(ge=0, le=100_000)] | None = None
 
 
 class InsertOrderMessage(InsertOrder, frozen=True, kw_only=True, tag_field="aid", tag="insert_order"):
-    """DIFF insert_order; it *is* a core :class:`InsertOrder`, so it goes to the order router as is."""
+    """DIFF insert_order; it *is* a core :class:`InsertOrder` (whose fields carry the bounds), so it
+    goes to the order router as is. Ids entering here also follow the alphabets."""
 
-    volume: Annotated[int, msgspec.Meta(gt=0)]
+    order_id: OrderId
+    exchange_id: ExchangeCode
+    instrument_id: Symbol
 
 
 class CancelOrder(_Message, frozen=True, tag="cancel_order"):
-    user_id: str
-    order_id: str
+    user_id: UserId
+    order_id: OrderId
 
 
 class ReqTransfer(_Message, frozen=True, tag="req_transfer"):
-    amount: float  # > 0 deposits into the futures account, < 0 withdraws
-    future_account: str = ""
-    future_password: str = ""
-    bank_id: str = ""
-    bank_password: str = ""
-    currency: str = "CNY"
+    amount: SignedAmount  # > 0 deposits into the futures account, < 0 withdraws
+    future_account: ShortText = ""
+    future_password: Annotated[str, msgspec.Meta(max_length=MAX_PASSWORD_LENGTH)] = ""
+    bank_id: ShortText = ""
+    bank_password: ShortText = ""
+    currency: ShortText = "CNY"
 
 
 class ChangePassword(_Message, frozen=True, tag="change_password"):
-    old_password: str
-    new_password: str
+    old_password: Password
+    new_password: Annotated[str, msgspec.Meta(max_length=MAX_PASSWORD_LENGTH)]
+
+
+QueryValue = str | Int64 | bool | None | Annotated[list[str | Int64], msgspec.Meta(max_length=MAX_LIST_ITEMS)]
 
 
 class InsQuery(_Message, frozen=True, tag="ins_query"):
-    query_id: str
-    query: str
-    variables: dict[str, Any] | None = None  # TqSdk omits it for some queries
+    query_id: ClientKey
+    query: Annotated[str, msgspec.Meta(max_length=MAX_QUERY_LENGTH)]
+    # TqSdk omits it for some queries; values are flat (strings, integers, lists of them).
+    variables: Annotated[dict[ShortText, QueryValue], msgspec.Meta(max_length=64)] | None = None
 
 
 ClientMessage = (
@@ -125,31 +151,65 @@ KNOWN_AIDS: Final[frozenset[str]] = frozenset(
 )
 
 _message_decoder: Final[msgspec.json.Decoder[ClientMessage]] = msgspec.json.Decoder(ClientMessage)
-_any_decoder: Final = msgspec.json.Decoder()
 _encoder: Final = msgspec.json.Encoder()
 
 
+class _Aid(msgspec.Struct):
+    """Only the ``aid`` of a frame that failed to decode, to say what is wrong with it."""
+
+    aid: msgspec.Raw = msgspec.Raw(b"null")
+
+
+_aid_decoder: Final = msgspec.json.Decoder(_Aid)
+
+
 def decode_client_message(frame: bytes | str) -> ClientMessage:
-    """Decode one client frame; raise :class:`DiffProtocolError` with a readable reason if it is invalid."""
+    """Decode one client frame; raise :class:`DiffProtocolError` with a readable reason if it is invalid.
+
+    Every way a frame can be wrong ends here as a DiffProtocolError (a notify), never another exception:
+    a value out of its bounds, deep nesting, a duplicate key, a number too large for any type.
+    """
     try:
-        return _message_decoder.decode(frame)
+        message = _message_decoder.decode(frame)
     except msgspec.ValidationError as exc:
-        # Rare path: look at the frame as plain JSON to say which part is wrong.
-        raise _explain(_any_decoder.decode(frame), exc) from None
+        raise _explain(frame, exc) from None
     except msgspec.DecodeError as exc:
-        raise DiffProtocolError(NOTIFY_BAD_MESSAGE, f"malformed JSON: {exc}") from None
+        raise DiffProtocolError(NOTIFY_BAD_MESSAGE, f"malformed JSON: {strict_json.error_text(exc)}") from exc
+    except RecursionError:
+        raise DiffProtocolError(NOTIFY_BAD_MESSAGE, strict_json.MAX_DEPTH_MESSAGE) from None
+    except UnicodeError:  # a str frame with a lone surrogate (a WebSocket text frame cannot carry one)
+        raise DiffProtocolError(NOTIFY_BAD_MESSAGE, "malformed text: not UTF-8") from None
+    if type(message) is not PeekMessage:  # the most frequent frame has nothing to be ambiguous about
+        problem = strict_json.key_problem(frame)
+        if problem is not None:
+            aid = message.__struct_config__.tag
+            raise DiffProtocolError(NOTIFY_BAD_MESSAGE, f"invalid {aid}: {problem}")
+    return message
 
 
-def _explain(raw: Any, exc: msgspec.ValidationError) -> DiffProtocolError:
-    if not isinstance(raw, dict):
-        kind = "array" if isinstance(raw, list) else type(raw).__name__
+def _explain(frame: bytes | str, exc: msgspec.ValidationError) -> DiffProtocolError:
+    """Rare path: look at the frame's ``aid`` alone to say which part is wrong."""
+    try:
+        raw = bytes(_aid_decoder.decode(frame).aid)
+    except msgspec.ValidationError:
+        text = frame.lstrip() if isinstance(frame, str) else frame.lstrip().decode(errors="replace")
+        kind = _JSON_KINDS.get(text[:1], "number")
         return DiffProtocolError(NOTIFY_BAD_MESSAGE, f"a DIFF message must be a JSON object, got {kind}")
-    aid = raw.get("aid")
-    if aid is None:
+    except (msgspec.DecodeError, RecursionError):
+        return DiffProtocolError(NOTIFY_BAD_MESSAGE, f"invalid message: {strict_json.error_text(exc)}")
+    if raw == b"null":
         return DiffProtocolError(NOTIFY_BAD_MESSAGE, "message has no `aid`")
-    if not isinstance(aid, str) or aid not in KNOWN_AIDS:
-        return DiffProtocolError(NOTIFY_UNKNOWN_AID, f"unknown aid {aid!r}")
-    return DiffProtocolError(NOTIFY_BAD_MESSAGE, f"invalid {aid}: {exc}")
+    try:
+        aid = msgspec.json.decode(raw) if raw.startswith(b'"') else None
+    except msgspec.DecodeError:  # the raw value was skipped unchecked: invalid UTF-8, say
+        aid = None
+    if aid not in KNOWN_AIDS:
+        shown = repr(aid[:64]) if isinstance(aid, str) else raw[:64].decode(errors="replace")
+        return DiffProtocolError(NOTIFY_UNKNOWN_AID, f"unknown aid {shown}")
+    return DiffProtocolError(NOTIFY_BAD_MESSAGE, f"invalid {aid}: {strict_json.error_text(exc)}")
+
+
+_JSON_KINDS: Final = {"[": "array", '"': "str", "t": "bool", "f": "bool", "n": "NoneType"}
 
 
 def encode_rtn_data(data: list[dict[str, Any]]) -> bytes:

@@ -17,13 +17,20 @@ import msgspec
 
 from qaex.core.account import ACCOUNT_FIELDS, Position
 from qaex.core.instruments import Instrument
+from qaex.core.limits import (
+    Amount,
+    Cash,
+    ExchangeCode,
+    OrderId,
+    Password,
+    PositivePrice,
+    Price,
+    Symbol,
+    TradingDay,
+    UserId,
+    Volume,
+)
 from qaex.core.orders import Direction, Offset, PriceType, TimeCondition, Trade, VolumeCondition
-
-UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-OrderId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-Password = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
-Amount = Annotated[float, msgspec.Meta(gt=0, le=1e15)]
-Price = Annotated[float, msgspec.Meta(ge=0, le=1e12)]
 
 
 # -- requests -------------------------------------------------------------------------------------------
@@ -34,7 +41,7 @@ class Body(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class OpenAccountRequest(Body, kw_only=True):
     user_id: UserId
     password: Password
-    init_cash: Annotated[float, msgspec.Meta(ge=0, le=1e15)] | None = None
+    init_cash: Cash | None = None
 
 
 class LoginRequest(Body, kw_only=True):
@@ -55,11 +62,11 @@ class SubmitOrderRequest(Body, kw_only=True):
 
     user_id: UserId | None = None
     order_id: OrderId | None = None
-    exchange_id: str | None = None
-    instrument_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    exchange_id: ExchangeCode | None = None
+    instrument_id: Symbol
     direction: Direction
     offset: Offset = "OPEN"
-    volume: Annotated[int, msgspec.Meta(gt=0)]
+    volume: Volume
     order_type: Literal["LIMIT", "MARKET"] | None = None
     price: Price | None = None
     price_type: PriceType | None = None
@@ -74,8 +81,10 @@ class CancelOrderRequest(Body, kw_only=True):
 
 
 class SettleRequest(Body, kw_only=True):
-    prices: dict[str, Annotated[float, msgspec.Meta(gt=0)]] = msgspec.field(default_factory=dict)
-    trading_day: Annotated[str, msgspec.Meta(pattern=r"^(\d{8})?$")] = ""
+    prices: Annotated[dict[Symbol, PositivePrice], msgspec.Meta(max_length=10_000)] = msgspec.field(
+        default_factory=dict
+    )
+    trading_day: TradingDay = ""
 
 
 class AdminDepositRequest(Body, kw_only=True):
@@ -85,8 +94,11 @@ class AdminDepositRequest(Body, kw_only=True):
 
 def _instrument_spec() -> type[msgspec.Struct]:
     """Every Instrument field, optional except the symbol's two parts: a create or a partial update."""
-    hints = get_type_hints(Instrument)
-    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = [("exchange_id", str), ("instrument_id", str)]
+    hints = get_type_hints(Instrument, include_extras=True)  # the bounds are Annotated extras
+    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = [
+        ("exchange_id", hints["exchange_id"]),
+        ("instrument_id", hints["instrument_id"]),
+    ]
     for name in Instrument.__struct_fields__:
         if name not in ("exchange_id", "instrument_id"):
             fields.append((name, hints[name] | msgspec.UnsetType, msgspec.UNSET))

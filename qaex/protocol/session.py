@@ -65,6 +65,8 @@ DEFAULT_MAX_PENDING: Final = 20_000
 
 VIEW_SIZE_FACTOR: Final = 2
 MAX_PENDING_NOTIFIES: Final = 100
+MAX_NOTIFY_TEXT: Final = 1_000
+"""Characters of one notify's content (longer ones are cut): pending notifies cost at most ~100 KB."""
 MAX_CHARTS: Final = 256
 """Charts one connection may hold open; each costs the server a K-line feed."""
 
@@ -204,6 +206,8 @@ class DiffSession:
         """Show a message to this connection's user, under a key no client has seen before."""
         self._notify_count += 1
         key = f"qaex-{_PROCESS_TOKEN}-{self.session_id}-{self._notify_count}"
+        if len(content) > MAX_NOTIFY_TEXT:  # e.g. a list of unknown symbols: 100 notifies stay small
+            content = content[: MAX_NOTIFY_TEXT - 1] + "…"
         self._queue_notify(key, {"type": "MESSAGE", "level": level, "code": code, "content": content})
 
     def _queue_notify(self, key: str, body: Any) -> None:

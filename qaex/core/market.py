@@ -1,0 +1,369 @@
+"""The market-data core: quotes, ticks and K-lines of every instrument, folded from engine batches.
+
+Sans-IO, like the engine: no trio, no IO, no clock. Every call that stamps something takes the time
+(``now_ns``, epoch nanoseconds) from its caller, and the caller routes what
+:meth:`MarketState.take_changes` hands out; :class:`qaex.exchange.market.MarketData` is that caller.
+
+:class:`MarketState` owns, per instrument, one :class:`~qaex.core.quote.QuoteBook`, one
+:class:`~qaex.core.kline.TickSeries`, and a 1-minute and a 1-day :class:`~qaex.core.kline.KlineSeries`
+(kept from the start, so that a chart finds history at once). A K-line series of any other duration
+exists while a chart uses it (:meth:`MarketState.open_chart`, :meth:`MarketState.close_chart`) and is
+filled from the kept history when it starts.
+
+* :meth:`MarketState.apply` folds one engine batch in: instrument changes (a listing, a settlement),
+  then the depth the batch carries, then its trades (the quote, one tick, every K-line series of the
+  symbol). Nothing here reads the engine: a batch carries everything it changed.
+* :meth:`MarketState.advance_time` opens gap bars, so that charts advance with no trades.
+* :meth:`MarketState.take_changes` takes one patch from each object changed since the previous take.
+  A quote that changed 1,000 times between two takes costs one patch build; the caller shares that
+  dict among every subscriber, so patches are never mutated once handed out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from qaex.core.chart import Chart, ChartRequest, SeriesView
+from qaex.core.engine import Batch, Depth
+from qaex.core.instruments import Instrument
+from qaex.core.kline import DEFAULT_MAX_LEN, NS_PER_DAY, NS_PER_SECOND, KlineSeries, TickSeries
+from qaex.core.quote import QuoteBook
+
+Patch = dict[str, Any]
+SeriesKey = tuple[str, int]
+"""``(symbol, duration_ns)``; duration 0 is the tick series."""
+
+MINUTE_NS = 60 * NS_PER_SECOND
+KEPT_DURATIONS_NS = (MINUTE_NS, NS_PER_DAY)
+"""Series kept for every instrument from the start, so that a chart finds history at once."""
+
+NOTIFY_BAD_INSTRUMENT = 409
+"""DIFF notify code for a symbol that is not listed (subscribe_quote, set_chart)."""
+NOTIFY_BAD_CHART = 490
+"""DIFF notify code for a set_chart with bad fields or a duration TqSdk refuses."""
+
+_NO_DEPTH: Depth = ([], [])
+
+
+class ChartRefused(ValueError):
+    """A set_chart the market cannot serve: answer with a notify of ``code`` saying ``message``."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(slots=True)
+class MarketChanges:
+    """What changed since the previous :meth:`MarketState.take_changes`, one patch per object.
+
+    The patches are shared by every session they go to: never mutate them.
+    """
+
+    static: Patch | None = None
+    """``{"quotes": {symbol: contract fields}}`` of the instruments listed or changed, for every session."""
+    quotes: list[tuple[str, Patch]] = field(default_factory=list)
+    """``(symbol, quote patch)``, for the quote's subscribers."""
+    series: list[tuple[SeriesKey, Patch]] = field(default_factory=list)
+    """``(series key, ticks or K-lines patch)``, for the sessions charting the series."""
+
+    def __bool__(self) -> bool:
+        return self.static is not None or bool(self.quotes or self.series)
+
+
+class MarketState:
+    """Quotes and series of every instrument, and the changes not taken yet (see the module docstring)."""
+
+    def __init__(self, instruments: Mapping[str, Instrument], *, history: int = DEFAULT_MAX_LEN) -> None:
+        """``instruments``: the registry, shared with the engine (a quote shows its instrument's current
+        spec); a symbol is listed by :meth:`list_instrument` or by the first batch that names it.
+        ``history``: bars (and ticks) kept per series; TqSdk never asks for more than 10,000.
+        """
+        self.instruments = instruments
+        self.history = history
+        self.quotes: dict[str, QuoteBook] = {}
+        self.ticks: dict[str, TickSeries] = {}
+        self.klines: dict[SeriesKey, KlineSeries] = {}
+        self.quote_patches_built = 0
+        self.series_patches_built = 0
+        self._durations: dict[str, list[int]] = {}  # the K-line durations kept per symbol
+        self._charted: dict[SeriesKey, int] = {}  # open charts using each series
+        self._dirty_quotes: set[str] = set()
+        self._dirty_series: set[SeriesKey] = set()
+        self._full_quotes: dict[str, Patch] = {}  # shared {"quotes": {symbol: full}} until it changes
+        self._static_patch: Patch | None = None
+        # Instruments listed or changed since the last take: every session gets their contract fields
+        # again (subscribers get them in the quote patch as well; merging twice is harmless).
+        self._static_changed: set[str] = set()
+        self._last_ts = 0
+
+    def _now(self, now_ns: int) -> int:
+        """The time to stamp with: never before an earlier stamp or trade, so quote times stay ordered
+        even if the caller's wall clock steps back."""
+        if now_ns > self._last_ts:
+            self._last_ts = now_ns
+        return self._last_ts
+
+    # -- inputs ------------------------------------------------------------------------------------
+    def list_instrument(
+        self,
+        symbol: str,
+        now_ns: int,
+        *,
+        last_price: float | None = None,
+        open_interest: int | None = None,
+        depth: Depth = _NO_DEPTH,
+    ) -> QuoteBook:
+        """Start the quote and the kept series of ``symbol``, at the given market state (e.g. the
+        engine's after a journal replay; by default: no trade yet, the instrument's
+        ``pre_open_interest``, an empty book).
+
+        Sessions connecting later get its contract fields with :meth:`static_patch`; a listing that
+        arrives in a batch also queues them for the sessions connected before.
+        """
+        now = self._now(now_ns)
+        quote = QuoteBook(self.instruments[symbol], now_ns=now)
+        if last_price is not None:
+            quote.last_price = last_price
+        if open_interest is not None:
+            quote.open_interest = open_interest
+        self.quotes[symbol] = quote
+        self.ticks[symbol] = TickSeries(symbol, self.history)
+        for duration in KEPT_DURATIONS_NS:
+            self.klines[(symbol, duration)] = KlineSeries(symbol, duration, self.history)
+        self._durations[symbol] = list(KEPT_DURATIONS_NS)
+        self._set_depth(quote, depth, now)
+        quote.take_patch()  # the baseline: subscribers start from full(), then get changes only
+        self._dirty_quotes.discard(symbol)
+        self._static_patch = None
+        return quote
+
+    def apply(self, batch: Batch, now_ns: int) -> None:
+        """Fold one engine batch into the quotes and series (changes wait for :meth:`take_changes`)."""
+        now = self._now(now_ns)
+        quotes = self.quotes
+        for symbol in batch.instruments_changed:
+            self._instrument_changed(symbol, batch.settled, now)
+        for symbol, depth in batch.depth.items():
+            quote = quotes.get(symbol) or self.list_instrument(symbol, now)
+            self._set_depth(quote, depth, now)
+        klines = self.klines
+        dirty_series = self._dirty_series
+        for trade in batch.market_trades:
+            symbol = trade.symbol
+            quote = quotes.get(symbol) or self.list_instrument(symbol, self._now(now_ns))
+            self._last_ts = max(self._last_ts, trade.ts)
+            quote.on_trade(trade.price, trade.volume, trade.ts, trade.open_interest)
+            self.ticks[symbol].append(quote.to_tick())
+            self._touch_quote(symbol)
+            dirty_series.add((symbol, 0))
+            for duration in self._durations[symbol]:
+                klines[(symbol, duration)].on_trade(trade.price, trade.volume, trade.ts, trade.open_interest)
+                dirty_series.add((symbol, duration))
+
+    def advance_time(self, ts_ns: int) -> None:
+        """Open gap bars up to ``ts_ns`` in every K-line series."""
+        for key, series in self.klines.items():
+            last_id = series.last_id
+            series.on_time(ts_ns)
+            if series.last_id != last_id:
+                self._dirty_series.add(key)
+
+    def next_bar_boundary(self, now_ns: int) -> int:
+        """When the next bar of the shortest sub-day series opens (at most a minute after ``now_ns``:
+        every instrument keeps a 1-minute series). Day series open within a minute of the day's roll."""
+        return min(
+            (
+                series.bar_start(now_ns) + series.duration_ns
+                for series in self.klines.values()
+                if series.duration_ns < NS_PER_DAY
+            ),
+            default=now_ns + MINUTE_NS,
+        )
+
+    def _instrument_changed(self, symbol: str, settled: bool, now: int) -> None:
+        quote = self.quotes.get(symbol)
+        if quote is None:
+            self.list_instrument(symbol, now)  # listed while running: sessions connected before learn of it
+            self._static_changed.add(symbol)
+            return
+        if settled:
+            # The engine already rolled the instrument (pre_settlement is the settlement price); the
+            # book publishes it and resets its daily figures, writing back the same pre_* values (its
+            # open interest is the engine's: every fill's figure reached it with the trade).
+            quote.on_settle(quote.instrument.pre_settlement)
+            quote.new_trading_day(now)
+        # Restamp the quote (same depth), so that its next patch carries the changed spec (limits...).
+        quote.on_depth(quote.bids, quote.asks, now)
+        self._touch_quote(symbol)
+        self._static_patch = None
+        self._static_changed.add(symbol)
+
+    def _set_depth(self, quote: QuoteBook, depth: Depth, now: int) -> None:
+        """Show a book's depth (prices in ticks, as the batch carries it) on its quote."""
+        from_ticks = quote.instrument.from_ticks
+        bids, asks = depth
+        quote.on_depth(
+            [(from_ticks(price), volume) for price, volume in bids],
+            [(from_ticks(price), volume) for price, volume in asks],
+            now,
+        )
+        self._touch_quote(quote.symbol)
+
+    def _touch_quote(self, symbol: str) -> None:
+        self._dirty_quotes.add(symbol)
+        self._full_quotes.pop(symbol, None)
+
+    # -- output ------------------------------------------------------------------------------------
+    def take_changes(self) -> MarketChanges:
+        """One patch per quote and series changed since the previous take, and the contract fields of
+        the instruments listed or changed; objects whose fields ended where they were give none."""
+        changes = MarketChanges()
+        if self._static_changed:
+            quotes = self.quotes
+            changes.static = {"quotes": {s: quotes[s].static_fields() for s in sorted(self._static_changed)}}
+            self._static_changed.clear()
+        for symbol in self._dirty_quotes:
+            patch = self.quotes[symbol].take_patch()
+            if patch is not None:
+                self.quote_patches_built += 1
+                changes.quotes.append((symbol, patch))
+        self._dirty_quotes.clear()
+        for key in self._dirty_series:
+            series = self.series(*key)
+            if series is None:
+                continue
+            patch = series.take_patch()
+            if patch is not None:
+                self.series_patches_built += 1
+                changes.series.append((key, patch))
+        self._dirty_series.clear()
+        return changes
+
+    def static_patch(self) -> Patch:
+        """The contract fields of every instrument, one shared patch rebuilt only when a spec changes."""
+        if self._static_patch is None:
+            self._static_patch = {
+                "quotes": {symbol: quote.static_fields() for symbol, quote in self.quotes.items()}
+            }
+        return self._static_patch
+
+    def full_quote(self, symbol: str) -> Patch:
+        """``{"quotes": {symbol: every field}}``, one shared dict until the quote changes."""
+        patch = self._full_quotes.get(symbol)
+        if patch is None:
+            patch = self._full_quotes[symbol] = {"quotes": {symbol: self.quotes[symbol].full()}}
+        return patch
+
+    def series(self, symbol: str, duration_ns: int) -> KlineSeries | TickSeries | None:
+        """A series that exists (``duration_ns`` 0: the ticks), or None."""
+        return self.ticks.get(symbol) if duration_ns == 0 else self.klines.get((symbol, duration_ns))
+
+    def lookup(self, symbol: str, duration_ns: int) -> SeriesView:
+        """:meth:`series` as a chart looks series up (``SeriesLookup``): KeyError if it does not exist."""
+        series = self.series(symbol, duration_ns)
+        if series is None:
+            raise KeyError(f"no series {symbol} {duration_ns}")
+        return series
+
+    # -- charts ------------------------------------------------------------------------------------
+    def open_chart(self, message: Mapping[str, Any], now_ns: int) -> Chart:
+        """The chart a set_chart message asks for, with every series it needs started.
+
+        A K-line series not kept yet is created, filled from history (see :meth:`kline_history`),
+        and kept until the last chart using it is closed. Raises :class:`ChartRefused`: bad fields or a
+        duration TqSdk refuses (over a day but not whole days) with :data:`NOTIFY_BAD_CHART`, a symbol
+        not listed with :data:`NOTIFY_BAD_INSTRUMENT`.
+        """
+        try:
+            chart = Chart(ChartRequest.from_message(message))
+        except (ValueError, TypeError) as exc:
+            raise ChartRefused(NOTIFY_BAD_CHART, f"set_chart refused: {exc}") from exc
+        unknown = [symbol for symbol in chart.symbols if symbol not in self.quotes]
+        if unknown:
+            raise ChartRefused(NOTIFY_BAD_INSTRUMENT, f"set_chart: 不支持的合约代码: {', '.join(unknown)}")
+        started: list[SeriesKey] = []
+        try:
+            for key in chart.series_keys():
+                symbol, duration = key
+                if duration and key not in self.klines:
+                    self.klines[key] = self._backfilled(symbol, duration, self._now(now_ns))
+                    self._durations[symbol].append(duration)
+                self._charted[key] = self._charted.get(key, 0) + 1
+                started.append(key)
+        except ValueError as exc:  # a duration KlineSeries refuses
+            for key in started:
+                self._release(key)
+            raise ChartRefused(NOTIFY_BAD_CHART, f"set_chart refused: {exc}") from exc
+        return chart
+
+    def close_chart(self, chart: Chart) -> None:
+        """A chart from :meth:`open_chart` is gone: drop the series no open chart uses and none keeps."""
+        for key in chart.series_keys():
+            self._release(key)
+
+    def chart_patch(self, chart: Chart) -> Patch:
+        """The chart's complete answer: ``ready``, its window and the window's bars (Chart.initial_patch)."""
+        return chart.initial_patch(self.lookup)
+
+    def chart_moves(self, chart: Chart) -> Patch | None:
+        """The chart's window moves and new bindings since its last patch (Chart.update_patch), or None.
+        Send it after the series' patches, so that a window never points past the bars."""
+        return chart.update_patch(self.lookup)
+
+    def _release(self, key: SeriesKey) -> None:
+        count = self._charted.get(key, 0) - 1
+        if count > 0:
+            self._charted[key] = count
+            return
+        self._charted.pop(key, None)
+        symbol, duration = key
+        if duration and duration not in KEPT_DURATIONS_NS and key in self.klines:
+            del self.klines[key]
+            self._durations[symbol].remove(duration)
+            self._dirty_series.discard(key)
+
+    # -- history -----------------------------------------------------------------------------------
+    def kline_history(self, symbol: str, duration_ns: int, now_ns: int) -> KlineSeries:
+        """The K-lines of any duration: the series if it exists, else one built from history and not
+        kept. ValueError for a duration TqSdk would refuse (over a day but not whole days)."""
+        series = self.klines.get((symbol, duration_ns))
+        return series if series is not None else self._backfilled(symbol, duration_ns, self._now(now_ns))
+
+    def _backfilled(self, symbol: str, duration: int, now: int) -> KlineSeries:
+        """A new series of ``duration``, filled from the kept history so that a chart has bars at once:
+        from the 1-day bars for whole days, the 1-minute bars for whole minutes, else from the ticks;
+        gap bars up to ``now``. Its next patch carries only what changes after this."""
+        series = KlineSeries(symbol, duration, self.history)
+        if duration % NS_PER_DAY == 0:
+            source: list[dict[str, Any]] | None = _bars(self.klines[(symbol, NS_PER_DAY)])
+        elif duration % MINUTE_NS == 0:
+            source = _bars(self.klines[(symbol, MINUTE_NS)])
+        else:
+            source = None
+        if source is not None:
+            for bar in source:
+                ts = bar["datetime"]
+                series.on_trade(bar["open"], bar["volume"], ts, bar["open_oi"])
+                for price in (bar["high"], bar["low"], bar["close"]):
+                    series.on_trade(price, 0, ts, bar["close_oi"])
+        else:
+            ticks = self.ticks[symbol]
+            previous_volume = 0
+            for tick_id in range(ticks.first_id, ticks.last_id + 1):
+                tick = ticks.get(tick_id)
+                assert tick is not None
+                volume = tick["volume"]
+                traded = volume - previous_volume if volume >= previous_volume else volume  # new day: reset
+                previous_volume = volume
+                series.on_trade(tick["last_price"], traded, tick["datetime"], tick["open_interest"])
+        series.on_time(now)
+        series.take_patch()  # a chart's initial patch carries these bars; later patches only news
+        return series
+
+
+def _bars(series: KlineSeries) -> list[dict[str, Any]]:
+    return list(series.window(series.first_id, series.last_id).values())
