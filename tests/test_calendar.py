@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from qaex.core.calendar import CHINA_TZ, next_settlement, parse_clock_time
+from qaex.core.calendar import CHINA_TZ, default_holiday_calendar, next_settlement, parse_clock_time
 from qaex.core.commands import Insert, OpenAccount
 from qaex.core.engine import Engine
 from qaex.core.orders import InsertOrder
@@ -38,6 +38,14 @@ def test_next_settlement_skips_the_weekend() -> None:
     at = dt.time(15, 30)
     assert next_settlement(ns(2026, 11, 27, 16, 0), at) == ns(2026, 11, 30, 15, 30)  # Friday -> Monday
     assert next_settlement(ns(2026, 11, 28, 10, 0), at) == ns(2026, 11, 30, 15, 30)  # Saturday
+
+
+def test_with_a_holiday_calendar_the_settlement_skips_closures() -> None:
+    at, holidays = dt.time(15, 30), default_holiday_calendar()
+    # 2026-09-30 is the last trading day before National Day (10-01 .. 10-07).
+    assert next_settlement(ns(2026, 9, 30, 16, 0), at, holidays) == ns(2026, 10, 8, 15, 30)
+    assert next_settlement(ns(2026, 9, 30, 16, 0), at) == ns(2026, 10, 1, 15, 30)  # weekdays only
+    assert next_settlement(ns(2026, 9, 30, 9, 0), at, holidays) == ns(2026, 9, 30, 15, 30)
 
 
 async def test_the_exchange_settles_every_weekday_at_the_configured_time(

@@ -11,7 +11,6 @@ trade, position and account as DIFF shows it, and hands the result to the gatewa
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import math
 from collections.abc import Mapping
@@ -23,6 +22,9 @@ import msgspec
 from qaex.core import errors, limits
 from qaex.core.account import Account, Position
 from qaex.core.book import OrderBook
+from qaex.core.calendar import CHINA_TZ as CHINA_TZ  # trading days live in qaex.core.calendar
+from qaex.core.calendar import next_trading_day as next_trading_day
+from qaex.core.calendar import trading_day_of as trading_day_of
 from qaex.core.commands import (
     AnyCommand,
     Cancel,
@@ -50,7 +52,6 @@ from qaex.core.orders import (
 )
 from qaex.core.quote import DEPTH_LEVELS  # the levels a batch carries per book: what a DIFF quote shows
 
-CHINA_TZ = dt.timezone(dt.timedelta(hours=8))
 RENDERED = dict[str, Any]
 MAX_REJECTED_KEPT = 200
 """Orders refused by the risk checks that one user's trading day keeps (and shows); older ones are dropped."""
@@ -136,24 +137,6 @@ class Batch:
 
 
 _RENAMED_BATCH_FIELDS = {"books": "depth_changed", "instruments": "instruments_changed"}
-
-
-def trading_day_of(ts: int) -> str:
-    """The trading day a timestamp belongs to: after 18:00 China time it is the next weekday's."""
-    moment = dt.datetime.fromtimestamp(ts / 1e9, CHINA_TZ)
-    day = moment.date()
-    if moment.hour >= 18:
-        day += dt.timedelta(days=1)
-    while day.weekday() >= 5:
-        day += dt.timedelta(days=1)
-    return day.strftime("%Y%m%d")
-
-
-def next_trading_day(day: str) -> str:
-    date = dt.datetime.strptime(day, "%Y%m%d").date() + dt.timedelta(days=1)
-    while date.weekday() >= 5:
-        date += dt.timedelta(days=1)
-    return date.strftime("%Y%m%d")
 
 
 class Engine:

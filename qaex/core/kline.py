@@ -29,26 +29,14 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-from qaex.core.quote import CST_OFFSET_NS, Patch
+from qaex.core.calendar import CST_OFFSET_NS, MONDAY_1990_NS
+from qaex.core.calendar import NS_PER_DAY as NS_PER_DAY
+from qaex.core.calendar import NS_PER_SECOND as NS_PER_SECOND
+from qaex.core.calendar import trading_day_start_ns as trading_day_start_ns
+from qaex.core.quote import Patch
 
-NS_PER_SECOND = 1_000_000_000
-NS_PER_DAY = 86_400 * NS_PER_SECOND
 DEFAULT_MAX_LEN = 10_000
 """TqSdk asks for at most 10,000 items per series (``data_length`` is capped there)."""
-
-_TRADING_DAY_ROLL_NS = 18 * 3600 * NS_PER_SECOND
-_MONDAY_1990_CST_NS = 631_123_200 * NS_PER_SECOND  # 1990-01-01 00:00 UTC+8, a Monday; TqSdk's begin_mark
-
-
-def trading_day_start_ns(ts_ns: int) -> int:
-    """Local midnight (as epoch ns) of the trading day ``ts_ns`` belongs to, the way TqSdk computes it."""
-    days, time_of_day = divmod(ts_ns - _MONDAY_1990_CST_NS, NS_PER_DAY)
-    if time_of_day >= _TRADING_DAY_ROLL_NS:
-        days += 1
-    weekday = days % 7  # 0 = Monday
-    if weekday >= 5:
-        days += 7 - weekday
-    return _MONDAY_1990_CST_NS + days * NS_PER_DAY
 
 
 class _Series:
@@ -181,8 +169,8 @@ class KlineSeries(_Series):
         """Epoch ns at which the bar containing ``ts_ns`` starts (see the module docstring)."""
         if not self._days:
             return (ts_ns + CST_OFFSET_NS) // self.duration_ns * self.duration_ns - CST_OFFSET_NS
-        days = (trading_day_start_ns(ts_ns) - _MONDAY_1990_CST_NS) // NS_PER_DAY
-        return _MONDAY_1990_CST_NS + days // self._days * self._days * NS_PER_DAY
+        days = (trading_day_start_ns(ts_ns) - MONDAY_1990_NS) // NS_PER_DAY
+        return MONDAY_1990_NS + days // self._days * self._days * NS_PER_DAY
 
     def _next_start(self, start_ns: int) -> int:
         if not self._days:

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from qaex.core.calendar import CST_OFFSET_NS  # UTC+8 all year (no daylight saving): a fixed offset is exact
 from qaex.core.instruments import Instrument
 
 Patch = dict[str, Any]
@@ -31,9 +32,6 @@ Patch = dict[str, Any]
 DEPTH_LEVELS = 5
 NAN_ON_WIRE = "-"
 """How a NaN price travels: TqSdk turns a string in a numeric field into that field's default (NaN)."""
-
-CST_OFFSET_NS = 8 * 3600 * 1_000_000_000
-"""China Standard Time is UTC+8 all year (no daylight saving), so a fixed offset is exact."""
 
 _EPOCH = datetime(1970, 1, 1)
 

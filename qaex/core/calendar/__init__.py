@@ -1,0 +1,72 @@
+"""China time and the trading-day calendar: one home for both.
+
+* :mod:`~qaex.core.calendar.china_time`: ``CHINA_TZ`` (UTC+8), ns units, the 18:00 roll constant,
+  clock-time and ``YYYYMMDD`` parsing;
+* :mod:`~qaex.core.calendar.holidays`: :class:`HolidayCalendar`, the exchanges' weekday closures, and the
+  packaged data (``qaex/data/holidays.toml``);
+* :mod:`~qaex.core.calendar.trading_days`: trading days (the 18:00 roll, next/previous, n-th of a month,
+  night sessions) and the daily settlement schedule.
+
+Pure time arithmetic: no clock is read here (callers pass timestamps), so everything is unit-testable.
+See docs/calendar.md.
+"""
+
+from __future__ import annotations
+
+from qaex.core.calendar.china_time import (
+    CHINA_TZ,
+    CST_OFFSET_NS,
+    MONDAY_1990_NS,
+    NS_PER_DAY,
+    NS_PER_SECOND,
+    TRADING_DAY_ROLL,
+    china_date_of,
+    china_epoch_seconds,
+    china_midnight_ns,
+    format_day,
+    parse_clock_time,
+    parse_day,
+)
+from qaex.core.calendar.holidays import HolidayCalendar, YearStatus, default_holiday_calendar
+from qaex.core.calendar.trading_days import (
+    has_night_session,
+    is_trading_day,
+    next_settlement,
+    next_trading_date,
+    next_trading_day,
+    nth_trading_day_of_month,
+    previous_trading_date,
+    roll_forward,
+    trading_day_of,
+    trading_day_start_ns,
+    trading_days_of_month,
+)
+
+__all__ = [
+    "CHINA_TZ",
+    "CST_OFFSET_NS",
+    "MONDAY_1990_NS",
+    "NS_PER_DAY",
+    "NS_PER_SECOND",
+    "TRADING_DAY_ROLL",
+    "HolidayCalendar",
+    "YearStatus",
+    "china_date_of",
+    "china_epoch_seconds",
+    "china_midnight_ns",
+    "default_holiday_calendar",
+    "format_day",
+    "has_night_session",
+    "is_trading_day",
+    "next_settlement",
+    "next_trading_date",
+    "next_trading_day",
+    "nth_trading_day_of_month",
+    "parse_clock_time",
+    "parse_day",
+    "previous_trading_date",
+    "roll_forward",
+    "trading_day_of",
+    "trading_day_start_ns",
+    "trading_days_of_month",
+]
