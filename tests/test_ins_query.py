@@ -262,3 +262,17 @@ def test_a_variable_of_another_kind_is_refused_naming_it(value: object) -> None:
 @pytest.mark.parametrize("value", ["SHFE.cu2601", ["SHFE.cu2601", 2601], [], True, 2**63 - 1])
 def test_a_variable_of_a_known_kind_is_taken(value: object) -> None:
     assert ins_query.parse(BY_VARIABLE, {"instrument_id": value}) == {"instrument_id": value}
+
+
+def test_expire_datetime_is_in_nanoseconds_as_tqsdk_reads_it() -> None:
+    # TqSdk's utils_symbols turns the GraphQL field into a quote's seconds by dividing by 1e9: a value in
+    # seconds there made every contract looked up by query_symbol_info expire in 1970.
+    from tqsdk.utils_symbols import _symbols_to_quotes  # the function TqSdk applies to the answer
+
+    instruments = list(InstrumentRegistry().values())
+    answer = ins_query.answer('query { multi_symbol_info(instrument_id: ["SHFE.cu2601"]) { ... } }', instruments)
+    (entry,) = answer["multi_symbol_info"]
+    cu = next(i for i in instruments if i.symbol == "SHFE.cu2601")
+    assert entry["expire_datetime"] == int(cu.expire_datetime * 1e9)
+    quotes = _symbols_to_quotes({"result": answer})
+    assert quotes["SHFE.cu2601"]["expire_datetime"] == pytest.approx(cu.expire_datetime)

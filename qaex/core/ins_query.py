@@ -299,7 +299,9 @@ def answer(
                 "price_tick": instrument.price_tick,
                 "volume_multiple": instrument.volume_multiple,
                 "expired": instrument.expired,
-                "expire_datetime": instrument.expire_datetime,
+                # Nanoseconds here: TqSdk's GraphQL schema has them so (utils_symbols divides by 1e9),
+                # while a quote's expire_datetime is in seconds.
+                "expire_datetime": int(instrument.expire_datetime * 1_000_000_000),
             }
         )
     return {"multi_symbol_info": found}
