@@ -118,6 +118,9 @@ def amount_ok(amount: float) -> bool:
 
 
 MIN_PASSWORD_LENGTH: Final = 8
+NewPassword = Annotated[str, msgspec.Meta(min_length=MIN_PASSWORD_LENGTH, max_length=MAX_PASSWORD_LENGTH)]
+"""A password being chosen: the policy's length bound, so that the schema shows it (the rest of the
+policy, :func:`password_problem`, cannot be written as a schema)."""
 
 
 def password_problem(user_id: str, password: str) -> str | None:

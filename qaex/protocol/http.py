@@ -21,6 +21,7 @@ from qaex.core.limits import (
     Amount,
     Cash,
     ExchangeCode,
+    NewPassword,
     OrderId,
     Password,
     PositivePrice,
@@ -40,7 +41,7 @@ class Body(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 class OpenAccountRequest(Body, kw_only=True):
     user_id: UserId
-    password: Password
+    password: NewPassword
     init_cash: Cash | None = None
 
 
