@@ -63,8 +63,11 @@ class Server:
         return self.process.returncode
 
 
-def launch(workdir: Path, *, data_dir: Path | None = None, extra_env: dict[str, str] | None = None) -> Server:
-    """Start a server process (without waiting for it to be ready)."""
+def launch(
+    workdir: Path, *, data_dir: Path | None = None, extra_env: dict[str, str] | None = None, serve: bool = False
+) -> Server:
+    """Start a server process (without waiting for it to be ready): hypercorn's CLI as the README
+    says, or with `serve` ``qaex serve`` (hypercorn run programmatically in the same process)."""
     http_port, diff_port = free_port(), free_port()
     data_dir = data_dir or workdir / "data"
     admin_token = secrets.token_urlsafe(24)
@@ -81,8 +84,11 @@ def launch(workdir: Path, *, data_dir: Path | None = None, extra_env: dict[str, 
     env.pop("QAEX_CONFIG", None)
     env.update(extra_env or {})
     log_path = workdir / f"server-{http_port}.log"
-    command = [sys.executable, "-m", "hypercorn", "qaex.app:app", "--worker-class", "trio"]
-    command += ["-b", f"127.0.0.1:{http_port}"]
+    if serve:
+        command = [sys.executable, "-m", "qaex", "serve", "--bind", f"127.0.0.1:{http_port}"]
+    else:
+        command = [sys.executable, "-m", "hypercorn", "qaex.app:app", "--worker-class", "trio"]
+        command += ["-b", f"127.0.0.1:{http_port}"]
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(command, env=env, cwd=workdir, stdout=log_file, stderr=subprocess.STDOUT)
     return Server(

@@ -8,15 +8,12 @@ stay up and answer each with a plain HTTP error.
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import subprocess
 import sys
 from pathlib import Path
 
 import httpx
 import trio
-from conftest import Server, free_port, wait_ready
+from conftest import Server, launch, wait_ready
 
 HANDSHAKE_KEY = b"bKdPyn3u98cTfZJSh4TNeQ=="
 STORM_TRIES = 60
@@ -31,31 +28,6 @@ def upgrade_request(host: str, path: str = "/ws/diff") -> bytes:
         + b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: "
         + HANDSHAKE_KEY
         + b"\r\n\r\n"
-    )
-
-
-def launch_qaex_serve(workdir: Path) -> Server:
-    """Like conftest.launch, but ``qaex serve`` (hypercorn in the same process) instead of hypercorn's CLI."""
-    http_port, diff_port = free_port(), free_port()
-    admin_token = secrets.token_urlsafe(24)
-    env = dict(os.environ)
-    env.update(
-        QAEX_DIFF_HOST="127.0.0.1", QAEX_DIFF_PORT=str(diff_port), QAEX_DATA_DIR=str(workdir / "data"),
-        QAEX_ADMIN_TOKEN=admin_token, QAEX_MARKET_MAKER="0", QAEX_SETTLEMENT_TIME="",
-    )  # fmt: skip
-    env.pop("QAEX_CONFIG", None)
-    log_path = workdir / f"serve-{http_port}.log"
-    command = [sys.executable, "-m", "qaex", "serve", "--bind", f"127.0.0.1:{http_port}"]
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(command, env=env, cwd=workdir, stdout=log_file, stderr=subprocess.STDOUT)
-    return Server(
-        http_url=f"http://127.0.0.1:{http_port}",
-        diff_url=f"ws://127.0.0.1:{diff_port}/ws/diff",
-        admin_token=admin_token,
-        data_dir=workdir / "data",
-        log_path=log_path,
-        process=process,
-        env=env,
     )
 
 
@@ -142,7 +114,7 @@ async def test_stray_bytes_after_upgrade_requests_at_any_moment_do_not_kill_the_
 
 
 async def test_the_same_with_qaex_serve(tmp_path: Path) -> None:
-    running = launch_qaex_serve(tmp_path)
+    running = launch(tmp_path, serve=True)
     try:
         wait_ready(running)
         await storm(running, 1)
