@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import msgspec
 import trio
 from quart import Blueprint, ResponseReturnValue, current_app, request
+from quart.blueprints import BlueprintSetupState
 from quart.wrappers import Response
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.routing import BaseConverter, Map
 
 from qaex.api.auth import TokenError, TokenSigner, bearer, is_admin_token
 from qaex.api.metrics import Histogram, exposition, sample
@@ -92,16 +95,48 @@ def route(
     body: Any = None,
     answer: Any = None,
     status: int = 200,
-    errors: tuple[int, ...] = (),
+    errors: tuple[proto.ErrorSpec, ...] = (),
 ) -> Callable[[View], View]:
     """Register a view on the blueprint and document it in ROUTES, from one declaration."""
 
     def register(view: View) -> View:
-        ROUTES.append(RouteDoc(method, path, summary, auth, body, answer, status, errors))
-        blueprint.add_url_rule(path, view.__name__, view, methods=[method])
+        doc = RouteDoc(method, path, summary, auth, body, answer, status, errors)
+        ROUTES.append(doc)
+        # The URL rule is made when the blueprint is registered on an app, when ROUTES is complete.
+        blueprint.record(
+            lambda state: state.add_url_rule(_url_rule(doc, ROUTES), view.__name__, view, methods=[method])
+        )
         return view
 
     return register
+
+
+class _SegmentExcept(BaseConverter):
+    """One path segment, except the given words."""
+
+    def __init__(self, url_map: Map, *words: str) -> None:
+        super().__init__(url_map)
+        self.regex = f"(?!(?:{'|'.join(map(re.escape, words))})\\Z)[^/]+"
+
+
+def _url_rule(route: RouteDoc, routes: Sequence[RouteDoc]) -> str:
+    """The Quart rule for `route`: OpenAPI's matching, concrete paths before templated ones.
+
+    ``/api/order/submit`` (POST) has the shape of ``/api/order/<order_id>`` (GET) too. Werkzeug alone
+    routes ``GET /api/order/submit`` to the order "submit", and lists GET in the ``Allow`` of a 405 or
+    an OPTIONS there, while the document has only POST at that path. So a parameter does not match
+    the words another documented path has at its place (``proto.taken_segments``, which the document
+    states too): each path answers exactly the methods the document lists for it.
+    """
+    rule = route.path
+    for name, words in proto.taken_segments(route, routes).items():
+        rule = rule.replace(f"<{name}>", f"<segment_except({', '.join(map(repr, words))}):{name}>")
+    return rule
+
+
+@blueprint.record_once
+def _install_converters(state: BlueprintSetupState) -> None:
+    state.app.url_map.converters["segment_except"] = _SegmentExcept
 
 
 def json_response(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -239,7 +274,7 @@ async def on_http_exception(exc: HTTPException) -> Response:
     code = (exc.name or "error").lower().replace(" ", "_")
     response = error_response(status, code, exc.description or exc.name)
     if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
-        response.headers["Allow"] = ", ".join(exc.valid_methods)
+        response.headers["Allow"] = ", ".join(sorted(exc.valid_methods))
     return response
 
 
@@ -257,7 +292,7 @@ async def health() -> Response:
     return json_response(proto.Health("ok", exchange.engine.trading_day, users, sessions))
 
 
-@route("GET", "/metrics", "Prometheus text exposition")
+@route("GET", "/metrics", "Prometheus text exposition", answer=str)
 async def metrics() -> Response:
     found = services()
     exchange = found.exchange
@@ -299,7 +334,7 @@ async def metrics() -> Response:
     return Response(text, content_type="text/plain; version=0.0.4; charset=utf-8")
 
 
-@route("GET", "/openapi.json", "This document")
+@route("GET", "/openapi.json", "This document", answer=proto.OpenApiDocument)
 async def openapi() -> Response:
     return json_response(proto.openapi(ROUTES))
 
@@ -439,7 +474,7 @@ async def _submit_order() -> Response:
 
 @route(
     "POST", "/api/order/submit", "Insert an order", auth="user", body=proto.SubmitOrderRequest,
-    answer=proto.OrderView, errors=(400, 403, 404, 409, 422),
+    answer=proto.OrderView, errors=(400, 403, 404, 409, (422, proto.RejectedOrderResponse), 429),
 )  # fmt: skip
 async def submit_order() -> Response:
     services_ = services()
@@ -452,7 +487,7 @@ async def submit_order() -> Response:
 
 @route(
     "POST", "/api/order/insert", "Same as /api/order/submit", auth="user", body=proto.SubmitOrderRequest,
-    answer=proto.OrderView, errors=(400, 403, 404, 409, 422),
+    answer=proto.OrderView, errors=(400, 403, 404, 409, (422, proto.RejectedOrderResponse), 429),
 )  # fmt: skip
 async def insert_order() -> Response:
     return await submit_order()

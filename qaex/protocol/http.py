@@ -242,6 +242,15 @@ class KlinesResponse(msgspec.Struct):
     klines: list[KlineView]  # oldest first
 
 
+class OpenApiDocument(msgspec.Struct):
+    """``GET /openapi.json``: an OpenAPI 3.1 document."""
+
+    openapi: str
+    info: dict[str, Any]
+    paths: dict[str, Any]
+    components: dict[str, Any]
+
+
 class TicksResponse(msgspec.Struct):
     symbol: str
     last_id: int
@@ -250,6 +259,10 @@ class TicksResponse(msgspec.Struct):
 
 # -- OpenAPI ---------------------------------------------------------------------------------------------
 Auth = Literal["none", "user", "admin"]
+
+
+ErrorSpec = int | tuple[int, Any]
+"""A documented error status: ``404`` (an ErrorResponse), or ``(422, RejectedOrderResponse)``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,9 +274,9 @@ class RouteDoc:
     summary: str
     auth: Auth = "none"
     body: Any = None  # a request Struct type
-    answer: Any = None  # a response Struct type, or None for a non-JSON answer
+    answer: Any = None  # a response Struct type; str for a text/plain answer; None: not described
     status: int = 200
-    errors: Sequence[int] = ()
+    errors: Sequence[ErrorSpec] = ()
 
 
 _PATH_PARAMETER = re.compile(r"<(?:\w+:)?(\w+)>")
@@ -273,16 +286,69 @@ _ERROR_TEXT = {
     403: "The token is valid but not for this resource",
     404: "Unknown resource",
     409: "Conflict with the current state",
+    405: "The path is another operation's (a parameter cannot be one of the words in its schema's `not`)",
     413: "Body larger than QAEX_MAX_MESSAGE_SIZE",
     422: "Refused by the exchange (risk, funds, limits)",
+    429: "Too many requests for now: retry later (Retry-After, when given, says when)",
+}
+_ALLOW = {
+    "description": "The methods of the path that was matched",
+    "required": True,
+    "schema": {"type": "string"},
+}
+_RETRY_AFTER = {
+    "description": "Seconds to wait (login_throttled, too_many_accounts)",
+    "schema": {"type": "integer", "minimum": 1},
 }
 
 
+def taken_segments(route: RouteDoc, routes: Iterable[RouteDoc]) -> dict[str, list[str]]:
+    """For each path parameter of `route`, the words it does not match: the literal segments other
+    routes have at its place, on a path that is otherwise the same shape.
+
+    ``/api/order/<order_id>`` and ``/api/order/submit``: ``submit`` is taken. OpenAPI matches concrete
+    paths before templated ones, so ``GET /api/order/submit`` is the (POST-only) path
+    ``/api/order/submit``, not the order "submit". The server routes the same way (qaex.api.http) and
+    the document says so: the parameter's schema excludes the taken words.
+    """
+    segments = route.path.split("/")
+    taken: dict[str, list[str]] = {}
+    for index, segment in enumerate(segments):
+        parameter = _PATH_PARAMETER.fullmatch(segment)
+        if parameter is None:
+            continue
+        words = set()
+        for other in routes:
+            parts = other.path.split("/")
+            if len(parts) != len(segments) or _PATH_PARAMETER.search(parts[index]):
+                continue
+            if all(
+                i == index or a == b or _PATH_PARAMETER.search(a) or _PATH_PARAMETER.search(b)
+                for i, (a, b) in enumerate(zip(segments, parts, strict=True))
+            ):
+                words.add(parts[index])
+        if words:
+            taken[parameter.group(1)] = sorted(words)
+    return taken
+
+
+def _has_required_field(body: Any) -> bool:
+    return any(field.required for field in msgspec.structs.fields(body))
+
+
 def openapi(routes: Iterable[RouteDoc], *, title: str = "qaex", version: str = "0.1.0") -> dict[str, Any]:
-    """An OpenAPI 3.1 document for `routes`, with schemas generated from the msgspec types."""
+    """An OpenAPI 3.1 document for `routes`, with schemas generated from the msgspec types.
+
+    Every operation documents every status the plumbing can add to its own: 401 where a token is
+    required, 413 everywhere (every request's body is read, and bounded, before it is answered), and
+    each error with its body schema (ErrorResponse unless the route names another).
+    """
     routes = list(routes)
+    error_types = {spec[1] for route in routes for spec in route.errors if isinstance(spec, tuple)}
     types = sorted(
-        {t for route in routes for t in (route.body, route.answer) if t is not None} | {ErrorResponse},
+        {t for route in routes for t in (route.body, route.answer) if t not in (None, str)}
+        | error_types
+        | {ErrorResponse},
         key=lambda t: t.__name__,
     )
     refs, components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
@@ -292,27 +358,44 @@ def openapi(routes: Iterable[RouteDoc], *, title: str = "qaex", version: str = "
         path = _PATH_PARAMETER.sub(r"{\1}", route.path)
         operation: dict[str, Any] = {"summary": route.summary, "responses": {}}
         names = _PATH_PARAMETER.findall(route.path)
+        taken = taken_segments(route, routes)
         if names:
             operation["parameters"] = [
-                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}} for name in names
+                {"name": name, "in": "path", "required": True, "schema": _segment_schema(taken.get(name))}
+                for name in names
             ]
         if route.auth != "none":
             operation["security"] = [{"userToken" if route.auth == "user" else "adminToken": []}]
         if route.body is not None:
             operation["requestBody"] = {
-                "required": True,
+                # An empty body counts as {}: a body whose fields are all optional may be left out.
+                "required": _has_required_field(route.body),
                 "content": {"application/json": {"schema": ref_of[route.body]}},
             }
         ok: dict[str, Any] = {"description": "OK"}
-        if route.answer is not None:
+        if route.answer is str:
+            ok["content"] = {"text/plain": {"schema": {"type": "string"}}}
+        elif route.answer is not None:
             ok["content"] = {"application/json": {"schema": ref_of[route.answer]}}
         operation["responses"][str(route.status)] = ok
-        error_schema = {"application/json": {"schema": ref_of[ErrorResponse]}}
-        for status in sorted(set(route.errors) | ({401} if route.auth != "none" else set())):
-            operation["responses"][str(status)] = {
+        errors: dict[int, Any] = {413: ErrorResponse}
+        if taken:  # /api/order/submit is not GET /api/order/{order_id} with order_id "submit"
+            errors[405] = ErrorResponse
+        if route.auth != "none":
+            errors[401] = ErrorResponse
+        for spec in route.errors:
+            status, schema = spec if isinstance(spec, tuple) else (spec, ErrorResponse)
+            errors[status] = schema
+        for status, schema in sorted(errors.items()):
+            response: dict[str, Any] = {
                 "description": _ERROR_TEXT.get(status, "Error"),
-                "content": error_schema,
+                "content": {"application/json": {"schema": ref_of[schema]}},
             }
+            if status == 405:
+                response["headers"] = {"Allow": _ALLOW}
+            elif status == 429:
+                response["headers"] = {"Retry-After": _RETRY_AFTER}
+            operation["responses"][str(status)] = response
         paths.setdefault(path, {})[route.method.lower()] = operation
     return {
         "openapi": "3.1.0",
@@ -326,3 +409,11 @@ def openapi(routes: Iterable[RouteDoc], *, title: str = "qaex", version: str = "
             },
         },
     }
+
+
+def _segment_schema(taken: list[str] | None) -> dict[str, Any]:
+    """One path segment; `taken`: the words another documented path has there (taken_segments)."""
+    schema: dict[str, Any] = {"type": "string", "minLength": 1}
+    if taken:
+        schema["not"] = {"enum": taken}
+    return schema
