@@ -24,13 +24,13 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-from typing import Any
 
 import trio
 from quart_trio import QuartTrio
 
 from qaex import gc_policy, logconfig
 from qaex.api.auth import TokenSigner
+from qaex.api.diff_server import serve_diff
 from qaex.api.http import Services, blueprint
 from qaex.api.websocket_guard import RejectWebSockets, refuse_websocket_upgrades
 from qaex.config import Config, ConfigError, access_guard, load_instruments
@@ -145,12 +145,8 @@ class Server:
                     if config.gc_interval > 0:
                         await nursery.start(gc_policy.collect_on_timer, config.gc_interval)
                     await nursery.start(exchange.run)
-                    serve_diff = _diff_server()
-                    if serve_diff is None:
-                        log.warning("DIFF server not available (qaex.api.diff_server missing): HTTP only")
-                    else:
-                        await nursery.start(serve_diff, exchange, config)
-                        log.info("DIFF: ws://%s:%d/ws/diff", config.diff_host, config.diff_port)
+                    await nursery.start(serve_diff, exchange, config)
+                    log.info("DIFF: ws://%s:%d/ws/diff", config.diff_host, config.diff_port)
                     log.info("HTTP: on hypercorn's bind (see its 'Running on' line)")
                     started = True
                     task_status.started()
@@ -185,17 +181,6 @@ def _startup_problem(exc: BaseException) -> BaseException | None:
                 return found
         return None
     return exc if isinstance(exc, ConfigError | DataDirLocked | JournalCorrupt | OSError) else None
-
-
-def _diff_server() -> Any:
-    """``qaex.api.diff_server.serve_diff`` if that module exists yet, else None."""
-    try:
-        from qaex.api import diff_server
-    except ModuleNotFoundError as exc:
-        if exc.name != "qaex.api.diff_server":
-            raise
-        return None
-    return diff_server.serve_diff
 
 
 def create_app(config: Config | None = None) -> QuartTrio:

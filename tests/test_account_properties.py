@@ -251,7 +251,7 @@ class AccountMachine(RuleBasedStateMachine):
     @invariant()
     def frozen_money_matches_open_orders(self) -> None:
         account = self.account
-        if not self.open_orders:
+        if not any(o.offset == "OPEN" for o, _ in self.open_orders):  # close orders freeze lots only
             assert account.frozen_margin == 0.0 and account.frozen_commission == 0.0
         assert close_enough(account.frozen_margin, sum(o.frozen_margin for o, _ in self.open_orders))
         assert close_enough(account.frozen_commission, sum(o.frozen_commission for o, _ in self.open_orders))

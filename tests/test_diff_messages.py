@@ -27,7 +27,6 @@ from qaex.protocol.diff import (
     SubscribeQuote,
     decode_client_message,
     encode_rtn_data,
-    notify,
 )
 
 # As TqSdk 3.10.4 builds them (tqsdk/api.py, tqsdk/tradeable/otg/tqaccount.py), extra fields included.
@@ -205,12 +204,6 @@ def test_rtn_data_encoding() -> None:
 
 def test_rtn_data_encodes_nan_as_null() -> None:
     assert encode_rtn_data([{"q": {"p": math.nan}}]) == b'{"aid":"rtn_data","data":[{"q":{"p":null}}]}'
-
-
-def test_notify_patch_shape() -> None:
-    assert notify(401, "INFO", "登录成功", "k1") == {
-        "notify": {"k1": {"type": "MESSAGE", "level": "INFO", "code": 401, "content": "登录成功"}}
-    }
 
 
 def test_rtn_brokers_frame() -> None:

@@ -114,6 +114,27 @@ async def test_login_failures_are_error_notifies_and_the_connection_stays_usable
         await client.wait_for(lambda c: error_notify(c, seen, 400))
 
 
+async def test_transfers_deposit_withdraw_and_refuse_zero(server: Server) -> None:
+    """The session splits req_transfer by the amount's sign; the transport moves the money."""
+    alice = open_user(server)
+    async with DiffClient.connect(server.diff_url) as client:
+        assert await client.login(alice.user_id, alice.password)
+        before = client.account()["balance"]
+        seen = len(client.notifies)
+        await client.send({"aid": "req_transfer", "amount": 0, "currency": "CNY"})
+        note = await client.wait_for(lambda c: error_notify(c, seen, 422))
+        assert note["content"] == "转账失败: 转账金额不能为 0"
+        await client.send({"aid": "req_transfer", "amount": 500.0, "currency": "CNY"})
+        await client.wait_for(lambda c: c.account().get("balance") == before + 500.0)
+        await client.send({"aid": "req_transfer", "amount": -200.0, "currency": "CNY"})
+        await client.wait_for(lambda c: c.account().get("balance") == before + 300.0)
+        account = client.account()
+        assert (account["deposit"], account["withdraw"]) == (500.0, 200.0)
+        transfers = sorted(t["amount"] for t in client.trade()["transfers"].values())
+        assert transfers == [-200.0, 500.0]
+        assert [n["code"] for n in client.notifies[seen:] if n["level"] == "INFO"] == [421, 421]
+
+
 async def test_trade_messages_before_login_are_refused(server: Server) -> None:
     alice = open_user(server)
     async with DiffClient.connect(server.diff_url + f"?user_id={alice.user_id}") as client:

@@ -3,23 +3,48 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from qaex.core.patch import merge_patch, tree_size
-from qaex.protocol.diff import (
+import pytest
+
+from qaex.core import notify_codes
+from qaex.core.errors import QaexError
+from qaex.core.instruments import InstrumentRegistry
+from qaex.core.notify_codes import (
     NOTIFY_BAD_MESSAGE,
     NOTIFY_CANCEL_WRONG_USER,
     NOTIFY_DUPLICATE_LOGIN,
+    NOTIFY_LOGIN_FAILED,
+    NOTIFY_LOGIN_OK,
+    NOTIFY_PASSWORD_CHANGED,
+    NOTIFY_RATE_LIMITED,
+    NOTIFY_REFUSED,
+    NOTIFY_TRANSFER_FAILED,
     NOTIFY_UNKNOWN_AID,
     NOTIFY_WRONG_USER,
+)
+from qaex.core.patch import merge_patch, tree_size
+from qaex.protocol import diff
+from qaex.protocol.diff import (
     CancelOrder,
     InsertOrderMessage,
+    InsQuery,
     ReqLogin,
+    ReqTransfer,
     SetChart,
     SubscribeQuote,
 )
-from qaex.protocol.session import MAX_PENDING_NOTIFIES, DiffSession
+from qaex.protocol.session import (
+    CLOSE_RATE_LIMITED,
+    MAX_PENDING_NOTIFIES,
+    CloseConnection,
+    Deposit,
+    DiffSession,
+    Withdraw,
+)
 
 PEEK = b'{"aid":"peek_message"}'
 
@@ -61,6 +86,14 @@ def notifies(data: list[dict[str, Any]]) -> dict[str, Any]:
     for patch in data:
         found.update(patch.get("notify", {}))
     return found
+
+
+def sent_notifies(session: DiffSession) -> list[tuple[str, int, str]]:
+    """(level, code, content) of the notifies the session sends next (after a peek)."""
+    session.receive(PEEK)
+    if not session.wants_data():
+        return []
+    return [(n["level"], n["code"], n["content"]) for n in notifies(data_of(session)).values()]
 
 
 def client_tree(data: list[dict[str, Any]]) -> dict[str, Any]:
@@ -156,7 +189,7 @@ def test_notify_keys_are_unique_across_sessions_and_deliveries() -> None:
 
 def test_notifies_survive_a_resync() -> None:
     session = DiffSession(1, max_pending=10)
-    session.notify(401, "INFO", "登录成功")
+    session.login_succeeded()
     for n in range(20):
         session.push({"trades": {f"t{n}": {"volume": 1}}})
     assert session.resync_needed
@@ -371,3 +404,162 @@ def test_reset_records_the_view_size_as_the_new_bound() -> None:
     session = DiffSession(1, max_pending=10)
     session.reset([{"trades": {f"t{n}": {"volume": 1} for n in range(100)}}])
     assert session.pending_limit >= 2 * 201
+
+
+# -- the message rate limit (the owner's clock passed as `now`) -----------------------------------------
+
+
+def test_no_message_limit_unless_the_owner_sets_one() -> None:
+    session = started()
+    for _ in range(1_000):
+        assert session.receive(PEEK, 5.0) == []
+    assert sent_notifies(session) == []
+
+
+def test_frames_past_the_rate_are_dropped_with_one_429_notify() -> None:
+    session = DiffSession(1, max_messages_per_second=3)
+    subscribe = json.dumps({"aid": "subscribe_quote", "ins_list": "A.b"})
+    assert [len(session.receive(subscribe, 10.0)) for _ in range(3)] == [1, 1, 1]
+    assert session.receive(subscribe, 10.5) == []  # the 4th in second 10: dropped
+    assert session.receive(b"{not json", 10.9) == []  # dropped before decoding: no 490 either
+    [(level, code, content)] = sent_notifies(session)
+    assert (level, code) == ("ERROR", NOTIFY_RATE_LIMITED)
+    assert content == "too many messages: at most 3 per second"
+
+
+def test_a_new_second_starts_a_new_window() -> None:
+    session = DiffSession(1, max_messages_per_second=2)
+    subscribe = json.dumps({"aid": "subscribe_quote", "ins_list": "A.b"})
+    counts = [len(session.receive(subscribe, now)) for now in (7.0, 7.2, 7.9, 8.0, 8.99, 9.5)]
+    assert counts == [1, 1, 0, 1, 1, 1]
+    # One notify per second that went over, not one per dropped frame.
+    session.receive(subscribe, 9.6)
+    session.receive(subscribe, 9.7)
+    codes = [code for _, code, _ in sent_notifies(session)]
+    assert codes.count(NOTIFY_RATE_LIMITED) == 2
+
+
+def test_past_four_times_the_rate_the_session_must_close() -> None:
+    session = DiffSession(1, max_messages_per_second=5)
+    answers = [session.receive(PEEK, 3.0) for _ in range(21)]
+    assert all(answer == [] for answer in answers[:20])
+    assert answers[20] == [CLOSE_RATE_LIMITED]
+    assert CLOSE_RATE_LIMITED == CloseConnection(1008, "message rate limit exceeded")
+    assert session.receive(PEEK, 3.5) == [CLOSE_RATE_LIMITED]  # still the same second
+    assert session.receive(PEEK, 4.0) == []  # a later second counts afresh
+
+
+# -- transfers --------------------------------------------------------------------------------------------
+
+
+def transfer_of(amount: float, password: str = "") -> ReqTransfer:
+    [event] = logged_in().receive(
+        json.dumps({"aid": "req_transfer", "amount": amount, "future_password": password, "currency": "CNY"})
+    )
+    assert isinstance(event, ReqTransfer)
+    return event
+
+
+def test_a_positive_transfer_is_a_deposit_and_a_negative_one_a_withdrawal() -> None:
+    session = logged_in()
+    assert session.transfer(transfer_of(100.5, "pw")) == Deposit(100.5, "pw")
+    assert session.transfer(transfer_of(-20.0)) == Withdraw(20.0, "")
+    assert sent_notifies(session) == []
+
+
+@pytest.mark.parametrize("amount", [0.0, -0.0])
+def test_a_transfer_of_zero_is_refused_with_422(amount: float) -> None:
+    session = logged_in()
+    assert session.transfer(transfer_of(amount)) is None
+    assert sent_notifies(session) == [("ERROR", NOTIFY_TRANSFER_FAILED, "转账失败: 转账金额不能为 0")]
+
+
+def test_a_wrong_future_password_is_a_422() -> None:
+    session = logged_in()
+    session.transfer_password_wrong()
+    assert sent_notifies(session) == [("ERROR", NOTIFY_TRANSFER_FAILED, "转账失败: 期货账户密码错误")]
+
+
+# -- what the owner reports: notify texts and codes -------------------------------------------------------
+
+
+def test_login_outcomes_are_notified() -> None:
+    login = json.dumps({"aid": "req_login", "bid": "qaex", "user_name": "u1", "password": "p"})
+    session = started()
+    session.receive(login)
+    session.login_refused()
+    assert len(session.receive(login)) == 1  # refused: the client may try again
+    session.login_refused(retry_after_seconds=8)
+    assert len(session.receive(login)) == 1
+    session.logged_in("u1")
+    session.login_succeeded()
+    assert sent_notifies(session) == [
+        ("ERROR", NOTIFY_LOGIN_FAILED, "登录失败: 用户名或密码错误"),
+        ("ERROR", NOTIFY_RATE_LIMITED, "登录失败: 失败次数过多, 请 8 秒后再试"),
+        ("INFO", NOTIFY_LOGIN_OK, "登录成功"),
+    ]
+    assert session.user_id == "u1"
+
+
+def test_refusals_carry_the_errors_code_or_the_generic_one() -> None:
+    session = logged_in()
+    session.refused(QaexError("撤单失败, 委托单不存在: o9", diff_code=420))
+    session.refused(QaexError("weak password"))  # no DIFF code of its own
+    session.password_changed()
+    assert sent_notifies(session) == [
+        ("ERROR", 420, "撤单失败, 委托单不存在: o9"),
+        ("ERROR", NOTIFY_REFUSED, "weak password"),
+        ("INFO", NOTIFY_PASSWORD_CHANGED, "修改密码成功"),
+    ]
+
+
+def test_ins_query_answers_drops_and_refusals() -> None:
+    instruments = InstrumentRegistry().values()
+    session = started()
+    query = 'query {\n  multi_symbol_info(class: [FUTURE], exchange_id: ["DCE"]) {\n    instrument_id\n  }\n}'
+    session.answer_query(InsQuery(query_id="q1", query=query, variables={}), instruments)
+    session.answer_query(InsQuery(query_id="q2", query="query { options { x } }"), instruments)
+    session.receive(PEEK)
+    data = data_of(session)
+    symbols = client_tree(data)["symbols"]
+    assert symbols["q1"]["query"] == query and symbols["q1"]["variables"] == {}
+    assert [e["instrument_id"] for e in symbols["q1"]["result"]["multi_symbol_info"]] == [
+        "DCE.m2601",
+        "DCE.i2601",
+    ]
+    assert symbols["q2"] == {"query": "", "variables": {}, "result": {}}  # answered, not echoed
+    [note] = notifies(data).values()
+    assert note["code"] == NOTIFY_BAD_MESSAGE and "multi_symbol_info" in note["content"]
+    session.answer_query(InsQuery(query_id="q1", query=""), instruments)
+    session.receive(PEEK)
+    assert data_of(session) == [{"symbols": {"q1": None}}]
+
+
+# -- notify codes -----------------------------------------------------------------------------------------
+
+PROTOCOL_DOC = Path(__file__).resolve().parent.parent / "docs" / "diff-protocol.md"
+
+
+def documented_codes() -> dict[int, str]:
+    """The rows of the notify table of docs/diff-protocol.md: code -> meaning (``| 404 / 405 | ... |``)."""
+    text = PROTOCOL_DOC.read_text()
+    table = text[text.index("### Notify") :]
+    rows: dict[int, str] = {}
+    for codes, meaning in re.findall(r"^\| ([0-9][0-9 /]*?) \| (.+?) \|$", table, re.MULTILINE):
+        for code in codes.split("/"):
+            rows[int(code)] = meaning
+    return rows
+
+
+def test_every_notify_code_is_documented_with_its_meaning() -> None:
+    constants = {name: value for name, value in vars(notify_codes).items() if name.startswith("NOTIFY_")}
+    documented = documented_codes()
+    assert len(constants) >= 20
+    assert {name: code for name, code in constants.items() if code not in documented} == {}
+    assert all(meaning.strip() for meaning in documented.values())
+    assert set(documented) == set(constants.values())  # and the table lists no code qaex does not have
+
+
+def test_the_protocol_re_exports_the_cores_codes() -> None:
+    for name in ("NOTIFY_BAD_MESSAGE", "NOTIFY_UNKNOWN_AID", "NOTIFY_DUPLICATE_LOGIN", "NOTIFY_WRONG_USER"):
+        assert getattr(diff, name) == getattr(notify_codes, name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 import pytest
@@ -20,7 +21,7 @@ from qaex.core.commands import (
     Withdraw,
 )
 from qaex.core.engine import MAX_REJECTED_KEPT, Engine, trading_day_of
-from qaex.core.errors import NotFound, QaexError, RiskError
+from qaex.core.errors import Conflict, NotFound, QaexError, RiskError
 from qaex.core.orders import InsertOrder
 
 T0 = 1_764_120_000_000_000_000  # 2025-11-26 09:20 China time
@@ -246,6 +247,30 @@ def test_deposit_and_withdraw_change_the_account_and_record_transfers() -> None:
     with pytest.raises(QaexError):
         engine.apply(Deposit(ts=ts(), user_id="a", amount=-5.0))
     assert account.balance == pytest.approx(120.0)
+
+
+@pytest.mark.parametrize("amount", [0.0, -1.0, math.nan, math.inf, limits.MAX_AMOUNT * 2])
+def test_a_transfer_amount_out_of_bounds_is_refused_as_a_whole(amount: float) -> None:
+    engine = make_engine("a", cash=1_000.0)
+    before = engine.user_tree("a")
+    for command in (Deposit, Withdraw):
+        with pytest.raises(QaexError) as refused:
+            engine.apply(command(ts=ts(), user_id="a", amount=amount))
+        assert refused.value.code == "bad_amount" and refused.value.diff_code == 422
+    assert engine.user_tree("a") == before and not engine.flush()
+
+
+def test_an_account_is_opened_once_for_a_well_formed_id() -> None:
+    engine = make_engine("a")
+    seq = engine.seq
+    with pytest.raises(Conflict) as taken:
+        engine.apply(OpenAccount(ts=ts(), user_id="a", password_hash="y", init_cash=5.0))
+    assert taken.value.code == "user_exists"
+    with pytest.raises(QaexError) as malformed:
+        engine.apply(OpenAccount(ts=ts(), user_id="a.b", password_hash="y", init_cash=5.0))
+    assert malformed.value.code == "bad_user_id"
+    assert engine.seq == seq and engine.users["a"].password_hash == "x"
+    engine.check_new_user("b")  # what Exchange.open_account asks before hashing: nothing to refuse
 
 
 def test_fill_participants_are_marked_at_once_and_other_holders_by_the_mark_pass() -> None:

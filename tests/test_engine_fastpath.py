@@ -350,39 +350,6 @@ def test_marks_skipped_as_unchanged_are_the_marks_a_full_pass_would_skip() -> No
                 assert record.user_id in engine._holders[symbol]
 
 
-def test_a_checkpoint_from_before_the_tracking_dicts_loads_and_continues_exactly() -> None:
-    """Checkpoints written by the engine before this one kept the touched ids in sets."""
-    stream = list(commands(7, 600))
-    cut = next(i for i, item in enumerate(stream) if i > 300 and item == "flush") - 1
-    engine = Engine()
-    run(engine, iter(stream[:cut]))  # ends with a flush: dirty the batch again below
-    head = [item for item in stream[cut : cut + 40] if not isinstance(item, str)]
-    for item in head:
-        try:
-            engine.apply(item)
-        except QaexError:
-            pass
-    engine.user_tree(next(iter(engine.users)))  # a mark outside the order path
-    assert engine._touched_accounts or engine._touched_orders
-    state = pickle.loads(pickle.dumps(engine)).__getstate__()
-    users = state["users"]
-    old = dict(state)
-    old["_touched_orders"] = {}
-    for order in state["_touched_orders"].values():
-        old["_touched_orders"].setdefault(order.user_id, set()).add(order.order_id)
-    for name in ("_touched_positions", "_marked_positions"):
-        old[name] = {}
-        for user_id, symbol in state[name]:
-            old[name].setdefault(user_id, set()).add(symbol)
-    old["_touched_accounts"] = set(state["_touched_accounts"])
-    old["_marked_accounts"] = set(state["_marked_accounts"])
-    assert all(isinstance(record.account.positions, dict) for record in users.values())
-    upgraded = Engine.__new__(Engine)
-    upgraded.__setstate__(old)
-    rest = stream[cut + 40 :]
-    assert run(upgraded, iter(rest)) == run(engine, iter(rest))
-
-
 def test_renderers_list_exactly_the_diff_fields_in_order() -> None:
     engine = Engine()
     for item in commands(8, 300):
@@ -409,7 +376,10 @@ def test_renderers_list_exactly_the_diff_fields_in_order() -> None:
 # since, for issue #13: the refusal texts name the one id length (64) and the amount bound; an order
 # over the rate limit is refused as a whole with refused orders counted (seed 12 runs at 1 order/s); a
 # volume below 1 is refused as a whole (the journal's type cannot hold it), so later seqnos shift by one.
-RECORDED_OUTPUT = "c51bc2c1aa9de37fe3b11197665ec9a53d773ca40d898b5027b110b208b85b5a"
+# Re-recorded for issue #14: an account's frozen money snaps to exactly 0.0 once no OPEN order is left
+# (it waited for resting close orders too, so cancels left residues such as 1.8e-11): 18 of the 5,056
+# lines differ, each only in frozen_margin / frozen_commission / available (or the state digest).
+RECORDED_OUTPUT = "9c9f7279aec3fc9ae644b8642649be2f499a11dabdc2cc03075de87f703b11b3"
 
 
 def test_every_output_of_a_fixed_scenario_is_what_the_engine_produced_before_its_fast_paths() -> None:

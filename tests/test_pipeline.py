@@ -18,8 +18,10 @@ import trio
 import trio.testing
 
 from qaex.core.engine import Engine
+from qaex.core.errors import Conflict, QaexError
 from qaex.core.orders import InsertOrder
 from qaex.core.patch import merge_patch
+from qaex.exchange import exchange as exchange_module
 from qaex.exchange.exchange import Exchange
 from qaex.exchange.snapshot import SessionLink
 from qaex.protocol.session import DiffSession
@@ -351,3 +353,34 @@ async def test_price_move_marks_every_holder_to_market(exchange: Exchange) -> No
     assert position["last_price"] == 86500.0
     assert position["float_profit_long"] == pytest.approx(500 * 5)
     assert alice.trade("alice")["accounts"]["CNY"]["position_profit"] == pytest.approx(500 * 5)
+
+
+async def test_opening_a_taken_or_malformed_id_is_refused_before_the_password_is_hashed(
+    exchange: Exchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_hashing(password: str) -> str:
+        raise AssertionError("hashed a password for an account that cannot be opened")
+
+    monkeypatch.setattr(exchange_module, "hash_password", no_hashing)
+    seq = exchange.engine.seq
+    for user_id, code in (("alice", "user_exists"), ("a.b", "bad_user_id")):
+        with pytest.raises(QaexError) as refused:
+            await exchange.open_account(user_id, "pw-123456")
+        assert refused.value.code == code
+    assert exchange.engine.seq == seq  # nothing reached the engine
+
+
+async def test_the_engine_decides_when_two_openings_of_one_id_race(exchange: Exchange) -> None:
+    outcomes: list[str] = []
+
+    async def open_dave() -> None:
+        try:
+            await exchange.open_account("dave", "pw-123456")
+            outcomes.append("opened")
+        except Conflict as exc:
+            outcomes.append(exc.code)
+
+    async with trio.open_nursery() as nursery:  # both pass the early check, then hash at once
+        nursery.start_soon(open_dave)
+        nursery.start_soon(open_dave)
+    assert sorted(outcomes) == ["opened", "user_exists"]

@@ -24,7 +24,7 @@ from qaex.core.errors import QaexError
 from qaex.core.journal_format import HEADER, JournalCorrupt, Record, encode_batch, scan_segment
 from qaex.core.orders import InsertOrder
 from qaex.exchange.exchange import Exchange
-from qaex.exchange.journal import CHECKPOINT_SUFFIX, SEGMENT_SUFFIX, numbered_files
+from qaex.exchange.journal import CHECKPOINT_SUFFIX, SEGMENT_SUFFIX, Journal, numbered_files
 from qaex.exchange.recovery import CannotCut, cut_journal, open_journal, plan_cut, recover
 
 SYMBOLS = (("SHFE", "cu2601", 86000.0, 10.0), ("SHFE", "rb2601", 3100.0, 1.0))
@@ -105,6 +105,19 @@ def segments(data_dir: Path) -> list[tuple[int, Path]]:
 
 def checkpoints(data_dir: Path) -> list[tuple[int, Path]]:
     return numbered_files(data_dir / "checkpoints", CHECKPOINT_SUFFIX)
+
+
+async def checkpoints_written(journal: Journal, seconds: float = 10.0) -> None:
+    """Wait until the journal task has written every checkpoint handed to it, at most `seconds`.
+
+    Written means on disk and pruned after: the task is back waiting for the next one, with none queued.
+    """
+    with trio.fail_after(seconds):
+        while True:
+            stats = journal._checkpoint_receive.statistics()
+            if stats.current_buffer_used == 0 and stats.tasks_waiting_receive == 1:
+                return
+            await trio.sleep(0.005)
 
 
 # -- replay ---------------------------------------------------------------------------------------------
@@ -275,17 +288,24 @@ async def test_damaged_newest_checkpoint_falls_back_to_the_older_one(
 # -- checkpoints ------------------------------------------------------------------------------------------
 async def test_checkpoint_then_crash_recovers_from_the_checkpoint(tmp_path: Path) -> None:
     digests: list[str] = []
+    seqs: list[tuple[int, int]] = []  # (newest checkpoint on disk, last record) at the crash
 
     async def body(exchange: Exchange) -> None:
         await trade(exchange)
-        await trio.sleep(0.2)  # let the journal task finish writing its last checkpoint
+        journal = exchange.journal
+        assert journal is not None
+        await checkpoints_written(journal)
         digests.append(exchange.engine.state_digest())
+        seqs.append((journal.checkpointed_seq, journal.last_seq))
         crash_image(tmp_path / "data", tmp_path / "crash")
 
     await run_exchange(tmp_path / "data", body, checkpoint_records=50)
+    [(checkpointed, last)] = seqs
+    assert 0 < checkpointed <= last  # checkpoints were written while serving
     recovered = recover(tmp_path / "crash", fresh_engine)
-    assert recovered.checkpoint_seq is not None and recovered.checkpoint_seq > 0
-    assert recovered.replayed < 50 + 512  # the records after the checkpoint, not the whole journal
+    # Recovery starts from the newest checkpoint and replays exactly the records after it.
+    assert recovered.checkpoint_seq == checkpointed
+    assert recovered.replayed == last - checkpointed
     assert recovered.engine.state_digest() == digests[0]
 
 

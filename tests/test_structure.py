@@ -1,4 +1,4 @@
-"""Rules of the code's shape: no detached tasks, no per-fill tasks, and a sans-IO core free of trio."""
+"""Rules of the code's shape: no detached tasks, no per-fill tasks, sans-IO core and protocol free of trio."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import ast
 import itertools
 from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
 
@@ -87,17 +88,35 @@ def test_start_soon_is_only_called_on_a_nursery_the_caller_owns() -> None:
     assert offenders == []
 
 
-def test_the_sans_io_core_does_not_import_trio_or_do_io() -> None:
-    forbidden = {"trio", "asyncio", "socket", "trio_websocket", "quart", "quart_trio", "hypercorn"}
-    offenders = []
-    for path in sorted((PACKAGE / "core").rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names: list[str] = []
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module]
-            offenders += [f"{path.name}: {name}" for name in names if name.split(".")[0] in forbidden]
+IO_MODULES = {"trio", "asyncio", "socket", "trio_websocket", "quart", "quart_trio", "hypercorn"}
+SANS_IO_PACKAGES = {
+    # package: the qaex packages above it (the layers point down only: docs/architecture.md)
+    "core": {"qaex.protocol", "qaex.exchange", "qaex.api", "qaex.app", "qaex.client"},
+    "protocol": {"qaex.exchange", "qaex.api", "qaex.app", "qaex.client"},
+}
+
+
+def imported_modules(path: Path) -> list[str]:
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.append(node.module)
+    return names
+
+
+@pytest.mark.parametrize("package", sorted(SANS_IO_PACKAGES))
+def test_the_sans_io_packages_do_not_import_trio_or_do_io(package: str) -> None:
+    """qaex/core/ and qaex/protocol/ import no event loop or network library, nor a layer above them."""
+    above = SANS_IO_PACKAGES[package]
+    offenders = [
+        f"{path.relative_to(PACKAGE)}: {name}"
+        for path in sorted((PACKAGE / package).rglob("*.py"))
+        for name in imported_modules(path)
+        if name.split(".")[0] in IO_MODULES
+        or any(name == layer or name.startswith(layer + ".") for layer in above)
+    ]
     assert offenders == []
 
 

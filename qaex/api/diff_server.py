@@ -2,9 +2,12 @@
 
 One nursery per connection runs a reader (frames -> DiffSession -> exchange calls), a writer (waits
 until the session has a peek and pending data, then sends one rtn_data) and a heartbeat (WebSocket
-pings). The protocol decisions all live in the sans-IO `DiffSession`; this module only moves frames,
-authenticates logins and maps exchange errors to notifies. A failure inside one session closes that
-session (1011) and nothing else; shutdown closes every session with 1001.
+pings). The protocol decisions all live in the sans-IO `DiffSession` (the message rate limit, what a
+transfer asks for, every notify's code and text); this module is a pump: it reads frames, calls the
+exchange for the events the session returns (logins and password checks under the exchange's
+throttle included), tells the session each outcome, sends its frames and closes the connection when
+the session says so. A failure inside one session closes that session (1011) and nothing else;
+shutdown closes every session with 1001.
 """
 
 from __future__ import annotations
@@ -18,13 +21,12 @@ from typing import TYPE_CHECKING, Any
 import trio
 from trio_websocket import ConnectionClosed, Endpoint, WebSocketConnection, WebSocketRequest, serve_websocket
 
-from qaex.core import ins_query
 from qaex.core.errors import QaexError
 from qaex.core.throttle import LoginThrottled
 from qaex.exchange.router import Request
 from qaex.exchange.snapshot import SessionLink
 from qaex.protocol import diff as messages
-from qaex.protocol.session import DiffSession
+from qaex.protocol.session import ClientEvent, CloseConnection, Deposit, DiffSession, Withdraw
 
 if TYPE_CHECKING:
     from qaex.config import Config
@@ -88,7 +90,7 @@ class DiffServer:
             return
         ws = await request.accept()
         self.active += 1
-        link = SessionLink(DiffSession(next(self._ids)))
+        link = SessionLink(DiffSession(next(self._ids), max_messages_per_second=self.max_messages_per_second))
         self._sources[link.session.session_id] = self._source_of(request, ws)
         snapshots = self.exchange.snapshots
         snapshots.add(link)
@@ -130,30 +132,18 @@ class DiffServer:
             scope.cancel()
 
     async def _reader(self, ws: WebSocketConnection, link: SessionLink, last_heard: list[float]) -> None:
-        window, count = 0, 0
         while True:
             frame = await ws.get_message()
-            last_heard[0] = trio.current_time()
-            now = int(trio.current_time())
-            if now != window:
-                window, count = now, 0
-            count += 1
-            if count > self.max_messages_per_second:
-                if count == self.max_messages_per_second + 1:
-                    link.session.notify(
-                        429, "ERROR", f"too many messages: at most {self.max_messages_per_second} per second"
-                    )
-                    link.wake()
-                if count > 4 * self.max_messages_per_second:
-                    await ws.aclose(1008, "message rate limit exceeded")
-                    return
-                continue
-            events = link.session.receive(frame)
+            last_heard[0] = now = trio.current_time()
+            events = link.session.receive(frame, now)
             link.wake()
             for event in events:
+                if isinstance(event, CloseConnection):
+                    await ws.aclose(event.code, event.reason)
+                    return
                 await self._dispatch(link, event)
 
-    async def _dispatch(self, link: SessionLink, event: Any) -> None:
+    async def _dispatch(self, link: SessionLink, event: ClientEvent) -> None:
         session = link.session
         exchange = self.exchange
         try:
@@ -168,39 +158,25 @@ class DiffServer:
                     event.user_id, event.order_id, functools.partial(_report_refusal, link)
                 )
             elif isinstance(event, messages.ReqTransfer):
-                await self._transfer(link, event)
+                transfer = session.transfer(event)
+                if transfer is not None:
+                    await self._transfer(link, transfer)
             elif isinstance(event, messages.ChangePassword):
                 assert session.user_id is not None
                 # The policy for the new password (weak_password), the old one checked like a login.
                 await exchange.change_password(
                     session.user_id, event.old_password, event.new_password, source=self._source(link)
                 )
-                session.notify(0, "INFO", "修改密码成功")
+                session.password_changed()
             elif isinstance(event, (messages.SubscribeQuote, messages.SetChart)):
                 if exchange.market is not None:
                     exchange.market.subscription_changed(link)
             elif isinstance(event, messages.InsQuery):
-                self._ins_query(link, event)
+                session.answer_query(event, exchange.engine.instruments.values())
             # confirm_settlement needs nothing from the exchange.
         except QaexError as exc:
-            session.notify(exc.diff_code or 400, "ERROR", exc.message)
+            session.refused(exc)
         link.wake()
-
-    def _ins_query(self, link: SessionLink, event: messages.InsQuery) -> None:
-        """Answer under ``symbols/{query_id}`` (qaex.core.ins_query); an empty query drops the answer."""
-        if not event.query:
-            link.session.push({"symbols": {event.query_id: None}})
-            return
-        query, variables = event.query, event.variables or {}
-        try:
-            result = ins_query.answer(query, self.exchange.engine.instruments.values(), event.variables)
-        except ins_query.UnsupportedQuery as exc:
-            # Still answered (empty), so that the client does not wait for its timeout; the refused
-            # query is not echoed back (it may be as large as the frame limit).
-            link.session.notify(messages.NOTIFY_BAD_MESSAGE, "ERROR", str(exc))
-            result, query, variables = {}, "", {}
-        answer = {"query": query, "variables": variables, "result": result}
-        link.session.push({"symbols": {event.query_id: answer}})
 
     def _source_of(self, request: WebSocketRequest, ws: WebSocketConnection) -> str:
         """The client's address as the throttles key it (a trusted proxy's X-Forwarded-For, or the peer)."""
@@ -217,8 +193,9 @@ class DiffServer:
     async def _login(self, link: SessionLink, event: messages.ReqLogin) -> None:
         """Check the password under the login throttle shared with HTTP (qaex.core.throttle).
 
-        Refusals are ERROR notifies: 402 wrong user name or password, 429 throttled (too many
-        failures for this user from this address, or from this address; nothing is checked).
+        Refusals are ERROR notifies (DiffSession.login_refused): wrong user name or password, or
+        throttled (too many failures for this user from this address, or from this address; nothing is
+        checked); too many sessions of the user: the Conflict from the SnapshotManager.
         """
         session = link.session
         try:
@@ -226,13 +203,11 @@ class DiffServer:
                 event.user_name, event.password, source=self._source(link)
             )
         except LoginThrottled as exc:
-            session.login_failed()
-            session.notify(429, "ERROR", f"登录失败: 失败次数过多, 请 {exc.retry_after_seconds} 秒后再试")
+            session.login_refused(retry_after_seconds=exc.retry_after_seconds)
             log.info("session %s: login throttled for %r", session.session_id, event.user_name[:64])
             return
         if not ok:
-            session.login_failed()
-            session.notify(402, "ERROR", "登录失败: 用户名或密码错误")
+            session.login_refused()
             log.info("session %s: login failed for %r", session.session_id, event.user_name[:64])
             return
         try:
@@ -240,20 +215,20 @@ class DiffServer:
         except QaexError:
             session.login_failed()
             raise
-        session.notify(401, "INFO", "登录成功")
+        session.login_succeeded()
 
-    async def _transfer(self, link: SessionLink, event: messages.ReqTransfer) -> None:
+    async def _transfer(self, link: SessionLink, transfer: Deposit | Withdraw) -> None:
         user_id = link.session.user_id
         assert user_id is not None
-        if event.future_password and not await self.exchange.check_password(  # throttled: notify 429
-            user_id, event.future_password, source=self._source(link)
+        if transfer.future_password and not await self.exchange.check_password(  # throttled: notify 429
+            user_id, transfer.future_password, source=self._source(link)
         ):
-            link.session.notify(422, "ERROR", "转账失败: 期货账户密码错误")
+            link.session.transfer_password_wrong()
             return
-        if event.amount > 0:
-            await self.exchange.deposit(user_id, event.amount)
+        if isinstance(transfer, Deposit):
+            await self.exchange.deposit(user_id, transfer.amount)
         else:
-            await self.exchange.withdraw(user_id, -event.amount)
+            await self.exchange.withdraw(user_id, transfer.amount)
 
     async def _writer(self, ws: WebSocketConnection, link: SessionLink) -> None:
         session = link.session
@@ -296,7 +271,7 @@ class DiffServer:
 def _report_refusal(link: SessionLink, request: Request) -> None:
     """Completion of a pipelined command: a refused one (duplicate id, unknown order) becomes a notify."""
     if request.error is not None and not link.closed:
-        link.session.notify(request.error.diff_code or 400, "ERROR", request.error.message)
+        link.session.refused(request.error)
         link.wake()
 
 

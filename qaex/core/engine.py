@@ -15,11 +15,11 @@ import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import msgspec
 
-from qaex.core import errors, limits
+from qaex.core import errors, limits, notify_codes
 from qaex.core.account import Account, Position
 from qaex.core.book import OrderBook
 from qaex.core.calendar import CHINA_TZ as CHINA_TZ  # trading days live in qaex.core.calendar
@@ -53,6 +53,8 @@ from qaex.core.orders import (
 from qaex.core.quote import DEPTH_LEVELS  # the levels a batch carries per book: what a DIFF quote shows
 
 RENDERED = dict[str, Any]
+CommandResult = Order | Account | Instrument | dict[str, float] | int | None
+"""What `Engine.apply` returns for some command; its overloads say which for which command."""
 MAX_REJECTED_KEPT = 200
 """Orders refused by the risk checks that one user's trading day keeps (and shows); older ones are dropped."""
 NAN = math.nan
@@ -162,7 +164,6 @@ class Engine:
         self.seq = 0  # commands applied
         self._order_seq = 0
         self._trade_seq = 0
-        self._notify_seq = 0
         self._orders_by_key: dict[int, Order] = {}
         self._holders: dict[str, set[str]] = {symbol: set() for symbol in self.instruments}
         self._batch = Batch()
@@ -195,39 +196,29 @@ class Engine:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        if isinstance(state["_touched_accounts"], set):
-            self._upgrade_tracking(state)
         for record in self.users.values():
             if not hasattr(record, "rejected"):  # a checkpoint written before refusals were bounded
                 record.rejected = {}
         self._init_caches()
 
-    def _upgrade_tracking(self, state: dict[str, Any]) -> None:
-        """Load a checkpoint written before the tracking dicts held objects (they held ids in sets)."""
-        self._init_tracking()
-        for user_id, order_ids in state["_touched_orders"].items():
-            for order_id in order_ids:
-                order = self.users[user_id].orders[order_id]
-                self._touched_orders[order.seqno] = order
-        for user_id in state["_touched_accounts"]:
-            self._touched_accounts[user_id] = self.users[user_id].account
-        for user_id in state["_marked_accounts"]:
-            self._marked_accounts[user_id] = self.users[user_id].account
-        for old, new in (
-            (state["_touched_positions"], self._touched_positions),
-            (state["_marked_positions"], self._marked_positions),
-        ):
-            for user_id, symbols in old.items():
-                positions = self.users[user_id].account.positions
-                for symbol in symbols:
-                    if symbol in positions:
-                        new[user_id, symbol] = positions[symbol]
-        self._moved = state["_moved"]
-
     # ------------------------------------------------------------------------------------------------
     # Commands
     # ------------------------------------------------------------------------------------------------
-    def apply(self, command: AnyCommand) -> Any:
+    @overload
+    def apply(self, command: Insert | Cancel) -> Order: ...
+    @overload
+    def apply(self, command: OpenAccount | Deposit | Withdraw) -> Account: ...
+    @overload
+    def apply(self, command: UpsertInstrument | SetSuspended) -> Instrument: ...
+    @overload
+    def apply(self, command: Settle) -> dict[str, float]: ...  # the settlement prices
+    @overload
+    def apply(self, command: MarkToMarket) -> int: ...  # how many holders were marked
+    @overload
+    def apply(self, command: ChangePassword) -> None: ...
+    @overload
+    def apply(self, command: AnyCommand) -> CommandResult: ...
+    def apply(self, command: AnyCommand) -> CommandResult:
         """Apply one command; returns its result (an Order for inserts and cancels, an Account, ...).
 
         Raises QaexError for commands refused as a whole (unknown user, bad amount, ...). An order that
@@ -238,7 +229,7 @@ class Engine:
             self.trading_day = trading_day_of(command.ts)
         try:
             if isinstance(command, Insert):  # most commands: skip the dispatch call
-                result: Any = self._insert(command.order, command.ts)
+                result: CommandResult = self._insert(command.order, command.ts)
             else:
                 result = self._dispatch(command)
         except QaexError:
@@ -248,7 +239,7 @@ class Engine:
         self.seq += 1  # only commands that were applied count: refused ones are not journaled
         return result
 
-    def _dispatch(self, command: AnyCommand) -> Any:
+    def _dispatch(self, command: AnyCommand) -> CommandResult:
         if isinstance(command, Insert):
             return self._insert(command.order, command.ts)
         if isinstance(command, Cancel):
@@ -284,14 +275,24 @@ class Engine:
     def instrument(self, symbol: str) -> Instrument:
         instrument = self.instruments.get(symbol)
         if instrument is None:
-            raise NotFound(f"unknown instrument {symbol!r}", code="unknown_instrument", diff_code=409)
+            raise NotFound(
+                f"unknown instrument {symbol!r}",
+                code="unknown_instrument",
+                diff_code=notify_codes.NOTIFY_BAD_INSTRUMENT,
+            )
         return instrument
 
-    def _open_account(self, command: OpenAccount) -> Account:
-        if not limits.is_user_id(command.user_id):
+    def check_new_user(self, user_id: str) -> None:
+        """Refuse a user id an account cannot be opened for: malformed (``bad_user_id``) or taken
+        (``user_exists``). The rule of OpenAccount; `Exchange.open_account` also asks it before it
+        spends a scrypt hash on the password."""
+        if not limits.is_user_id(user_id):
             raise QaexError("user_id must be 1-64 of A-Z a-z 0-9 _ -", code="bad_user_id")
-        if command.user_id in self.users:
-            raise errors.Conflict(f"user {command.user_id!r} already exists", code="user_exists")
+        if user_id in self.users:
+            raise errors.Conflict(f"user {user_id!r} already exists", code="user_exists")
+
+    def _open_account(self, command: OpenAccount) -> Account:
+        self.check_new_user(command.user_id)
         if not 0 <= command.init_cash <= limits.MAX_AMOUNT:
             raise QaexError(f"init_cash must be 0-{limits.MAX_AMOUNT:.0f}", code="bad_amount")
         account = Account(command.user_id, command.init_cash)
@@ -304,7 +305,7 @@ class Engine:
         record = self.user(user_id)
         if not limits.amount_ok(amount):
             message = f"转账金额必须大于0且不超过 {limits.MAX_AMOUNT:.0f}: {amount}"
-            raise QaexError(message, code="bad_amount", diff_code=422)
+            raise QaexError(message, code="bad_amount", diff_code=notify_codes.NOTIFY_TRANSFER_FAILED)
         if deposit:
             record.account.deposit_cash(amount)
         else:
@@ -317,7 +318,7 @@ class Engine:
         self._render_into(user_id, "transfers", transfer_id, dict(transfer))
         self._touched_accounts[user_id] = record.account
         kind = "入金" if amount > 0 else "出金"
-        self.notify(user_id, 421, "INFO", f"{kind}成功: {abs(amount):.2f}")
+        self.notify(user_id, notify_codes.NOTIFY_TRANSFER_OK, "INFO", f"{kind}成功: {abs(amount):.2f}")
         return record.account
 
     # -- orders -----------------------------------------------------------------------------------
@@ -465,7 +466,7 @@ class Engine:
         """Finish a refused order; the user's day keeps the newest MAX_REJECTED_KEPT of them."""
         order.status = "FINISHED"
         order.last_msg = exc.message
-        self.notify(order.user_id, exc.diff_code or 400, "ERROR", exc.message)
+        self.notify(order.user_id, exc.diff_code or notify_codes.NOTIFY_REFUSED, "ERROR", exc.message)
         record = self.users[order.user_id]
         rejected = record.rejected
         rejected[order.order_id] = None
@@ -551,13 +552,19 @@ class Engine:
         record = self.user(user_id)
         order = record.orders.get(order_id)
         if order is None:
-            raise NotFound(f"撤单失败, 委托单不存在: {order_id}", code="unknown_order", diff_code=420)
+            raise NotFound(
+                f"撤单失败, 委托单不存在: {order_id}",
+                code="unknown_order",
+                diff_code=notify_codes.NOTIFY_CANCEL_FAILED,
+            )
         if order.status != "ALIVE":
             raise QaexError(
-                f"撤单失败, 委托单已结束 ({order.last_msg}): {order_id}", code="order_finished", diff_code=420
+                f"撤单失败, 委托单已结束 ({order.last_msg}): {order_id}",
+                code="order_finished",
+                diff_code=notify_codes.NOTIFY_CANCEL_FAILED,
             )
         self._cancel_order(order)
-        self.notify(user_id, 419, "INFO", f"撤单成功: {order_id}")
+        self.notify(user_id, notify_codes.NOTIFY_CANCEL_OK, "INFO", f"撤单成功: {order_id}")
         return order
 
     def _cancel_order(self, order: Order) -> None:

@@ -1,10 +1,26 @@
 """Error codes shared by the core, the HTTP API and DIFF notifies.
 
 Each rejection the core can produce has one stable code (a string for HTTP bodies) and, where
-open-trade-gateway's simulator has one, the numeric DIFF notify code that clients already know.
+open-trade-gateway's simulator has one, the numeric DIFF notify code that clients already know
+(constants in :mod:`qaex.core.notify_codes`).
 """
 
 from __future__ import annotations
+
+from qaex.core.notify_codes import (
+    NOTIFY_BAD_INSTRUMENT,
+    NOTIFY_BAD_VOLUME,
+    NOTIFY_DUPLICATE_ORDER_ID,
+    NOTIFY_INSUFFICIENT_FUNDS,
+    NOTIFY_INSUFFICIENT_POSITION,
+    NOTIFY_NO_LIQUIDITY,
+    NOTIFY_PRICE_ABOVE_LIMIT,
+    NOTIFY_PRICE_BELOW_LIMIT,
+    NOTIFY_PRICE_OFF_TICK,
+    NOTIFY_RATE_LIMITED,
+    NOTIFY_REFUSED,
+    NOTIFY_SELF_TRADE,
+)
 
 
 class QaexError(Exception):
@@ -43,25 +59,21 @@ class Conflict(QaexError):
 
 
 # Risk/validation codes: (code, DIFF notify code)
-UNKNOWN_INSTRUMENT = ("unknown_instrument", 409)
-INSTRUMENT_SUSPENDED = ("instrument_suspended", 409)
-PRICE_ABOVE_LIMIT = ("price_above_limit", 404)
-PRICE_BELOW_LIMIT = ("price_below_limit", 405)
-PRICE_OFF_TICK = ("price_off_tick", 412)
-BAD_VOLUME = ("bad_volume", 411)
-INSUFFICIENT_FUNDS = ("insufficient_funds", 413)
-INSUFFICIENT_POSITION = ("insufficient_position", 414)
-DUPLICATE_ORDER_ID = ("duplicate_order_id", 407)
-RATE_LIMITED = ("rate_limited", 429)
-SELF_TRADE = ("self_trade", 423)
-BAD_ORDER = ("bad_order", 400)
-NO_LIQUIDITY = ("no_liquidity", 424)
+UNKNOWN_INSTRUMENT = ("unknown_instrument", NOTIFY_BAD_INSTRUMENT)
+INSTRUMENT_SUSPENDED = ("instrument_suspended", NOTIFY_BAD_INSTRUMENT)
+PRICE_ABOVE_LIMIT = ("price_above_limit", NOTIFY_PRICE_ABOVE_LIMIT)
+PRICE_BELOW_LIMIT = ("price_below_limit", NOTIFY_PRICE_BELOW_LIMIT)
+PRICE_OFF_TICK = ("price_off_tick", NOTIFY_PRICE_OFF_TICK)
+BAD_VOLUME = ("bad_volume", NOTIFY_BAD_VOLUME)
+INSUFFICIENT_FUNDS = ("insufficient_funds", NOTIFY_INSUFFICIENT_FUNDS)
+INSUFFICIENT_POSITION = ("insufficient_position", NOTIFY_INSUFFICIENT_POSITION)
+DUPLICATE_ORDER_ID = ("duplicate_order_id", NOTIFY_DUPLICATE_ORDER_ID)
+RATE_LIMITED = ("rate_limited", NOTIFY_RATE_LIMITED)
+SELF_TRADE = ("self_trade", NOTIFY_SELF_TRADE)
+BAD_ORDER = ("bad_order", NOTIFY_REFUSED)
+NO_LIQUIDITY = ("no_liquidity", NOTIFY_NO_LIQUIDITY)
 
 
 def risk(pair: tuple[str, int], message: str) -> RiskError:
     """Build a RiskError from one of the (code, diff_code) pairs above."""
     return RiskError(message, code=pair[0], diff_code=pair[1])
-
-
-# A deposit or withdrawal amount that is not a positive finite number (DIFF: 422, transfer failed).
-AMOUNT_INVALID = ("amount_invalid", 422)

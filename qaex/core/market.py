@@ -29,6 +29,8 @@ from qaex.core.chart import Chart, ChartRequest, SeriesView
 from qaex.core.engine import Batch, Depth
 from qaex.core.instruments import Instrument
 from qaex.core.kline import DEFAULT_MAX_LEN, NS_PER_DAY, NS_PER_SECOND, KlineSeries, TickSeries
+from qaex.core.notify_codes import NOTIFY_BAD_CHART as NOTIFY_BAD_CHART  # a bad set_chart
+from qaex.core.notify_codes import NOTIFY_BAD_INSTRUMENT as NOTIFY_BAD_INSTRUMENT  # a symbol not listed
 from qaex.core.quote import QuoteBook
 
 Patch = dict[str, Any]
@@ -38,11 +40,6 @@ SeriesKey = tuple[str, int]
 MINUTE_NS = 60 * NS_PER_SECOND
 KEPT_DURATIONS_NS = (MINUTE_NS, NS_PER_DAY)
 """Series kept for every instrument from the start, so that a chart finds history at once."""
-
-NOTIFY_BAD_INSTRUMENT = 409
-"""DIFF notify code for a symbol that is not listed (subscribe_quote, set_chart)."""
-NOTIFY_BAD_CHART = 490
-"""DIFF notify code for a set_chart with bad fields or a duration TqSdk refuses."""
 
 _NO_DEPTH: Depth = ([], [])
 

@@ -98,10 +98,6 @@ class Order(msgspec.Struct, kw_only=True, gc=False):
     def is_buy(self) -> bool:
         return self.direction == "BUY"
 
-    @property
-    def is_open(self) -> bool:
-        return self.status == "ALIVE"
-
     def to_diff(self) -> dict[str, Any]:
         """The DIFF order; a price that is not a number (market orders) travels as "-" (see DIFF.md)."""
         # A literal dict of exactly ORDER_FIELDS, in order: every order a batch touches is rendered,

@@ -43,7 +43,8 @@ import trio
 from qaex.core.chart import Chart
 from qaex.core.engine import Batch, Engine
 from qaex.core.kline import DEFAULT_MAX_LEN, NS_PER_SECOND, KlineSeries, TickSeries
-from qaex.core.market import NOTIFY_BAD_INSTRUMENT, ChartRefused, MarketState, SeriesKey
+from qaex.core.market import ChartRefused, MarketState, SeriesKey
+from qaex.core.notify_codes import NOTIFY_BAD_INSTRUMENT
 from qaex.core.quote import DEPTH_LEVELS, QuoteBook
 from qaex.exchange.snapshot import SessionLink
 

@@ -14,16 +14,24 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol, TypeAlias, TypeVar, overload
 
 import msgspec
 import trio
 
+from qaex.core import commands as c
+from qaex.core.account import Account
 from qaex.core.commands import AnyCommand
-from qaex.core.engine import Batch, Engine
+from qaex.core.engine import Batch, CommandResult, Engine
 from qaex.core.errors import QaexError
+from qaex.core.instruments import Instrument
+from qaex.core.orders import Order
 
 log = logging.getLogger("qaex.router")
+
+_C = TypeVar("_C")
+Submitted: TypeAlias = _C | Callable[[int], _C]
+"""A command, or a factory that builds it from the router's timestamp (``lambda ts: Cancel(ts=ts, ...)``)."""
 
 
 class CommandLog(Protocol):
@@ -36,10 +44,10 @@ class CommandLog(Protocol):
 class Request:
     """One command waiting for the router, and its outcome."""
 
-    command: AnyCommand | Callable[[int], AnyCommand]
+    command: Submitted[AnyCommand]
     # Set when the command is done, for a caller that waits (execute); a pipelined caller has none.
     done: trio.Event | None = None
-    result: Any = None
+    result: CommandResult = None
     error: QaexError | None = None
     # Called (synchronously, in the router task) once the command is durable and dispatched, for
     # callers that pipeline commands instead of waiting for each one (DIFF sessions).
@@ -79,7 +87,20 @@ class OrderRouter:
         """After recovery: never stamp a command before the last journaled one, even if the clock lags."""
         self._last_ts = max(self._last_ts, ts)
 
-    async def execute(self, command: AnyCommand | Callable[[int], AnyCommand]) -> Any:
+    # The result of each command, as Engine.apply's overloads give it.
+    @overload
+    async def execute(self, command: Submitted[c.Insert | c.Cancel]) -> Order: ...
+    @overload
+    async def execute(self, command: Submitted[c.OpenAccount | c.Deposit | c.Withdraw]) -> Account: ...
+    @overload
+    async def execute(self, command: Submitted[c.UpsertInstrument | c.SetSuspended]) -> Instrument: ...
+    @overload
+    async def execute(self, command: Submitted[c.Settle]) -> dict[str, float]: ...
+    @overload
+    async def execute(self, command: Submitted[c.MarkToMarket]) -> int: ...
+    @overload
+    async def execute(self, command: Submitted[c.ChangePassword]) -> None: ...
+    async def execute(self, command: Submitted[AnyCommand]) -> CommandResult:
         """Apply a command (or a factory taking the router's timestamp) and return its result.
 
         Raises the QaexError the engine refused it with. Returns only once the command is durable
@@ -95,7 +116,7 @@ class OrderRouter:
 
     async def submit(
         self,
-        command: AnyCommand | Callable[[int], AnyCommand],
+        command: Submitted[AnyCommand],
         on_done: Callable[[Request], None],
     ) -> None:
         """Queue a command without waiting for it; `on_done(request)` runs when it is done.

@@ -25,8 +25,8 @@ from typing import Any
 import trio
 
 from qaex.core.errors import Conflict
+from qaex.core.notify_codes import NOTIFY_TOO_MANY_SESSIONS
 from qaex.core.patch import copy_tree
-from qaex.protocol.diff import NOTIFY_TOO_MANY_SESSIONS
 from qaex.protocol.session import DiffSession
 
 DEFAULT_MAX_SESSIONS_PER_USER = 32

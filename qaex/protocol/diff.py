@@ -5,7 +5,9 @@ message a real client sends is rejected. Fields a client adds that qaex does not
 ``account_key``, ``client_mac_address``, ``client_system_info``, ...) are ignored: msgspec skips unknown
 fields. Messages are frozen: they are the events a :class:`~qaex.protocol.session.DiffSession` returns.
 
-The decoder and encoder are created once at import (msgspec compiles them per type).
+The decoder and encoder are created once at import (msgspec compiles them per type). The notify codes
+are :mod:`qaex.core.notify_codes`'s (the core sends them too); those about client messages are
+re-exported here.
 """
 
 from __future__ import annotations
@@ -29,21 +31,15 @@ from qaex.core.limits import (
     Symbol,
     UserId,
 )
+from qaex.core.notify_codes import NOTIFY_BAD_MESSAGE as NOTIFY_BAD_MESSAGE
+from qaex.core.notify_codes import NOTIFY_CANCEL_WRONG_USER as NOTIFY_CANCEL_WRONG_USER
+from qaex.core.notify_codes import NOTIFY_DUPLICATE_LOGIN as NOTIFY_DUPLICATE_LOGIN
+from qaex.core.notify_codes import NOTIFY_UNKNOWN_AID as NOTIFY_UNKNOWN_AID
+from qaex.core.notify_codes import NOTIFY_WRONG_USER as NOTIFY_WRONG_USER
 from qaex.core.orders import InsertOrder
 from qaex.protocol import strict_json
 
 NotifyLevel = Literal["INFO", "WARNING", "ERROR"]
-
-# Notify codes. 400/408/418 are open-trade-gateway's (clients know them); 490/491 are qaex's own, for
-# frames that are not a valid DIFF message at all; 492: the user holds too many sessions to log in.
-NOTIFY_DUPLICATE_LOGIN: Final = 400
-NOTIFY_WRONG_USER: Final = 408
-NOTIFY_CANCEL_WRONG_USER: Final = 418
-NOTIFY_BAD_MESSAGE: Final = 490
-NOTIFY_UNKNOWN_AID: Final = 491
-NOTIFY_TOO_MANY_SESSIONS: Final = 492
-
-
 
 
 class DiffProtocolError(Exception):
@@ -220,11 +216,6 @@ def encode_rtn_data(data: list[dict[str, Any]]) -> bytes:
     put finite numbers there (0.0 for "none yet").
     """
     return _encoder.encode({"aid": "rtn_data", "data": data})
-
-
-def notify(code: int, level: NotifyLevel, content: str, key: str) -> dict[str, Any]:
-    """A patch that shows one message to the user; ``key`` must never have been used on this client."""
-    return {"notify": {key: {"type": "MESSAGE", "level": level, "code": code, "content": content}}}
 
 
 RTN_BROKERS: Final = b'{"aid":"rtn_brokers","brokers":["qaex"]}'

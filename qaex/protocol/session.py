@@ -4,6 +4,15 @@ The WebSocket handler feeds each received frame to :meth:`DiffSession.receive` a
 returns; the SnapshotManager :meth:`~DiffSession.push`-es every change this connection must see; whenever
 :meth:`~DiffSession.wants_data` is true the writer sends :meth:`~DiffSession.data_to_send`.
 
+The session makes the protocol's decisions and the owner (``qaex.api.diff_server``) does the IO:
+:meth:`~DiffSession.receive` applies the per-second message limit to the owner's clock (dropping frames,
+or a :class:`CloseConnection` the owner carries out), checks login and ``user_id``, and answers what needs
+no exchange; :meth:`~DiffSession.transfer` says what a req_transfer asks for (:class:`Deposit`,
+:class:`Withdraw`, or a refusal); the owner reports each exchange outcome through one method
+(:meth:`~DiffSession.login_succeeded`, :meth:`~DiffSession.login_refused`, :meth:`~DiffSession.refused`,
+:meth:`~DiffSession.password_changed`, ...), and the session turns it into the notify, so every text and
+code the client reads comes from here (codes from :mod:`qaex.core.notify_codes`).
+
 Flow control (DIFF.md): a peek is a flag, not a counter; one rtn_data answers it; changes accumulate in a
 :class:`~qaex.core.patch.PendingPatches` between peeks. Notifies ride in the next rtn_data too rather than in
 frames of their own: TqSdk and tqsdk-js always keep a peek outstanding, so they arrive at once anyway, and
@@ -24,14 +33,28 @@ count (:data:`MAX_PENDING_NOTIFIES`, the oldest dropped first).
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterable
 from typing import Any, Final
 
-from qaex.core.patch import Patch, PendingPatches
-from qaex.protocol.diff import (
+import msgspec
+
+from qaex.core import ins_query
+from qaex.core.errors import QaexError
+from qaex.core.instruments import Instrument
+from qaex.core.notify_codes import (
     NOTIFY_BAD_MESSAGE,
     NOTIFY_CANCEL_WRONG_USER,
     NOTIFY_DUPLICATE_LOGIN,
+    NOTIFY_LOGIN_FAILED,
+    NOTIFY_LOGIN_OK,
+    NOTIFY_PASSWORD_CHANGED,
+    NOTIFY_RATE_LIMITED,
+    NOTIFY_REFUSED,
+    NOTIFY_TRANSFER_FAILED,
     NOTIFY_WRONG_USER,
+)
+from qaex.core.patch import Patch, PendingPatches
+from qaex.protocol.diff import (
     CancelOrder,
     ChangePassword,
     ConfirmSettlement,
@@ -60,6 +83,37 @@ ClientEvent = (
 )
 """What :meth:`DiffSession.receive` hands to the exchange (peek and confirm_settlement are handled here)."""
 
+
+class CloseConnection(msgspec.Struct, frozen=True):
+    """The session must end: the owner closes the WebSocket with ``code`` and ``reason`` and reads no more."""
+
+    code: int
+    reason: str
+
+
+Event = ClientEvent | CloseConnection
+"""What :meth:`DiffSession.receive` returns."""
+
+CLOSE_RATE_LIMITED: Final = CloseConnection(1008, "message rate limit exceeded")
+"""Past :data:`RATE_CLOSE_FACTOR` times the message rate in one second: 1008 (policy violation)."""
+RATE_CLOSE_FACTOR: Final = 4
+
+
+class Deposit(msgspec.Struct, frozen=True):
+    """A req_transfer with a positive amount: move ``amount`` from the bank into the futures account."""
+
+    amount: float
+    future_password: str = ""
+    """To check before the transfer when not empty (``req_transfer``'s own password field)."""
+
+
+class Withdraw(msgspec.Struct, frozen=True):
+    """A req_transfer with a negative amount: move ``amount`` (> 0 here) out of the futures account."""
+
+    amount: float
+    future_password: str = ""
+
+
 DEFAULT_MAX_PENDING: Final = 20_000
 """Floor of the pending bound, in keys (see :func:`~qaex.core.patch.tree_size`): a few hundred quotes."""
 
@@ -80,8 +134,16 @@ _TRADE_MESSAGES: Final = (InsertOrderMessage, CancelOrder, ReqTransfer, ChangePa
 class DiffSession:
     """One DIFF connection: decodes client frames, holds the peek flag and the pending patches."""
 
-    def __init__(self, session_id: int, *, max_pending: int = DEFAULT_MAX_PENDING) -> None:
+    def __init__(
+        self,
+        session_id: int,
+        *,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        max_messages_per_second: int | None = None,
+    ) -> None:
         self.session_id = session_id
+        self.max_messages_per_second = max_messages_per_second
+        """Frames taken per second of the owner's clock; ``None``: no limit (see :meth:`receive`)."""
         self.user_id: str | None = None
         """Set by the owner through :meth:`logged_in` once it accepted a req_login."""
         self.ins_list: list[str] = []
@@ -95,6 +157,8 @@ class DiffSession:
         self._login_pending = False
         self._notify_count = 0
         self._notifies: dict[str, Any] = {}
+        self._rate_window: int | None = None  # the whole second of the owner's clock being counted
+        self._rate_count = 0
         self._pending = PendingPatches()
         # TqApi blocks until it sees mdhis_more_data == false: the first peek is answered at once.
         self._pending.add({"mdhis_more_data": False})
@@ -111,11 +175,17 @@ class DiffSession:
 
     # -- client → server -------------------------------------------------------------------------------
 
-    def receive(self, frame: bytes | str) -> list[ClientEvent]:
-        """Take one client frame; return what the exchange must act on (possibly nothing).
+    def receive(self, frame: bytes | str, now: float = 0.0) -> list[Event]:
+        """Take one client frame received at ``now`` (seconds on the owner's clock); return what to act on.
 
         A bad or unauthorised message is answered here with an ERROR notify; the session carries on.
+        Past :attr:`max_messages_per_second` frames in one second of ``now`` (a window per whole
+        second), frames are dropped undecoded, the first of them with one ERROR notify 429; past
+        :data:`RATE_CLOSE_FACTOR` times the limit the answer is :data:`CLOSE_RATE_LIMITED`.
         """
+        limit = self.max_messages_per_second
+        if limit is not None and self._over_rate(limit, int(now)):
+            return [CLOSE_RATE_LIMITED] if self._rate_count > RATE_CLOSE_FACTOR * limit else []
         try:
             message = decode_client_message(frame)
         except DiffProtocolError as exc:
@@ -146,7 +216,18 @@ class DiffSession:
             return self._trade(message)
         return [message]
 
-    def _set_chart(self, message: SetChart) -> list[ClientEvent]:
+    def _over_rate(self, limit: int, window: int) -> bool:
+        """Count one frame in its second; true if it is past the limit (the first such frame notifies)."""
+        if window != self._rate_window:
+            self._rate_window, self._rate_count = window, 0
+        self._rate_count += 1
+        if self._rate_count <= limit:
+            return False
+        if self._rate_count == limit + 1:
+            self.notify(NOTIFY_RATE_LIMITED, "ERROR", f"too many messages: at most {limit} per second")
+        return True
+
+    def _set_chart(self, message: SetChart) -> list[Event]:
         if not message.ins_list:
             self.charts.pop(message.chart_id, None)
             self.push({"charts": {message.chart_id: None}})
@@ -157,9 +238,7 @@ class DiffSession:
         self.charts[message.chart_id] = message
         return [message]
 
-    def _trade(
-        self, message: InsertOrderMessage | CancelOrder | ReqTransfer | ChangePassword
-    ) -> list[ClientEvent]:
+    def _trade(self, message: InsertOrderMessage | CancelOrder | ReqTransfer | ChangePassword) -> list[Event]:
         if self.user_id is None:
             aid = message.__struct_config__.tag
             self.notify(NOTIFY_WRONG_USER, "ERROR", f"{aid} refused: not logged in")
@@ -183,6 +262,62 @@ class DiffSession:
     def login_failed(self) -> None:
         """The owner refused the req_login (it notified why): the client may try again."""
         self._login_pending = False
+
+    def login_succeeded(self) -> None:
+        """Tell the client its req_login was accepted (after :meth:`logged_in`)."""
+        self.notify(NOTIFY_LOGIN_OK, "INFO", "登录成功")
+
+    def login_refused(self, *, retry_after_seconds: int | None = None) -> None:
+        """The owner refused the req_login: a wrong user name or password (one text for both), or,
+        with ``retry_after_seconds``, throttled (too many failures: nothing was checked)."""
+        self.login_failed()
+        if retry_after_seconds is None:
+            self.notify(NOTIFY_LOGIN_FAILED, "ERROR", "登录失败: 用户名或密码错误")
+        else:
+            self.notify(
+                NOTIFY_RATE_LIMITED, "ERROR", f"登录失败: 失败次数过多, 请 {retry_after_seconds} 秒后再试"
+            )
+
+    def refused(self, error: QaexError) -> None:
+        """The exchange refused this connection's request: an ERROR notify with the error's code and text."""
+        self.notify(error.diff_code or NOTIFY_REFUSED, "ERROR", error.message)
+
+    def password_changed(self) -> None:
+        """The exchange accepted a change_password."""
+        self.notify(NOTIFY_PASSWORD_CHANGED, "INFO", "修改密码成功")
+
+    def transfer(self, message: ReqTransfer) -> Deposit | Withdraw | None:
+        """What a req_transfer asks the exchange for: its amount's sign says deposit (> 0) or withdraw
+        (< 0); an amount of zero asks for nothing and is refused here (ERROR notify 422, ``None``)."""
+        if message.amount > 0:
+            return Deposit(message.amount, message.future_password)
+        if message.amount < 0:
+            return Withdraw(-message.amount, message.future_password)
+        self.notify(NOTIFY_TRANSFER_FAILED, "ERROR", "转账失败: 转账金额不能为 0")
+        return None
+
+    def transfer_password_wrong(self) -> None:
+        """The req_transfer's ``future_password`` is not the user's: nothing was transferred."""
+        self.notify(NOTIFY_TRANSFER_FAILED, "ERROR", "转账失败: 期货账户密码错误")
+
+    def answer_query(self, message: InsQuery, instruments: Iterable[Instrument]) -> None:
+        """Answer an ins_query under ``symbols/{query_id}`` from the listed ``instruments``
+        (:func:`qaex.core.ins_query.answer`); an empty query drops the answer.
+
+        A query qaex does not understand is still answered (empty), so that the client does not wait for
+        its timeout, with an ERROR notify saying why; the refused query is not echoed back (it may be as
+        large as the frame limit).
+        """
+        if not message.query:
+            self.push({"symbols": {message.query_id: None}})
+            return
+        query, variables = message.query, message.variables or {}
+        try:
+            result = ins_query.answer(query, instruments, message.variables)
+        except ins_query.UnsupportedQuery as exc:
+            self.notify(NOTIFY_BAD_MESSAGE, "ERROR", str(exc))
+            result, query, variables = {}, "", {}
+        self.push({"symbols": {message.query_id: {"query": query, "variables": variables, "result": result}}})
 
     def push(self, patch: Patch) -> None:
         """Queue a change this connection must see. ``patch`` is never mutated, nor merged into later."""
