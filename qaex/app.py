@@ -33,7 +33,7 @@ from qaex.api.auth import TokenSigner
 from qaex.api.diff_server import serve_diff
 from qaex.api.http import Services, blueprint
 from qaex.api.websocket_guard import RejectWebSockets, refuse_websocket_upgrades
-from qaex.config import Config, ConfigError, access_guard, load_instruments
+from qaex.config import Config, ConfigError, access_guard, load_holidays, load_instruments, load_listing
 from qaex.core.calendar import parse_clock_time
 from qaex.core.engine import Engine
 from qaex.core.journal_format import JournalCorrupt
@@ -65,8 +65,10 @@ def build_exchange(config: Config, data_dir: DataDir) -> Exchange:
     market = MarketData(
         recovered.engine, history=config.market_history, publish_interval=config.quote_interval
     )
+    calendar = load_holidays(config)
     exchange = Exchange(
         recovered.engine,
+        listing=load_listing(config, calendar),
         journal=journal,
         market=market,
         mark_interval=config.mark_interval,

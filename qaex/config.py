@@ -16,8 +16,10 @@ from typing import Any, Literal, get_args, get_type_hints
 import msgspec
 
 from qaex.core import limits
-from qaex.core.calendar import parse_clock_time
+from qaex.core.calendar import HolidayCalendar, default_holiday_calendar, parse_clock_time
 from qaex.core.instruments import InstrumentRegistry
+from qaex.core.listing import ProductListing
+from qaex.core.products import PRODUCTS, products_from_mapping
 from qaex.core.throttle import AccessGuard, parse_networks
 from qaex.logconfig import parse_levels
 
@@ -37,7 +39,10 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
     data_dir: str = "./qaex-data"
     admin_token: str = ""  # empty: the app generates one at start and logs it once
     market_maker: bool = True
-    instruments: str = ""  # path of an instrument TOML file; empty: the built-in contracts
+    instruments: str = ""  # path of an instrument TOML file (a fixed listing); empty: listed by product
+    products: str = ""  # path of a product TOML file ([[product]] tables) adding to / overriding the built-in
+    holidays: str = ""  # path of a holiday TOML file (holidays.toml's format) extending the built-in calendar
+    keep_expired_days: int = 7  # calendar days an expired contract stays listed before it is delisted
     fsync: Literal["batch", "off"] = "batch"
     checkpoint_records: int = 100_000  # journal records between checkpoints (bounds recovery time)
     checkpoint_seconds: float = 600.0  # ... or seconds, whichever comes first
@@ -151,6 +156,8 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
             except ValueError:
                 need(False, "settlement_time", "HH:MM (China time) or empty")
         need(1 <= self.market_history <= 1_000_000, "market_history", "an integer 1-1000000")
+        need(0 <= self.keep_expired_days <= 3660, "keep_expired_days", "a number of days 0-3660")
+        need(not (self.instruments and self.products), "products", "empty when QAEX_INSTRUMENTS is set")
         need(self.admin_token == "" or len(self.admin_token) >= 16, "admin_token", "at least 16 characters")
         try:
             parse_levels(self.log)
@@ -217,9 +224,10 @@ def _explain(exc: msgspec.ValidationError, origin: Callable[[str], str]) -> str:
 
 
 def load_instruments(config: Config) -> InstrumentRegistry:
-    """The registry the exchange lists: the built-in contracts, or those of ``QAEX_INSTRUMENTS``."""
+    """The registry the exchange starts with: those of ``QAEX_INSTRUMENTS``, or none (the product
+    listing, :func:`load_listing`, lists the contracts of the day at the first start)."""
     if not config.instruments:
-        return InstrumentRegistry()
+        return InstrumentRegistry([])
     try:
         return InstrumentRegistry.from_toml(config.instruments)
     except OSError as exc:
@@ -237,3 +245,34 @@ def access_guard(config: Config) -> AccessGuard:
         login_address_failures_per_minute=config.login_address_failures_per_minute,
         max_accounts_per_address_per_hour=config.max_accounts_per_address_per_hour,
     )
+
+
+def load_holidays(config: Config) -> HolidayCalendar:
+    """The built-in holiday calendar, extended by ``QAEX_HOLIDAYS`` (same format as holidays.toml)."""
+    calendar = default_holiday_calendar()
+    if not config.holidays:
+        return calendar
+    try:
+        extra = HolidayCalendar.from_toml(config.holidays)
+    except OSError as exc:
+        raise ConfigError(f"QAEX_HOLIDAYS: cannot read {config.holidays}: {exc.strerror}") from None
+    except (ValueError, msgspec.ValidationError) as exc:
+        raise ConfigError(f"QAEX_HOLIDAYS: {config.holidays}: {exc}") from None
+    return calendar.with_closures(extra.closures, years=extra.years)
+
+
+def load_listing(config: Config, calendar: HolidayCalendar) -> ProductListing | None:
+    """The product listing (``QAEX_PRODUCTS`` over the built-in templates), or None with
+    ``QAEX_INSTRUMENTS`` (a fixed listing)."""
+    if config.instruments:
+        return None
+    products = dict(PRODUCTS)
+    if config.products:
+        try:
+            with open(config.products, "rb") as file:
+                products = products_from_mapping(tomllib.load(file))
+        except OSError as exc:
+            raise ConfigError(f"QAEX_PRODUCTS: cannot read {config.products}: {exc.strerror}") from None
+        except ValueError as exc:  # TOMLDecodeError is a ValueError
+            raise ConfigError(f"QAEX_PRODUCTS: {config.products}: {exc}") from None
+    return ProductListing(list(products.values()), calendar, config.keep_expired_days)

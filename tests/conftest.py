@@ -63,6 +63,9 @@ class Server:
         return self.process.returncode
 
 
+PINNED_INSTRUMENTS = Path(__file__).with_name("pinned_instruments.toml")
+
+
 def launch(
     workdir: Path, *, data_dir: Path | None = None, extra_env: dict[str, str] | None = None, serve: bool = False
 ) -> Server:
@@ -80,6 +83,9 @@ def launch(
         QAEX_MARKET_MAKER="0",
         QAEX_SETTLEMENT_TIME="",  # a test run that crosses 15:30 China time must not settle mid-test
         QAEX_MAX_ACCOUNTS_PER_ADDRESS_PER_HOUR="0",  # every test opens its accounts from 127.0.0.1
+        # Fixed contracts with fixed figures, on any date; a test of the product listing passes
+        # QAEX_INSTRUMENTS="" (the default a user gets).
+        QAEX_INSTRUMENTS=str(PINNED_INSTRUMENTS),
     )
     env.pop("QAEX_CONFIG", None)
     env.update(extra_env or {})

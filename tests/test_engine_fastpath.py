@@ -379,7 +379,9 @@ def test_renderers_list_exactly_the_diff_fields_in_order() -> None:
 # Re-recorded for issue #14: an account's frozen money snaps to exactly 0.0 once no OPEN order is left
 # (it waited for resting close orders too, so cancels left residues such as 1.8e-11): 18 of the 5,056
 # lines differ, each only in frozen_margin / frozen_commission / available (or the state digest).
-RECORDED_OUTPUT = "9c9f7279aec3fc9ae644b8642649be2f499a11dabdc2cc03075de87f703b11b3"
+# Re-recorded for issue #15: settlement at the day's VWAP (not the last price), and two new
+# instrument fields (settlement_rule, settlement_window): settlement prices, then everything after them.
+RECORDED_OUTPUT = "efff089f3ed7ada834e971af60813ba39b467e24e28793f41b3644bb3bcf8ad7"
 
 
 def test_every_output_of_a_fixed_scenario_is_what_the_engine_produced_before_its_fast_paths() -> None:

@@ -190,7 +190,8 @@ class EngineMachine(RuleBasedStateMachine):
         assert encode_record(self.journaled + len(self.pending), decoded) == encoded
         self.count_new_trades()
         if isinstance(command, Settle):
-            self.roll_day()
+            assert isinstance(result, dict)
+            self.roll_day(result)
         return result
 
     def flush(self) -> None:
@@ -248,11 +249,16 @@ class EngineMachine(RuleBasedStateMachine):
                     if trade.offset == "CLOSETODAY" and instrument.separates_today:
                         lots.long_today -= volume
 
-    def roll_day(self) -> None:
-        """A settlement cleared the day's trades and made today's lots yesterday's."""
+    def roll_day(self, prices: dict[str, float]) -> None:
+        """A settlement cleared the day's trades and made today's lots yesterday's; the lots in a
+        contract that expired with it were closed out in cash at its settlement price."""
         self.seen_trades.clear()
-        for lots in self.lots.values():
+        for (_, symbol), lots in self.lots.items():
             lots.long_today = lots.short_today = 0
+            instrument = self.engine.instruments[symbol]
+            if instrument.expired and (lots.long or lots.short):
+                lots.fill_value += (lots.long - lots.short) * prices[symbol] * instrument.volume_multiple
+                lots.long = lots.short = 0
         self.deposits_today.clear()
         self.withdrawals_today.clear()
 
@@ -718,7 +724,10 @@ class EngineMachine(RuleBasedStateMachine):
                 assert p.volume_short_frozen_today <= p.volume_short_today
         for symbol in engine.instruments:
             assert long_total[symbol] == short_total[symbol]
-            assert engine.open_interest[symbol] - BASE_OPEN_INTEREST[symbol] == long_total[symbol]
+            if engine.instruments[symbol].expired:  # closed out: no lots, and no open interest left
+                assert long_total[symbol] == 0 and engine.open_interest[symbol] == 0
+            else:
+                assert engine.open_interest[symbol] - BASE_OPEN_INTEREST[symbol] == long_total[symbol]
 
     @invariant()
     def account_identities_hold(self) -> None:

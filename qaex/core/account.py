@@ -546,6 +546,30 @@ class Account:
         self.position_profit = math.fsum(p.position_profit for p in positions)
         self.float_profit = math.fsum(p.float_profit for p in positions)
 
+    def close_out(self, symbol: str, instrument: Instrument) -> tuple[int, int]:
+        """Close the position in an expired contract in cash, after :meth:`settle` priced it at the final
+        settlement price: the lots go, their margin is released, the balance does not move (the
+        position was just re-priced at that price, so closing it there makes no profit). Returns the
+        (long, short) lots closed."""
+        position = self.positions.get(symbol)
+        if position is None:
+            return 0, 0
+        long, short = position.volume_long, position.volume_short
+        position.volume_long_his = position.volume_long_today = 0
+        position.volume_short_his = position.volume_short_today = 0
+        position.open_cost_long = position.open_cost_short = 0.0
+        position.position_cost_long = position.position_cost_short = 0.0
+        self._update(position, instrument)
+        return long, short
+
+    def drop_position(self, symbol: str) -> bool:
+        """Forget a flat position (its contract left the listing); true if there was one."""
+        position = self.positions.get(symbol)
+        if position is None or position.volume_long or position.volume_short:
+            return False
+        del self.positions[symbol]
+        return True
+
     # -- internals ----------------------------------------------------------------------------------
     def _release_money(self, order: Order, share: float) -> None:
         """Release `share` (0..1] of an OPEN order's frozen margin and commission; 1.0 releases all."""

@@ -70,6 +70,12 @@ class SetSuspended(Command, frozen=True, tag="set_suspended"):
     suspended: bool
 
 
+class Delist(Command, frozen=True, tag="delist"):
+    """Take an expired contract out of the listing (its positions were closed out at its expiry)."""
+
+    symbol: SymbolText
+
+
 class MarkToMarket(Command, frozen=True, tag="mark"):
     """Mark every holder of a moved instrument to market (the exchange sends it on a short timer)."""
 
@@ -85,4 +91,5 @@ AnyCommand = (
     | Settle
     | UpsertInstrument
     | SetSuspended
+    | Delist
 )

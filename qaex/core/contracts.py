@@ -106,4 +106,6 @@ def instrument_for(
             night=[list(pair) for pair in product.trading_time.night],
         ),
         expire_datetime=expire_datetime(contract.last_trading_day),
+        settlement_rule=product.settlement_rule,
+        settlement_window=product.settlement_window,
     )

@@ -11,6 +11,7 @@ trade, position and account as DIFF shows it, and hands the result to the gatewa
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import math
 from collections.abc import Mapping
@@ -29,6 +30,7 @@ from qaex.core.commands import (
     AnyCommand,
     Cancel,
     ChangePassword,
+    Delist,
     Deposit,
     Insert,
     MarkToMarket,
@@ -74,6 +76,9 @@ class UserRecord:
     orders_in_window: int = 0
     # Client order ids of the day's orders refused by the risk checks, oldest first (MAX_REJECTED_KEPT).
     rejected: dict[str, None] = field(default_factory=dict)
+    # The exchange's own accounts (ids with limits.RESERVED_USER_PREFIX: the market maker) are not
+    # held to the per-user order rate: one ladder per listed contract is hundreds of orders a second.
+    rate_exempt: bool = False
 
 
 @dataclass(slots=True)
@@ -161,6 +166,11 @@ class Engine:
         # trade after a settlement (positions were just re-priced at it).
         self.mark_price: dict[str, float] = {}
         self.open_interest: dict[str, int] = {s: i.pre_open_interest for s, i in self.instruments.items()}
+        # The trading day's volume and turnover (Σ price × lots) per symbol: its VWAP settles it.
+        self.day_volume: dict[str, int] = {}
+        self.day_turnover: dict[str, float] = {}
+        # (ts, price × lots, lots) of the recent trades of contracts settled on a window (CFFEX).
+        self._window_trades: dict[str, collections.deque[tuple[int, float, int]]] = {}
         self.seq = 0  # commands applied
         self._order_seq = 0
         self._trade_seq = 0
@@ -199,6 +209,10 @@ class Engine:
         for record in self.users.values():
             if not hasattr(record, "rejected"):  # a checkpoint written before refusals were bounded
                 record.rejected = {}
+            if not hasattr(record, "rate_exempt"):  # a checkpoint written before the exemption
+                record.rate_exempt = record.user_id.startswith(limits.RESERVED_USER_PREFIX)
+        for name in ("day_volume", "day_turnover", "_window_trades"):  # before VWAP settlement
+            self.__dict__.setdefault(name, {})
         self._init_caches()
 
     # ------------------------------------------------------------------------------------------------
@@ -209,7 +223,7 @@ class Engine:
     @overload
     def apply(self, command: OpenAccount | Deposit | Withdraw) -> Account: ...
     @overload
-    def apply(self, command: UpsertInstrument | SetSuspended) -> Instrument: ...
+    def apply(self, command: UpsertInstrument | SetSuspended | Delist) -> Instrument: ...
     @overload
     def apply(self, command: Settle) -> dict[str, float]: ...  # the settlement prices
     @overload
@@ -264,6 +278,8 @@ class Engine:
             instrument.suspended = command.suspended
             self._batch.instruments_changed.add(command.symbol)
             return instrument
+        if isinstance(command, Delist):
+            return self._delist(command.symbol)
         raise TypeError(f"unknown command {command!r}")
 
     def user(self, user_id: str) -> UserRecord:
@@ -296,7 +312,10 @@ class Engine:
         if not 0 <= command.init_cash <= limits.MAX_AMOUNT:
             raise QaexError(f"init_cash must be 0-{limits.MAX_AMOUNT:.0f}", code="bad_amount")
         account = Account(command.user_id, command.init_cash)
-        self.users[command.user_id] = UserRecord(command.user_id, command.password_hash, account)
+        exempt = command.user_id.startswith(limits.RESERVED_USER_PREFIX)
+        self.users[command.user_id] = UserRecord(
+            command.user_id, command.password_hash, account, rate_exempt=exempt
+        )
         self._touched_accounts[command.user_id] = account
         self._batch.users.setdefault(command.user_id, {})
         return account
@@ -345,7 +364,7 @@ class Engine:
         if order_id in record.orders:
             # The existing order keeps its state; the duplicate is refused without a trace in the tree.
             raise risk(errors.DUPLICATE_ORDER_ID, f"下单失败, 委托单号重复: {order_id}")
-        if self.max_orders_per_second:
+        if self.max_orders_per_second and not record.rate_exempt:
             # Every order counts, refused ones included; one over the rate is refused as a whole, so a
             # flood costs neither memory nor journal. Replays see only the counted (journaled) orders.
             window = ts // 1_000_000_000
@@ -428,7 +447,10 @@ class Engine:
         instrument = self._instrument_of.get(symbol)
         if instrument is None:
             raise risk(errors.UNKNOWN_INSTRUMENT, f"下单失败, 不支持的合约代码: {symbol}")
-        if instrument.suspended or instrument.expired:
+        if instrument.expired:
+            last_day = instrument.last_trading_day
+            raise risk(errors.INSTRUMENT_EXPIRED, f"下单失败, 合约 {symbol} 已到期 (最后交易日 {last_day})")
+        if instrument.suspended:
             raise risk(errors.INSTRUMENT_SUSPENDED, f"下单失败, 合约 {symbol} 已暂停交易")
         market = order.price_type != "LIMIT"
         low = instrument.min_market_order_volume if market else instrument.min_limit_order_volume
@@ -543,6 +565,10 @@ class Engine:
         self.open_interest[symbol] = open_interest = self.open_interest.get(symbol, 0) + volume * opens // 2
         self.last_price[symbol] = price
         self.mark_price[symbol] = price
+        self.day_volume[symbol] = self.day_volume.get(symbol, 0) + volume
+        self.day_turnover[symbol] = self.day_turnover.get(symbol, 0.0) + price * volume
+        if instrument.settlement_window:
+            self._keep_window_trade(instrument, symbol, ts, price, volume)
         self._moved.add(symbol)
         batch = self._batch
         batch.depth_changed.add(symbol)
@@ -583,7 +609,11 @@ class Engine:
 
     # -- settlement and admin ---------------------------------------------------------------------
     def _settle(self, command: Settle) -> dict[str, float]:
-        """Expire every open order, settle every account, and roll every instrument to the next day."""
+        """End the trading day: expire every open order, settle every account at the settlement prices,
+        close out the contracts whose last trading day this was, and roll every instrument to the next day.
+
+        A settlement price is the command's, or the instrument's rule (:meth:`_settlement_price`).
+        """
         day = command.trading_day
         if day and not (len(day) == 8 and day.isascii() and day.isdigit()):
             raise QaexError(f"trading_day must be YYYYMMDD, got {day[:20]!r}", code="bad_request")
@@ -592,7 +622,8 @@ class Engine:
                 raise QaexError(f"no instrument {symbol[:70]!r}", code="unknown_instrument")
         prices: dict[str, float] = {}
         for symbol, instrument in self.instruments.items():
-            price = command.prices.get(symbol, self.last_price.get(symbol, instrument.pre_settlement))
+            given = command.prices.get(symbol)
+            price = self._settlement_price(symbol, instrument) if given is None else given
             if not 0 < price <= limits.MAX_PRICE:
                 message = f"settlement price {price} of {symbol} is not in (0, {limits.MAX_PRICE:.0f}]"
                 raise QaexError(message, code="bad_price")
@@ -602,6 +633,14 @@ class Engine:
                     f"settlement price {price} of {symbol} is not on the tick grid", code="bad_price"
                 )
             prices[symbol] = price
+        settling = self.trading_day
+        expiring = [
+            symbol
+            for symbol, instrument in self.instruments.items()
+            if not instrument.expired
+            and instrument.expire_datetime
+            and instrument.last_trading_day <= settling
+        ]
         for order in list(self._orders_by_key.values()):
             self._cancel_order(order)
         for record in self.users.values():
@@ -619,6 +658,8 @@ class Engine:
             record.rejected.clear()
             record.trades.clear()
         self._touched_orders.clear()  # every order touched so far belonged to some user's cleared list
+        for symbol in expiring:
+            self._expire(symbol, prices[symbol])
         for symbol, instrument in self.instruments.items():
             instrument.pre_close = self.last_price.get(symbol, instrument.pre_close)
             self.mark_price[symbol] = prices[symbol]
@@ -626,10 +667,93 @@ class Engine:
             instrument.pre_open_interest = self.open_interest.get(symbol, instrument.pre_open_interest)
             instrument.reset_limits()
             self._batch.instruments_changed.add(symbol)
+        self.day_volume.clear()
+        self.day_turnover.clear()
+        self._window_trades.clear()
         self._moved.clear()  # positions were just reset to the settlement prices
         self.trading_day = command.trading_day or next_trading_day(self.trading_day)
         self._batch.settled = True
         return prices
+
+    def _settlement_price(self, symbol: str, instrument: Instrument) -> float:
+        """The instrument's rule: the day's VWAP on the tick grid (over the last ``settlement_window``
+        seconds of trading if set; the previous settlement when nothing traded), or the last price."""
+        if instrument.settlement_rule == "last":
+            return self.last_price.get(symbol, instrument.pre_settlement)
+        window = self._window_trades.get(symbol)
+        if window:
+            volume = sum(lots for _, _, lots in window)
+            turnover = math.fsum(amount for _, amount, _ in window)
+        else:
+            volume = self.day_volume.get(symbol, 0)
+            turnover = self.day_turnover.get(symbol, 0.0)
+        if not volume:
+            return instrument.pre_settlement
+        ticks = round(turnover / volume / instrument.price_tick)
+        ticks = min(max(ticks, instrument.lower_limit_ticks), instrument.upper_limit_ticks)
+        return instrument.from_ticks(ticks)
+
+    def _keep_window_trade(
+        self, instrument: Instrument, symbol: str, ts: int, price: float, volume: int
+    ) -> None:
+        """Keep a trade of a contract settled over its last ``settlement_window`` seconds of trading."""
+        window = self._window_trades.get(symbol)
+        if window is None:
+            window = self._window_trades[symbol] = collections.deque()
+        window.append((ts, price * volume, volume))
+        start = ts - instrument.settlement_window * 1_000_000_000
+        while window[0][0] < start:
+            window.popleft()
+
+    def _expire(self, symbol: str, price: float) -> None:
+        """The contract's last trading day has been settled: it takes no more orders, and every position
+        in it is closed out in cash at ``price`` (its final settlement price), with a notify to the holder."""
+        instrument = self.instruments[symbol]
+        instrument.expired = True
+        for user_id in sorted(self._holders.get(symbol, ())):
+            account = self.users[user_id].account
+            long, short = account.close_out(symbol, instrument)
+            if not (long or short):
+                continue
+            self._touch_position(account, symbol)
+            self._touched_accounts[user_id] = account
+            lots = "、".join(
+                f"{side} {count} 手" for side, count in (("多头", long), ("空头", short)) if count
+            )
+            self.notify(
+                user_id,
+                notify_codes.NOTIFY_CONTRACT_EXPIRED,
+                "INFO",
+                f"合约 {symbol} 到期交割: {lots} 以最终结算价 {price} 现金了结, 保证金已释放",
+            )
+        self.open_interest[symbol] = 0
+
+    def _delist(self, symbol: str) -> Instrument:
+        """Take an expired contract out of the listing, with the (flat) positions users had in it."""
+        instrument = self.instrument(symbol)
+        if not instrument.expired:
+            raise QaexError(
+                f"{symbol} has not expired: only an expired contract leaves the listing", code="not_expired"
+            )
+        for user_id, record in self.users.items():
+            if record.account.drop_position(symbol):
+                self._touched_positions.pop((user_id, symbol), None)
+                self._marked_positions.pop((user_id, symbol), None)
+                self._render_into(user_id, "positions", symbol, None)
+        self.instruments.remove(symbol)
+        del self.books[symbol]
+        self._holders.pop(symbol, None)
+        for figures in (
+            self.open_interest,
+            self.last_price,
+            self.mark_price,
+            self.day_volume,
+            self.day_turnover,
+        ):
+            figures.pop(symbol, None)
+        self._moved.discard(symbol)
+        self._batch.instruments_changed.add(symbol)
+        return instrument
 
     def _upsert_instrument(self, spec: Mapping[str, Any]) -> Instrument:
         symbol = f"{spec.get('exchange_id')}.{spec.get('instrument_id')}"
@@ -790,6 +914,8 @@ class Engine:
             "last_price": sorted(self.last_price.items()),
             "mark_price": sorted(self.mark_price.items()),
             "open_interest": sorted(self.open_interest.items()),
+            "day_volume": sorted(self.day_volume.items()),
+            "day_turnover": sorted(self.day_turnover.items()),
             "instruments": [msgspec.to_builtins(self.instruments[s]) for s in sorted(self.instruments)],
         }
         return hashlib.sha256(msgspec.json.encode(state, order="sorted")).hexdigest()

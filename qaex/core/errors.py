@@ -61,6 +61,7 @@ class Conflict(QaexError):
 # Risk/validation codes: (code, DIFF notify code)
 UNKNOWN_INSTRUMENT = ("unknown_instrument", NOTIFY_BAD_INSTRUMENT)
 INSTRUMENT_SUSPENDED = ("instrument_suspended", NOTIFY_BAD_INSTRUMENT)
+INSTRUMENT_EXPIRED = ("instrument_expired", NOTIFY_BAD_INSTRUMENT)
 PRICE_ABOVE_LIMIT = ("price_above_limit", NOTIFY_PRICE_ABOVE_LIMIT)
 PRICE_BELOW_LIMIT = ("price_below_limit", NOTIFY_PRICE_BELOW_LIMIT)
 PRICE_OFF_TICK = ("price_off_tick", NOTIFY_PRICE_OFF_TICK)

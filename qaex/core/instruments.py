@@ -14,11 +14,12 @@ import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 from qaex.core import limits
+from qaex.core.calendar.china_time import china_date_of
 
 DAY_SESSION_METALS = [["09:00:00", "10:15:00"], ["10:30:00", "11:30:00"], ["13:30:00", "15:00:00"]]
 DAY_SESSION_CFFEX = [["09:30:00", "11:30:00"], ["13:00:00", "15:00:00"]]
@@ -80,6 +81,12 @@ class Instrument(msgspec.Struct, kw_only=True):
     expire_datetime: Annotated[float, msgspec.Meta(ge=0, le=1e10)] = 0.0
     expired: bool = False
     suspended: bool = False
+    settlement_rule: Literal["vwap", "last"] = "vwap"
+    """How the daily settlement price is found: the volume-weighted average price of the day's trades
+    (the exchanges' rule; the previous settlement when nothing traded), or the last price."""
+    settlement_window: Annotated[int, msgspec.Meta(ge=0, le=86_400)] = 0
+    """With ``vwap``: average only the trades of this many seconds up to the day's last trade
+    (CFFEX: 3600, the last hour); 0: the whole day."""
 
     def __post_init__(self) -> None:
         if not self.price_tick > 0:
@@ -95,6 +102,18 @@ class Instrument(msgspec.Struct, kw_only=True):
     @property
     def symbol(self) -> str:
         return f"{self.exchange_id}.{self.instrument_id}"
+
+    @property
+    def product_key(self) -> str:
+        """``EXCHANGE.product`` (``SHFE.rb``): the product this contract belongs to."""
+        return f"{self.exchange_id}.{self.product_id}"
+
+    @property
+    def last_trading_day(self) -> str:
+        """``YYYYMMDD`` of the last trading day (the China date of ``expire_datetime``); "" if none."""
+        if not self.expire_datetime:
+            return ""
+        return _china_day(self.expire_datetime)
 
     @property
     def price_decs(self) -> int:
@@ -146,6 +165,11 @@ class Instrument(msgspec.Struct, kw_only=True):
         else:
             per_lot, rate = self.close_commission_per_lot, self.close_commission_rate
         return volume * (per_lot + rate * price * self.volume_multiple)
+
+
+@functools.lru_cache(maxsize=4096)
+def _china_day(epoch_seconds: float) -> str:
+    return china_date_of(int(epoch_seconds * 1e9)).strftime("%Y%m%d")
 
 
 @functools.lru_cache(maxsize=1 << 16, typed=True)
@@ -353,6 +377,9 @@ class InstrumentRegistry(Mapping[str, Instrument]):
 
     def add(self, instrument: Instrument) -> None:
         self._by_symbol[instrument.symbol] = instrument
+
+    def remove(self, symbol: str) -> None:
+        del self._by_symbol[symbol]
 
     def __getitem__(self, symbol: str) -> Instrument:
         return self._by_symbol[symbol]

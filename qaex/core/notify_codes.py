@@ -52,3 +52,6 @@ NOTIFY_TOO_MANY_SESSIONS: Final = 492
 """req_login refused: the user already holds ``QAEX_MAX_SESSIONS_PER_USER`` sessions."""
 NOTIFY_PASSWORD_CHANGED: Final = 493
 """change_password succeeded (INFO)."""
+NOTIFY_CONTRACT_EXPIRED: Final = 494
+"""A contract the user held expired: the position was closed out in cash at the final settlement price
+(INFO)."""

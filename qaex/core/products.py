@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import Any, Literal
 
 import msgspec
 
@@ -66,6 +67,8 @@ class ProductTemplate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     listing: ListingRule
     expiry: ExpiryRule
     former_expiries: tuple[FormerExpiry, ...] = ()  # oldest first
+    settlement_rule: Literal["vwap", "last"] = "vwap"  # Instrument.settlement_rule
+    settlement_window: int = 0  # Instrument.settlement_window: seconds (CFFEX: the last hour)
     reference_price: float
     reference_open_interest: int = 0
 
@@ -107,6 +110,7 @@ _CFFEX_INDEX = {
     "limit_ratio": 0.10,
     "max_limit_order_volume": 20,
     "max_market_order_volume": 10,
+    "settlement_window": 3600,  # CFFEX settles on the VWAP of the last hour of trading
 }
 
 
@@ -243,7 +247,7 @@ _TEMPLATES = [
     _template(exchange_id="CFFEX", product_id="T", name="十年期国债", price_tick=0.005,
               volume_multiple=10000, margin_ratio=0.02, open_commission_per_lot=3.0,
               close_commission_per_lot=3.0, limit_ratio=0.02, max_limit_order_volume=50,
-              max_market_order_volume=30, trading_time=sessions(DAY_CFFEX_TREASURY),
+              max_market_order_volume=30, trading_time=sessions(DAY_CFFEX_TREASURY), settlement_window=3600,
               listing=NearAndCycle(near=0, cycle=QUARTER_MONTHS, count=3), expiry=SECOND_FRIDAY,
               reference_price=108.5, reference_open_interest=200000),
 ]  # fmt: skip
@@ -259,3 +263,36 @@ def product(name: str) -> ProductTemplate:
     if exchange and exchange != template.exchange_id:
         raise KeyError(name)
     return template
+
+
+def products_from_mapping(
+    document: Mapping[str, Any], base: Mapping[str, ProductTemplate] = PRODUCTS
+) -> dict[str, ProductTemplate]:
+    """The products a listing file (``QAEX_PRODUCTS``) asks for: ``[[product]]`` tables, each a whole
+    template, or ``product_id`` (and ``exchange_id``) of a built-in one plus the fields to change.
+
+    ``include_builtin = false`` at top level lists only the file's products; by default the built-in
+    ones are kept and the file adds or overrides. ValueError names the table that is wrong.
+    """
+    keep = document.get("include_builtin", True)
+    if not isinstance(keep, bool):
+        raise ValueError("include_builtin must be true or false")
+    products = dict(base) if keep else {}
+    tables = document.get("product", [])
+    if not isinstance(tables, list):
+        raise ValueError("[[product]] must be a list of tables")
+    for table in tables:
+        if not isinstance(table, dict):
+            raise ValueError("each [[product]] must be a table")
+        product_id = table.get("product_id")
+        known = base.get(product_id) if isinstance(product_id, str) else None
+        fields = dict(msgspec.to_builtins(known)) if known is not None else {}
+        fields.update(table)
+        try:
+            template = msgspec.convert(fields, ProductTemplate)
+        except msgspec.ValidationError as exc:
+            raise ValueError(f"[[product]] {str(product_id)[:32]!r}: {exc}") from None
+        products[template.product_id] = template
+    if not products:
+        raise ValueError("the product file lists no [[product]] and include_builtin is false")
+    return products

@@ -31,15 +31,24 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
+import msgspec
 import trio
 
 from qaex.core import commands
 from qaex.core.account import Account
-from qaex.core.calendar import next_settlement
+from qaex.core.calendar import (
+    HolidayCalendar,
+    china_date_of,
+    format_day,
+    next_settlement,
+    next_trading_day,
+    trading_day_of,
+)
 from qaex.core.engine import Batch, Engine
 from qaex.core.errors import Forbidden, QaexError
 from qaex.core.instruments import Instrument
 from qaex.core.limits import MAX_PASSWORD_LENGTH, password_problem
+from qaex.core.listing import ProductListing, listing_update
 from qaex.core.orders import InsertOrder
 from qaex.core.passwords import hash_password, verify_password
 from qaex.core.throttle import AccessGuard, LoginThrottled
@@ -59,6 +68,10 @@ class Simulator(Protocol):
     async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> None: ...
 
     def instrument_added(self, symbol: str) -> None: ...
+
+
+MAX_CATCH_UP_SETTLEMENTS = 4000
+"""Settlements a start may run to catch up with the calendar (about 15 years of trading days)."""
 
 
 class _Gate:
@@ -81,7 +94,13 @@ class Exchange:
         settle_at: dt.time | None = None,
         max_sessions_per_user: int = DEFAULT_MAX_SESSIONS_PER_USER,
         guard: AccessGuard | None = None,
+        listing: ProductListing | None = None,
+        trading_calendar: HolidayCalendar | None = None,
     ) -> None:
+        self.listing = listing
+        """None: the instruments are fixed (a file, or the engine's own); else listed by product and date."""
+        self.trading_calendar = trading_calendar
+        """The days that settle and trade: None, every weekday (TqSdk's 18:00 roll); else its trading days."""
         self.engine = engine if engine is not None else Engine()
         batch_send, batch_receive = trio.open_memory_channel[Batch](256)
         router_kwargs: dict[str, Any] = {"journal": journal}
@@ -143,6 +162,7 @@ class Exchange:
                 if self.market is not None:
                     await nursery.start(self.market.run)
                 await nursery.start(self.router.run)
+                await self.catch_up()
                 nursery.start_soon(self._mark_to_market)
                 if self.settle_at is not None:
                     nursery.start_soon(self._daily_settlement, self.settle_at)
@@ -160,6 +180,52 @@ class Exchange:
             if rest is not None and not isinstance(rest, trio.Cancelled):
                 log.critical("exchange service crashed: %r", exc, exc_info=True)
             raise
+
+    async def catch_up(self) -> None:
+        """Bring the exchange to the wall clock's trading day before it serves: on a fresh data
+        directory, list what the exchanges list today; after days off, run every daily settlement that
+        fell due meanwhile, in order (each one expiring and listing contracts as it would have), so
+        that the exchange is on the trading day whose settlement is the next one to come.
+        """
+        if self.listing is not None and not self.engine.trading_day:
+            await self.relist()  # the first command: the engine's trading day is the clock's
+        if self.settle_at is not None:
+            now = self._wall_clock()
+            due = format_day(china_date_of(next_settlement(now, self.settle_at, self.trading_calendar)))
+            for _ in range(MAX_CATCH_UP_SETTLEMENTS):
+                if not self.engine.trading_day or self.engine.trading_day >= due:
+                    break
+                log.info("catching up: settling trading day %s", self.engine.trading_day)
+                await self.settle()
+        await self.relist()
+
+    async def relist(self) -> None:
+        """List the contracts the product calendar lists on the engine's trading day and are not
+        listed yet, and delist the expired ones kept long enough (qaex.core.listing): journaled
+        commands, so a replay lists exactly what was listed."""
+        listing = self.listing
+        if listing is None:
+            return
+        day = self.engine.trading_day or trading_day_of(self._wall_clock(), self.trading_calendar)
+        update = listing_update(
+            self.engine.instruments,
+            listing.products,
+            day,
+            listing.calendar,
+            keep_expired_days=listing.keep_expired_days,
+        )
+        for symbol in update.delist:
+            await self.delist(symbol)
+        for instrument in update.new:
+            await self.upsert_instrument(msgspec.to_builtins(instrument))
+        if update:
+            log.info(
+                "listing for trading day %s: %d contracts listed, %d delisted (%d in all)",
+                day,
+                len(update.new),
+                len(update.delist),
+                len(self.engine.instruments),
+            )
 
     async def _mark_to_market(self) -> None:
         """Every `mark_interval`, mark all holders of instruments whose price moved (one command, journaled).
@@ -326,10 +392,15 @@ class Exchange:
 
     # -- admin ------------------------------------------------------------------------------------
     async def settle(self, prices: dict[str, float] | None = None, trading_day: str = "") -> dict[str, float]:
+        """Settle the trading day (the engine's rules: VWAP prices, expiries), then list and delist
+        for the next one. The next day is `trading_day`, by default the calendar's next trading day."""
+        if not trading_day and self.engine.trading_day:
+            trading_day = next_trading_day(self.engine.trading_day, self.trading_calendar)
         settled = await self.router.execute(
             lambda ts: commands.Settle(ts=ts, prices=prices or {}, trading_day=trading_day)
         )
         log.info("settlement done: trading day is now %s", self.engine.trading_day)
+        await self.relist()
         return settled
 
     async def upsert_instrument(self, spec: dict[str, Any]) -> Instrument:
@@ -337,6 +408,10 @@ class Exchange:
         if self.simulator is not None:
             self.simulator.instrument_added(instrument.symbol)  # a new contract gets liquidity at once
         return instrument
+
+    async def delist(self, symbol: str) -> Instrument:
+        """Take an expired contract out of the listing (QaexError ``not_expired`` otherwise)."""
+        return await self.router.execute(lambda ts: commands.Delist(ts=ts, symbol=symbol))
 
     async def set_suspended(self, symbol: str, suspended: bool) -> Instrument:
         return await self.router.execute(

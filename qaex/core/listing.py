@@ -1,0 +1,92 @@
+"""What the exchange lists on a trading day, and what changes when a day is settled.
+
+Pure: from the contracts listed now, the product templates, the trading day and the holiday calendar,
+:func:`listing_update` says which contracts to list (with their first day's figures) and which expired
+ones leave the listing. The exchange service turns the answer into journaled commands
+(``UpsertInstrument``, ``Delist``), so a replay applies what was decided then and never depends on the
+rules or the holiday data of the release that replays it.
+
+A contract's own expiry is engine state: the engine expires it when it settles the contract's last
+trading day (``Engine._settle``; the contract then shows ``expired: true`` and takes no orders). This
+module only lists new months and, ``keep_expired_days`` calendar days after the last trading day, takes
+the expired contract out of the listing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from qaex.core.calendar import HolidayCalendar, parse_day
+from qaex.core.contracts import instrument_for, listed_contracts
+from qaex.core.instruments import Instrument
+from qaex.core.products import ProductTemplate
+
+DEFAULT_KEEP_EXPIRED_DAYS = 7
+"""Calendar days an expired contract stays listed (``expired: true``) before it leaves the listing."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProductListing:
+    """The product calendar the exchange lists from (qaex.core.listing): which products, which
+    holidays their last trading days skip, and how long an expired contract stays listed."""
+
+    products: Sequence[ProductTemplate]
+    calendar: HolidayCalendar | None = None
+    keep_expired_days: int = DEFAULT_KEEP_EXPIRED_DAYS
+
+
+@dataclass(frozen=True, slots=True)
+class ListingUpdate:
+    new: list[Instrument] = field(default_factory=list)  # nearest delivery first, product by product
+    delist: list[str] = field(default_factory=list)  # symbols of expired contracts
+
+    def __bool__(self) -> bool:
+        return bool(self.new or self.delist)
+
+
+def listing_update(
+    listed: Mapping[str, Instrument],
+    products: Iterable[ProductTemplate],
+    trading_day: str,
+    calendar: HolidayCalendar | None = None,
+    *,
+    keep_expired_days: int = DEFAULT_KEEP_EXPIRED_DAYS,
+) -> ListingUpdate:
+    """The contracts to list on ``trading_day`` (``YYYYMMDD``) that are not listed yet, and the expired
+    ones to delist.
+
+    A new contract opens at the previous settlement price of the product's furthest live month (its
+    neighbour; the template's reference price when the product has none, as on a fresh start),
+    snapped to the tick grid, with open interest 0 (the template's reference open interest on a fresh
+    start, when no contract of the product is listed).
+    """
+    day = parse_day(trading_day)
+    new: list[Instrument] = []
+    for product in products:
+        siblings = [i for i in listed.values() if i.product_key == product.key]
+        live = [i for i in siblings if not i.expired]
+        neighbour = max(live, key=lambda i: (i.expire_datetime, i.instrument_id), default=None)
+        for contract in listed_contracts(product, day, calendar):
+            if contract.symbol in listed:
+                continue
+            if neighbour is None:
+                new.append(instrument_for(product, contract))
+                continue
+            ticks = max(1, round(neighbour.pre_settlement / product.price_tick))
+            instrument = instrument_for(product, contract, pre_settlement=ticks * product.price_tick)
+            instrument.pre_settlement = instrument.from_ticks(ticks)  # the tick's decimals, not float noise
+            instrument.pre_close = instrument.pre_settlement
+            instrument.pre_open_interest = 0
+            instrument.reset_limits()
+            new.append(instrument)
+    horizon = day - dt.timedelta(days=keep_expired_days)
+    delist = sorted(
+        symbol
+        for symbol, instrument in listed.items()
+        if instrument.expired
+        and instrument.last_trading_day
+        and parse_day(instrument.last_trading_day) < horizon
+    )
+    return ListingUpdate(new, delist)
