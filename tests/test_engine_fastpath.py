@@ -412,7 +412,8 @@ def whole_digest(lines: list[bytes]) -> str:
 
 
 def explain_difference(lines: list[bytes], sources: list[str], golden: list[str]) -> str:
-    differing = [n for n, (line, digest) in enumerate(zip(lines, golden)) if line_digest(line) != digest]
+    pairs = zip(lines, golden, strict=False)  # a changed line count is reported below
+    differing = [n for n, (line, digest) in enumerate(pairs) if line_digest(line) != digest]
     first = differing[0] if differing else min(len(lines), len(golden))
     report = [
         f"{len(differing)} of the recorded lines differ (0-based: {differing[:20]}"
