@@ -14,16 +14,18 @@ and checks that:
 * a checkpoint (pickle) taken between batches, or written by the engine before the fast paths, continues
   exactly like the engine it was taken from;
 * every output of a fixed scenario (results, batches, trees, digests) is byte for byte what the engine
-  produced before the fast paths (a recorded hash).
+  produced before the fast paths (hashes recorded in tests/golden/; a difference shows its first line).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import pickle
 import random
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -190,12 +192,19 @@ def run(
     stream: Iterator[AnyCommand | str],
     on_batch: Callable[[Engine, Batch], None] | None = None,
     checkpoint_at: int = -1,
+    sources: list[str] | None = None,
 ) -> list[bytes]:
-    """Drive `engine` through `stream`; every result, batch, tree and digest, JSON-encoded."""
+    """Drive `engine` through `stream`; every result, batch, tree and digest, JSON-encoded.
+
+    With `sources`, appends for each line the stream item that produced it (to explain a difference).
+    """
     out: list[bytes] = []
+    item: AnyCommand | str = "end"
 
     def record(value: Any) -> None:
         out.append(msgspec.json.encode(value, order="sorted"))
+        if sources is not None:
+            sources.append(repr(item))
 
     flushes = 0
     for item in stream:
@@ -217,6 +226,7 @@ def run(
                 record(["ok", result_view(engine.apply(item))])
             except QaexError as exc:
                 record(["error", exc.code, exc.message, exc.diff_code])
+    item = "end"
     batch = engine.flush()
     record(batch_view(batch))
     if on_batch is not None:
@@ -370,23 +380,69 @@ def test_renderers_list_exactly_the_diff_fields_in_order() -> None:
     assert tuple(next(iter(record.trades.values())).to_diff()) == TRADE_FIELDS
 
 
-# sha256 over every JSON line `run` records for the scenarios below, as recorded with the engine before
-# its fast paths (commit 2eef4a6). The engine's output must not change when it only gets faster; a
-# change of behaviour on purpose re-records it (print the hexdigest of the same loop). Re-recorded once
-# since, for issue #13: the refusal texts name the one id length (64) and the amount bound; an order
-# over the rate limit is refused as a whole with refused orders counted (seed 12 runs at 1 order/s); a
-# volume below 1 is refused as a whole (the journal's type cannot hold it), so later seqnos shift by one.
-# Re-recorded for issue #14: an account's frozen money snaps to exactly 0.0 once no OPEN order is left
-# (it waited for resting close orders too, so cancels left residues such as 1.8e-11): 18 of the 5,056
-# lines differ, each only in frozen_margin / frozen_commission / available (or the state digest).
-# Re-recorded for issue #15: settlement at the day's VWAP (not the last price), and two new
-# instrument fields (settlement_rule, settlement_window): settlement prices, then everything after them.
-RECORDED_OUTPUT = "efff089f3ed7ada834e971af60813ba39b467e24e28793f41b3644bb3bcf8ad7"
+# Every JSON line `run` records for the fixed scenario below must be what the engine produced before its
+# fast paths (commit 2eef4a6): the engine's output must not change when it only gets faster. The golden
+# file holds the sha256 of the whole output (exactness) and a short sha256 of each line (to find and show
+# the first line that differs); `python tests/test_engine_fastpath.py` re-records it after a change of
+# behaviour on purpose. Re-recorded once since, for issue #13: the refusal texts name the one id length
+# (64) and the amount bound; an order over the rate limit is refused as a whole with refused orders
+# counted (seed 12 runs at 1 order/s); a volume below 1 is refused as a whole (the journal's type cannot
+# hold it), so later seqnos shift by one. Re-recorded for issue #14: an account's frozen money snaps to
+# exactly 0.0 once no OPEN order is left (it waited for resting close orders too, so cancels left
+# residues such as 1.8e-11): 18 of the 5,056 lines differ, each only in frozen_margin /
+# frozen_commission / available (or the state digest). Re-recorded for issue #15: settlement at the
+# day's VWAP (not the last price), and two new instrument fields (settlement_rule, settlement_window):
+# the settlement prices differ, then everything after them.
+GOLDEN = Path(__file__).parent / "golden" / "engine_fixed_scenario.json"
+
+
+def fixed_scenario() -> tuple[list[bytes], list[str]]:
+    """The scenario's output lines, and for each line the command (or step) that produced it."""
+    lines: list[bytes] = []
+    sources: list[str] = []
+    for seed, limit in ((11, 0), (12, 1)):
+        lines += run(Engine(max_orders_per_second=limit), commands(seed, 2500, users=25), sources=sources)
+    return lines, sources
+
+
+def line_digest(line: bytes) -> str:
+    return hashlib.sha256(line).hexdigest()[:16]
+
+
+def whole_digest(lines: list[bytes]) -> str:
+    return hashlib.sha256(b"".join(line + b"\n" for line in lines)).hexdigest()
+
+
+def explain_difference(lines: list[bytes], sources: list[str], golden: list[str]) -> str:
+    pairs = zip(lines, golden, strict=False)  # a changed line count is reported below
+    differing = [n for n, (line, digest) in enumerate(pairs) if line_digest(line) != digest]
+    first = differing[0] if differing else min(len(lines), len(golden))
+    report = [
+        f"{len(differing)} of the recorded lines differ (0-based: {differing[:20]}"
+        f"{' ...' if len(differing) > 20 else ''}); {len(lines)} lines now, {len(golden)} recorded.",
+    ]
+    if first < len(lines):
+        shown = json.dumps(json.loads(lines[first]), indent=1, sort_keys=True, ensure_ascii=False)
+        report.append(f"first differing line {first}, produced by {sources[first][:500]}:")
+        report.append(shown if len(shown) < 4000 else shown[:4000] + "\n...")
+        if first > 0:
+            report.append(f"(line {first - 1}, still as recorded, came from {sources[first - 1][:300]})")
+    return "\n".join(report)
+
+
+def record_golden() -> None:
+    lines, _ = fixed_scenario()
+    golden = {"sha256": whole_digest(lines), "line_sha256_16": [line_digest(line) for line in lines]}
+    GOLDEN.parent.mkdir(exist_ok=True)
+    GOLDEN.write_text(json.dumps(golden, indent=0) + "\n")
 
 
 def test_every_output_of_a_fixed_scenario_is_what_the_engine_produced_before_its_fast_paths() -> None:
-    digest = hashlib.sha256()
-    for seed, limit in ((11, 0), (12, 1)):
-        for line in run(Engine(max_orders_per_second=limit), commands(seed, 2500, users=25)):
-            digest.update(line + b"\n")
-    assert digest.hexdigest() == RECORDED_OUTPUT
+    lines, sources = fixed_scenario()
+    golden = json.loads(GOLDEN.read_text())
+    if whole_digest(lines) != golden["sha256"]:
+        pytest.fail(explain_difference(lines, sources, golden["line_sha256_16"]), pytrace=False)
+
+
+if __name__ == "__main__":
+    record_golden()

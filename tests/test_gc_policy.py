@@ -27,7 +27,7 @@ async def test_the_gc_timer_collects_young_often_and_older_generations_less(
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(gc_policy.collect_on_timer, 0.02)
-            await trio.sleep(0.02 * 12 + 0.001)
+            await trio.sleep(0.02 * 12 + 0.001)  # twelve timer periods must pass (the clock autojumps)
             nursery.cancel_scope.cancel()
     finally:
         gc.callbacks.remove(record)

@@ -45,41 +45,57 @@ async def test_a_client_that_never_answers_pings_is_closed(nursery: trio.Nursery
     assert b"\x88" in received  # then a close frame
 
 
-async def test_a_talking_client_is_not_pinged_and_a_silent_one_is(nursery: trio.Nursery) -> None:
+class PingCounter:
+    """A WebSocket client on /ws/diff that answers every ping and counts them."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        self.opened = trio.Event()
+        self.pings = 0
+        self.pinged = trio.Event()  # replaced after each ping: wait on it for the next one
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self.stream.send_all(self.ws.send(Request(host="127.0.0.1", target="/ws/diff")))
+        started = False
+        while True:
+            data = await self.stream.receive_some(65536)
+            if not data:
+                return
+            self.ws.receive_data(data)
+            if self.ws.state is ConnectionState.OPEN and not started:
+                started = True
+                task_status.started()
+            for event in self.ws.events():
+                if isinstance(event, Ping):
+                    self.pings += 1
+                    self.pinged.set()
+                    self.pinged = trio.Event()
+                    await self.stream.send_all(self.ws.send(event.response()))
+
+    async def say(self, text: str) -> None:
+        await self.stream.send_all(self.ws.send(TextMessage(data=text)))
+
+
+async def test_a_talking_client_is_not_pinged(nursery: trio.Nursery) -> None:
     _, port = await start(nursery)
+    client = PingCounter(await trio.open_tcp_stream("127.0.0.1", port))
+    with trio.fail_after(5):
+        await nursery.start(client.run)
+    # Time must pass here: the behaviour is that nothing happens during four heartbeat intervals.
+    for _ in range(12):  # 1.2 s, a message every 0.1 s
+        await client.say('{"aid":"confirm_settlement"}')
+        await trio.sleep(0.1)
+    assert client.pings == 0
 
-    async def pings_received(talk: bool) -> int:
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        ws = WSConnection(ConnectionType.CLIENT)
-        await stream.send_all(ws.send(Request(host="127.0.0.1", target="/ws/diff")))
-        pings = 0
-        opened = trio.Event()
-        async with trio.open_nursery() as inner:
 
-            async def receive() -> None:
-                nonlocal pings
-                while True:
-                    data = await stream.receive_some(65536)
-                    if not data:
-                        return
-                    ws.receive_data(data)
-                    if ws.state is ConnectionState.OPEN:
-                        opened.set()
-                    for event in ws.events():
-                        if isinstance(event, Ping):
-                            pings += 1
-                            await stream.send_all(ws.send(event.response()))
-
-            inner.start_soon(receive)
-            with trio.fail_after(5):
-                await opened.wait()
-            for _ in range(12):  # 1.2 s: four heartbeat intervals
-                if talk:
-                    await stream.send_all(ws.send(TextMessage(data='{"aid":"confirm_settlement"}')))
-                await trio.sleep(0.1)
-            inner.cancel_scope.cancel()
-        await stream.aclose()
-        return pings
-
-    assert await pings_received(talk=True) == 0
-    assert await pings_received(talk=False) >= 2  # pinged each silent interval, and it answers: stays open
+async def test_a_silent_client_is_pinged_each_interval_and_stays_open_while_it_answers(
+    nursery: trio.Nursery,
+) -> None:
+    _, port = await start(nursery)
+    client = PingCounter(await trio.open_tcp_stream("127.0.0.1", port))
+    with trio.fail_after(5):
+        await nursery.start(client.run)
+        while client.pings < 3:  # past the 0.5 s heartbeat timeout: answered pings keep it open
+            await client.pinged.wait()
+    assert client.ws.state is ConnectionState.OPEN

@@ -449,7 +449,13 @@ def test_a_refused_request_whose_body_arrives_late_does_not_stall_the_connection
         sock.sendall(
             b"POST /api/account/deposit HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n"
         )
-        time.sleep(0.3)
+        # The body must come late, after the server has had time to decide on the headers alone: no
+        # condition outside the server shows that moment, so time passes here, and meanwhile the server
+        # must stay silent (it answers only once the body is in: request -> body -> response).
+        sock.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            sock.recv(1)
+        sock.settimeout(10)
         sock.sendall(b"{}")
         assert _read_response(sock).startswith(b"HTTP/1.1 401")
         sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from conftest import Server, User, open_user
+from conftest import Server, open_user
 from trio_websocket import WebSocketConnection, open_websocket_url
 
 from qaex.api.diff_server import DIFF_PATH, DiffServer
@@ -242,17 +242,47 @@ def test_http_quote_is_the_full_diff_quote(server: Server, anonymous: httpx.Clie
     assert quote["settlement"] is None  # NaN is null over HTTP (the "-" is for TqSdk)
 
 
-def test_http_klines_and_ticks(server: Server, anonymous: httpx.Client, user: User) -> None:
+def bar_after_one_lot(before: dict[str, Any] | None, price: float) -> dict[str, Any]:
+    """The newest bar once a 1-lot trade at ``price`` is folded into ``before`` (None: a new bar)."""
+    if before is None or before["volume"] == 0:  # the first trade of a bar sets all four prices
+        return {"open": price, "high": price, "low": price, "close": price, "volume": 1}
+    return {
+        "open": before["open"],
+        "high": max(before["high"], price),
+        "low": min(before["low"], price),
+        "close": price,
+        "volume": before["volume"] + 1,
+    }
+
+
+def ohlcv(bar: dict[str, Any]) -> dict[str, Any]:
+    return {field: bar[field] for field in ("open", "high", "low", "close", "volume")}
+
+
+@pytest.mark.parametrize("duration", [60, 300])
+def test_http_klines_fold_a_trade_into_the_newest_bar(
+    server: Server, anonymous: httpx.Client, duration: int
+) -> None:
+    path = f"/api/market/klines/{CU}?duration={duration}&count=5"
+    before = anonymous.get(path).json()  # the module's server is shared: earlier trades may be in the bar
     trade_over_http(server, 86030.0)
-    for path in (f"/api/market/klines/{CU}?duration=60&count=5", f"/api/market/klines/{CU}?duration=300"):
-        klines = anonymous.get(path).json()
-        assert klines["last_id"] >= 0
-        assert klines["klines"][-1]["id"] == klines["last_id"]
-        assert klines["klines"][-1]["close"] > 0
-    ticks = anonymous.get(f"/api/market/ticks/{CU}", params={"count": 2}).json()
-    assert 1 <= len(ticks["ticks"]) <= 2
-    assert ticks["ticks"][-1]["id"] == ticks["last_id"]
-    assert ticks["ticks"][-1]["volume"] >= 1
+    after = anonymous.get(path).json()
+    newest = after["klines"][-1]
+    assert newest["id"] == after["last_id"]
+    same_bar = bool(before["klines"]) and before["klines"][-1]["id"] == newest["id"]
+    assert ohlcv(newest) == bar_after_one_lot(before["klines"][-1] if same_bar else None, 86030.0)
+
+
+def test_http_ticks_end_with_the_trade(server: Server, anonymous: httpx.Client) -> None:
+    path = f"/api/market/ticks/{CU}"
+    before = anonymous.get(path, params={"count": 1}).json()
+    trade_over_http(server, 86040.0)
+    ticks = anonymous.get(path, params={"count": 2}).json()
+    assert len(ticks["ticks"]) == (2 if before["ticks"] else 1)
+    tick = ticks["ticks"][-1]
+    assert tick["id"] == ticks["last_id"] == before["last_id"] + 1
+    assert tick["last_price"] == 86040.0
+    assert tick["volume"] == (before["ticks"][-1]["volume"] if before["ticks"] else 0) + 1  # the day's volume
 
 
 @pytest.mark.parametrize(

@@ -4,14 +4,33 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 import threading
 import time
+from types import FrameType
 
 import pytest
 import trio
 import trio.testing
 
 from qaex.stalls import StallReporter
+
+
+def watchdog_running() -> bool:
+    """Whether a thread is inside StallReporter._watch (the watchdog that catches a stalled step's stack)."""
+    for frame in sys._current_frames().values():
+        current: FrameType | None = frame
+        while current is not None:
+            if current.f_code is StallReporter._watch.__code__:
+                return True
+            current = current.f_back
+    return False
+
+
+async def watchdog_started(seconds: float = 5.0) -> None:
+    with trio.fail_after(seconds):
+        while not watchdog_running():  # noqa: ASYNC110 (a worker thread's stack: no event to wait on)
+            await trio.sleep(0.001)
 
 
 def hog_the_loop(seconds: float) -> None:
@@ -32,7 +51,7 @@ async def test_a_long_task_step_is_reported_with_its_task_and_stack(caplog: pyte
 
     async with trio.open_nursery() as nursery:
         await nursery.start(reporter.run)
-        await trio.sleep(0.02)  # the watchdog thread is up
+        await watchdog_started()
         async with trio.open_nursery() as work:
             work.start_soon(slow_task, name="tests.SlowService.run")
         await trio.sleep(0.02)  # an I/O wait, so that the pass with the stall ends
@@ -78,7 +97,7 @@ async def test_garbage_collection_inside_a_stall_is_named(caplog: pytest.LogCapt
         await nursery.start(reporter.run)
         async with trio.open_nursery() as work:
             work.start_soon(collect)
-        await trio.sleep(0.01)
+        await trio.sleep(0.01)  # an I/O wait, so that the pass with the stall ends
         nursery.cancel_scope.cancel()
     busy = [r.getMessage() for r in caplog.records if r.getMessage().startswith("event loop busy")]
     assert any("garbage collection" in m and "up to generation 2" in m for m in busy), busy

@@ -339,6 +339,7 @@ def test_req_transfer_deposits_into_the_account(trading: dict[str, Any]) -> None
 
 
 # -- login failure --------------------------------------------------------------------------------
+@pytest.mark.slow  # ~56 s: TqApi() only gives up after its own fixed 60 s wait for the trade snapshot
 def test_a_wrong_password_is_reported_by_tqapi(runs: Runs) -> None:
     stdout, stderr = runs.bad_login.communicate(timeout=BAD_LOGIN_TIMEOUT)
     result = parse(stdout, stderr)
