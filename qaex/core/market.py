@@ -158,6 +158,7 @@ class MarketState:
             self._instrument_changed(symbol, batch.settled, now)
         for product, symbol in batch.main_contracts.items():
             self.set_main(product, symbol, now)
+            self._static_changed.add(cont_symbol(product))  # sessions connected before learn of it
         for symbol, depth in batch.depth.items():
             quote = quotes.get(symbol) or self.list_instrument(symbol, now)
             self._set_depth(quote, depth, now)
@@ -177,7 +178,9 @@ class MarketState:
 
     def set_main(self, product: str, symbol: str, now_ns: int) -> ContQuote:
         """Make ``symbol`` the main contract of ``product`` (``SHFE.rb``): the series ``KQ.m@SHFE.rb``
-        starts, or its quote turns to the new main; every session gets its contract fields again."""
+        starts, or its quote turns to the new main (its subscribers get the change). Sessions connecting
+        later get its contract fields with :meth:`static_patch`; a change that arrives in a batch also
+        queues them for the sessions connected before."""
         now = self._now(now_ns)
         underlying = self.quotes.get(symbol) or self.list_instrument(symbol, now)
         series = cont_symbol(product)
@@ -185,7 +188,6 @@ class MarketState:
         if cont is None:
             cont = self.conts[series] = ContQuote(series, underlying)
             self.views[series] = cont
-            cont.take_patch()  # the baseline, as for a listing
         elif cont.underlying is not underlying:
             self._cont_of.pop(cont.underlying.symbol, None)
             cont.underlying = underlying
@@ -195,7 +197,6 @@ class MarketState:
             return cont
         self._cont_of[symbol] = series
         self._static_patch = None
-        self._static_changed.add(series)
         return cont
 
     def advance_time(self, ts_ns: int) -> None:
@@ -267,11 +268,20 @@ class MarketState:
             views = self.views
             changes.static = {"quotes": {s: views[s].static_fields() for s in sorted(self._static_changed)}}
             self._static_changed.clear()
-        views = self.views
+        quotes = self.quotes
+        conts: list[str] = []
         for symbol in self._dirty_quotes:
-            patch = views[symbol].take_patch()
+            quote = quotes.get(symbol)
+            if quote is None:
+                conts.append(symbol)
+                continue
+            patch = quote.take_patch()
             if patch is not None:
                 self.quote_patches_built += 1
+                changes.quotes.append((symbol, patch))
+        for symbol in sorted(conts):  # after their mains: a series reuses its main's fields
+            patch = self.conts[symbol].take_patch()
+            if patch is not None:
                 changes.quotes.append((symbol, patch))
         self._dirty_quotes.clear()
         for key in self._dirty_series:

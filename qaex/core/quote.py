@@ -251,15 +251,15 @@ class QuoteBook:
         if not self._touched:
             return None
         self._touched = False
-        return _take_patch(self)
+        return _take_patch(self, self.full())
 
 
 _MISSING = object()
 
 
-def _take_patch(quote: QuoteBook | ContQuote) -> Patch | None:
-    """The quote's fields that differ from its ``_sent`` ones, as a quotes patch; records them sent."""
-    current = quote.full()
+def _take_patch(quote: QuoteBook | ContQuote, current: Patch) -> Patch | None:
+    """The fields of ``current`` that differ from the quote's ``_sent`` ones, as a quotes patch;
+    records ``current`` as sent."""
     sent = quote._sent
     changed = {key: value for key, value in current.items() if sent.get(key, _MISSING) != value}
     if not changed:
@@ -274,12 +274,16 @@ class ContQuote:
 
     It holds no figures of its own: :attr:`underlying` is the main's :class:`QuoteBook`, replaced when
     the main changes, and the market core asks for a patch whenever that book changed.
+
+    A patch is built from the fields the main's book handed out last (its ``_sent``), so take it
+    after the book's own patch (MarketState.take_changes does): the quote is built once per change,
+    however many series mirror it.
     """
 
     def __init__(self, symbol: str, underlying: QuoteBook) -> None:
         self.symbol = symbol
         self.underlying = underlying
-        self._sent: dict[str, Any] = {}
+        self._sent: dict[str, Any] = self.full()  # the baseline: the first patch has changes only
 
     def _own_fields(self) -> Patch:
         underlying = self.underlying
@@ -303,5 +307,7 @@ class ContQuote:
         return fields
 
     def take_patch(self) -> Patch | None:
-        """The fields changed since the previous take (the first take: all), or None."""
-        return _take_patch(self)
+        """The fields changed since the previous take, as of the main's last patch, or None."""
+        current = dict(self.underlying._sent)
+        current.update(self._own_fields())
+        return _take_patch(self, current)
