@@ -392,7 +392,8 @@ def test_renderers_list_exactly_the_diff_fields_in_order() -> None:
 # residues such as 1.8e-11): 18 of the 5,056 lines differ, each only in frozen_margin /
 # frozen_commission / available (or the state digest). Re-recorded for issue #15: settlement at the
 # day's VWAP (not the last price), and two new instrument fields (settlement_rule, settlement_window):
-# the settlement prices differ, then everything after them.
+# the settlement prices differ, then everything after them; and the state digest covers the main
+# contracts (KQ.m@...).
 GOLDEN = Path(__file__).parent / "golden" / "engine_fixed_scenario.json"
 
 

@@ -93,7 +93,9 @@ def test_a_variable_argument_takes_its_value_from_variables() -> None:
 
 
 def test_options_and_continuous_contracts_are_found_empty() -> None:
-    """qaex lists futures only: query_options and query_cont_quotes get an answer with nothing in it."""
+    """No options listed, and without main contracts (``answer``'s last argument; see
+    tests/test_main_contracts.py) no continuous series: query_options and query_cont_quotes get an
+    answer with nothing in it."""
     registry = InstrumentRegistry().values()
     futures = ins_query.answer(OPTIONS_OF_CU, registry)["multi_symbol_info"]
     assert [entry["instrument_id"] for entry in futures] == ["SHFE.cu2601"]

@@ -122,7 +122,9 @@ async def connect(url: str) -> AsyncIterator[DiffClient]:
 async def test_the_first_rtn_data_lists_every_contract_with_its_tick(autojump_clock: trio.abc.Clock) -> None:
     async with venue() as market, connect(market.url) as client:
         assert client.tree["mdhis_more_data"] is False
-        assert set(client.tree["quotes"]) == set(market.exchange.engine.instruments)
+        engine = market.exchange.engine
+        series = {f"KQ.m@{product}" for product in engine.main_contracts}  # one main-contract series each
+        assert set(client.tree["quotes"]) == set(engine.instruments) | series
         assert client.quote()["price_tick"] == 10.0
 
 

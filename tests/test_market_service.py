@@ -135,7 +135,8 @@ def market() -> Market:
 def test_a_new_session_gets_every_instruments_static_fields_first(market: Market) -> None:
     client = Client(market)
     client.take()
-    assert set(client.tree["quotes"]) == set(market.engine.instruments)
+    series = {f"KQ.m@{product}" for product in market.engine.main_contracts}  # and each product's main series
+    assert set(client.tree["quotes"]) == set(market.engine.instruments) | series
     assert all(quote["price_tick"] > 0 for quote in client.tree["quotes"].values())
     assert client.tree["mdhis_more_data"] is False
 

@@ -146,8 +146,19 @@ def trading(main: dict[str, Any]) -> dict[str, Any]:
 def test_query_quotes_lists_the_exchanges_contracts(main: dict[str, Any]) -> None:
     found = main["query_quotes"]
     assert found["shfe_futures"] == [s for s in BUILTIN if s.startswith("SHFE.")] + [QUIET]
-    assert found["cu_not_expired"] == ["SHFE.cu2601"]
-    assert found["continuous"] == [] and found["options"] == []  # answered (empty), not timed out
+    # "au 品种的全部未下市合约、指数、主连" (TqSdk's docstring): the main-contract series too
+    assert found["cu_not_expired"] == ["SHFE.cu2601", "KQ.m@SHFE.cu"]
+    assert found["options"] == []  # answered (empty), not timed out
+    # One main contract per product: the built-in contracts are one per product, and QUIET is zn's.
+    assert sorted(found["continuous"]) == sorted([*BUILTIN, QUIET])
+    assert found["rb_main"] == ["SHFE.rb2601"]
+
+
+def test_a_main_contract_series_names_its_main(main: dict[str, Any]) -> None:
+    cont = main["cont"]
+    assert cont["underlying_symbol"] == "SHFE.rb2601" and cont["ins_class"] == "CONT"
+    assert cont["price_tick"] == 1.0
+    assert (cont["info_ins_class"], cont["info_underlying_symbol"]) == ("CONT", "SHFE.rb2601")
 
 
 def test_query_symbol_info_has_the_contract_fields(main: dict[str, Any]) -> None:

@@ -205,6 +205,7 @@ def settle(http: str, admin: str, prices: dict[str, float]) -> dict[str, Any]:
 
 # -- scenarios --------------------------------------------------------------------------------------
 MD_SYMBOL = "SHFE.cu2601"
+CONT_SYMBOL = "KQ.m@SHFE.rb"
 MARKET_SYMBOL = "DCE.m2601"  # SHFE refuses market orders in TqSdk itself; the simulator trades m2601
 
 
@@ -218,8 +219,19 @@ def scenario_market(api: TqApi, a: TqAccount, http: str, out: dict[str, Any]) ->
     out["query_quotes"] = {
         "shfe_futures": list(api.query_quotes(ins_class="FUTURE", exchange_id="SHFE")),
         "cu_not_expired": list(api.query_quotes(product_id="cu", expired=False)),
-        "continuous": list(api.query_cont_quotes()),  # qaex lists futures only
+        "continuous": list(api.query_cont_quotes()),  # each product's main contract
+        "rb_main": list(api.query_cont_quotes(exchange_id="SHFE", product_id="rb")),
         "options": list(api.query_options(MD_SYMBOL)),
+    }
+    # The main-contract series: its quote mirrors the main's, and names it.
+    cont = api.get_quote(CONT_SYMBOL)
+    cont_info = api.query_symbol_info(CONT_SYMBOL)
+    out["cont"] = {
+        "underlying_symbol": cont.underlying_symbol,
+        "ins_class": cont.ins_class,
+        "price_tick": num(cont.price_tick),
+        "info_ins_class": cont_info.iloc[0]["ins_class"],
+        "info_underlying_symbol": cont_info.iloc[0]["underlying_symbol"],
     }
     info = api.query_symbol_info([MD_SYMBOL, MARKET_SYMBOL])
     out["symbol_info"] = [

@@ -52,6 +52,7 @@ STATUS_BY_CODE = {
     "duplicate_order_id": 409,
     "order_finished": 409,
     "insufficient_funds": 422,
+    "not_tradable": 422,  # a KQ.m@ main-contract series: the message names the contract to trade
     "rate_limited": 429,
 }
 

@@ -20,7 +20,7 @@ from typing import Any, overload
 
 import msgspec
 
-from qaex.core import errors, limits, notify_codes
+from qaex.core import errors, limits, main_contracts, notify_codes
 from qaex.core.account import Account, Position
 from qaex.core.book import OrderBook
 from qaex.core.calendar import CHINA_TZ as CHINA_TZ  # trading days live in qaex.core.calendar
@@ -104,6 +104,8 @@ class Batch:
 
     ``depth_changed`` holds the symbols whose book changed (an order rested, filled or was cancelled),
     ``instruments_changed`` the symbols listed or whose spec, suspension or daily figures changed.
+    ``main_contracts`` holds the products whose main contract changed, product -> the new main
+    (``Engine.main_contracts``), so that the ``KQ.m@`` quotes follow it.
     ``depth`` holds, for every symbol in ``depth_changed``, the :data:`DEPTH_LEVELS` best levels of
     its book as they stand when `Engine.flush` renders the batch: consumers read a book's depth from
     the batch, never from the engine, whose books may already be ahead of it.
@@ -118,6 +120,7 @@ class Batch:
     trading_day: str = ""
     last_seq: int = 0
     depth: dict[str, Depth] = field(default_factory=dict)  # by flush: symbol -> its book's best levels
+    main_contracts: dict[str, str] = field(default_factory=dict)  # product -> its new main contract
 
     def __bool__(self) -> bool:
         return bool(
@@ -126,6 +129,7 @@ class Batch:
             or self.market_trades
             or self.depth_changed
             or self.instruments_changed
+            or self.main_contracts
         )
 
     def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
@@ -177,6 +181,10 @@ class Engine:
         self._orders_by_key: dict[int, Order] = {}
         self._holders: dict[str, set[str]] = {symbol: set() for symbol in self.instruments}
         self._batch = Batch()
+        # Product (``SHFE.rb``) -> its main contract's symbol: qaex.core.main_contracts has the rule.
+        self.main_contracts: dict[str, str] = {}
+        self._choose_main_contracts(self._listing_interest())
+        self._batch = Batch()  # the first choice is the starting state, not a change to report
         self._init_tracking()
 
     def _init_tracking(self) -> None:
@@ -213,6 +221,9 @@ class Engine:
                 record.rate_exempt = record.user_id.startswith(limits.RESERVED_USER_PREFIX)
         for name in ("day_volume", "day_turnover", "_window_trades"):  # before VWAP settlement
             self.__dict__.setdefault(name, {})
+        if "main_contracts" not in state:  # a checkpoint written before main contracts: choose now,
+            self.main_contracts = {}  # from the last settlement's figures, as at a settlement
+            self._choose_main_contracts(self._listing_interest())
         self._init_caches()
 
     # ------------------------------------------------------------------------------------------------
@@ -298,6 +309,16 @@ class Engine:
             )
         return instrument
 
+    def refuse_kq(self, symbol: str) -> None:
+        """Refuse, as a whole, any request to trade a ``KQ.`` symbol (a main-contract series is quoted,
+        never traded): RiskError ``not_tradable``, naming the contract to trade instead."""
+        if not main_contracts.is_kq(symbol):
+            return
+        product = main_contracts.product_of(symbol)
+        underlying = self.main_contracts.get(product) if product is not None else None
+        instead = f", 请交易其标的合约 {underlying}" if underlying else ""
+        raise risk(errors.NOT_TRADABLE, f"下单失败, {symbol[:100]} 是主连/指数行情, 不能交易{instead}")
+
     def check_new_user(self, user_id: str) -> None:
         """Refuse a user id an account cannot be opened for: malformed (``bad_user_id``) or taken
         (``user_exists``). The rule of OpenAccount; `Exchange.open_account` also asks it before it
@@ -361,6 +382,8 @@ class Engine:
             raise risk(errors.BAD_ORDER, f"下单失败, 委托价格必须在 0 到 {limits.MAX_PRICE:.0f} 之间")
         if not (0 < len(request.exchange_id) <= 16 and 0 < len(request.instrument_id) <= 64):
             raise risk(errors.UNKNOWN_INSTRUMENT, f"下单失败, 不支持的合约代码: {request.symbol[:100]}")
+        if request.exchange_id[:2] == main_contracts.CONT_EXCHANGE:  # KQ, or KQ.m@SHFE from HTTP
+            self.refuse_kq(request.symbol)
         if order_id in record.orders:
             # The existing order keeps its state; the duplicate is refused without a trace in the tree.
             raise risk(errors.DUPLICATE_ORDER_ID, f"下单失败, 委托单号重复: {order_id}")
@@ -673,6 +696,7 @@ class Engine:
         self._moved.clear()  # positions were just reset to the settlement prices
         self.trading_day = command.trading_day or next_trading_day(self.trading_day)
         self._batch.settled = True
+        self._choose_main_contracts()
         return prices
 
     def _settlement_price(self, symbol: str, instrument: Instrument) -> float:
@@ -778,7 +802,33 @@ class Engine:
             self._holders[symbol] = set()
             self.open_interest[symbol] = instrument.pre_open_interest
         self._batch.instruments_changed.add(symbol)
+        product = main_contracts.product_key(instrument)
+        if product not in self.main_contracts:  # the product's first live contract becomes its main
+            self._choose_main_contracts(self._listing_interest(), product)
         return instrument
+
+    def _listing_interest(self) -> dict[str, int]:
+        """Each contract's open interest at its listing or at the last settlement (pre_open_interest)."""
+        return {symbol: instrument.pre_open_interest for symbol, instrument in self.instruments.items()}
+
+    def _choose_main_contracts(
+        self, open_interest: Mapping[str, int] | None = None, product: str | None = None
+    ) -> None:
+        """Choose the main contract of every product (or of ``product``) by
+        :func:`qaex.core.main_contracts.choose_main` from ``open_interest`` (by default the live
+        figures: at a settlement those it settled); a change goes into the batch."""
+        by_product: dict[str, list[Instrument]] = {}
+        for instrument in self.instruments.values():
+            key = main_contracts.product_key(instrument)
+            if product is None or key == product:
+                by_product.setdefault(key, []).append(instrument)
+        interest = self.open_interest if open_interest is None else open_interest
+        for key in sorted(by_product):
+            current = self.main_contracts.get(key)
+            chosen = main_contracts.choose_main(current, by_product[key], interest)
+            if chosen is not None and chosen != current:
+                self.main_contracts[key] = chosen
+                self._batch.main_contracts[key] = chosen
 
     # ------------------------------------------------------------------------------------------------
     # Change tracking and rendering
@@ -917,5 +967,7 @@ class Engine:
             "day_volume": sorted(self.day_volume.items()),
             "day_turnover": sorted(self.day_turnover.items()),
             "instruments": [msgspec.to_builtins(self.instruments[s]) for s in sorted(self.instruments)],
+            # Not a function of the rest: the choice depends on every past settlement (never back).
+            "main_contracts": sorted(self.main_contracts.items()),
         }
         return hashlib.sha256(msgspec.json.encode(state, order="sorted")).hexdigest()

@@ -73,6 +73,7 @@ RATE_LIMITED = ("rate_limited", NOTIFY_RATE_LIMITED)
 SELF_TRADE = ("self_trade", NOTIFY_SELF_TRADE)
 BAD_ORDER = ("bad_order", NOTIFY_REFUSED)
 NO_LIQUIDITY = ("no_liquidity", NOTIFY_NO_LIQUIDITY)
+NOT_TRADABLE = ("not_tradable", NOTIFY_BAD_INSTRUMENT)  # a KQ.m@ main-contract series
 
 
 def risk(pair: tuple[str, int], message: str) -> RiskError:

@@ -11,11 +11,15 @@ TqSdk builds a GraphQL query with sgqlc, its arguments written into the query te
     }
 
 and waits for ``symbols/{query_id}`` in an rtn_data, ``{"query", "variables", "result":
-{"multi_symbol_info": [{"instrument_id": ...}, ...]}}``. qaex lists futures only, so it understands
+{"multi_symbol_info": [{"instrument_id": ...}, ...]}}``. qaex lists futures and, for each product
+with a main contract, its main-contract series ``KQ.m@SHFE.rb`` (class ``CONT``), so it understands
 this one query: ``multi_symbol_info`` filtered by ``class``, ``exchange_id``, ``product_id``,
-``instrument_id``, ``expired`` and ``has_night``. Every listed contract is a ``FUTURE``; each result
-entry carries the basic fields TqSdk's query functions read. Anything else is refused with a clear
-message (see :class:`UnsupportedQuery`), not answered wrongly.
+``instrument_id``, ``expired`` and ``has_night``. Each result entry carries the basic fields TqSdk's
+query functions read; a ``CONT`` entry also carries ``underlying {count edges {underlying_multiple
+node}}`` with its main contract's entry as the node, which is what ``query_cont_quotes`` (the node's
+``instrument_id``, ``exchange_id``, ``product_id``) and ``query_symbol_info``/``get_quote``
+(``underlying_symbol``) read. Anything else is refused with a clear message (see
+:class:`UnsupportedQuery`), not answered wrongly.
 
 Any client may send an ``ins_query`` before it logs in, so the query is read by a scanner that takes
 time linear in its length, and a query longer than :data:`MAX_QUERY_LENGTH` is refused unread. An
@@ -31,10 +35,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, NoReturn
 
 from qaex.core.instruments import Instrument
+from qaex.core.main_contracts import CONT_CLASS, CONT_EXCHANGE, cont_name, cont_symbol
 
 # TqSdk's largest query is get_quote/query_symbol_info's: 2,567 characters of fragments plus ~15 per
 # contract asked for, all unknown contracts in one query (62,539 for 4,000 contracts), more than every
@@ -257,12 +262,18 @@ def _excerpt(text: str) -> str:
 
 
 def answer(
-    query: str, instruments: Iterable[Instrument], variables: dict[str, Any] | None = None
+    query: str,
+    instruments: Iterable[Instrument],
+    variables: dict[str, Any] | None = None,
+    main_contracts: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The ``result`` of a ``multi_symbol_info`` query over the listed contracts.
+    """The ``result`` of a ``multi_symbol_info`` query over the listed contracts: the futures, then
+    the main-contract series of ``main_contracts`` (product -> its main's symbol, as
+    ``Engine.main_contracts`` keeps it), by product.
 
-    qaex lists no options or continuous contracts, so a future here never has derivatives, and a
-    query for derivatives (TqSdk's ``query_options``) finds the future without any.
+    qaex lists no options, so a future here never has derivatives, and a query for derivatives
+    (TqSdk's ``query_options``) finds the future without any. A series is never expired; it has
+    its main's product and trading hours.
     """
     arguments = parse(query, variables)
     classes = _as_set(arguments.get("class", arguments.get("class_")))
@@ -272,39 +283,68 @@ def answer(
     expired = arguments.get("expired")
     has_night = arguments.get("has_night")
     found: list[dict[str, Any]] = []
-    if classes is not None and "FUTURE" not in classes:
-        return {"multi_symbol_info": found}  # every listed contract is a future
     if arguments.get("has_derivatives") is True:
-        return {"multi_symbol_info": found}  # ... and none has options listed on it
+        return {"multi_symbol_info": found}  # no contract has options listed on it
+
+    def wanted(exchange_id: str, instrument: Instrument, symbol: str, is_expired: bool) -> bool:
+        return not (
+            (exchanges is not None and exchange_id not in exchanges)
+            or (products is not None and instrument.product_id not in products)
+            or (symbols is not None and symbol not in symbols)
+            or (expired is not None and is_expired != expired)
+            or (has_night is not None and bool(instrument.trading_time.night) != has_night)
+        )
+
+    listed: dict[str, Instrument] = {}
+    futures = classes is None or "FUTURE" in classes
     for instrument in instruments:
         symbol = f"{instrument.exchange_id}.{instrument.instrument_id}"
-        if exchanges is not None and instrument.exchange_id not in exchanges:
-            continue
-        if products is not None and instrument.product_id not in products:
-            continue
-        if symbols is not None and symbol not in symbols:
-            continue
-        if expired is not None and instrument.expired != expired:
-            continue
-        if has_night is not None and bool(instrument.trading_time.night) != has_night:
-            continue
-        found.append(
-            {
-                "__typename": "future",
-                "instrument_id": symbol,
-                "instrument_name": instrument.instrument_name,
-                "class": "FUTURE",
-                "exchange_id": instrument.exchange_id,
-                "product_id": instrument.product_id,
-                "price_tick": instrument.price_tick,
-                "volume_multiple": instrument.volume_multiple,
-                "expired": instrument.expired,
-                # Nanoseconds here: TqSdk's GraphQL schema has them so (utils_symbols divides by 1e9),
-                # while a quote's expire_datetime is in seconds.
-                "expire_datetime": int(instrument.expire_datetime * 1_000_000_000),
-            }
-        )
+        listed[symbol] = instrument
+        if futures and wanted(instrument.exchange_id, instrument, symbol, instrument.expired):
+            found.append(_future_entry(instrument, symbol))
+    if main_contracts and (classes is None or CONT_CLASS in classes):
+        for product, main in sorted(main_contracts.items()):
+            underlying = listed.get(main)
+            series = cont_symbol(product)
+            if underlying is not None and wanted(CONT_EXCHANGE, underlying, series, False):
+                found.append(_cont_entry(series, underlying, main))
     return {"multi_symbol_info": found}
+
+
+def _future_entry(instrument: Instrument, symbol: str) -> dict[str, Any]:
+    return {
+        "__typename": "future",
+        "instrument_id": symbol,
+        "instrument_name": instrument.instrument_name,
+        "class": "FUTURE",
+        "exchange_id": instrument.exchange_id,
+        "product_id": instrument.product_id,
+        "price_tick": instrument.price_tick,
+        "volume_multiple": instrument.volume_multiple,
+        "expired": instrument.expired,
+        # Nanoseconds here: TqSdk's GraphQL schema has them so (utils_symbols divides by 1e9),
+        # while a quote's expire_datetime is in seconds.
+        "expire_datetime": int(instrument.expire_datetime * 1_000_000_000),
+    }
+
+
+def _cont_entry(series: str, underlying: Instrument, main: str) -> dict[str, Any]:
+    """A ``cont`` entry: its main's figures under the series' name, and the main as its underlying."""
+    entry = _future_entry(underlying, series)
+    entry.update(
+        {
+            "__typename": "cont",
+            "instrument_name": cont_name(underlying.instrument_name),
+            "class": CONT_CLASS,
+            "exchange_id": CONT_EXCHANGE,
+            "expired": False,
+            "underlying": {
+                "count": 1,
+                "edges": [{"underlying_multiple": 1.0, "node": _future_entry(underlying, main)}],
+            },
+        }
+    )
+    return entry
 
 
 def _as_set(value: Any) -> frozenset[str] | None:

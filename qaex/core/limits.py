@@ -51,8 +51,10 @@ nobody can open one over HTTP, so a later start with the market maker on never t
 KEY_PATTERN: Final = whole(r"[A-Za-z0-9_.:|@#+=-]{1,64}")
 """Client-chosen keys of the DIFF tree: ``ins_query`` query ids and ``set_chart`` chart ids."""
 
-SYMBOL_PATTERN: Final = whole(r"[A-Za-z0-9_.-]{1,64}")
-"""``SHFE.cu2601`` or ``cu2601``: exchange and instrument codes are ASCII letters, digits, ``_ . -``."""
+SYMBOL_PATTERN: Final = whole(r"[A-Za-z0-9_.@-]{1,64}")
+"""``SHFE.cu2601`` or ``cu2601``: exchange and instrument codes are ASCII letters, digits, ``_ . -``;
+``@`` too, for the main-contract series ``KQ.m@SHFE.rb`` (quoted, and refused with a reason when
+an order names one)."""
 
 UserId = Annotated[str, msgspec.Meta(pattern=USER_ID_PATTERN, description="1-64 of A-Z a-z 0-9 _ -")]
 OrderId = Annotated[str, msgspec.Meta(pattern=ORDER_ID_PATTERN, description="1-64 of A-Z a-z 0-9 _.:|@#+=-")]

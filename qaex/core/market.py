@@ -13,6 +13,10 @@ filled from the kept history when it starts.
 * :meth:`MarketState.apply` folds one engine batch in: instrument changes (a listing, a settlement),
   then the depth the batch carries, then its trades (the quote, one tick, every K-line series of the
   symbol). Nothing here reads the engine: a batch carries everything it changed.
+* :meth:`MarketState.set_main` points a main-contract series (``KQ.m@SHFE.rb``, a
+  :class:`~qaex.core.quote.ContQuote`) at its product's main contract; a batch carries the changes
+  (``Batch.main_contracts``). The series' quote changes whenever its main's does, and when the main
+  changes; it is subscribed to and listed (static fields) like any quote, and has no K-lines.
 * :meth:`MarketState.advance_time` opens gap bars, so that charts advance with no trades.
 * :meth:`MarketState.take_changes` takes one patch from each object changed since the previous take.
   A quote that changed 1,000 times between two takes costs one patch build; the caller shares that
@@ -29,11 +33,13 @@ from qaex.core.chart import Chart, ChartRequest, SeriesView
 from qaex.core.engine import Batch, Depth
 from qaex.core.instruments import Instrument
 from qaex.core.kline import DEFAULT_MAX_LEN, NS_PER_DAY, NS_PER_SECOND, KlineSeries, TickSeries
+from qaex.core.main_contracts import cont_symbol
 from qaex.core.notify_codes import NOTIFY_BAD_CHART as NOTIFY_BAD_CHART  # a bad set_chart
 from qaex.core.notify_codes import NOTIFY_BAD_INSTRUMENT as NOTIFY_BAD_INSTRUMENT  # a symbol not listed
-from qaex.core.quote import QuoteBook
+from qaex.core.quote import ContQuote, QuoteBook
 
 Patch = dict[str, Any]
+AnyQuote = QuoteBook | ContQuote
 SeriesKey = tuple[str, int]
 """``(symbol, duration_ns)``; duration 0 is the tick series."""
 
@@ -82,6 +88,9 @@ class MarketState:
         self.instruments = instruments
         self.history = history
         self.quotes: dict[str, QuoteBook] = {}
+        self.conts: dict[str, ContQuote] = {}  # main-contract series, by KQ.m@ symbol
+        self.views: dict[str, AnyQuote] = {}  # every quote a session can subscribe to: both of the above
+        self._cont_of: dict[str, str] = {}  # a main contract's symbol -> its series' symbol
         self.ticks: dict[str, TickSeries] = {}
         self.klines: dict[SeriesKey, KlineSeries] = {}
         self.quote_patches_built = 0
@@ -127,7 +136,10 @@ class MarketState:
             quote.last_price = last_price
         if open_interest is not None:
             quote.open_interest = open_interest
-        self.quotes[symbol] = quote
+        self.quotes[symbol] = self.views[symbol] = quote
+        cont = self._cont_of.get(symbol)
+        if cont is not None:
+            self.conts[cont].underlying = quote
         self.ticks[symbol] = TickSeries(symbol, self.history)
         for duration in KEPT_DURATIONS_NS:
             self.klines[(symbol, duration)] = KlineSeries(symbol, duration, self.history)
@@ -144,6 +156,9 @@ class MarketState:
         quotes = self.quotes
         for symbol in batch.instruments_changed:
             self._instrument_changed(symbol, batch.settled, now)
+        for product, symbol in batch.main_contracts.items():
+            self.set_main(product, symbol, now)
+            self._static_changed.add(cont_symbol(product))  # sessions connected before learn of it
         for symbol, depth in batch.depth.items():
             quote = quotes.get(symbol) or self.list_instrument(symbol, now)
             self._set_depth(quote, depth, now)
@@ -160,6 +175,29 @@ class MarketState:
             for duration in self._durations[symbol]:
                 klines[(symbol, duration)].on_trade(trade.price, trade.volume, trade.ts, trade.open_interest)
                 dirty_series.add((symbol, duration))
+
+    def set_main(self, product: str, symbol: str, now_ns: int) -> ContQuote:
+        """Make ``symbol`` the main contract of ``product`` (``SHFE.rb``): the series ``KQ.m@SHFE.rb``
+        starts, or its quote turns to the new main (its subscribers get the change). Sessions connecting
+        later get its contract fields with :meth:`static_patch`; a change that arrives in a batch also
+        queues them for the sessions connected before."""
+        now = self._now(now_ns)
+        underlying = self.quotes.get(symbol) or self.list_instrument(symbol, now)
+        series = cont_symbol(product)
+        cont = self.conts.get(series)
+        if cont is None:
+            cont = self.conts[series] = ContQuote(series, underlying)
+            self.views[series] = cont
+        elif cont.underlying is not underlying:
+            self._cont_of.pop(cont.underlying.symbol, None)
+            cont.underlying = underlying
+            self._dirty_quotes.add(series)
+            self._full_quotes.pop(series, None)
+        else:
+            return cont
+        self._cont_of[symbol] = series
+        self._static_patch = None
+        return cont
 
     def advance_time(self, ts_ns: int) -> None:
         """Open gap bars up to ``ts_ns`` in every K-line series."""
@@ -198,6 +236,9 @@ class MarketState:
         self._touch_quote(symbol)
         self._static_patch = None
         self._static_changed.add(symbol)
+        cont = self._cont_of.get(symbol)
+        if cont is not None:  # the series shows its main's contract fields
+            self._static_changed.add(cont)
 
     def _set_depth(self, quote: QuoteBook, depth: Depth, now: int) -> None:
         """Show a book's depth (prices in ticks, as the batch carries it) on its quote."""
@@ -213,6 +254,10 @@ class MarketState:
     def _touch_quote(self, symbol: str) -> None:
         self._dirty_quotes.add(symbol)
         self._full_quotes.pop(symbol, None)
+        cont = self._cont_of.get(symbol)
+        if cont is not None:  # a main contract: its series mirrors it
+            self._dirty_quotes.add(cont)
+            self._full_quotes.pop(cont, None)
 
     # -- output ------------------------------------------------------------------------------------
     def take_changes(self) -> MarketChanges:
@@ -220,13 +265,23 @@ class MarketState:
         the instruments listed or changed; objects whose fields ended where they were give none."""
         changes = MarketChanges()
         if self._static_changed:
-            quotes = self.quotes
-            changes.static = {"quotes": {s: quotes[s].static_fields() for s in sorted(self._static_changed)}}
+            views = self.views
+            changes.static = {"quotes": {s: views[s].static_fields() for s in sorted(self._static_changed)}}
             self._static_changed.clear()
+        quotes = self.quotes
+        conts: list[str] = []
         for symbol in self._dirty_quotes:
-            patch = self.quotes[symbol].take_patch()
+            quote = quotes.get(symbol)
+            if quote is None:
+                conts.append(symbol)
+                continue
+            patch = quote.take_patch()
             if patch is not None:
                 self.quote_patches_built += 1
+                changes.quotes.append((symbol, patch))
+        for symbol in sorted(conts):  # after their mains: a series reuses its main's fields
+            patch = self.conts[symbol].take_patch()
+            if patch is not None:
                 changes.quotes.append((symbol, patch))
         self._dirty_quotes.clear()
         for key in self._dirty_series:
@@ -244,7 +299,7 @@ class MarketState:
         """The contract fields of every instrument, one shared patch rebuilt only when a spec changes."""
         if self._static_patch is None:
             self._static_patch = {
-                "quotes": {symbol: quote.static_fields() for symbol, quote in self.quotes.items()}
+                "quotes": {symbol: quote.static_fields() for symbol, quote in self.views.items()}
             }
         return self._static_patch
 
@@ -252,7 +307,7 @@ class MarketState:
         """``{"quotes": {symbol: every field}}``, one shared dict until the quote changes."""
         patch = self._full_quotes.get(symbol)
         if patch is None:
-            patch = self._full_quotes[symbol] = {"quotes": {symbol: self.quotes[symbol].full()}}
+            patch = self._full_quotes[symbol] = {"quotes": {symbol: self.views[symbol].full()}}
         return patch
 
     def series(self, symbol: str, duration_ns: int) -> KlineSeries | TickSeries | None:

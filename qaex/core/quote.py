@@ -26,6 +26,7 @@ from typing import Any
 
 from qaex.core.calendar import CST_OFFSET_NS  # UTC+8 all year (no daylight saving): a fixed offset is exact
 from qaex.core.instruments import Instrument
+from qaex.core.main_contracts import CONT_CLASS, CONT_EXCHANGE, cont_name
 
 Patch = dict[str, Any]
 
@@ -250,12 +251,63 @@ class QuoteBook:
         if not self._touched:
             return None
         self._touched = False
-        current = self.full()
-        changed = {key: value for key, value in current.items() if self._sent.get(key, _MISSING) != value}
-        if not changed:
-            return None
-        self._sent = current
-        return {"quotes": {self.symbol: changed}}
+        return _take_patch(self, self.full())
 
 
 _MISSING = object()
+
+
+def _take_patch(quote: QuoteBook | ContQuote, current: Patch) -> Patch | None:
+    """The fields of ``current`` that differ from the quote's ``_sent`` ones, as a quotes patch;
+    records ``current`` as sent."""
+    sent = quote._sent
+    changed = {key: value for key, value in current.items() if sent.get(key, _MISSING) != value}
+    if not changed:
+        return None
+    quote._sent = current
+    return {"quotes": {quote.symbol: changed}}
+
+
+class ContQuote:
+    """The quote of a main-contract series (``KQ.m@SHFE.rb``): its current main's quote, every field,
+    under the series' own name, ``ins_class`` ``CONT`` and ``underlying_symbol`` the main.
+
+    It holds no figures of its own: :attr:`underlying` is the main's :class:`QuoteBook`, replaced when
+    the main changes, and the market core asks for a patch whenever that book changed.
+
+    A patch is built from the fields the main's book handed out last (its ``_sent``), so take it
+    after the book's own patch (MarketState.take_changes does): the quote is built once per change,
+    however many series mirror it.
+    """
+
+    def __init__(self, symbol: str, underlying: QuoteBook) -> None:
+        self.symbol = symbol
+        self.underlying = underlying
+        self._sent: dict[str, Any] = self.full()  # the baseline: the first patch has changes only
+
+    def _own_fields(self) -> Patch:
+        underlying = self.underlying
+        return {
+            "instrument_id": self.symbol,
+            "exchange_id": CONT_EXCHANGE,
+            "instrument_name": cont_name(underlying.instrument.instrument_name),
+            "ins_class": CONT_CLASS,
+            "underlying_symbol": underlying.symbol,
+        }
+
+    def static_fields(self) -> Patch:
+        """The main's contract fields (TqSdk's query_symbol_info reads them), as the series'."""
+        fields = self.underlying.static_fields()
+        fields.update(self._own_fields())
+        return fields
+
+    def full(self) -> Patch:
+        fields = self.underlying.full()
+        fields.update(self._own_fields())
+        return fields
+
+    def take_patch(self) -> Patch | None:
+        """The fields changed since the previous take, as of the main's last patch, or None."""
+        current = dict(self.underlying._sent)
+        current.update(self._own_fields())
+        return _take_patch(self, current)

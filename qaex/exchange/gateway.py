@@ -11,8 +11,8 @@ SnapshotManager, which is then told which users have new patches (one wake-up pe
 gateway never awaits a network peer: the only thing it can wait on is a full user channel, which is
 backpressure from the SnapshotManager, never from a client.
 
-A batch with market-level effects (trades, changed books with their depth, instrument changes) is
-forwarded unchanged to the market-data service, if one is attached.
+A batch with market-level effects (trades, changed books with their depth, instrument and main-contract
+changes) is forwarded unchanged to the market-data service, if one is attached.
 """
 
 from __future__ import annotations
@@ -89,7 +89,9 @@ class TradeGateway:
         await trio.lowlevel.checkpoint()
         self.patches_sent += len(patches)
         market = self._market
-        if market is not None and (batch.market_trades or batch.depth_changed or batch.instruments_changed):
+        if market is not None and (
+            batch.market_trades or batch.depth_changed or batch.instruments_changed or batch.main_contracts
+        ):
             await market.send(batch)
 
     def build_patches(self, batch: Batch) -> dict[str, Patch]:

@@ -99,6 +99,8 @@ class MarketData:
                 open_interest=engine.open_interest.get(symbol),
                 depth=engine.books[symbol].depth(DEPTH_LEVELS),
             )
+        for product, main in engine.main_contracts.items():
+            self.state.set_main(product, main, now)
         self._links: set[SessionLink] = set()
         self._quote_links: dict[str, set[SessionLink]] = {}
         self._subscribed: dict[SessionLink, set[str]] = {}
@@ -271,7 +273,7 @@ class MarketData:
         link.wake()
 
     def _update_quotes(self, link: SessionLink, ins_list: list[str]) -> None:
-        quotes = self.state.quotes
+        quotes = self.state.views
         before = self._subscribed.get(link, set())
         wanted = set(ins_list)
         unknown = sorted(symbol for symbol in wanted - before if symbol not in quotes)
@@ -352,7 +354,7 @@ class MarketData:
 
     def quote_view(self, symbol: str) -> Patch:
         """The current full quote of ``symbol`` (KeyError if unknown), for the HTTP API."""
-        return self.state.quotes[symbol].full()
+        return self.state.views[symbol].full()
 
     def series(self, symbol: str, duration_ns: int) -> KlineSeries | TickSeries | None:
         """A series that exists (``duration_ns`` 0: ticks), or None; for the HTTP API."""

@@ -33,7 +33,7 @@ count (:data:`MAX_PENDING_NOTIFIES`, the oldest dropped first).
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 import msgspec
@@ -300,9 +300,15 @@ class DiffSession:
         """The req_transfer's ``future_password`` is not the user's: nothing was transferred."""
         self.notify(NOTIFY_TRANSFER_FAILED, "ERROR", "转账失败: 期货账户密码错误")
 
-    def answer_query(self, message: InsQuery, instruments: Iterable[Instrument]) -> None:
-        """Answer an ins_query under ``symbols/{query_id}`` from the listed ``instruments``
-        (:func:`qaex.core.ins_query.answer`); an empty query drops the answer.
+    def answer_query(
+        self,
+        message: InsQuery,
+        instruments: Iterable[Instrument],
+        main_contracts: Mapping[str, str] | None = None,
+    ) -> None:
+        """Answer an ins_query under ``symbols/{query_id}`` from the listed ``instruments`` and the
+        products' ``main_contracts`` (:func:`qaex.core.ins_query.answer`); an empty query drops the
+        answer.
 
         A query qaex does not understand is still answered (empty), so that the client does not wait for
         its timeout, with an ERROR notify saying why; the refused query is not echoed back (it may be as
@@ -313,7 +319,7 @@ class DiffSession:
             return
         query, variables = message.query, message.variables or {}
         try:
-            result = ins_query.answer(query, instruments, message.variables)
+            result = ins_query.answer(query, instruments, message.variables, main_contracts)
         except ins_query.UnsupportedQuery as exc:
             self.notify(NOTIFY_BAD_MESSAGE, "ERROR", str(exc))
             result, query, variables = {}, "", {}
