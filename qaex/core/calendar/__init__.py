@@ -5,7 +5,9 @@
 * :mod:`~qaex.core.calendar.holidays`: :class:`HolidayCalendar`, the exchanges' weekday closures, and the
   packaged data (``qaex/data/holidays.toml``);
 * :mod:`~qaex.core.calendar.trading_days`: trading days (the 18:00 roll, next/previous, n-th of a month,
-  night sessions) and the daily settlement schedule.
+  night sessions) and the daily settlement schedule;
+* :mod:`~qaex.core.calendar.sessions`: whether a contract trades at a moment (``is_open``,
+  ``next_open``) and the market-hours policy (``QAEX_MARKET_HOURS``: what is enforced and published).
 
 Pure time arithmetic: no clock is read here (callers pass timestamps), so everything is unit-testable.
 See docs/calendar.md.
@@ -28,6 +30,16 @@ from qaex.core.calendar.china_time import (
     parse_day,
 )
 from qaex.core.calendar.holidays import HolidayCalendar, YearStatus, default_holiday_calendar
+from qaex.core.calendar.sessions import (
+    ALWAYS_OPEN,
+    MARKET_HOURS,
+    MarketHours,
+    has_night_on_evening,
+    is_open,
+    next_open,
+    next_session_start,
+    published_trading_time,
+)
 from qaex.core.calendar.trading_days import (
     has_night_session,
     is_trading_day,
@@ -43,6 +55,14 @@ from qaex.core.calendar.trading_days import (
 )
 
 __all__ = [
+    "ALWAYS_OPEN",
+    "MARKET_HOURS",
+    "MarketHours",
+    "has_night_on_evening",
+    "is_open",
+    "next_open",
+    "next_session_start",
+    "published_trading_time",
     "CHINA_TZ",
     "CST_OFFSET_NS",
     "MONDAY_1990_NS",
