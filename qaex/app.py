@@ -34,7 +34,7 @@ from qaex.api.diff_server import serve_diff
 from qaex.api.http import Services, blueprint
 from qaex.api.websocket_guard import RejectWebSockets, refuse_websocket_upgrades
 from qaex.config import Config, ConfigError, access_guard, load_instruments
-from qaex.core.calendar import parse_clock_time
+from qaex.core.calendar import default_holiday_calendar
 from qaex.core.engine import Engine
 from qaex.core.journal_format import JournalCorrupt
 from qaex.datadir import DataDir, DataDirLocked
@@ -59,6 +59,7 @@ def build_exchange(config: Config, data_dir: DataDir) -> Exchange:
         lambda: Engine(instruments, max_orders_per_second=config.max_orders_per_second),
         fsync=config.fsync == "batch",
         max_orders_per_second=config.max_orders_per_second,
+        market_hours=config.market_hours,
         checkpoint_records=config.checkpoint_records,
         checkpoint_seconds=config.checkpoint_seconds,
     )
@@ -70,10 +71,13 @@ def build_exchange(config: Config, data_dir: DataDir) -> Exchange:
         journal=journal,
         market=market,
         mark_interval=config.mark_interval,
-        settle_at=parse_clock_time(config.settlement_time) if config.settlement_time else None,
+        # 18:00 on weekdays (always) or 15:30 on trading days (exchange), unless QAEX_SETTLEMENT_TIME says
+        settle_at=config.settlement_clock,
+        settlement_calendar=default_holiday_calendar() if config.market_hours == "exchange" else None,
         max_sessions_per_user=config.max_sessions_per_user,
         guard=access_guard(config),
     )
+    log.info("market hours: %s", config.market_hours)
     exchange.router.resume_after(recovered.last_ts)
     exchange.seed_from_engine()
     if config.market_maker:

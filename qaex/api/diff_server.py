@@ -172,7 +172,8 @@ class DiffServer:
                 if exchange.market is not None:
                     exchange.market.subscription_changed(link)
             elif isinstance(event, messages.InsQuery):
-                session.answer_query(event, exchange.engine.instruments.values())
+                engine = exchange.engine
+                session.answer_query(event, engine.instruments.values(), engine.market_hours)
             # confirm_settlement needs nothing from the exchange.
         except QaexError as exc:
             session.refused(exc)

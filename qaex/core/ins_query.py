@@ -34,6 +34,7 @@ import re
 from collections.abc import Iterable
 from typing import Any, NoReturn
 
+from qaex.core.calendar import MarketHours, published_trading_time
 from qaex.core.instruments import Instrument
 
 # TqSdk's largest query is get_quote/query_symbol_info's: 2,567 characters of fragments plus ~15 per
@@ -257,9 +258,16 @@ def _excerpt(text: str) -> str:
 
 
 def answer(
-    query: str, instruments: Iterable[Instrument], variables: dict[str, Any] | None = None
+    query: str,
+    instruments: Iterable[Instrument],
+    variables: dict[str, Any] | None = None,
+    *,
+    market_hours: MarketHours = "always",
 ) -> dict[str, Any]:
     """The ``result`` of a ``multi_symbol_info`` query over the listed contracts.
+
+    ``trading_time`` (and the ``has_night`` filter) is what the market-hours policy publishes
+    (qaex.core.calendar.sessions.published_trading_time), as in the DIFF quotes.
 
     qaex lists no options or continuous contracts, so a future here never has derivatives, and a
     query for derivatives (TqSdk's ``query_options``) finds the future without any.
@@ -286,7 +294,8 @@ def answer(
             continue
         if expired is not None and instrument.expired != expired:
             continue
-        if has_night is not None and bool(instrument.trading_time.night) != has_night:
+        trading_time = published_trading_time(instrument.trading_time, market_hours)
+        if has_night is not None and bool(trading_time["night"]) != has_night:
             continue
         found.append(
             {
@@ -302,6 +311,7 @@ def answer(
                 # Nanoseconds here: TqSdk's GraphQL schema has them so (utils_symbols divides by 1e9),
                 # while a quote's expire_datetime is in seconds.
                 "expire_datetime": int(instrument.expire_datetime * 1_000_000_000),
+                "trading_time": trading_time,
             }
         )
     return {"multi_symbol_info": found}

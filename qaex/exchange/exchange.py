@@ -35,7 +35,7 @@ import trio
 
 from qaex.core import commands
 from qaex.core.account import Account
-from qaex.core.calendar import next_settlement
+from qaex.core.calendar import HolidayCalendar, next_settlement
 from qaex.core.engine import Batch, Engine
 from qaex.core.errors import Forbidden, QaexError
 from qaex.core.instruments import Instrument
@@ -79,6 +79,7 @@ class Exchange:
         market: MarketData | None = None,
         mark_interval: float = 0.5,
         settle_at: dt.time | None = None,
+        settlement_calendar: HolidayCalendar | None = None,
         max_sessions_per_user: int = DEFAULT_MAX_SESSIONS_PER_USER,
         guard: AccessGuard | None = None,
     ) -> None:
@@ -104,6 +105,7 @@ class Exchange:
         self._checking: dict[str, _Gate] = {}  # source address -> its password checks, one at a time
         self.mark_interval = mark_interval
         self.settle_at = settle_at
+        self.settlement_calendar = settlement_calendar  # None: every weekday settles
         self._wall_clock = clock if clock is not None else time.time_ns
         # Set by qaex.api.diff_server.serve_diff; nothing reads it (issue #14: to go with that line).
         self.diff_server: object = None
@@ -172,8 +174,14 @@ class Exchange:
             if self.engine.prices_moved:
                 await self.router.execute(lambda ts: commands.MarkToMarket(ts=ts))
 
+    def market_open(self, instrument: Instrument) -> bool:
+        """Whether `instrument` trades now under the market-hours policy (the engine's rule, at the
+        wall clock; the router stamps an order a moment later, so at a session's edge it may differ)."""
+        return self.engine.market_open(instrument, self._wall_clock())
+
     async def _daily_settlement(self, at: dt.time) -> None:
-        """Settle every weekday at `at` (China time), like the exchanges' end of day.
+        """Settle every weekday (with `settlement_calendar`: every trading day) at `at` (China time),
+        like the exchanges' end of day.
 
         Settlement cancels open orders, rolls positions to the settlement prices (the last price of
         each instrument) and starts a new trading day, which also clears the day's finished orders
@@ -181,7 +189,7 @@ class Exchange:
         """
         while True:
             now = self._wall_clock()
-            due = next_settlement(now, at)
+            due = next_settlement(now, at, self.settlement_calendar)
             await trio.sleep((due - now) / 1e9)
             prices = await self.settle()
             log.info("daily settlement at %s: %d instruments settled", at.strftime("%H:%M"), len(prices))

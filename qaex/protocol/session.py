@@ -39,6 +39,7 @@ from typing import Any, Final
 import msgspec
 
 from qaex.core import ins_query
+from qaex.core.calendar import MarketHours
 from qaex.core.errors import QaexError
 from qaex.core.instruments import Instrument
 from qaex.core.notify_codes import (
@@ -300,7 +301,9 @@ class DiffSession:
         """The req_transfer's ``future_password`` is not the user's: nothing was transferred."""
         self.notify(NOTIFY_TRANSFER_FAILED, "ERROR", "转账失败: 期货账户密码错误")
 
-    def answer_query(self, message: InsQuery, instruments: Iterable[Instrument]) -> None:
+    def answer_query(
+        self, message: InsQuery, instruments: Iterable[Instrument], market_hours: MarketHours = "always"
+    ) -> None:
         """Answer an ins_query under ``symbols/{query_id}`` from the listed ``instruments``
         (:func:`qaex.core.ins_query.answer`); an empty query drops the answer.
 
@@ -313,7 +316,7 @@ class DiffSession:
             return
         query, variables = message.query, message.variables or {}
         try:
-            result = ins_query.answer(query, instruments, message.variables)
+            result = ins_query.answer(query, instruments, message.variables, market_hours=market_hours)
         except ins_query.UnsupportedQuery as exc:
             self.notify(NOTIFY_BAD_MESSAGE, "ERROR", str(exc))
             result, query, variables = {}, "", {}

@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Final, Literal, Protocol
 
-from qaex.core.calendar.china_time import CST_OFFSET_NS, NS_PER_DAY, NS_PER_SECOND
+from qaex.core.calendar.china_time import CST_OFFSET_NS, NS_PER_DAY, NS_PER_SECOND, format_china_time
 from qaex.core.calendar.holidays import HolidayCalendar
 from qaex.core.calendar.trading_days import is_trading_day
 
@@ -69,9 +69,13 @@ class TradingTimeLike(Protocol):
 def published_trading_time(trading_time: TradingTimeLike, market_hours: MarketHours) -> dict[str, Any]:
     """The ``trading_time`` a contract shows its clients under the policy: its own sessions
     (``exchange``), or :data:`ALWAYS_OPEN` (``always``). A fresh dict each time (callers may keep it)."""
-    day, night = (ALWAYS_OPEN["day"], ALWAYS_OPEN["night"]) if market_hours == "always" else (
-        trading_time.day,
-        trading_time.night,
+    day, night = (
+        (ALWAYS_OPEN["day"], ALWAYS_OPEN["night"])
+        if market_hours == "always"
+        else (
+            trading_time.day,
+            trading_time.night,
+        )
     )
     return {"day": [list(span) for span in day], "night": [list(span) for span in night]}
 
@@ -196,3 +200,36 @@ def next_session_start(
     """The start of the first session that starts strictly after ``ts_ns`` (when quotes are restamped,
     so that clients see the market open). ValueError as :func:`next_open`."""
     return _first_window(trading_time, ts_ns, calendar, strictly_after=True)
+
+
+def closed_message(
+    symbol: str, trading_time: TradingTimeLike, ts_ns: int, calendar: HolidayCalendar | None = None
+) -> str | None:
+    """None while ``symbol`` trades at ``ts_ns``; else the refusal's text (``market_closed``), with when
+    it opens next."""
+    if is_open(trading_time, ts_ns, calendar):
+        return None
+    try:
+        when = f", 下一交易时段 {format_china_time(next_open(trading_time, ts_ns, calendar))} 开始"
+    except ValueError:
+        when = ", 该合约没有交易时段"
+    return f"下单失败, 合约 {symbol} 不在交易时间{when}"
+
+
+def next_opening(
+    contracts: Iterable[tuple[str, TradingTimeLike]], ts_ns: int, calendar: HolidayCalendar | None = None
+) -> tuple[int, list[str]] | None:
+    """The first session start strictly after ``ts_ns`` over ``(symbol, trading_time)`` pairs, and the
+    symbols whose session starts then; None when none of them has a session."""
+    first: int | None = None
+    symbols: list[str] = []
+    for symbol, trading_time in contracts:
+        try:
+            start = next_session_start(trading_time, ts_ns, calendar)
+        except ValueError:
+            continue
+        if first is None or start < first:
+            first, symbols = start, [symbol]
+        elif start == first:
+            symbols.append(symbol)
+    return None if first is None else (first, symbols)
