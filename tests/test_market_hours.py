@@ -35,6 +35,7 @@ from qaex.core.instruments import InstrumentRegistry, TradingTime
 from qaex.core.orders import InsertOrder
 from qaex.core.quote import QuoteBook
 from qaex.exchange.exchange import Exchange
+from qaex.exchange.journal import Journal
 from qaex.exchange.market import MarketData
 from qaex.exchange.simulator import MAKER, TAKER, LiquiditySimulator
 
@@ -125,13 +126,14 @@ def test_next_session_start_and_next_opening() -> None:
 
 def test_sessions_agree_with_tqsdk_on_real_trading_times() -> None:
     """Weekends only (TqSdk knows no holidays): qaex's rule and TqSdk's `_is_in_trading_time` agree at
-    every minute of two weeks, for a night to 01:00, one to 02:30, and none."""
+    every third minute of a week (every session edge is a multiple of 15 minutes), for a night to
+    01:00, one to 02:30, and none."""
     from tqsdk.datetime import _is_in_trading_time
 
     for symbol in ("SHFE.cu2601", "SHFE.au2602", "CFFEX.IF2512"):
         instrument = REGISTRY[symbol]
         quote = QuoteBook(instrument, 0, market_hours="exchange").full()
-        for moment in range(china("2026-11-30 00:00"), china("2026-12-14 00:00"), MINUTE):
+        for moment in range(china("2026-11-30 00:00"), china("2026-12-07 00:00"), 3 * MINUTE):
             text = dt.datetime.fromtimestamp(moment / S, CHINA_TZ).strftime("%Y-%m-%d %H:%M:%S.%f")
             assert _is_in_trading_time(quote, text, math.nan) == is_open(instrument.trading_time, moment), (
                 symbol,
@@ -178,7 +180,7 @@ def test_ins_query_publishes_the_policys_trading_time() -> None:
     assert [row["trading_time"] for row in always] == [ALWAYS_OPEN]
     exchange = ins_query.answer(query, REGISTRY.values(), market_hours="exchange")["multi_symbol_info"]
     assert exchange[0]["trading_time"] == {"day": IF.day, "night": []}
-    night_query = "query{multi_symbol_info(class:[\"FUTURE\"], has_night:false){... on basic{instrument_id}}}"
+    night_query = 'query{multi_symbol_info(class:["FUTURE"], has_night:false){... on basic{instrument_id}}}'
     assert ins_query.answer(night_query, REGISTRY.values())["multi_symbol_info"] == []
     no_night = ins_query.answer(night_query, REGISTRY.values(), market_hours="exchange")["multi_symbol_info"]
     assert [row["instrument_id"] for row in no_night] == ["CFFEX.IF2512"]
@@ -256,8 +258,10 @@ async def test_the_market_maker_waits_for_the_open_and_quotes_are_restamped_then
     async with trio.open_nursery() as nursery:
         await nursery.start(exchange.run)
         for user_id in (MAKER, TAKER):  # no password hash in a thread: the mock clock would jump meanwhile
-            await exchange.router.execute(OpenAccount(ts=0, user_id=user_id, password_hash="-", init_cash=1e8))
-        exchange.simulator = LiquiditySimulator(exchange, seed=3)
+            await exchange.router.execute(
+                OpenAccount(ts=0, user_id=user_id, password_hash="-", init_cash=1e8)
+            )
+        exchange.simulator = LiquiditySimulator(exchange, seed=3, interval=20)
         await nursery.start(exchange.simulator.run)
         await trio.sleep(30)  # 08:59:30: nothing is open
         assert engine.users[MAKER].orders == {}
@@ -278,13 +282,15 @@ def test_the_server_settles_on_trading_days_under_exchange(tmp_path: Path) -> No
     from qaex.app import build_exchange
     from qaex.datadir import DataDir
 
-    config = Config.load({"QAEX_MARKET_HOURS": "exchange", "QAEX_DATA_DIR": str(tmp_path), "QAEX_FSYNC": "off"})
+    config = Config.load(
+        {"QAEX_MARKET_HOURS": "exchange", "QAEX_DATA_DIR": str(tmp_path), "QAEX_FSYNC": "off"}
+    )
     exchange = build_exchange(config, DataDir(str(tmp_path)))
     assert exchange.engine.market_hours == "exchange" and exchange.market is not None
     assert exchange.market.state.market_hours == "exchange"
     assert exchange.settle_at == dt.time(15, 30) and exchange.settlement_calendar == CALENDAR
-    assert exchange.journal is not None
-    exchange.journal.close()  # type: ignore[union-attr]
+    assert isinstance(exchange.journal, Journal)
+    exchange.journal.close()
 
 
 # -- a real server -------------------------------------------------------------------------------------
@@ -316,8 +322,14 @@ def test_a_server_out_of_hours_refuses_orders_over_http(tmp_path: Path) -> None:
         wait_ready(running)
         health = httpx.get(running.http_url + "/health").json()
         assert health["market_hours"] == "exchange"
-        user = open_user(running)  # type: ignore[arg-type]
-        body = {"instrument_id": "SHFE.cu2601", "direction": "BUY", "offset": "OPEN", "volume": 1, "price": 86000}
+        user = open_user(running)
+        body = {
+            "instrument_id": "SHFE.cu2601",
+            "direction": "BUY",
+            "offset": "OPEN",
+            "volume": 1,
+            "price": 86000,
+        }
         refused = user.post("/api/order/submit", body)
         assert refused.status_code == 422, refused.text
         error = refused.json()["error"]
@@ -329,3 +341,15 @@ def test_a_server_out_of_hours_refuses_orders_over_http(tmp_path: Path) -> None:
     finally:
         code = running.stop()
     assert code == 0, running.log()
+
+
+def test_a_diff_session_hears_the_refusal_as_an_error_notify() -> None:
+    from test_diff_session import logged_in, sent_notifies
+
+    engine = engine_with_alice("exchange")
+    with pytest.raises(RiskError) as refused:
+        engine.apply(Insert(ts=china("2026-12-05 12:00"), order=cu_order("o1")))
+    session = logged_in()
+    session.refused(refused.value)  # what qaex.api.diff_server does with a refused request
+    [(level, code, text)] = sent_notifies(session)[-1:]
+    assert (level, code) == ("ERROR", 425) and "SHFE.cu2601" in text and "2026-12-07 09:00:00" in text

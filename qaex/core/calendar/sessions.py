@@ -69,14 +69,12 @@ class TradingTimeLike(Protocol):
 def published_trading_time(trading_time: TradingTimeLike, market_hours: MarketHours) -> dict[str, Any]:
     """The ``trading_time`` a contract shows its clients under the policy: its own sessions
     (``exchange``), or :data:`ALWAYS_OPEN` (``always``). A fresh dict each time (callers may keep it)."""
-    day, night = (
-        (ALWAYS_OPEN["day"], ALWAYS_OPEN["night"])
-        if market_hours == "always"
-        else (
-            trading_time.day,
-            trading_time.night,
-        )
-    )
+    day: Sequence[Sequence[str]]
+    night: Sequence[Sequence[str]]
+    if market_hours == "always":
+        day, night = ALWAYS_OPEN["day"], ALWAYS_OPEN["night"]
+    else:
+        day, night = trading_time.day, trading_time.night
     return {"day": [list(span) for span in day], "night": [list(span) for span in night]}
 
 
