@@ -293,6 +293,18 @@ def test_the_server_settles_on_trading_days_under_exchange(tmp_path: Path) -> No
     exchange.journal.close()
 
 
+def test_a_changed_policy_applies_after_replay_and_is_checkpointed(tmp_path: Path) -> None:
+    from qaex.exchange.recovery import open_journal, recover
+
+    journal, recovered = open_journal(tmp_path, Engine, fsync=False, market_hours="exchange")
+    journal.close()
+    assert recovered.engine.market_hours == "exchange"
+    assert recover(tmp_path, Engine, repair=False).engine.market_hours == "exchange"
+    journal, recovered = open_journal(tmp_path, Engine, fsync=False, market_hours="always")
+    journal.close()
+    assert recover(tmp_path, Engine, repair=False).engine.market_hours == "always"
+
+
 # -- a real server -------------------------------------------------------------------------------------
 FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 
