@@ -21,6 +21,7 @@ and leave an HTTP server in front of a dead exchange, so the supervisor logs it 
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import secrets
@@ -34,7 +35,6 @@ from qaex.api.diff_server import serve_diff
 from qaex.api.http import Services, blueprint
 from qaex.api.websocket_guard import RejectWebSockets, refuse_websocket_upgrades
 from qaex.config import Config, ConfigError, access_guard, load_holidays, load_instruments, load_listing
-from qaex.core.calendar import parse_clock_time
 from qaex.core.engine import Engine
 from qaex.core.journal_format import JournalCorrupt
 from qaex.datadir import DataDir, DataDirLocked
@@ -59,6 +59,7 @@ def build_exchange(config: Config, data_dir: DataDir) -> Exchange:
         lambda: Engine(instruments, max_orders_per_second=config.max_orders_per_second),
         fsync=config.fsync == "batch",
         max_orders_per_second=config.max_orders_per_second,
+        market_hours=config.market_hours,
         checkpoint_records=config.checkpoint_records,
         checkpoint_seconds=config.checkpoint_seconds,
     )
@@ -66,16 +67,28 @@ def build_exchange(config: Config, data_dir: DataDir) -> Exchange:
         recovered.engine, history=config.market_history, publish_interval=config.quote_interval
     )
     calendar = load_holidays(config)
+    today = dt.date.today()
+    uncovered = calendar.uncovered_years(today, today + dt.timedelta(days=400))
+    if uncovered:
+        log.warning(
+            "the holiday calendar does not cover %s: weekends only there (last trading days, and with "
+            "QAEX_MARKET_HOURS=exchange the trading days, may differ from the exchanges'); QAEX_HOLIDAYS "
+            "can add them",
+            ", ".join(map(str, uncovered)),
+        )
     exchange = Exchange(
         recovered.engine,
         listing=load_listing(config, calendar),
         journal=journal,
         market=market,
         mark_interval=config.mark_interval,
-        settle_at=parse_clock_time(config.settlement_time) if config.settlement_time else None,
+        # 18:00 on weekdays (always) or 15:30 on trading days (exchange), unless QAEX_SETTLEMENT_TIME says
+        settle_at=config.settlement_clock,
+        settlement_calendar=calendar if config.market_hours == "exchange" else None,
         max_sessions_per_user=config.max_sessions_per_user,
         guard=access_guard(config),
     )
+    log.info("market hours: %s", config.market_hours)
     exchange.router.resume_after(recovered.last_ts)
     exchange.seed_from_engine()
     if config.market_maker:

@@ -8,6 +8,7 @@ says what was expected — a typo must never fall back to a default silently.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -16,7 +17,7 @@ from typing import Any, Literal, get_args, get_type_hints
 import msgspec
 
 from qaex.core import limits
-from qaex.core.calendar import HolidayCalendar, default_holiday_calendar, parse_clock_time
+from qaex.core.calendar import HolidayCalendar, MarketHours, default_holiday_calendar, parse_clock_time
 from qaex.core.instruments import InstrumentRegistry
 from qaex.core.listing import ProductListing
 from qaex.core.products import PRODUCTS, products_from_mapping
@@ -57,7 +58,10 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
     market_maker_interval: float = 1.25  # mean seconds between two market-maker steps per instrument
     market_maker_symbols: str = ""  # comma-separated contracts the market maker quotes; "" = every one
     mark_interval: float = 0.5  # seconds between two mark-to-market passes over all holders
-    settlement_time: str = "15:30"  # daily settlement, China time, weekdays; "" turns it off
+    market_hours: MarketHours = "always"  # "always": open round the clock; "exchange": real sessions
+    # Daily settlement, China time; "" turns it off; unset (None): the market-hours policy's, see
+    # settlement_clock.
+    settlement_time: str | None = None
     quote_interval: float = 0.5  # shortest time between two market-data publishes (CTP-like snapshots)
     market_history: int = 10_000  # bars (and ticks) kept per series
     token_ttl: int = 86_400  # seconds a login token stays valid
@@ -70,6 +74,15 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
     login_address_failures_per_minute: int = 30  # per address, over all user ids; 0 = no limit
     max_accounts_per_address_per_hour: int = 20  # HTTP account opening; 0 = no limit
     trusted_proxies: str = ""  # comma-separated addresses/networks whose X-Forwarded-For is believed
+
+    @property
+    def settlement_clock(self) -> dt.time | None:
+        """When the daily settlement runs (China time), or None for never: ``settlement_time`` when it
+        is set, else the policy's: 18:00 on weekdays (``always``: the trading day rolls at 18:00) or
+        15:30 on trading days (``exchange``: after the day session, as the exchanges do)."""
+        if self.settlement_time is None:
+            return dt.time(18, 0) if self.market_hours == "always" else dt.time(15, 30)
+        return parse_clock_time(self.settlement_time) if self.settlement_time else None
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None) -> Config:

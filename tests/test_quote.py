@@ -43,7 +43,11 @@ def test_static_fields_describe_the_contract(book: QuoteBook) -> None:
     assert quote["price_tick"] == 10.0
     assert quote["price_decs"] == 0
     assert quote["volume_multiple"] == 5
-    assert quote["trading_time"]["night"] == [["21:00:00", "25:00:00"]]
+    # The default policy (QAEX_MARKET_HOURS=always) publishes round-the-clock sessions...
+    assert quote["trading_time"] == {"day": [["00:00:00", "18:00:00"]], "night": [["18:00:00", "72:00:00"]]}
+    # ... the contract's own under "exchange"; the instrument keeps its own either way.
+    real = QuoteBook(book.instrument, now_ns=T0, market_hours="exchange").full()["trading_time"]
+    assert real["night"] == [["21:00:00", "25:00:00"]] == book.instrument.trading_time.night
     assert quote["upper_limit"] == 92020.0 and quote["lower_limit"] == 79980.0
 
 

@@ -173,7 +173,9 @@ class DiffServer:
                     exchange.market.subscription_changed(link)
             elif isinstance(event, messages.InsQuery):
                 engine = exchange.engine
-                session.answer_query(event, engine.instruments.values(), engine.main_contracts)
+                session.answer_query(
+                    event, engine.instruments.values(), engine.main_contracts, engine.market_hours
+                )
             # confirm_settlement needs nothing from the exchange.
         except QaexError as exc:
             session.refused(exc)

@@ -28,8 +28,10 @@ from qaex.api.auth import TokenError, TokenSigner, bearer, is_admin_token
 from qaex.api.metrics import Histogram, exposition, sample
 from qaex.config import Config
 from qaex.core import limits
+from qaex.core.calendar import published_trading_time
 from qaex.core.chart import MAX_VIEW_WIDTH
 from qaex.core.errors import QaexError
+from qaex.core.instruments import TradingTime
 from qaex.core.orders import InsertOrder
 from qaex.core.quote import NAN_ON_WIRE
 from qaex.core.throttle import Throttled
@@ -54,6 +56,7 @@ STATUS_BY_CODE = {
     "insufficient_funds": 422,
     "not_tradable": 422,  # a KQ.m@ main-contract series: the message names the contract to trade
     "rate_limited": 429,
+    "market_closed": 422,
 }
 
 
@@ -290,7 +293,8 @@ async def on_unexpected(exc: Exception) -> Response:
 async def health() -> Response:
     exchange = services().exchange
     users, sessions = len(exchange.engine.users), len(exchange.snapshots.links)
-    return json_response(proto.Health("ok", exchange.engine.trading_day, users, sessions))
+    engine = exchange.engine
+    return json_response(proto.Health("ok", engine.trading_day, users, sessions, engine.market_hours))
 
 
 @route("GET", "/metrics", "Prometheus text exposition", answer=str)
@@ -548,7 +552,13 @@ async def get_trades() -> Response:
 # -- market data ---------------------------------------------------------------------------------------------
 @route("GET", "/api/market/instruments", "Every listed contract", answer=proto.InstrumentsResponse)
 async def instruments() -> Response:
-    return json_response({"instruments": dict(services().exchange.engine.instruments)})
+    """Each contract with the ``trading_time`` the market-hours policy publishes (as DIFF does)."""
+    engine = services().exchange.engine
+    listed = {}
+    for symbol, instrument in engine.instruments.items():
+        shown = published_trading_time(instrument.trading_time, engine.market_hours)
+        listed[symbol] = msgspec.structs.replace(instrument, trading_time=TradingTime(**shown))
+    return json_response({"instruments": listed})
 
 
 def _depth(symbol: str, levels: int) -> tuple[list[tuple[float, int]], list[tuple[float, int]]]:

@@ -24,6 +24,7 @@ from qaex.core import errors, limits, main_contracts, notify_codes
 from qaex.core.account import Account, Position
 from qaex.core.book import OrderBook
 from qaex.core.calendar import CHINA_TZ as CHINA_TZ  # trading days live in qaex.core.calendar
+from qaex.core.calendar import MarketHours, default_holiday_calendar, sessions
 from qaex.core.calendar import next_trading_day as next_trading_day
 from qaex.core.calendar import trading_day_of as trading_day_of
 from qaex.core.commands import (
@@ -153,18 +154,24 @@ _RENAMED_BATCH_FIELDS = {"books": "depth_changed", "instruments": "instruments_c
 class Engine:
     """All exchange state and the rules that change it. Synchronous; no IO; no clock."""
 
+    market_hours: MarketHours = "always"  # also what a checkpoint from before the setting has
+
     def __init__(
         self,
         instruments: InstrumentRegistry | None = None,
         *,
         trading_day: str = "",
         max_orders_per_second: int = 0,
+        market_hours: MarketHours = "always",
     ) -> None:
         self.instruments = instruments if instruments is not None else InstrumentRegistry()
         self.books: dict[str, OrderBook] = {symbol: OrderBook(symbol) for symbol in self.instruments}
         self.users: dict[str, UserRecord] = {}
         self.trading_day = trading_day
         self.max_orders_per_second = max_orders_per_second
+        # QAEX_MARKET_HOURS: "exchange" refuses orders outside their contract's sessions (whole, like
+        # the rate limit: a refusal changes nothing, so replaying the journal needs no calendar).
+        self.market_hours = market_hours
         self.last_price: dict[str, float] = {}
         # The price positions are marked at: the last trade, or the settlement price until the next
         # trade after a settlement (positions were just re-priced at it).
@@ -387,6 +394,8 @@ class Engine:
         if order_id in record.orders:
             # The existing order keeps its state; the duplicate is refused without a trace in the tree.
             raise risk(errors.DUPLICATE_ORDER_ID, f"下单失败, 委托单号重复: {order_id}")
+        if self.market_hours == "exchange":
+            self._check_market_open(request, ts)
         if self.max_orders_per_second and not record.rate_exempt:
             # Every order counts, refused ones included; one over the rate is refused as a whole, so a
             # flood costs neither memory nor journal. Replays see only the counted (journaled) orders.
@@ -462,6 +471,23 @@ class Engine:
             order.last_msg = MSG_PARTIAL if order.volume_left < order.volume_orign else MSG_ACCEPTED
             self._batch.depth_changed.add(symbol)
         return order
+
+    def market_open(self, instrument: Instrument, ts: int) -> bool:
+        """Whether the policy lets ``instrument`` trade at ``ts``: always under ``always``; within its
+        sessions on trading days under ``exchange`` (qaex.core.calendar.sessions)."""
+        return self.market_hours == "always" or sessions.is_open(
+            instrument.trading_time, ts, default_holiday_calendar()
+        )
+
+    def _check_market_open(self, request: InsertOrder, ts: int) -> None:
+        """Refuse (whole) an order outside its contract's sessions; an unknown symbol is left to
+        _validate (a recorded rejection, as in any mode)."""
+        symbol = f"{request.exchange_id}.{request.instrument_id}"
+        instrument = self._instrument_of.get(symbol)
+        if instrument is not None:
+            closed = sessions.closed_message(symbol, instrument.trading_time, ts, default_holiday_calendar())
+            if closed is not None:
+                raise risk(errors.MARKET_CLOSED, closed)
 
     def _validate(
         self, record: UserRecord, order: Order, symbol: str, ts: int

@@ -38,6 +38,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, NoReturn
 
+from qaex.core.calendar import MarketHours, published_trading_time
 from qaex.core.instruments import Instrument
 from qaex.core.main_contracts import CONT_CLASS, CONT_EXCHANGE, cont_name, cont_symbol
 
@@ -266,6 +267,8 @@ def answer(
     instruments: Iterable[Instrument],
     variables: dict[str, Any] | None = None,
     main_contracts: Mapping[str, str] | None = None,
+    *,
+    market_hours: MarketHours = "always",
 ) -> dict[str, Any]:
     """The ``result`` of a ``multi_symbol_info`` query over the listed contracts: the futures, then
     the main-contract series of ``main_contracts`` (product -> its main's symbol, as
@@ -273,7 +276,9 @@ def answer(
 
     qaex lists no options, so a future here never has derivatives, and a query for derivatives
     (TqSdk's ``query_options``) finds the future without any. A series is never expired; it has
-    its main's product and trading hours.
+    its main's product and trading hours. ``trading_time`` (and the ``has_night`` filter) is what
+    the market-hours policy publishes (qaex.core.calendar.sessions.published_trading_time), as in
+    the DIFF quotes.
     """
     arguments = parse(query, variables)
     classes = _as_set(arguments.get("class", arguments.get("class_")))
@@ -286,13 +291,16 @@ def answer(
     if arguments.get("has_derivatives") is True:
         return {"multi_symbol_info": found}  # no contract has options listed on it
 
+    def published(instrument: Instrument) -> dict[str, Any]:
+        return published_trading_time(instrument.trading_time, market_hours)
+
     def wanted(exchange_id: str, instrument: Instrument, symbol: str, is_expired: bool) -> bool:
         return not (
             (exchanges is not None and exchange_id not in exchanges)
             or (products is not None and instrument.product_id not in products)
             or (symbols is not None and symbol not in symbols)
             or (expired is not None and is_expired != expired)
-            or (has_night is not None and bool(instrument.trading_time.night) != has_night)
+            or (has_night is not None and bool(published(instrument)["night"]) != has_night)
         )
 
     listed: dict[str, Instrument] = {}
@@ -301,17 +309,17 @@ def answer(
         symbol = f"{instrument.exchange_id}.{instrument.instrument_id}"
         listed[symbol] = instrument
         if futures and wanted(instrument.exchange_id, instrument, symbol, instrument.expired):
-            found.append(_future_entry(instrument, symbol))
+            found.append(_future_entry(instrument, symbol, market_hours))
     if main_contracts and (classes is None or CONT_CLASS in classes):
         for product, main in sorted(main_contracts.items()):
             underlying = listed.get(main)
             series = cont_symbol(product)
             if underlying is not None and wanted(CONT_EXCHANGE, underlying, series, False):
-                found.append(_cont_entry(series, underlying, main))
+                found.append(_cont_entry(series, underlying, main, market_hours))
     return {"multi_symbol_info": found}
 
 
-def _future_entry(instrument: Instrument, symbol: str) -> dict[str, Any]:
+def _future_entry(instrument: Instrument, symbol: str, market_hours: MarketHours) -> dict[str, Any]:
     return {
         "__typename": "future",
         "instrument_id": symbol,
@@ -325,12 +333,13 @@ def _future_entry(instrument: Instrument, symbol: str) -> dict[str, Any]:
         # Nanoseconds here: TqSdk's GraphQL schema has them so (utils_symbols divides by 1e9),
         # while a quote's expire_datetime is in seconds.
         "expire_datetime": int(instrument.expire_datetime * 1_000_000_000),
+        "trading_time": published_trading_time(instrument.trading_time, market_hours),
     }
 
 
-def _cont_entry(series: str, underlying: Instrument, main: str) -> dict[str, Any]:
+def _cont_entry(series: str, underlying: Instrument, main: str, market_hours: MarketHours) -> dict[str, Any]:
     """A ``cont`` entry: its main's figures under the series' name, and the main as its underlying."""
-    entry = _future_entry(underlying, series)
+    entry = _future_entry(underlying, series, market_hours)
     entry.update(
         {
             "__typename": "cont",
@@ -340,7 +349,9 @@ def _cont_entry(series: str, underlying: Instrument, main: str) -> dict[str, Any
             "expired": False,
             "underlying": {
                 "count": 1,
-                "edges": [{"underlying_multiple": 1.0, "node": _future_entry(underlying, main)}],
+                "edges": [
+                    {"underlying_multiple": 1.0, "node": _future_entry(underlying, main, market_hours)}
+                ],
             },
         }
     )

@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from qaex.core.calendar import MarketHours
 from qaex.core.chart import Chart, ChartRequest, SeriesView
 from qaex.core.engine import Batch, Depth
 from qaex.core.instruments import Instrument
@@ -80,12 +81,20 @@ class MarketChanges:
 class MarketState:
     """Quotes and series of every instrument, and the changes not taken yet (see the module docstring)."""
 
-    def __init__(self, instruments: Mapping[str, Instrument], *, history: int = DEFAULT_MAX_LEN) -> None:
+    def __init__(
+        self,
+        instruments: Mapping[str, Instrument],
+        *,
+        history: int = DEFAULT_MAX_LEN,
+        market_hours: MarketHours = "always",
+    ) -> None:
         """``instruments``: the registry, shared with the engine (a quote shows its instrument's current
         spec); a symbol is listed by :meth:`list_instrument` or by the first batch that names it.
         ``history``: bars (and ticks) kept per series; TqSdk never asks for more than 10,000.
+        ``market_hours``: the policy, which decides the ``trading_time`` the quotes show.
         """
         self.instruments = instruments
+        self.market_hours = market_hours
         self.history = history
         self.quotes: dict[str, QuoteBook] = {}
         self.conts: dict[str, ContQuote] = {}  # main-contract series, by KQ.m@ symbol
@@ -131,7 +140,7 @@ class MarketState:
         arrives in a batch also queues them for the sessions connected before.
         """
         now = self._now(now_ns)
-        quote = QuoteBook(self.instruments[symbol], now_ns=now)
+        quote = QuoteBook(self.instruments[symbol], now_ns=now, market_hours=self.market_hours)
         if last_price is not None:
             quote.last_price = last_price
         if open_interest is not None:
@@ -250,6 +259,17 @@ class MarketState:
             now,
         )
         self._touch_quote(quote.symbol)
+
+    def restamp(self, symbols: list[str], now_ns: int) -> None:
+        """Stamp these quotes with the time (same depth), so that their next patch carries a new
+        ``datetime``: at a session's open, for clients that re-check the hours on a quote change only
+        (TqSdk's TargetPosTask)."""
+        now = self._now(now_ns)
+        for symbol in symbols:
+            quote = self.quotes.get(symbol)
+            if quote is not None:
+                quote.on_depth(quote.bids, quote.asks, now)
+                self._touch_quote(symbol)
 
     def _touch_quote(self, symbol: str) -> None:
         self._dirty_quotes.add(symbol)

@@ -41,6 +41,9 @@ NOTIFY_TRANSFER_FAILED: Final = 422
 NOTIFY_SELF_TRADE: Final = 423
 NOTIFY_NO_LIQUIDITY: Final = 424
 """Reserved for a market order that finds nothing to trade with (``errors.NO_LIQUIDITY``; not sent today)."""
+NOTIFY_MARKET_CLOSED: Final = 425
+"""An order outside its contract's trading sessions (``QAEX_MARKET_HOURS=exchange``); the text says
+when the contract opens next."""
 NOTIFY_RATE_LIMITED: Final = 429
 """Too many messages (session) or orders (user) per second, or too many failed logins (throttle)."""
 NOTIFY_BAD_MESSAGE: Final = 490

@@ -24,7 +24,11 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from qaex.core.calendar import CST_OFFSET_NS  # UTC+8 all year (no daylight saving): a fixed offset is exact
+from qaex.core.calendar import (
+    CST_OFFSET_NS,  # UTC+8 all year (no daylight saving): a fixed offset is exact
+    MarketHours,
+    published_trading_time,
+)
 from qaex.core.instruments import Instrument
 from qaex.core.main_contracts import CONT_CLASS, CONT_EXCHANGE, cont_name
 
@@ -66,10 +70,15 @@ class QuoteBook:
     :meth:`new_trading_day` is the one place that rolls them.
     """
 
-    def __init__(self, instrument: Instrument, now_ns: int | None = None) -> None:
+    def __init__(
+        self, instrument: Instrument, now_ns: int | None = None, *, market_hours: MarketHours = "always"
+    ) -> None:
         """``now_ns`` stamps the quote at once: TqSdk's ``get_quote`` blocks until ``datetime`` is set,
-        so a book created with it can be subscribed to before the first depth or trade arrives."""
+        so a book created with it can be subscribed to before the first depth or trade arrives.
+        ``market_hours``: the policy, which decides the ``trading_time`` shown
+        (qaex.core.calendar.sessions)."""
         self.instrument = instrument
+        self.market_hours = market_hours
         self.symbol = instrument.symbol
         self.datetime_ns: int | None = now_ns
         self.last_price = math.nan
@@ -185,10 +194,7 @@ class QuoteBook:
             "pre_open_interest": instrument.pre_open_interest,
             "upper_limit": wire_float(instrument.upper_limit),
             "lower_limit": wire_float(instrument.lower_limit),
-            "trading_time": {
-                "day": [list(span) for span in instrument.trading_time.day],
-                "night": [list(span) for span in instrument.trading_time.night],
-            },
+            "trading_time": published_trading_time(instrument.trading_time, self.market_hours),
         }
 
     def full(self) -> Patch:

@@ -92,15 +92,13 @@ class Exchange:
         market: MarketData | None = None,
         mark_interval: float = 0.5,
         settle_at: dt.time | None = None,
+        settlement_calendar: HolidayCalendar | None = None,
         max_sessions_per_user: int = DEFAULT_MAX_SESSIONS_PER_USER,
         guard: AccessGuard | None = None,
         listing: ProductListing | None = None,
-        trading_calendar: HolidayCalendar | None = None,
     ) -> None:
         self.listing = listing
         """None: the instruments are fixed (a file, or the engine's own); else listed by product and date."""
-        self.trading_calendar = trading_calendar
-        """The days that settle and trade: None, every weekday (TqSdk's 18:00 roll); else its trading days."""
         self.engine = engine if engine is not None else Engine()
         batch_send, batch_receive = trio.open_memory_channel[Batch](256)
         router_kwargs: dict[str, Any] = {"journal": journal}
@@ -123,6 +121,7 @@ class Exchange:
         self._checking: dict[str, _Gate] = {}  # source address -> its password checks, one at a time
         self.mark_interval = mark_interval
         self.settle_at = settle_at
+        self.settlement_calendar = settlement_calendar  # None: every weekday settles
         self._wall_clock = clock if clock is not None else time.time_ns
         # Set by qaex.api.diff_server.serve_diff; nothing reads it (issue #14: to go with that line).
         self.diff_server: object = None
@@ -191,7 +190,7 @@ class Exchange:
             await self.relist()  # the first command: the engine's trading day is the clock's
         if self.settle_at is not None:
             now = self._wall_clock()
-            due = format_day(china_date_of(next_settlement(now, self.settle_at, self.trading_calendar)))
+            due = format_day(china_date_of(next_settlement(now, self.settle_at, self.settlement_calendar)))
             for _ in range(MAX_CATCH_UP_SETTLEMENTS):
                 if not self.engine.trading_day or self.engine.trading_day >= due:
                     break
@@ -206,7 +205,7 @@ class Exchange:
         listing = self.listing
         if listing is None:
             return
-        day = self.engine.trading_day or trading_day_of(self._wall_clock(), self.trading_calendar)
+        day = self.engine.trading_day or trading_day_of(self._wall_clock(), self.settlement_calendar)
         update = listing_update(
             self.engine.instruments,
             listing.products,
@@ -238,8 +237,14 @@ class Exchange:
             if self.engine.prices_moved:
                 await self.router.execute(lambda ts: commands.MarkToMarket(ts=ts))
 
+    def market_open(self, instrument: Instrument) -> bool:
+        """Whether `instrument` trades now under the market-hours policy (the engine's rule, at the
+        wall clock; the router stamps an order a moment later, so at a session's edge it may differ)."""
+        return self.engine.market_open(instrument, self._wall_clock())
+
     async def _daily_settlement(self, at: dt.time) -> None:
-        """Settle every weekday at `at` (China time), like the exchanges' end of day.
+        """Settle every weekday (with `settlement_calendar`: every trading day) at `at` (China time),
+        like the exchanges' end of day.
 
         Settlement cancels open orders, rolls positions to the settlement prices (the last price of
         each instrument) and starts a new trading day, which also clears the day's finished orders
@@ -247,7 +252,7 @@ class Exchange:
         """
         while True:
             now = self._wall_clock()
-            due = next_settlement(now, at)
+            due = next_settlement(now, at, self.settlement_calendar)
             await trio.sleep((due - now) / 1e9)
             prices = await self.settle()
             log.info("daily settlement at %s: %d instruments settled", at.strftime("%H:%M"), len(prices))
@@ -395,7 +400,7 @@ class Exchange:
         """Settle the trading day (the engine's rules: VWAP prices, expiries), then list and delist
         for the next one. The next day is `trading_day`, by default the calendar's next trading day."""
         if not trading_day and self.engine.trading_day:
-            trading_day = next_trading_day(self.engine.trading_day, self.trading_calendar)
+            trading_day = next_trading_day(self.engine.trading_day, self.settlement_calendar)
         settled = await self.router.execute(
             lambda ts: commands.Settle(ts=ts, prices=prices or {}, trading_day=trading_day)
         )

@@ -40,6 +40,7 @@ from typing import Any
 import msgspec
 import trio
 
+from qaex.core.calendar import default_holiday_calendar, next_opening
 from qaex.core.chart import Chart
 from qaex.core.engine import Batch, Engine
 from qaex.core.kline import DEFAULT_MAX_LEN, NS_PER_SECOND, KlineSeries, TickSeries
@@ -89,7 +90,7 @@ class MarketData:
         self._last_publish = -math.inf
         self._clock = clock
         self.batches, self._receive = trio.open_memory_channel[Batch](channel_size)
-        self.state = MarketState(engine.instruments, history=history)
+        self.state = MarketState(engine.instruments, history=history, market_hours=engine.market_hours)
         now = clock()
         for symbol in engine.instruments:
             self.state.list_instrument(
@@ -134,6 +135,8 @@ class MarketData:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._bar_timer, name="market:bar-timer")
+            if self.state.market_hours == "exchange":
+                nursery.start_soon(self._session_timer, name="market:session-timer")
             task_status.started()
             log.info("market data ready: %d instruments", len(self.state.quotes))
             async with self._receive:
@@ -167,6 +170,26 @@ class MarketData:
             await trio.sleep(max(boundary - now, 1) / NS_PER_SECOND)
             self.advance_time(self._clock())
             await self.publish_in_steps()
+
+    async def _session_timer(self) -> None:
+        """QAEX_MARKET_HOURS=exchange: at each session open, restamp and publish the quotes of the
+        contracts opening, so clients that re-check the hours on a quote change only (TqSdk's
+        TargetPosTask) see the market open. Looks again at least once a minute (contracts listed
+        meanwhile)."""
+        calendar = default_holiday_calendar()
+        while True:
+            now = self._clock()
+            contracts = ((s, i.trading_time) for s, i in self.state.instruments.items())
+            found = next_opening(contracts, now, calendar)
+            if found is None:
+                await trio.sleep(60)
+                continue
+            at, symbols = found
+            await trio.sleep(min(at - now, 60 * NS_PER_SECOND) / NS_PER_SECOND)
+            now = self._clock()
+            if now >= at:
+                self.state.restamp(symbols, now)
+                await self.publish_in_steps()
 
     # -- inputs ------------------------------------------------------------------------------------
     def apply(self, batch: Batch) -> None:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qaex.core.calendar import MarketHours
 from qaex.core.commands import (
     AnyCommand,
     Cancel,
@@ -459,13 +460,16 @@ def open_journal(
     *,
     fsync: bool = True,
     max_orders_per_second: int | None = None,
+    market_hours: MarketHours | None = None,
     **journal_options: Any,
 ) -> tuple[Journal, Recovered]:
     """Recover, then open the journal on the recovered engine, ready for the router.
 
     A checkpoint carries the engine's settings, because replay must use the ones the commands were
     applied with. A changed rate limit from the configuration is applied only after replay, followed
-    by a checkpoint, so the commands that follow replay against the new value too.
+    by a checkpoint, so the commands that follow replay against the new value too. The market-hours
+    policy likewise (a journaled order was accepted, so a replay with the check off agrees; one with it
+    on must have the calendar the order was accepted with).
     """
     recovered = recover(data_dir, fresh_engine)
     engine = recovered.engine
@@ -481,6 +485,10 @@ def open_journal(
     if max_orders_per_second is not None and engine.max_orders_per_second != max_orders_per_second:
         log.info("max_orders_per_second %d -> %d", engine.max_orders_per_second, max_orders_per_second)
         engine.max_orders_per_second = max_orders_per_second
+        journal.checkpoint_now()
+    if market_hours is not None and engine.market_hours != market_hours:
+        log.info("market_hours %s -> %s", engine.market_hours, market_hours)
+        engine.market_hours = market_hours
         journal.checkpoint_now()
     return journal, recovered
 

@@ -38,6 +38,10 @@ orders it slows down in proportion (a day without settlement then costs ~300k or
 run ``POST /api/admin/settle`` daily on a long-running server. The
 gateway sends these accounts no patches (nobody can log in as them: their passwords are random and
 never shown), so they cost the engine's records only.
+
+With ``QAEX_MARKET_HOURS=exchange`` a ladder places no order while its contract is closed (out of its
+sessions, weekends, holidays); the settlement cancels the resting ones, and the first step after the
+next session opens puts the ladder back up.
 """
 
 from __future__ import annotations
@@ -371,7 +375,7 @@ class LiquiditySimulator:
     async def step(self, ladder: Ladder) -> None:
         """Move the reference, maybe send a taker order, then restore the ladder."""
         instrument = ladder.instrument
-        if instrument.suspended or instrument.expired:
+        if instrument.suspended or instrument.expired or not self.exchange.market_open(instrument):
             return  # orders would only be rejected (and pile up in the day's records)
         self._forget_finished(ladder)
         ladder.walk()
@@ -388,6 +392,8 @@ class LiquiditySimulator:
                 del ladder.live[order_id]
 
     async def _reconcile(self, ladder: Ladder) -> None:
+        if not self.exchange.market_open(ladder.instrument):
+            return  # QAEX_MARKET_HOURS=exchange, out of hours: the ladder goes up at the session's open
         cancels, inserts = ladder.plan()
         for order_id in cancels:
             del ladder.live[order_id]
@@ -398,7 +404,12 @@ class LiquiditySimulator:
         instrument = ladder.instrument
         for buy, price, lots in inserts:
             order_id = ladder.new_order_id()
-            order = await self._send(MAKER, instrument, order_id, buy, price, lots, "OPEN", "GFD")
+            try:
+                order = await self._send(MAKER, instrument, order_id, buy, price, lots, "OPEN", "GFD")
+            except QaexError as exc:
+                if exc.code == "market_closed":  # the session ended between the check and the router
+                    return
+                raise
             if order["status"] == "ALIVE":
                 ladder.live[order_id] = (buy, price)
             elif not order["exchange_order_id"]:
@@ -415,7 +426,11 @@ class LiquiditySimulator:
         lots = ladder.rng.randint(1, min(2, instrument.max_limit_order_volume))
         offset = self._taker_offset(instrument, buy, lots)
         order_id = f"{ladder.new_order_id()}t"
-        await self._send(TAKER, instrument, order_id, buy, price, lots, offset, "IOC")
+        try:
+            await self._send(TAKER, instrument, order_id, buy, price, lots, offset, "IOC")
+        except QaexError as exc:
+            if exc.code != "market_closed":  # the session ended between the check and the router
+                raise
 
     def _taker_offset(self, instrument: Instrument, buy: bool, lots: int) -> Offset:
         """Close what the taker holds on the other side first (today's lots on SHFE/INE), else open."""

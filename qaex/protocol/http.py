@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, get_type_hints
 import msgspec
 
 from qaex.core.account import ACCOUNT_FIELDS, Position
+from qaex.core.calendar import MarketHours
 from qaex.core.instruments import Instrument
 from qaex.core.limits import (
     Amount,
@@ -124,6 +125,7 @@ class Health(msgspec.Struct):
     trading_day: str
     users: int
     sessions: int
+    market_hours: MarketHours  # QAEX_MARKET_HOURS: "always" (round the clock) or "exchange" (real sessions)
 
 
 class LoginResponse(msgspec.Struct):
@@ -161,10 +163,12 @@ class OrderView(msgspec.Struct):
 
 
 class RejectedOrderResponse(msgspec.Struct):
-    """422 answer to an order the exchange recorded but refused: the reason and the order itself."""
+    """422 answer to an order the exchange refused: the reason, and the order itself when it was
+    recorded (a risk check); an order refused whole (``market_closed``: outside its contract's
+    sessions under QAEX_MARKET_HOURS=exchange) is not recorded and has none."""
 
     error: ErrorDetail
-    order: OrderView
+    order: OrderView | None = None
 
 
 class OrdersResponse(msgspec.Struct):

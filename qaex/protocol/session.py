@@ -39,6 +39,7 @@ from typing import Any, Final
 import msgspec
 
 from qaex.core import ins_query
+from qaex.core.calendar import MarketHours
 from qaex.core.errors import QaexError
 from qaex.core.instruments import Instrument
 from qaex.core.notify_codes import (
@@ -305,10 +306,11 @@ class DiffSession:
         message: InsQuery,
         instruments: Iterable[Instrument],
         main_contracts: Mapping[str, str] | None = None,
+        market_hours: MarketHours = "always",
     ) -> None:
         """Answer an ins_query under ``symbols/{query_id}`` from the listed ``instruments`` and the
-        products' ``main_contracts`` (:func:`qaex.core.ins_query.answer`); an empty query drops the
-        answer.
+        products' ``main_contracts`` (:func:`qaex.core.ins_query.answer`), with ``trading_time`` as
+        the ``market_hours`` policy publishes it; an empty query drops the answer.
 
         A query qaex does not understand is still answered (empty), so that the client does not wait for
         its timeout, with an ERROR notify saying why; the refused query is not echoed back (it may be as
@@ -319,7 +321,9 @@ class DiffSession:
             return
         query, variables = message.query, message.variables or {}
         try:
-            result = ins_query.answer(query, instruments, message.variables, main_contracts)
+            result = ins_query.answer(
+                query, instruments, message.variables, main_contracts, market_hours=market_hours
+            )
         except ins_query.UnsupportedQuery as exc:
             self.notify(NOTIFY_BAD_MESSAGE, "ERROR", str(exc))
             result, query, variables = {}, "", {}

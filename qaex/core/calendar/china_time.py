@@ -48,6 +48,14 @@ def china_epoch_seconds(day: dt.date, at: dt.time) -> float:
     return dt.datetime.combine(day, at, tzinfo=CHINA_TZ).timestamp()
 
 
+def format_china_time(ts_ns: int) -> str:
+    """Epoch ns as China time to the second, ``"2026-12-07 09:00:00"`` (for messages)."""
+    days, rest = divmod(ts_ns + CST_OFFSET_NS, NS_PER_DAY)
+    seconds = rest // NS_PER_SECOND
+    day = dt.date(1970, 1, 1) + dt.timedelta(days=days)
+    return f"{day.isoformat()} {seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
 def parse_day(text: str) -> dt.date:
     """``"20261202"`` (how the engine and DIFF spell a trading day) -> 2026-12-02."""
     try:
