@@ -287,9 +287,9 @@ SYMBOL_INFO_KQ = (
 )
 
 
-def answer(query: str, engine: Engine) -> list[dict[str, Any]]:
+def answer(query: str, engine: Engine, market_hours: Any = "always") -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = ins_query.answer(
-        query, engine.instruments.values(), None, engine.main_contracts
+        query, engine.instruments.values(), None, engine.main_contracts, market_hours=market_hours
     )["multi_symbol_info"]
     return found
 
@@ -308,8 +308,9 @@ def test_query_cont_quotes_finds_the_main_of_each_product() -> None:
     assert mains == ["SHFE.rb2601"]
     futures = answer(CONT_QUOTES.replace("CONT", "FUTURE"), engine)
     assert all(entry["class"] == "FUTURE" for entry in futures) and len(futures) == len(engine.instruments)
-    night = answer(CONT_QUOTES.replace("class: [CONT]", "class: [CONT], has_night: false"), engine)
-    assert [entry["instrument_id"] for entry in night] == ["KQ.m@CFFEX.IF"]
+    day_only = CONT_QUOTES.replace("class: [CONT]", "class: [CONT], has_night: false")
+    assert answer(day_only, engine) == []  # QAEX_MARKET_HOURS=always: every contract trades at night
+    assert [entry["instrument_id"] for entry in answer(day_only, engine, "exchange")] == ["KQ.m@CFFEX.IF"]
 
 
 def test_query_symbol_info_of_a_kq_symbol_as_tqsdk_reads_it() -> None:
