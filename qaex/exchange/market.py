@@ -13,7 +13,8 @@ service holds what needs trio or knows sessions:
   ``publish_interval``) or a timer tick, :meth:`MarketData.publish` takes the state's changes and pushes
   **each patch dict itself** to every session subscribed to its object - one patch build per change
   batch, whatever the number of subscribers; each session's PendingPatches coalesces what it has not
-  sent yet. The writers are woken a few at a time (:meth:`MarketData.wake_in_steps`).
+  sent yet. The writers are woken a few per scheduler pass (:meth:`MarketData.wake_in_steps`,
+  qaex.exchange.pacing).
 
 Who sees what:
 
@@ -46,6 +47,7 @@ from qaex.core.kline import DEFAULT_MAX_LEN, NS_PER_SECOND, KlineSeries, TickSer
 from qaex.core.market import ChartRefused, MarketState, SeriesKey
 from qaex.core.notify_codes import NOTIFY_BAD_INSTRUMENT
 from qaex.core.quote import DEPTH_LEVELS, QuoteBook
+from qaex.exchange.pacing import WakePacer
 from qaex.exchange.snapshot import SessionLink
 
 log = logging.getLogger("qaex.market")
@@ -56,8 +58,6 @@ WAKE_STEP = 4
 """Writers a publish wakes between two pauses (see MarketData.wake_in_steps)."""
 SPREAD = 0.4
 """A publish wakes its subscribers over at most this fraction of the publish interval."""
-MIN_PAUSE = 0.0002
-"""Shorter pauses are not worth a timer: a checkpoint instead."""
 
 
 class MarketData:
@@ -86,6 +86,7 @@ class MarketData:
         """
         self.publish_interval = publish_interval
         self._rotation = 0
+        self._pacer = WakePacer[SessionLink](WAKE_STEP)
         self._last_publish = -math.inf
         self._clock = clock
         self.batches, self._receive = trio.open_memory_channel[Batch](channel_size)
@@ -186,30 +187,20 @@ class MarketData:
         await self.wake_in_steps(self._push_changes())
 
     async def wake_in_steps(self, links: list[SessionLink]) -> None:
-        """Wake these sessions' writers :data:`WAKE_STEP` at a time, spread over part of the interval.
+        """Wake these sessions' writers :data:`WAKE_STEP` per scheduler pass, the passes spread over
+        at most :data:`SPREAD` of the publish interval (qaex.exchange.pacing, the scheme the
+        SnapshotManager uses too).
 
         A publish may wake a thousand writers, and each then encodes and sends a frame. Woken all
         together they form one long scheduler batch, and an order's acknowledgement that becomes
-        ready meanwhile waits behind the whole burst. Woken a few at a time, with a pause between,
-        spread over at most :data:`SPREAD` of the publish interval, the trading path runs in between.
-        Each publish starts at another place in the list, so that no session is always the last to
-        hear.
+        ready meanwhile waits behind the whole burst; woken a few at a time, with a pause between,
+        the trading path runs in between. Each publish starts at another place in the list, so that
+        no session is always the last to hear.
         """
-        if not links:
-            return
-        self._rotation = (self._rotation + int(len(links) * 0.618) + 1) % len(links)
-        links = links[self._rotation :] + links[: self._rotation]
-        steps = -(-len(links) // WAKE_STEP)
-        pause = SPREAD * self.publish_interval / steps
-        for start in range(0, len(links), WAKE_STEP):
-            if start:  # a pause between two steps, none after the last
-                if pause >= MIN_PAUSE:
-                    await trio.sleep(pause)
-                else:
-                    await trio.lowlevel.checkpoint()
-            for link in links[start : start + WAKE_STEP]:
-                link.wake()
-        await trio.lowlevel.checkpoint()
+        if links:
+            self._rotation = (self._rotation + int(len(links) * 0.618) + 1) % len(links)
+            links = links[self._rotation :] + links[: self._rotation]
+        await self._pacer.wake_all(links, spread=SPREAD * self.publish_interval)
 
     def _push_changes(self) -> list[SessionLink]:
         """Push the state's changes since the last publish into the sessions; returns those to wake."""
@@ -257,6 +248,7 @@ class MarketData:
 
     def remove_session(self, link: SessionLink) -> None:
         self._links.discard(link)
+        self._pacer.discard(link)
         for symbol in self._subscribed.pop(link, set()):
             self._quote_links[symbol].discard(link)
         for chart in self._charts.pop(link, {}).values():
