@@ -285,5 +285,4 @@ async def serve_diff(
         max_message_size=config.max_message_size,
         max_messages_per_second=config.max_messages_per_second,
     )
-    exchange.diff_server = server
     await server.serve(config.diff_host, config.diff_port, task_status=task_status)
