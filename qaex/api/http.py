@@ -618,7 +618,9 @@ async def klines(symbol: str) -> Response:
 async def ticks(symbol: str) -> Response:
     market = _market_data(symbol)
     count = query_int("count", 200, 1, MAX_VIEW_WIDTH)
-    series = market.ticks[symbol]
+    series = market.series(symbol, 0)
+    if series is None:  # listed a moment ago: the market service has not seen it yet
+        raise HttpError(404, "unknown_instrument", f"no ticks for {symbol!r} yet")
     window = series.window(series.last_id - count + 1, series.last_id)
     rows = [{"id": int(tick_id)} | tick for tick_id, tick in window.items()]  # NaN encodes as null
     return json_response(proto.TicksResponse(symbol, series.last_id, rows))

@@ -13,7 +13,6 @@ from qaex.core.notify_codes import (
     NOTIFY_DUPLICATE_ORDER_ID,
     NOTIFY_INSUFFICIENT_FUNDS,
     NOTIFY_INSUFFICIENT_POSITION,
-    NOTIFY_NO_LIQUIDITY,
     NOTIFY_PRICE_ABOVE_LIMIT,
     NOTIFY_PRICE_BELOW_LIMIT,
     NOTIFY_PRICE_OFF_TICK,
@@ -71,7 +70,6 @@ DUPLICATE_ORDER_ID = ("duplicate_order_id", NOTIFY_DUPLICATE_ORDER_ID)
 RATE_LIMITED = ("rate_limited", NOTIFY_RATE_LIMITED)
 SELF_TRADE = ("self_trade", NOTIFY_SELF_TRADE)
 BAD_ORDER = ("bad_order", NOTIFY_REFUSED)
-NO_LIQUIDITY = ("no_liquidity", NOTIFY_NO_LIQUIDITY)
 
 
 def risk(pair: tuple[str, int], message: str) -> RiskError:

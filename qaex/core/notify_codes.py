@@ -39,8 +39,6 @@ NOTIFY_TRANSFER_OK: Final = 421
 NOTIFY_TRANSFER_FAILED: Final = 422
 """A refused req_transfer: amount zero or out of bounds, not enough available, wrong future_password."""
 NOTIFY_SELF_TRADE: Final = 423
-NOTIFY_NO_LIQUIDITY: Final = 424
-"""Reserved for a market order that finds nothing to trade with (``errors.NO_LIQUIDITY``; not sent today)."""
 NOTIFY_RATE_LIMITED: Final = 429
 """Too many messages (session) or orders (user) per second, or too many failed logins (throttle)."""
 NOTIFY_BAD_MESSAGE: Final = 490

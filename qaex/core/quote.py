@@ -206,13 +206,7 @@ class QuoteBook:
                 "commission": instrument.commission(instrument.pre_settlement, 1, "OPEN"),
             }
         )
-        for number, ((bid_price, bid_volume), (ask_price, ask_volume)) in enumerate(
-            zip(self.bids, self.asks, strict=True), start=1
-        ):
-            fields[f"bid_price{number}"] = bid_price
-            fields[f"bid_volume{number}"] = bid_volume
-            fields[f"ask_price{number}"] = ask_price
-            fields[f"ask_volume{number}"] = ask_volume
+        self._add_levels(fields)
         return fields
 
     def at(
@@ -240,14 +234,19 @@ class QuoteBook:
             "amount": self.amount,
             "open_interest": self.open_interest,
         }
+        self._add_levels(tick)
+        return tick
+
+    def _add_levels(self, fields: Patch) -> None:
+        """``bid_price1..5``, ``bid_volume1..5``, ``ask_price1..5``, ``ask_volume1..5``: the quote's and
+        the tick's depth fields, in that order per level."""
         for number, ((bid_price, bid_volume), (ask_price, ask_volume)) in enumerate(
             zip(self.bids, self.asks, strict=True), start=1
         ):
-            tick[f"bid_price{number}"] = bid_price
-            tick[f"bid_volume{number}"] = bid_volume
-            tick[f"ask_price{number}"] = ask_price
-            tick[f"ask_volume{number}"] = ask_volume
-        return tick
+            fields[f"bid_price{number}"] = bid_price
+            fields[f"bid_volume{number}"] = bid_volume
+            fields[f"ask_price{number}"] = ask_price
+            fields[f"ask_volume{number}"] = ask_volume
 
     def take_patch(self) -> Patch | None:
         """``{"quotes": {symbol: {changed fields}}}`` since the previous take, or None if nothing changed.

@@ -128,9 +128,6 @@ class MarketData:
     def quote_patches_built(self) -> int:
         return self.state.quote_patches_built
 
-    @property
-    def series_patches_built(self) -> int:
-        return self.state.series_patches_built
 
     # -- the service -------------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

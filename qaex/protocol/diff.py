@@ -129,10 +129,8 @@ class InsQuery(_Message, frozen=True, tag="ins_query"):
     variables: Annotated[dict[ShortText, QueryValue], msgspec.Meta(max_length=64)] | None = None
 
 
-ClientMessage = (
-    PeekMessage
-    | ReqLogin
-    | ConfirmSettlement
+ClientEvent = (
+    ReqLogin
     | SubscribeQuote
     | SetChart
     | InsertOrderMessage
@@ -141,6 +139,10 @@ ClientMessage = (
     | ChangePassword
     | InsQuery
 )
+"""What :meth:`~qaex.protocol.session.DiffSession.receive` hands to the exchange (peek and
+confirm_settlement are the session's own)."""
+
+ClientMessage = PeekMessage | ConfirmSettlement | ClientEvent
 
 KNOWN_AIDS: Final[frozenset[str]] = frozenset(
     str(message_type.__struct_config__.tag) for message_type in ClientMessage.__args__
