@@ -24,10 +24,6 @@ class DataDir:
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock_fd: int | None = None
 
-    @property
-    def locked(self) -> bool:
-        return self._lock_fd is not None
-
     def lock(self) -> None:
         """Take the directory for this process; raises DataDirLocked if another server has it."""
         if self._lock_fd is not None:

@@ -62,7 +62,8 @@ from qaex.core.chart import MAX_VIEW_WIDTH
 from qaex.core.instruments import Instrument, InstrumentRegistry
 from qaex.protocol import diff, strict_json
 from qaex.protocol import http as proto
-from qaex.protocol.session import ClientEvent, DiffSession
+from qaex.protocol.diff import ClientEvent
+from qaex.protocol.session import DiffSession
 
 T = TypeVar("T")
 

@@ -9,7 +9,8 @@ import msgspec
 import pytest
 
 from qaex.core.instruments import InstrumentRegistry
-from qaex.core.quote import NAN_ON_WIRE, QuoteBook, format_datetime
+from qaex.core.quote import QuoteBook, format_datetime
+from qaex.protocol.diff import NAN_ON_WIRE, market_patch
 
 CST = timezone(timedelta(hours=8))
 T0 = int(datetime(2025, 11, 24, 9, 0, tzinfo=CST).timestamp()) * 1_000_000_000
@@ -85,11 +86,17 @@ def test_trade_updates_last_volume_amount_average_high_low_open(book: QuoteBook)
     assert quote["open_interest"] == 180001
 
 
-def test_prices_with_no_value_travel_as_the_nan_marker(book: QuoteBook) -> None:
+def is_nan(value: object) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def test_prices_with_no_value_are_nan_and_travel_over_diff_as_the_nan_marker(book: QuoteBook) -> None:
     quote = book.full()
+    wire = market_patch({"quotes": {"SHFE.cu2601": quote}})["quotes"]["SHFE.cu2601"]
     for key in ("last_price", "open", "highest", "lowest", "close", "average", "settlement", "bid_price1"):
-        assert quote[key] == NAN_ON_WIRE
-    assert quote["bid_volume1"] == 0
+        assert is_nan(quote[key])
+        assert wire[key] == NAN_ON_WIRE
+    assert quote["bid_volume1"] == 0 and wire["bid_volume1"] == 0
 
 
 def test_depth_updates_five_levels_and_pads_missing_ones(book: QuoteBook) -> None:
@@ -98,7 +105,8 @@ def test_depth_updates_five_levels_and_pads_missing_ones(book: QuoteBook) -> Non
     quote = book.full()
     assert [quote[f"bid_price{n}"] for n in range(1, 6)] == [86000.0, 85990.0, 85980.0, 85970.0, 85960.0]
     assert [quote[f"bid_volume{n}"] for n in range(1, 6)] == [1, 2, 3, 4, 5]
-    assert [quote[f"ask_price{n}"] for n in range(1, 4)] == [86010.0, 86020.0, NAN_ON_WIRE]
+    assert [quote[f"ask_price{n}"] for n in range(1, 3)] == [86010.0, 86020.0]
+    assert is_nan(quote["ask_price3"])
     assert [quote[f"ask_volume{n}"] for n in range(1, 4)] == [7, 8, 0]
 
 
@@ -109,8 +117,18 @@ def test_an_emptied_level_is_patched_to_the_nan_marker_not_null(book: QuoteBook)
     patch = book.take_patch()
     assert patch is not None
     changed = patch["quotes"]["SHFE.cu2601"]
-    assert changed["ask_price1"] == NAN_ON_WIRE and changed["ask_volume1"] == 0
-    assert b"null" not in msgspec.json.encode(patch)
+    assert is_nan(changed["ask_price1"]) and changed["ask_volume1"] == 0
+    wire = market_patch(patch)
+    assert wire["quotes"]["SHFE.cu2601"]["ask_price1"] == NAN_ON_WIRE
+    assert b"null" not in msgspec.json.encode(wire)
+    assert is_nan(patch["quotes"]["SHFE.cu2601"]["ask_price1"])  # the core's patch is left as it is
+
+
+def test_a_price_that_stays_nan_is_no_change(book: QuoteBook) -> None:
+    book.take_patch()
+    book.on_depth([], [], T0 + 1_000)  # nothing but the time moves; every price is still NaN
+    patch = book.take_patch()
+    assert patch == {"quotes": {"SHFE.cu2601": {"datetime": "2025-11-24 09:00:00.000001"}}}
 
 
 def test_first_take_patch_is_the_whole_quote(book: QuoteBook) -> None:
@@ -170,7 +188,7 @@ def test_new_trading_day_rolls_pre_fields_and_limits_and_resets_the_day(book: Qu
     assert quote["margin"] == pytest.approx(86080.0 * 5 * 0.10)
     assert quote["volume"] == 0 and quote["amount"] == 0.0
     for key in ("open", "highest", "lowest", "close", "average", "settlement"):
-        assert quote[key] == NAN_ON_WIRE
+        assert is_nan(quote[key])
     assert quote["last_price"] == 86100.0
     assert book.instrument.pre_settlement == 86080.0  # the router's limits follow
 
@@ -184,5 +202,7 @@ def test_to_tick_carries_the_diff_tick_fields(book: QuoteBook) -> None:
     assert tick["datetime"] == T0 + 7
     assert tick["last_price"] == 86010.0 and tick["volume"] == 1
     assert tick["bid_price1"] == 86000.0 and tick["ask_volume1"] == 4
-    assert tick["bid_price2"] == NAN_ON_WIRE
+    assert is_nan(tick["bid_price2"])
+    wire = market_patch({"ticks": {"SHFE.cu2601": {"last_id": 0, "data": {"0": tick}}}})
+    assert wire["ticks"]["SHFE.cu2601"]["data"]["0"]["bid_price2"] == NAN_ON_WIRE
     assert math.isclose(tick["average"], 86010.0)

@@ -132,7 +132,7 @@ def count_tasks() -> int:
     return count
 
 
-async def test_fills_create_no_tasks() -> None:
+async def test_fills_and_users_create_no_tasks() -> None:
     async with trio.open_nursery() as nursery:
         exchange = Exchange(Engine())
         await nursery.start(exchange.run)
@@ -149,12 +149,23 @@ async def test_fills_create_no_tasks() -> None:
                     )
                 )  # fmt: skip
 
-        await trade()  # the users' consumer tasks exist from the first patch on
+        await trade()  # the services' tasks all exist from the first fill on
         await trio.testing.wait_all_tasks_blocked()
         before = count_tasks()
         for _ in range(500):
             await trade()
         await trio.testing.wait_all_tasks_blocked()
         assert exchange.engine.trades_made == 501
+        assert count_tasks() == before
+        # Nor do users: one SnapshotManager consumer drains every user's channel (no task per user).
+        for user in ("c", "d"):
+            await exchange.open_account(user, "pw-123456", 1e9)
+            await exchange.insert_order(
+                InsertOrder(
+                    user_id=user, order_id=f"o{next(ids)}", exchange_id="SHFE", instrument_id="rb2601",
+                    direction="BUY", offset="OPEN", volume=1, limit_price=3000.0,
+                )
+            )  # fmt: skip
+        await trio.testing.wait_all_tasks_blocked()
         assert count_tasks() == before
         nursery.cancel_scope.cancel()

@@ -26,7 +26,8 @@ from qaex.core.throttle import LoginThrottled
 from qaex.exchange.router import Request
 from qaex.exchange.snapshot import SessionLink
 from qaex.protocol import diff as messages
-from qaex.protocol.session import ClientEvent, CloseConnection, Deposit, DiffSession, Withdraw
+from qaex.protocol.diff import ClientEvent
+from qaex.protocol.session import CloseConnection, Deposit, DiffSession, Withdraw
 
 if TYPE_CHECKING:
     from qaex.config import Config
@@ -288,5 +289,4 @@ async def serve_diff(
         max_message_size=config.max_message_size,
         max_messages_per_second=config.max_messages_per_second,
     )
-    exchange.diff_server = server
     await server.serve(config.diff_host, config.diff_port, task_status=task_status)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import re
 import time
 import uuid
@@ -33,9 +34,10 @@ from qaex.core.chart import MAX_VIEW_WIDTH
 from qaex.core.errors import QaexError
 from qaex.core.instruments import TradingTime
 from qaex.core.orders import InsertOrder
-from qaex.core.quote import NAN_ON_WIRE
+from qaex.core.quote import DEPTH_LEVELS, QuoteBook
 from qaex.core.throttle import Throttled
 from qaex.exchange.exchange import Exchange
+from qaex.exchange.market import MarketData
 from qaex.protocol import http as proto
 from qaex.protocol import strict_json
 from qaex.protocol.http import Auth, RouteDoc
@@ -577,46 +579,20 @@ def _depth(symbol: str, levels: int) -> tuple[list[tuple[float, int]], list[tupl
 )  # fmt: skip
 async def quote(symbol: str) -> Response:
     engine = services().exchange.engine
-    bids, asks = _depth(symbol, 5)
+    bids, asks = _depth(symbol, DEPTH_LEVELS)
     instrument = engine.instruments[symbol]
-    small = proto.QuoteResponse(
-        instrument_id=symbol,
-        exchange_id=instrument.exchange_id,
-        instrument_name=instrument.instrument_name,
-        last_price=engine.last_price.get(symbol),
-        bid_price1=bids[0][0] if bids else None,
-        bid_volume1=bids[0][1] if bids else 0,
-        ask_price1=asks[0][0] if asks else None,
-        ask_volume1=asks[0][1] if asks else 0,
-        bids=bids,
-        asks=asks,
-        upper_limit=instrument.upper_limit,
-        lower_limit=instrument.lower_limit,
-        pre_settlement=instrument.pre_settlement,
-        pre_close=instrument.pre_close,
-        open_interest=engine.open_interest.get(symbol, 0),
-        price_tick=instrument.price_tick,
-        volume_multiple=instrument.volume_multiple,
-        suspended=instrument.suspended,
-    )
     market = services().exchange.market
-    if market is None:
-        return json_response(small)
-    # The DIFF quote (daily figures, static fields) with the engine's book and last price over it:
-    # those are the truth at this instant, while the service may be a batch behind.
-    answer = {
-        key: None if value == NAN_ON_WIRE else value for key, value in market.quote_view(symbol).items()
-    }
-    for number in range(1, 6):
-        for side, levels in (("bid", bids), ("ask", asks)):
-            price, volume = levels[number - 1] if number <= len(levels) else (None, 0)
-            answer[f"{side}_price{number}"] = price
-            answer[f"{side}_volume{number}"] = volume
-    answer.update(msgspec.to_builtins(small))
-    return json_response(answer)
+    # The one quote renderer DIFF uses too (QuoteBook.full), with the engine's book, last price and
+    # open interest over the market service's quote: those are the truth at this instant, while the
+    # service may be a batch behind. Without the service, a quote with no daily figures yet.
+    book = market.quotes[symbol] if market is not None else QuoteBook(instrument)
+    last_price = engine.last_price.get(symbol, math.nan)
+    answer = book.at(bids, asks, last_price, engine.open_interest.get(symbol, 0)).full()
+    answer.update(bids=bids, asks=asks, suspended=instrument.suspended)
+    return json_response(answer)  # NaN is encoded as null: the HTTP API's "no such price"
 
 
-def _market_data(symbol: str) -> Any:
+def _market_data(symbol: str) -> MarketData:
     services().exchange.engine.instrument(symbol)  # 404 for an unknown symbol
     market = services().exchange.market
     if market is None:
@@ -654,11 +630,10 @@ async def ticks(symbol: str) -> Response:
     market = _market_data(symbol)
     count = query_int("count", 200, 1, MAX_VIEW_WIDTH)
     series = market.series(symbol, 0)
+    if series is None:  # listed a moment ago: the market service has not seen it yet
+        raise HttpError(404, "unknown_instrument", f"no ticks for {symbol!r} yet")
     window = series.window(series.last_id - count + 1, series.last_id)
-    rows = [
-        {"id": int(tick_id)} | {key: None if value == NAN_ON_WIRE else value for key, value in tick.items()}
-        for tick_id, tick in window.items()
-    ]
+    rows = [{"id": int(tick_id)} | tick for tick_id, tick in window.items()]  # NaN encodes as null
     return json_response(proto.TicksResponse(symbol, series.last_id, rows))
 
 

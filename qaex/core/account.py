@@ -139,6 +139,19 @@ class Position(msgspec.Struct, kw_only=True, gc=False):
     def symbol(self) -> str:
         return f"{self.exchange_id}.{self.instrument_id}"
 
+    def closable(self, buy: bool) -> tuple[int, int]:
+        """(yesterday's, today's) lots a close order could take now: held minus frozen, of the short
+        side for a buy, of the long side for a sell."""
+        if buy:
+            return (
+                self.volume_short_his - self.volume_short_frozen_his,
+                self.volume_short_today - self.volume_short_frozen_today,
+            )
+        return (
+            self.volume_long_his - self.volume_long_frozen_his,
+            self.volume_long_today - self.volume_long_frozen_today,
+        )
+
     def to_diff(self) -> dict[str, Any]:
         """All DIFF position fields. NaN prices of a flat side travel as "-": JSON has no NaN, a null
         would delete the field, and TqSdk reads a string in a numeric field as NaN (see DIFF.md)."""
@@ -651,14 +664,7 @@ def _close_split(order: Order, instrument: Instrument, position: Position | None
     take any lot not already frozen, yesterday's first.
     """
     volume = order.volume_orign
-    if position is None:
-        his_free = today_free = 0
-    elif order.is_buy:
-        his_free = position.volume_short_his - position.volume_short_frozen_his
-        today_free = position.volume_short_today - position.volume_short_frozen_today
-    else:
-        his_free = position.volume_long_his - position.volume_long_frozen_his
-        today_free = position.volume_long_today - position.volume_long_frozen_today
+    his_free, today_free = (0, 0) if position is None else position.closable(order.is_buy)
     if instrument.separates_today:
         if order.offset == "CLOSETODAY":
             if today_free < volume:

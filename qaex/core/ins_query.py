@@ -28,7 +28,7 @@ argument value is a string (JSON escapes, as sgqlc writes them), an integer of a
 words and integers (at most :data:`MAX_LIST_ITEMS` items in all the lists of a query), or a
 ``$variable`` whose value in ``variables`` is a string, a boolean, such an integer or a list of at
 most MAX_LIST_ITEMS strings and such integers. Each argument appears at most once, so a call has at
-most :data:`MAX_ARGUMENTS` of them.
+most one per filter.
 """
 
 from __future__ import annotations
@@ -64,7 +64,6 @@ _FILTERS = frozenset(
         "timestamp",
     }
 )
-MAX_ARGUMENTS = len(_FILTERS)  # each argument at most once
 
 _CALL = "multi_symbol_info"
 _NAME_CHARACTERS = frozenset("_0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")

@@ -103,7 +103,6 @@ class MarketState:
         self.ticks: dict[str, TickSeries] = {}
         self.klines: dict[SeriesKey, KlineSeries] = {}
         self.quote_patches_built = 0
-        self.series_patches_built = 0
         self._durations: dict[str, list[int]] = {}  # the K-line durations kept per symbol
         self._charted: dict[SeriesKey, int] = {}  # open charts using each series
         self._dirty_quotes: set[str] = set()
@@ -310,7 +309,6 @@ class MarketState:
                 continue
             patch = series.take_patch()
             if patch is not None:
-                self.series_patches_built += 1
                 changes.series.append((key, patch))
         self._dirty_series.clear()
         return changes

@@ -3,7 +3,7 @@
 A notify is ``{"type": "MESSAGE", "level": ..., "code": N, "content": ...}`` under ``notify/{key}``
 (docs/diff-protocol.md, "Notify", lists each code with its meaning; ``tests/test_diff_session.py``
 checks that every constant here is in that table). The 40x-42x codes are open-trade-gateway's
-simulator's, which clients already know; 424, 429 and the 49x codes are qaex's own.
+simulator's, which clients already know; 425, 429 and the 49x codes are qaex's own.
 
 They live in the core because the engine and the core's errors carry them (``QaexError.diff_code``)
 and the core imports nothing from ``qaex.protocol``; ``qaex.protocol.diff`` re-exports them.
@@ -39,8 +39,6 @@ NOTIFY_TRANSFER_OK: Final = 421
 NOTIFY_TRANSFER_FAILED: Final = 422
 """A refused req_transfer: amount zero or out of bounds, not enough available, wrong future_password."""
 NOTIFY_SELF_TRADE: Final = 423
-NOTIFY_NO_LIQUIDITY: Final = 424
-"""Reserved for a market order that finds nothing to trade with (``errors.NO_LIQUIDITY``; not sent today)."""
 NOTIFY_MARKET_CLOSED: Final = 425
 """An order outside its contract's trading sessions (``QAEX_MARKET_HOURS=exchange``); the text says
 when the contract opens next."""

@@ -6,19 +6,19 @@ was last handed out happens in :meth:`QuoteBook.take_patch`, once per change-bat
 1,000 times between two takes costs 1,000 attribute writes and one patch, and that patch (encoded once)
 is shared by every subscriber.
 
-Two wire rules come from TqSdk 3.10.4 (see docs/market-data.md):
+The renderings hold real values: a price that does not exist (an empty depth level, the daily high
+before the first trade) is float NaN. How NaN travels is each transport's choice, made once at its
+edge: DIFF sends ``"-"`` (TqSdk ignores ``null`` under ``quotes``;
+:func:`qaex.protocol.diff.market_patch`), the HTTP API ``null`` (msgspec's encoding of NaN).
 
-* msgspec encodes NaN as ``null`` and TqSdk *ignores* ``null`` under ``quotes`` (quotes are "persist"
-  objects for it), so a price that becomes NaN - an emptied depth level, the daily high at a new trading
-  day - would keep its stale value on the client. TqSdk replaces a *string* sent for a numeric field by
-  that field's default, which is NaN for every price. So a NaN price travels as :data:`NAN_ON_WIRE`
-  (``"-"``, what Shinnytech's own market-data servers send), and the client ends up with NaN.
-* ``datetime`` is a string in exchange local time (UTC+8) with microseconds; TqSdk parses it with
-  ``"%Y-%m-%d %H:%M:%S.%f"`` and ``get_quote`` waits until it is non-empty.
+One wire rule from TqSdk 3.10.4 (see docs/market-data.md) is the renderer's: ``datetime`` is a string
+in exchange local time (UTC+8) with microseconds; TqSdk parses it with ``"%Y-%m-%d %H:%M:%S.%f"`` and
+``get_quote`` waits until it is non-empty.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -35,15 +35,8 @@ from qaex.core.main_contracts import CONT_CLASS, CONT_EXCHANGE, cont_name
 Patch = dict[str, Any]
 
 DEPTH_LEVELS = 5
-NAN_ON_WIRE = "-"
-"""How a NaN price travels: TqSdk turns a string in a numeric field into that field's default (NaN)."""
 
 _EPOCH = datetime(1970, 1, 1)
-
-
-def wire_float(value: float) -> float | str:
-    """A float as DIFF carries it: itself, or :data:`NAN_ON_WIRE` when it is NaN."""
-    return NAN_ON_WIRE if math.isnan(value) else value
 
 
 def format_datetime(ts_ns: int) -> str:
@@ -189,65 +182,78 @@ class QuoteBook:
             "expire_datetime": instrument.expire_datetime,
             # The day's contract figures (they change only at settlement), which TqSdk's
             # query_symbol_info reads from the contract service rather than from live quotes.
-            "pre_settlement": wire_float(instrument.pre_settlement),
-            "pre_close": wire_float(instrument.pre_close),
+            "pre_settlement": instrument.pre_settlement,
+            "pre_close": instrument.pre_close,
             "pre_open_interest": instrument.pre_open_interest,
-            "upper_limit": wire_float(instrument.upper_limit),
-            "lower_limit": wire_float(instrument.lower_limit),
+            "upper_limit": instrument.upper_limit,
+            "lower_limit": instrument.lower_limit,
             "trading_time": published_trading_time(instrument.trading_time, self.market_hours),
         }
 
     def full(self) -> Patch:
-        """Every DIFF quote field, as it travels. Does not affect what :meth:`take_patch` returns."""
+        """Every DIFF quote field (NaN where a price does not exist). Does not affect what
+        :meth:`take_patch` returns."""
         instrument = self.instrument
         fields = self.static_fields()
         fields.update(
             {
                 "datetime": self.datetime,
-                "last_price": wire_float(self.last_price),
-                "open": wire_float(self.open),
-                "highest": wire_float(self.highest),
-                "lowest": wire_float(self.lowest),
-                "close": wire_float(self.close),
-                "average": wire_float(self.average),
+                "last_price": self.last_price,
+                "open": self.open,
+                "highest": self.highest,
+                "lowest": self.lowest,
+                "close": self.close,
+                "average": self.average,
                 "volume": self.volume,
                 "amount": self.amount,
                 "open_interest": self.open_interest,
-                "settlement": wire_float(self.settlement),
+                "settlement": self.settlement,
                 # Per lot at the previous settlement: what TqSdk's own simulator (TqSim) charges.
                 "margin": instrument.margin_per_lot(instrument.pre_settlement, long=True),
                 "commission": instrument.commission(instrument.pre_settlement, 1, "OPEN"),
             }
         )
-        for number, ((bid_price, bid_volume), (ask_price, ask_volume)) in enumerate(
-            zip(self.bids, self.asks, strict=True), start=1
-        ):
-            fields[f"bid_price{number}"] = wire_float(bid_price)
-            fields[f"bid_volume{number}"] = bid_volume
-            fields[f"ask_price{number}"] = wire_float(ask_price)
-            fields[f"ask_volume{number}"] = ask_volume
+        self._add_levels(fields)
         return fields
 
+    def at(
+        self, bids: Sequence[Level], asks: Sequence[Level], last_price: float, open_interest: int
+    ) -> QuoteBook:
+        """A copy of this quote with this depth, last price and open interest (the HTTP API reads
+        those from the engine's book at the request); this book is left as it is."""
+        view = copy.copy(self)
+        view.bids = _five_levels(bids)
+        view.asks = _five_levels(asks)
+        view.last_price = last_price
+        view.open_interest = open_interest
+        return view
+
     def to_tick(self) -> Patch:
-        """The DIFF Tick for the current state (``datetime`` in epoch ns), as it travels."""
+        """The DIFF Tick for the current state (``datetime`` in epoch ns; NaN for a price that does not
+        exist)."""
         tick: Patch = {
             "datetime": self.datetime_ns or 0,
-            "last_price": wire_float(self.last_price),
-            "average": wire_float(self.average),
-            "highest": wire_float(self.highest),
-            "lowest": wire_float(self.lowest),
+            "last_price": self.last_price,
+            "average": self.average,
+            "highest": self.highest,
+            "lowest": self.lowest,
             "volume": self.volume,
             "amount": self.amount,
             "open_interest": self.open_interest,
         }
+        self._add_levels(tick)
+        return tick
+
+    def _add_levels(self, fields: Patch) -> None:
+        """``bid_price1..5``, ``bid_volume1..5``, ``ask_price1..5``, ``ask_volume1..5``: the quote's and
+        the tick's depth fields, in that order per level."""
         for number, ((bid_price, bid_volume), (ask_price, ask_volume)) in enumerate(
             zip(self.bids, self.asks, strict=True), start=1
         ):
-            tick[f"bid_price{number}"] = wire_float(bid_price)
-            tick[f"bid_volume{number}"] = bid_volume
-            tick[f"ask_price{number}"] = wire_float(ask_price)
-            tick[f"ask_volume{number}"] = ask_volume
-        return tick
+            fields[f"bid_price{number}"] = bid_price
+            fields[f"bid_volume{number}"] = bid_volume
+            fields[f"ask_price{number}"] = ask_price
+            fields[f"ask_volume{number}"] = ask_volume
 
     def take_patch(self) -> Patch | None:
         """``{"quotes": {symbol: {changed fields}}}`` since the previous take, or None if nothing changed.
@@ -267,7 +273,12 @@ def _take_patch(quote: QuoteBook | ContQuote, current: Patch) -> Patch | None:
     """The fields of ``current`` that differ from the quote's ``_sent`` ones, as a quotes patch;
     records ``current`` as sent."""
     sent = quote._sent
-    changed = {key: value for key, value in current.items() if sent.get(key, _MISSING) != value}
+    changed = {}
+    for key, value in current.items():
+        before = sent.get(key, _MISSING)
+        # Changed unless equal or both NaN (a price that stays unknown is no change).
+        if before != value and (before == before or value == value):
+            changed[key] = value
     if not changed:
         return None
     quote._sent = current

@@ -17,6 +17,12 @@ serving with half its services dead.
 
 The async methods are the one API both transports (HTTP and DIFF) use; each checks nothing about
 *who* calls — the transports authenticate and pass the authenticated user id.
+
+Two services are optional and come from outside: ``market`` (a MarketData, given to the constructor:
+the gateway forwards market effects to it, the transports read it) and ``simulator`` (anything
+:class:`Simulator` describes; the LiquiditySimulator is built on the exchange, so qaex.app attaches it
+after construction). Sessions are no service of the exchange: the DIFF transport attaches them to
+``snapshots`` and ``market`` itself.
 """
 
 from __future__ import annotations
@@ -100,15 +106,17 @@ class Exchange:
         self.listing = listing
         """None: the instruments are fixed (a file, or the engine's own); else listed by product and date."""
         self.engine = engine if engine is not None else Engine()
+        self._wall_clock = clock if clock is not None else time.time_ns
         batch_send, batch_receive = trio.open_memory_channel[Batch](256)
-        router_kwargs: dict[str, Any] = {"journal": journal}
-        if clock is not None:
-            router_kwargs["clock"] = clock
-        self.router = OrderRouter(self.engine, batch_send, **router_kwargs)
+        self.router = OrderRouter(self.engine, batch_send, journal=journal, clock=self._wall_clock)
         self.journal = journal
         self.snapshots = SnapshotManager(self._root_fields, max_sessions_per_user=max_sessions_per_user)
-        self.market = market
-        self.simulator: Simulator | None = None  # started once the router runs (set by qaex.app)
+        # The market-data service, given at construction (the gateway feeds it); the transports read
+        # it: DIFF routes sessions to it, HTTP reads quotes and series. None: no market data.
+        self.market: MarketData | None = market
+        # Built on the exchange, so attached after it (by qaex.app); started once the router runs,
+        # told of every new contract by upsert_instrument.
+        self.simulator: Simulator | None = None
         market_send = market.batches if market is not None else None
         self.gateway = TradeGateway(batch_receive, self.snapshots, market_send)
         self._verified: dict[str, bytes] = {}  # user -> keyed digest of the last verified password
@@ -123,8 +131,6 @@ class Exchange:
         self.settle_at = settle_at
         self.settlement_calendar = settlement_calendar  # None: every weekday settles
         self._wall_clock = clock if clock is not None else time.time_ns
-        # Set by qaex.api.diff_server.serve_diff; nothing reads it (issue #14: to go with that line).
-        self.diff_server: object = None
 
     def _root_fields(self, user_id: str) -> dict[str, Any]:
         day = self.engine.trading_day

@@ -173,7 +173,6 @@ class Journal:
         # Counters, for metrics and the benchmark.
         self.batches = 0
         self.records = 0
-        self.bytes_written = 0
         self.fsync_seconds = 0.0
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -297,7 +296,6 @@ class Journal:
         assert self._fd is not None
         write_all(self._fd, data)
         self._segment_size += len(data)
-        self.bytes_written += len(data)
         if self.fsync:
             started = time.perf_counter()
             _fdatasync(self._fd)  # the file only grows; fdatasync covers the size change

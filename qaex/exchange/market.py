@@ -13,7 +13,8 @@ service holds what needs trio or knows sessions:
   ``publish_interval``) or a timer tick, :meth:`MarketData.publish` takes the state's changes and pushes
   **each patch dict itself** to every session subscribed to its object - one patch build per change
   batch, whatever the number of subscribers; each session's PendingPatches coalesces what it has not
-  sent yet. The writers are woken a few at a time (:meth:`MarketData.wake_in_steps`).
+  sent yet. The writers are woken a few per scheduler pass (:meth:`MarketData.wake_in_steps`,
+  qaex.exchange.pacing).
 
 Who sees what:
 
@@ -47,7 +48,9 @@ from qaex.core.kline import DEFAULT_MAX_LEN, NS_PER_SECOND, KlineSeries, TickSer
 from qaex.core.market import ChartRefused, MarketState, SeriesKey
 from qaex.core.notify_codes import NOTIFY_BAD_INSTRUMENT
 from qaex.core.quote import DEPTH_LEVELS, QuoteBook
+from qaex.exchange.pacing import WakePacer
 from qaex.exchange.snapshot import SessionLink
+from qaex.protocol.diff import market_patch
 
 log = logging.getLogger("qaex.market")
 
@@ -57,8 +60,6 @@ WAKE_STEP = 4
 """Writers a publish wakes between two pauses (see MarketData.wake_in_steps)."""
 SPREAD = 0.4
 """A publish wakes its subscribers over at most this fraction of the publish interval."""
-MIN_PAUSE = 0.0002
-"""Shorter pauses are not worth a timer: a checkpoint instead."""
 
 
 class MarketData:
@@ -87,6 +88,7 @@ class MarketData:
         """
         self.publish_interval = publish_interval
         self._rotation = 0
+        self._pacer = WakePacer[SessionLink](WAKE_STEP)
         self._last_publish = -math.inf
         self._clock = clock
         self.batches, self._receive = trio.open_memory_channel[Batch](channel_size)
@@ -108,6 +110,8 @@ class MarketData:
         self._charts: dict[SessionLink, dict[str, Chart]] = {}
         self._chart_messages: dict[SessionLink, dict[str, Any]] = {}  # the SetChart each chart was built from
         self._feeds: dict[SeriesKey, dict[SessionLink, list[Chart]]] = {}  # charts per series, per session
+        self._wire_static: tuple[Patch, Patch] | None = None  # (the state's static patch, as DIFF sends it)
+        self._wire_quotes: dict[str, tuple[Patch, Patch]] = {}  # likewise for each full quote
 
     @property
     def quotes(self) -> dict[str, QuoteBook]:
@@ -127,9 +131,6 @@ class MarketData:
     def quote_patches_built(self) -> int:
         return self.state.quote_patches_built
 
-    @property
-    def series_patches_built(self) -> int:
-        return self.state.series_patches_built
 
     # -- the service -------------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -211,48 +212,47 @@ class MarketData:
         await self.wake_in_steps(self._push_changes())
 
     async def wake_in_steps(self, links: list[SessionLink]) -> None:
-        """Wake these sessions' writers :data:`WAKE_STEP` at a time, spread over part of the interval.
+        """Wake these sessions' writers :data:`WAKE_STEP` per scheduler pass, the passes spread over
+        at most :data:`SPREAD` of the publish interval (qaex.exchange.pacing, the scheme the
+        SnapshotManager uses too).
 
         A publish may wake a thousand writers, and each then encodes and sends a frame. Woken all
         together they form one long scheduler batch, and an order's acknowledgement that becomes
-        ready meanwhile waits behind the whole burst. Woken a few at a time, with a pause between,
-        spread over at most :data:`SPREAD` of the publish interval, the trading path runs in between.
-        Each publish starts at another place in the list, so that no session is always the last to
-        hear.
+        ready meanwhile waits behind the whole burst; woken a few at a time, with a pause between,
+        the trading path runs in between. Each publish starts at another place in the list, so that
+        no session is always the last to hear.
         """
-        if not links:
-            return
-        self._rotation = (self._rotation + int(len(links) * 0.618) + 1) % len(links)
-        links = links[self._rotation :] + links[: self._rotation]
-        steps = -(-len(links) // WAKE_STEP)
-        pause = SPREAD * self.publish_interval / steps
-        for start in range(0, len(links), WAKE_STEP):
-            if start:  # a pause between two steps, none after the last
-                if pause >= MIN_PAUSE:
-                    await trio.sleep(pause)
-                else:
-                    await trio.lowlevel.checkpoint()
-            for link in links[start : start + WAKE_STEP]:
-                link.wake()
-        await trio.lowlevel.checkpoint()
+        if links:
+            self._rotation = (self._rotation + int(len(links) * 0.618) + 1) % len(links)
+            links = links[self._rotation :] + links[: self._rotation]
+        await self._pacer.wake_all(links, spread=SPREAD * self.publish_interval)
 
     def _push_changes(self) -> list[SessionLink]:
         """Push the state's changes since the last publish into the sessions; returns those to wake."""
         changes = self.state.take_changes()
         woken: dict[SessionLink, None] = {}
         if changes.static is not None:
+            static = market_patch(changes.static)
             for link in self._links:
-                link.session.push(changes.static)
+                link.session.push(static)
                 woken[link] = None
         quote_links = self._quote_links
         for symbol, patch in changes.quotes:
-            for link in quote_links.get(symbol, ()):
+            links = quote_links.get(symbol)
+            if not links:
+                continue
+            patch = market_patch(patch)  # once per change, shared by every subscriber
+            for link in links:
                 link.session.push(patch)
                 woken[link] = None
         moved: list[tuple[SessionLink, Chart]] = []
         seen: set[int] = set()
         for key, patch in changes.series:
-            for link, charts in self._feeds.get(key, {}).items():
+            feeds = self._feeds.get(key)
+            if not feeds:
+                continue
+            patch = market_patch(patch)
+            for link, charts in feeds.items():
                 link.session.push(patch)
                 woken[link] = None
                 for chart in charts:
@@ -262,26 +262,40 @@ class MarketData:
         for link, chart in moved:  # after the bars, so that a window never points past them
             update = self.state.chart_moves(chart)
             if update is not None:
-                link.session.push(update)
+                link.session.push(market_patch(update))
         return list(woken)
 
+    # What leaves here for a session is DIFF's rendering (qaex.protocol.diff.market_patch: NaN as
+    # "-"); the state's patches hold real values. Shared patches are converted once and kept.
     def static_patch(self) -> Patch:
         """The contract fields of every instrument, one shared patch rebuilt only when a spec changes."""
-        return self.state.static_patch()
+        core = self.state.static_patch()
+        if self._wire_static is None or self._wire_static[0] is not core:
+            self._wire_static = (core, market_patch(core))
+        return self._wire_static[1]
 
     def full_quote(self, symbol: str) -> Patch:
         """``{"quotes": {symbol: every field}}``, shared by every session subscribing before it changes."""
-        return self.state.full_quote(symbol)
+        core = self.state.full_quote(symbol)
+        kept = self._wire_quotes.get(symbol)
+        if kept is None or kept[0] is not core:
+            kept = self._wire_quotes[symbol] = (core, market_patch(core))
+        return kept[1]
+
+    def chart_patch(self, chart: Chart) -> Patch:
+        """A chart's whole window (its initial patch, or its part of a resync)."""
+        return market_patch(self.state.chart_patch(chart))
 
     # -- sessions (called by the DIFF server) --------------------------------------------------------
     def add_session(self, link: SessionLink) -> None:
         """A new connection: it gets the static fields of every instrument in its first rtn_data."""
         self._links.add(link)
-        link.session.push(self.state.static_patch())
+        link.session.push(self.static_patch())
         link.wake()
 
     def remove_session(self, link: SessionLink) -> None:
         self._links.discard(link)
+        self._pacer.discard(link)
         for symbol in self._subscribed.pop(link, set()):
             self._quote_links[symbol].discard(link)
         for chart in self._charts.pop(link, {}).values():
@@ -308,7 +322,7 @@ class MarketData:
         for symbol in ins_list:
             if symbol in now and symbol not in before:
                 self._quote_links.setdefault(symbol, set()).add(link)
-                link.session.push(self.state.full_quote(symbol))
+                link.session.push(self.full_quote(symbol))
         if now:
             self._subscribed[link] = now
         else:
@@ -339,7 +353,7 @@ class MarketData:
             built[chart_id] = message
             # Before the push: a 10,000-bar answer must fit the session's pending bound.
             link.session.view_size = max(link.session.view_size, self._view_size(link))
-            link.session.push(self.state.chart_patch(chart))
+            link.session.push(self.chart_patch(chart))
         if not charts:
             self._charts.pop(link, None)
             self._chart_messages.pop(link, None)
@@ -362,10 +376,9 @@ class MarketData:
     # -- views -------------------------------------------------------------------------------------
     def full_view(self, link: SessionLink) -> list[Patch]:
         """Everything market data this session should hold, for a resync (DiffSession.reset)."""
-        state = self.state
-        view = [state.static_patch()]
-        view.extend(state.full_quote(symbol) for symbol in sorted(self._subscribed.get(link, ())))
-        view.extend(state.chart_patch(chart) for chart in self._charts.get(link, {}).values())
+        view = [self.static_patch()]
+        view.extend(self.full_quote(symbol) for symbol in sorted(self._subscribed.get(link, ())))
+        view.extend(self.chart_patch(chart) for chart in self._charts.get(link, {}).values())
         return view
 
     def _view_size(self, link: SessionLink) -> int:
@@ -374,10 +387,6 @@ class MarketData:
         for chart in self._charts.get(link, {}).values():
             size += 20 + 12 * chart.view_width * len(chart.symbols)
         return size
-
-    def quote_view(self, symbol: str) -> Patch:
-        """The current full quote of ``symbol`` (KeyError if unknown), for the HTTP API."""
-        return self.state.views[symbol].full()
 
     def series(self, symbol: str, duration_ns: int) -> KlineSeries | TickSeries | None:
         """A series that exists (``duration_ns`` 0: ticks), or None; for the HTTP API."""

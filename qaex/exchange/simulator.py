@@ -437,12 +437,7 @@ class LiquiditySimulator:
         position = self.exchange.engine.users[TAKER].account.positions.get(instrument.symbol)
         if position is None:
             return "OPEN"
-        if buy:
-            today = position.volume_short_today - position.volume_short_frozen_today
-            his = position.volume_short_his - position.volume_short_frozen_his
-        else:
-            today = position.volume_long_today - position.volume_long_frozen_today
-            his = position.volume_long_his - position.volume_long_frozen_his
+        his, today = position.closable(buy)
         if instrument.separates_today:
             if his >= lots:
                 return "CLOSE"

@@ -27,6 +27,7 @@ import trio
 from qaex.core.errors import Conflict
 from qaex.core.notify_codes import NOTIFY_TOO_MANY_SESSIONS
 from qaex.core.patch import copy_tree
+from qaex.exchange.pacing import WakePacer
 from qaex.protocol.session import DiffSession
 
 DEFAULT_MAX_SESSIONS_PER_USER = 32
@@ -107,7 +108,7 @@ class SnapshotManager:
         self.sessions: dict[str, set[SessionLink]] = {}
         self.links: set[SessionLink] = set()
         # Sessions with new data whose writers are still to be woken, oldest first (see `run`).
-        self._backlog: dict[SessionLink, None] = {}
+        self._pacer = WakePacer[SessionLink](WAKE_BUDGET)
         self.patches_merged = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -117,38 +118,27 @@ class SnapshotManager:
         instead of 500 task switches, and every user's patches still arrive in the order they were sent.
 
         Every patch goes into its sessions' pending buffers at once, but the sessions' writers are
-        woken at most :data:`WAKE_BUDGET` per scheduler pass. A round that touches more sessions than
-        that (200 users with 50 sessions each: 10,000 writers, about a second of sending) goes to a
-        backlog that drains ``WAKE_BUDGET`` writers per pass, while the sessions of later, smaller
-        rounds are woken first. Otherwise trio would run all 10,000 writers in one pass, and every
-        other session's acknowledgement would wait behind them.
+        woken at most :data:`WAKE_BUDGET` per scheduler pass (qaex.exchange.pacing, the scheme
+        MarketData uses too). A round that touches more sessions than that (200 users with 50
+        sessions each: 10,000 writers, about a second of sending) goes to a backlog that drains
+        ``WAKE_BUDGET`` writers per pass, while the sessions of later, smaller rounds are woken
+        first. Otherwise trio would run all 10,000 writers in one pass, and every other session's
+        acknowledgement would wait behind them.
         """
         self._running = True
         task_status.started()
         log.info("snapshot manager ready")
-        backlog = self._backlog
+        pacer = self._pacer
         try:
             while True:
-                if not self._ready and not backlog:
+                if not self._ready and not pacer.pending:
                     await self._wakeup.wait()
                     self._wakeup = trio.Event()
                 ready, self._ready = self._ready, {}
                 fresh: dict[SessionLink, None] = {}  # ordered, each session once
                 for user_id in ready:
                     self._drain(user_id, fresh)
-                budget = WAKE_BUDGET
-                if len(fresh) <= budget:
-                    for link in fresh:
-                        backlog.pop(link, None)
-                        link.wake()
-                    budget -= len(fresh)
-                else:
-                    backlog.update(fresh)
-                while backlog and budget > 0:
-                    link = next(iter(backlog))
-                    del backlog[link]
-                    link.wake()
-                    budget -= 1
+                pacer.wake(fresh)  # one pass's budget: this round if it fits, then the backlog
                 # Give the gateway (and everyone else) a turn between two rounds.
                 await trio.lowlevel.checkpoint()
         finally:
@@ -259,7 +249,7 @@ class SnapshotManager:
         """Forget a closed session: its pending buffer goes with it; the user's tree stays."""
         link.closed = True
         self.links.discard(link)
-        self._backlog.pop(link, None)
+        self._pacer.discard(link)
         user_id = link.session.user_id
         if user_id is not None:
             sessions = self.sessions.get(user_id)

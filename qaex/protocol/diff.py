@@ -129,10 +129,8 @@ class InsQuery(_Message, frozen=True, tag="ins_query"):
     variables: Annotated[dict[ShortText, QueryValue], msgspec.Meta(max_length=64)] | None = None
 
 
-ClientMessage = (
-    PeekMessage
-    | ReqLogin
-    | ConfirmSettlement
+ClientEvent = (
+    ReqLogin
     | SubscribeQuote
     | SetChart
     | InsertOrderMessage
@@ -141,6 +139,10 @@ ClientMessage = (
     | ChangePassword
     | InsQuery
 )
+"""What :meth:`~qaex.protocol.session.DiffSession.receive` hands to the exchange (peek and
+confirm_settlement are the session's own)."""
+
+ClientMessage = PeekMessage | ConfirmSettlement | ClientEvent
 
 KNOWN_AIDS: Final[frozenset[str]] = frozenset(
     str(message_type.__struct_config__.tag) for message_type in ClientMessage.__args__
@@ -211,11 +213,63 @@ _JSON_KINDS: Final = {"[": "array", '"': "str", "t": "bool", "f": "bool", "n": "
 def encode_rtn_data(data: list[dict[str, Any]]) -> bytes:
     """The ``rtn_data`` frame for ``data`` (merge patches applied in order by the client).
 
-    Float NaN/inf are encoded as ``null`` (msgspec's choice, kept): under ``quotes`` TqSdk ignores null, so
-    a not-yet-known quote number may be NaN; in the trade tree null *deletes* the field, so the engine must
-    put finite numbers there (0.0 for "none yet").
+    Float NaN/inf are encoded as ``null`` (msgspec's choice, kept): market data reaches this encoder
+    already through :func:`market_patch` (NaN as ``"-"``); in the trade tree null *deletes* the field, so
+    the engine must put finite numbers there (0.0 for "none yet", ``"-"`` for a price that does not exist).
     """
     return _encoder.encode({"aid": "rtn_data", "data": data})
+
+
+NAN_ON_WIRE: Final = "-"
+"""How a NaN market-data price travels over DIFF (what Shinnytech's own market-data servers send).
+
+msgspec encodes NaN as ``null``, and TqSdk 3.10.4 *ignores* ``null`` under ``quotes`` (quotes are
+"persist" objects for it), so a price that becomes NaN - an emptied depth level, the daily high at a
+new trading day - would keep its stale value on the client. TqSdk replaces a *string* sent for a
+numeric field by that field's default, which is NaN for every price, so the client ends up with NaN.
+The core renders real NaN; this transport decides how it travels (the HTTP API sends ``null``)."""
+
+
+def wire_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` with every NaN value as :data:`NAN_ON_WIRE`: ``fields`` itself when none is NaN,
+    else a copy (a rendered dict may be shared: it is never changed)."""
+    for value in fields.values():
+        if value != value:  # NaN, the one value unequal to itself
+            return {key: NAN_ON_WIRE if value != value else value for key, value in fields.items()}
+    return fields
+
+
+def market_patch(patch: dict[str, Any]) -> dict[str, Any]:
+    """A market-data patch as DIFF carries it: NaN in ``quotes/{symbol}`` and in the tick records of
+    ``ticks/{symbol}/data`` travels as :data:`NAN_ON_WIRE` (K-line bars and charts hold no NaN).
+
+    The patch itself when nothing is NaN, else a copy of the parts that change: the core's patches
+    are shared (one build per change, every subscriber), so none is modified."""
+    quotes = patch.get("quotes")
+    ticks = patch.get("ticks")
+    if quotes is None and ticks is None:
+        return patch
+    wire = patch
+    if quotes is not None:
+        converted = {symbol: wire_fields(fields) for symbol, fields in quotes.items()}
+        if any(converted[symbol] is not fields for symbol, fields in quotes.items()):
+            wire = {**wire, "quotes": converted}
+    if ticks is not None:
+        converted = {symbol: _wire_ticks(body) for symbol, body in ticks.items()}
+        if any(converted[symbol] is not body for symbol, body in ticks.items()):
+            wire = {**wire, "ticks": converted}
+    return wire
+
+
+def _wire_ticks(body: Any) -> Any:
+    """One symbol's ``{"last_id": N, "data": {id: tick}}``, NaN as :data:`NAN_ON_WIRE` (copied if so)."""
+    data = body.get("data") if type(body) is dict else None
+    if type(data) is not dict:
+        return body
+    wire = {key: wire_fields(tick) if type(tick) is dict else tick for key, tick in data.items()}
+    if all(wire[key] is tick for key, tick in data.items()):
+        return body
+    return {**body, "data": wire}
 
 
 RTN_BROKERS: Final = b'{"aid":"rtn_brokers","brokers":["qaex"]}'

@@ -198,7 +198,10 @@ class DepthResponse(msgspec.Struct):
 
 
 class QuoteResponse(msgspec.Struct):
-    """A small quote built from the book (the full DIFF quote is pushed over DIFF)."""
+    """The DIFF quote, rendered as over DIFF (``QuoteBook.full``) with ``null`` for a price that does
+    not exist, plus ``bids``/``asks`` and ``suspended``. Every DIFF quote field is there (OHLC,
+    ``volume``, ``amount``, ``average``, ``bid/ask_price1..5``, ``margin``, ...); the schema names the
+    main ones."""
 
     instrument_id: str
     exchange_id: str
@@ -210,10 +213,10 @@ class QuoteResponse(msgspec.Struct):
     ask_volume1: int
     bids: list[tuple[float, int]]
     asks: list[tuple[float, int]]
-    upper_limit: float
-    lower_limit: float
-    pre_settlement: float
-    pre_close: float
+    upper_limit: float | None
+    lower_limit: float | None
+    pre_settlement: float | None
+    pre_close: float | None
     open_interest: int
     price_tick: float
     volume_multiple: int
@@ -258,7 +261,7 @@ class OpenApiDocument(msgspec.Struct):
 class TicksResponse(msgspec.Struct):
     symbol: str
     last_id: int
-    ticks: list[dict[str, Any]]  # DIFF Tick fields plus "id", oldest first; unknown prices are null
+    ticks: list[dict[str, Any]]  # DIFF Tick fields plus "id", oldest first; a missing price is null
 
 
 # -- OpenAPI ---------------------------------------------------------------------------------------------

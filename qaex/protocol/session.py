@@ -58,6 +58,7 @@ from qaex.core.patch import Patch, PendingPatches
 from qaex.protocol.diff import (
     CancelOrder,
     ChangePassword,
+    ClientEvent,
     ConfirmSettlement,
     DiffProtocolError,
     InsertOrderMessage,
@@ -71,18 +72,6 @@ from qaex.protocol.diff import (
     decode_client_message,
     encode_rtn_data,
 )
-
-ClientEvent = (
-    ReqLogin
-    | SubscribeQuote
-    | SetChart
-    | InsertOrderMessage
-    | CancelOrder
-    | ReqTransfer
-    | ChangePassword
-    | InsQuery
-)
-"""What :meth:`DiffSession.receive` hands to the exchange (peek and confirm_settlement are handled here)."""
 
 
 class CloseConnection(msgspec.Struct, frozen=True):
