@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +24,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from qaex.core.instruments import InstrumentRegistry
 
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
@@ -66,8 +69,37 @@ class Server:
 PINNED_INSTRUMENTS = Path(__file__).with_name("pinned_instruments.toml")
 
 
+def pinned_instruments() -> InstrumentRegistry:
+    """The pinned contracts as a registry, for an in-process exchange on the wall clock: the engine's
+    built-in test contracts (``InstrumentRegistry()``) expired in 2026 and would expire at its first
+    settlement."""
+    return InstrumentRegistry.from_toml(PINNED_INSTRUMENTS)
+
+
+FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+
+
+def faketime_env(utc: str) -> dict[str, str]:
+    """Environment that starts a process's wall clock at ``utc`` (libfaketime, Debian's `faketime`),
+    for a server or a client: fails in CI (``CI`` set) when libfaketime is missing, skips elsewhere."""
+    if not FAKETIME_LIB.exists() or shutil.which("faketime") is None:
+        if os.environ.get("CI"):
+            pytest.fail("faketime is not installed (apt-get install -y faketime; .ci/run does it)")
+        pytest.skip("faketime is not installed (apt-get install -y faketime)")
+    return {
+        "LD_PRELOAD": str(FAKETIME_LIB),
+        "FAKETIME": f"@{utc}",  # the clock starts there and runs on
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",  # trio's timers keep the real monotonic clock
+        "TZ": "UTC",
+    }
+
+
 def launch(
-    workdir: Path, *, data_dir: Path | None = None, extra_env: dict[str, str] | None = None, serve: bool = False
+    workdir: Path,
+    *,
+    data_dir: Path | None = None,
+    extra_env: dict[str, str] | None = None,
+    serve: bool = False,
 ) -> Server:
     """Start a server process (without waiting for it to be ready): hypercorn's CLI as the README
     says, or with `serve` ``qaex serve`` (hypercorn run programmatically in the same process)."""

@@ -94,7 +94,8 @@ def test_the_main_is_chosen_at_listing_from_pre_open_interest() -> None:
     engine = rb_engine()
     assert engine.main_contracts == {RB: "SHFE.rb2601"}
     assert not engine.flush().main_contracts  # the starting state is no change
-    # A product with no main gets one when its first live contract is listed; later listings wait.
+    # A product gets its main when its first live contract is listed; a later listing with more open
+    # interest takes over (a product listed one contract at a time ends on its biggest month).
     spec = {"exchange_id": "SHFE", "instrument_id": "hc2601", "product_id": "hc", "instrument_name": "热卷2601",
             "price_tick": 1.0, "volume_multiple": 10, "margin_ratio_long": 0.1, "margin_ratio_short": 0.1,
             "pre_settlement": 3300.0, "pre_open_interest": 7}  # fmt: skip
@@ -104,8 +105,8 @@ def test_the_main_is_chosen_at_listing_from_pre_open_interest() -> None:
                                                  "suspended": False}))  # fmt: skip
     assert engine.main_contracts["SHFE.hc"] == "SHFE.hc2601"
     engine.apply(UpsertInstrument(ts=ts(), spec=spec | {"instrument_id": "hc2605", "pre_open_interest": 99}))
-    assert engine.main_contracts["SHFE.hc"] == "SHFE.hc2601"  # chosen at settlement, not at listing
-    assert engine.flush().main_contracts == {"SHFE.hc": "SHFE.hc2601"}
+    assert engine.main_contracts["SHFE.hc"] == "SHFE.hc2605"  # 99 > 7
+    assert engine.flush().main_contracts == {"SHFE.hc": "SHFE.hc2605"}  # the batch has the latest
 
 
 def test_settlement_moves_the_main_to_the_most_open_interest_and_never_back() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from conftest import launch, open_user, wait_ready
+from conftest import faketime_env, launch, open_user, wait_ready
 
 from qaex.config import Config, ConfigError
 from qaex.core import ins_query
@@ -306,23 +306,6 @@ def test_a_changed_policy_applies_after_replay_and_is_checkpointed(tmp_path: Pat
 
 
 # -- a real server -------------------------------------------------------------------------------------
-FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
-
-
-def faketime_env(utc: str) -> dict[str, str]:
-    """Environment that starts the server's wall clock at ``utc`` (libfaketime, Debian's `faketime`)."""
-    if not FAKETIME_LIB.exists() or shutil.which("faketime") is None:
-        if os.environ.get("CI"):
-            pytest.fail("faketime is not installed (apt-get install -y faketime; .ci/run does it)")
-        pytest.skip("faketime is not installed (apt-get install -y faketime)")
-    return {
-        "LD_PRELOAD": str(FAKETIME_LIB),
-        "FAKETIME": f"@{utc}",  # the clock starts there and runs on
-        "FAKETIME_DONT_FAKE_MONOTONIC": "1",  # trio's timers keep the real monotonic clock
-        "TZ": "UTC",
-    }
-
-
 def test_health_reports_the_default_policy(server: Any) -> None:
     assert httpx.get(server.http_url + "/health").json()["market_hours"] == "always"
 

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from conftest import pinned_instruments
 
 from qaex.core.engine import Engine
 from qaex.core.errors import Conflict, QaexError
@@ -90,7 +91,7 @@ async def drain(exchange: Exchange) -> None:
 
 @pytest.fixture
 async def exchange(nursery: trio.Nursery) -> AsyncIterator[Exchange]:
-    exchange = Exchange(Engine())
+    exchange = Exchange(Engine(pinned_instruments()))  # on the wall clock: contracts that never expire
     await nursery.start(exchange.run)
     for user in ("alice", "bob", "carol"):
         await exchange.open_account(user, "pw-123456", 1_000_000.0)

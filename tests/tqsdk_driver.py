@@ -16,6 +16,9 @@ Scenarios:
   CLOSETODAY, CLOSE after an admin settlement, ``TargetPosTask``, ``req_transfer``. Account and
   position snapshots are taken from TqSdk and, at the same moment, from qaex's HTTP API.
 * ``bad_login``: TqApi with a wrong password; records what TqSdk does about it.
+* ``saturday`` (``--mode=always|exchange``): run under libfaketime by tests/test_tqsdk_calendar.py on
+  the product listing: the main contract of rb, then TargetPosTask to +2 and back to 0 (``always``),
+  or a limit order refused as out of hours (``exchange``).
 
 The result is the last stdout line, ``RESULT {json}`` (TqSdk prints to stdout too).
 
@@ -474,9 +477,59 @@ def run_bad_login(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def run_saturday(args: argparse.Namespace) -> dict[str, Any]:
+    """The contracts a user gets (the product listing), with the clock on a Saturday: the main
+    contract of rb from ``KQ.m@SHFE.rb``, then TqSdk's TargetPosTask to +2 and back to 0 against the
+    market maker (``always``), or one limit order and the server's answer (``exchange``)."""
+    out: dict[str, Any] = {"local_time": datetime.datetime.now(datetime.UTC).isoformat()}
+    a = TqAccount("qaex", args.user_a[0], args.user_a[1], td_url=args.diff)
+    api = TqApi(a, auth=LocalAuth([args.user_a[0]]), _md_url=args.diff, disable_print=True)
+    try:
+        cont = api.get_quote("KQ.m@SHFE.rb")
+        wait_until(api, lambda: bool(cont.underlying_symbol), 15, "the main contract of rb")
+        symbol = cont.underlying_symbol
+        out["main"] = symbol
+        quote = api.get_quote(symbol)
+        wait_until(api, lambda: quote.datetime != "", 15, "the main contract's quote")
+        out["quote"] = {"datetime": quote.datetime, "expired": quote.expired, "last_price": num(quote.last_price)}
+        position = api.get_position(symbol, account=a)
+        if args.mode == "always":
+            task = TargetPosTask(api, symbol, account=a)
+            task.set_target_volume(2)
+            wait_until(api, lambda: position.pos_long == 2, 30, "TargetPosTask to reach +2")
+            out["reached"] = num(position.pos_long)
+            task.set_target_volume(0)
+            wait_until(api, lambda: position.pos_long == 0 and position.pos_short == 0, 30, "back to 0")
+            out["back"] = num(position.pos)
+        else:
+            order = api.insert_order(symbol, "BUY", "OPEN", 1, limit_price=quote.pre_settlement, account=a)
+
+            def notifies() -> list[dict[str, Any]]:  # as TqSdk keeps them (TqNotify reads these)
+                kept = api._data.get("notify", {})
+                return [dict(kept[k]) for k in kept if not k.startswith("_")]
+
+            try:
+                wait_until(api, lambda: order.status == "FINISHED", 15, "the refused order FINISHED")
+            finally:
+                out["notifies"] = [{k: n.get(k) for k in ("code", "level", "content")} for n in notifies()]
+                out["order"] = {
+                    "status": order.status,
+                    "exchange_order_id": order.exchange_order_id,
+                    "last_msg": order.last_msg,
+                    "volume_left": order.volume_left,
+                }
+    except Exception as exc:  # keep what was gathered: the test shows it
+        out["failed"] = f"{type(exc).__name__}: {exc}"
+        out["traceback"] = traceback.format_exc()
+    finally:
+        api.close()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("scenario", choices=("main", "bad_login"))
+    parser.add_argument("scenario", choices=("main", "bad_login", "saturday"))
+    parser.add_argument("--mode", choices=("always", "exchange"), default="always")
     parser.add_argument("--http", required=True)
     parser.add_argument("--diff", required=True)
     parser.add_argument("--admin", default="")
@@ -489,7 +542,8 @@ def main(argv: list[str] | None = None) -> int:
     args.user_a = (args.user_a, args.password_a)
     args.user_b = (args.user_b, args.password_b)
     try:
-        result = run_main(args) if args.scenario == "main" else run_bad_login(args)
+        scenarios = {"main": run_main, "bad_login": run_bad_login, "saturday": run_saturday}
+        result = scenarios[args.scenario](args)
     except Exception as exc:
         result = {"failed": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
     result["refused_connections"] = REFUSED

@@ -153,7 +153,9 @@ class DiffServer:
             elif isinstance(event, messages.InsertOrderMessage):
                 # Pipelined: the reader goes on reading (peeks, pongs, the next order) while the
                 # router commits; the order's state arrives as patches, a refusal as a notify.
-                await exchange.submit_insert_order(event, functools.partial(_report_refusal, link))
+                await exchange.submit_insert_order(
+                    event, functools.partial(_report_order_refusal, link, event)
+                )
             elif isinstance(event, messages.CancelOrder):
                 await exchange.submit_cancel_order(
                     event.user_id, event.order_id, functools.partial(_report_refusal, link)
@@ -270,6 +272,13 @@ class DiffServer:
                 log.info("no pong within %.0f s: closing %s", self.heartbeat_timeout, ws.remote)
                 await ws.aclose(1001, "heartbeat timeout")
                 return
+
+
+def _report_order_refusal(link: SessionLink, message: messages.InsertOrderMessage, request: Request) -> None:
+    """Completion of a pipelined insert_order: one refused as a whole also finishes the client's order."""
+    if request.error is not None and not link.closed:
+        link.session.order_refused(message, request.error)
+        link.wake()
 
 
 def _report_refusal(link: SessionLink, request: Request) -> None:

@@ -829,8 +829,9 @@ class Engine:
             self.open_interest[symbol] = instrument.pre_open_interest
         self._batch.instruments_changed.add(symbol)
         product = main_contracts.product_key(instrument)
-        if product not in self.main_contracts:  # the product's first live contract becomes its main
-            self._choose_main_contracts(self._listing_interest(), product)
+        # Chosen again from the listing figures (pre_open_interest): a product listed one contract at a
+        # time gets the month with the most open interest, not its first; never an earlier one.
+        self._choose_main_contracts(self._listing_interest(), product)
         return instrument
 
     def _listing_interest(self) -> dict[str, int]:

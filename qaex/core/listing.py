@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from qaex.core.calendar import HolidayCalendar, parse_day
-from qaex.core.contracts import instrument_for, listed_contracts
+from qaex.core.contracts import ListedContract, instrument_for, listed_contracts
 from qaex.core.instruments import Instrument
 from qaex.core.products import ProductTemplate
 
@@ -68,11 +68,18 @@ def listing_update(
         siblings = [i for i in listed.values() if i.product_key == product.key]
         live = [i for i in siblings if not i.expired]
         neighbour = max(live, key=lambda i: (i.expire_datetime, i.instrument_id), default=None)
-        for contract in listed_contracts(product, day, calendar):
+        contracts = listed_contracts(product, day, calendar)
+        fresh = not siblings
+        main = _opening_main(product, contracts, day) if fresh else -1
+        for index, contract in enumerate(contracts):
             if contract.symbol in listed:
                 continue
             if neighbour is None:
-                new.append(instrument_for(product, contract))
+                instrument = instrument_for(product, contract)
+                if fresh:  # the main month holds the product's open interest, the others less
+                    share = 1.0 if index == main else 0.3 / (1 + abs(index - main))
+                    instrument.pre_open_interest = round(product.reference_open_interest * share)
+                new.append(instrument)
                 continue
             ticks = max(1, round(neighbour.pre_settlement / product.price_tick))
             instrument = instrument_for(product, contract, pre_settlement=ticks * product.price_tick)
@@ -81,7 +88,7 @@ def listing_update(
             instrument.pre_open_interest = 0
             instrument.reset_limits()
             new.append(instrument)
-    horizon = day - dt.timedelta(days=keep_expired_days)
+    horizon = day - dt.timedelta(days=keep_expired_days)  # delisted once past it
     delist = sorted(
         symbol
         for symbol, instrument in listed.items()
@@ -90,3 +97,18 @@ def listing_update(
         and parse_day(instrument.last_trading_day) < horizon
     )
     return ListingUpdate(new, delist)
+
+
+def _opening_main(product: ProductTemplate, contracts: list[ListedContract], day: dt.date) -> int:
+    """Which of a freshly listed product's contracts opens as its main: the nearest in the product's
+    ``main_months`` whose last trading day is more than ``main_roll_days`` away (the market has rolled
+    out of nearer ones), else the nearest such contract of any month, else the last listed."""
+    far = [
+        index
+        for index, contract in enumerate(contracts)
+        if (contract.last_trading_day - day).days > product.main_roll_days
+    ]
+    preferred = [
+        i for i in far if not product.main_months or contracts[i].delivery_month in product.main_months
+    ]
+    return (preferred or far or [len(contracts) - 1])[0]

@@ -67,6 +67,11 @@ class ProductTemplate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     listing: ListingRule
     expiry: ExpiryRule
     former_expiries: tuple[FormerExpiry, ...] = ()  # oldest first
+    main_months: tuple[int, ...] = ()
+    """The delivery months the product's trading concentrates in (rb: 1, 5, 10): at a fresh start the
+    nearest of them more than ``main_roll_days`` from its last trading day opens with the most open
+    interest, so the main contract (KQ.m@) is where the real market's is; () : any month."""
+    main_roll_days: int = 45
     settlement_rule: Literal["vwap", "last"] = "vwap"  # Instrument.settlement_rule
     settlement_window: int = 0  # Instrument.settlement_window: seconds (CFFEX: the last hour)
     reference_price: float
@@ -97,8 +102,8 @@ TWELVE_MONTHS = Rolling()
 CFFEX_INDEX_MONTHS = NearAndCycle(near=2, cycle=QUARTER_MONTHS, count=2)
 
 _SHFE_METAL = {"listing": TWELVE_MONTHS, "expiry": SHFE_15TH}
-_DCE = {"expiry": TENTH_TRADING_DAY, "max_limit_order_volume": 1000}
-_CZCE = {"expiry": TENTH_TRADING_DAY, "max_limit_order_volume": 1000}
+_DCE = {"expiry": TENTH_TRADING_DAY, "max_limit_order_volume": 1000, "main_months": (1, 5, 9)}
+_CZCE = {"expiry": TENTH_TRADING_DAY, "max_limit_order_volume": 1000, "main_months": (1, 5, 9)}
 _CFFEX_INDEX = {
     "listing": CFFEX_INDEX_MONTHS,
     "expiry": THIRD_FRIDAY,
@@ -111,6 +116,7 @@ _CFFEX_INDEX = {
     "max_limit_order_volume": 20,
     "max_market_order_volume": 10,
     "settlement_window": 3600,  # CFFEX settles on the VWAP of the last hour of trading
+    "main_roll_days": 5,  # index futures trade in the front month until its last week
 }
 
 
@@ -151,11 +157,13 @@ _TEMPLATES = [
               trading_time=sessions(DAY_COMMODITY, "26:30:00"), reference_price=12000.0,
               reference_open_interest=600000),
     _template(**_SHFE_METAL, exchange_id="SHFE", product_id="rb", name="螺纹钢", price_tick=1.0,
+              main_months=(1, 5, 10),
               volume_multiple=10, margin_ratio=0.07, open_commission_rate=0.0001,
               close_commission_rate=0.0001, close_today_commission_rate=0.0001, limit_ratio=0.06,
               max_limit_order_volume=1000, trading_time=sessions(DAY_COMMODITY, "23:00:00"),
               reference_price=3100.0, reference_open_interest=1900000),
     _template(**_SHFE_METAL, exchange_id="SHFE", product_id="hc", name="热轧卷板", price_tick=1.0,
+              main_months=(1, 5, 10),
               volume_multiple=10, margin_ratio=0.07, open_commission_rate=0.0001,
               close_commission_rate=0.0001, close_today_commission_rate=0.0001, limit_ratio=0.06,
               max_limit_order_volume=1000, trading_time=sessions(DAY_COMMODITY, "23:00:00"),
@@ -247,7 +255,8 @@ _TEMPLATES = [
     _template(exchange_id="CFFEX", product_id="T", name="十年期国债", price_tick=0.005,
               volume_multiple=10000, margin_ratio=0.02, open_commission_per_lot=3.0,
               close_commission_per_lot=3.0, limit_ratio=0.02, max_limit_order_volume=50,
-              max_market_order_volume=30, trading_time=sessions(DAY_CFFEX_TREASURY), settlement_window=3600,
+              max_market_order_volume=30, trading_time=sessions(DAY_CFFEX_TREASURY),
+              settlement_window=3600, main_roll_days=20,
               listing=NearAndCycle(near=0, cycle=QUARTER_MONTHS, count=3), expiry=SECOND_FRIDAY,
               reference_price=108.5, reference_open_interest=200000),
 ]  # fmt: skip

@@ -219,10 +219,14 @@ class Exchange:
             listing.calendar,
             keep_expired_days=listing.keep_expired_days,
         )
-        for symbol in update.delist:
-            await self.delist(symbol)
-        for instrument in update.new:
-            await self.upsert_instrument(msgspec.to_builtins(instrument))
+        commands_: list[commands.AnyCommand] = [commands.Delist(ts=0, symbol=s) for s in update.delist]
+        commands_ += [commands.UpsertInstrument(ts=0, spec=msgspec.to_builtins(i)) for i in update.new]
+        for request in await self.router.execute_all(commands_):  # the router stamps each ts
+            if request.error is not None:
+                log.error("listing: %s refused: %s", request.command, request.error)
+            elif isinstance(request.command, commands.UpsertInstrument) and self.simulator is not None:
+                assert isinstance(request.result, Instrument)
+                self.simulator.instrument_added(request.result.symbol)  # gets liquidity at once
         if update:
             log.info(
                 "listing for trading day %s: %d contracts listed, %d delisted (%d in all)",

@@ -131,7 +131,6 @@ class MarketData:
     def quote_patches_built(self) -> int:
         return self.state.quote_patches_built
 
-
     # -- the service -------------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeAlias, TypeVar, overload
 
@@ -115,6 +115,29 @@ class OrderRouter:
         if request.error is not None:
             raise request.error
         return request.result
+
+    async def execute_all(self, commands: Sequence[Submitted[AnyCommand]]) -> list[Request]:
+        """Apply `commands` in their order and wait until all are done: queued together, they share
+        batches (and their journal commits) instead of waiting for one commit each, as a start-up's
+        listing of a few hundred contracts would. Each Request holds its result or its error."""
+        requests: list[Request] = []
+        if not commands:
+            return requests
+        all_done = trio.Event()
+        left = len(commands)
+
+        def finished(request: Request) -> None:
+            nonlocal left
+            left -= 1
+            if left == 0:
+                all_done.set()
+
+        for command in commands:
+            request = Request(command, on_done=finished)
+            requests.append(request)
+            await self._send.send(request)
+        await all_done.wait()
+        return requests
 
     async def submit(
         self,

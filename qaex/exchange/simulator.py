@@ -257,8 +257,11 @@ class LiquiditySimulator:
         symbols = [symbol for symbol in engine.instruments if self._covers(symbol)]
         self.ladders = {symbol: self._ladder(symbol) for symbol in symbols}
         self._resync(self.ladders.values())
-        for ladder in self.ladders.values():
-            await self._supervised(ladder, self._reconcile)
+        # All at once: their orders share the router's batches (one journal commit for hundreds of
+        # orders), so putting up a ladder on every listed contract takes a moment, not a minute.
+        async with trio.open_nursery() as nursery:
+            for ladder in self.ladders.values():
+                nursery.start_soon(self._supervised, ladder, self._reconcile)
         log.info("liquidity simulator ready: %d instruments, seed %s", len(symbols), self.seed)
 
     def instrument_added(self, symbol: str) -> None:

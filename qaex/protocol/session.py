@@ -272,6 +272,32 @@ class DiffSession:
         """The exchange refused this connection's request: an ERROR notify with the error's code and text."""
         self.notify(error.diff_code or NOTIFY_REFUSED, "ERROR", error.message)
 
+    def order_refused(self, message: InsertOrderMessage, error: QaexError) -> None:
+        """The exchange refused an insert_order as a whole (out of hours, over the order rate, ...):
+        the ERROR notify, and the order as the client keeps it, FINISHED with the reason in
+        ``last_msg`` and nothing filled, under ``trade/{user}/orders/{order_id}``. TqSdk marks an order
+        ALIVE when it sends it and waits for the exchange's word; without it a refused order would
+        stay ALIVE there for ever (and a TargetPosTask with it). The exchange keeps no trace of it.
+        Not for a duplicate order id: that order exists, and its state is the exchange's."""
+        self.refused(error)
+        if error.code == "duplicate_order_id" or self.user_id is None:
+            return
+        refused = {
+            "order_id": message.order_id,
+            "exchange_id": message.exchange_id,
+            "instrument_id": message.instrument_id,
+            "direction": message.direction,
+            "offset": message.offset,
+            "volume_orign": message.volume,
+            "price_type": message.price_type,
+            "limit_price": message.limit_price if message.limit_price == message.limit_price else "-",
+            "exchange_order_id": "",
+            "status": "FINISHED",
+            "volume_left": message.volume,
+            "last_msg": error.message,
+        }
+        self.push({"trade": {self.user_id: {"orders": {message.order_id: refused}}}})
+
     def password_changed(self) -> None:
         """The exchange accepted a change_password."""
         self.notify(NOTIFY_PASSWORD_CHANGED, "INFO", "修改密码成功")
