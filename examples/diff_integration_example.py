@@ -21,7 +21,7 @@ import trio
 
 from qaex.client import DiffClient
 
-SYMBOL = "SHFE.rb2601"
+SYMBOL = "SHFE.rb2705"  # trades until 2027-05-17: pick one GET /api/market/instruments lists
 
 
 def http_post(base: str, path: str, body: dict[str, Any]) -> dict[str, Any]:

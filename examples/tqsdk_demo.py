@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--user", help="qaex account")
     parser.add_argument("--password")
     parser.add_argument("--open", action="store_true", help="open a new account over HTTP first")
-    parser.add_argument("--symbol", default="SHFE.cu2601")
+    parser.add_argument("--symbol", default="KQ.m@SHFE.cu", help="a contract, or KQ.m@... for a main one")
     args = parser.parse_args()
     if args.open:
         args.user, args.password = open_account(args.http)
@@ -69,6 +69,8 @@ def main() -> None:
     account = TqAccount("qaex", args.user, args.password, td_url=args.diff)
     api = TqApi(account, auth=LocalAuth(args.user), _md_url=args.diff)
     try:
+        if args.symbol.startswith("KQ.m@"):  # a main-contract series: trade the contract it follows
+            args.symbol = api.get_quote(args.symbol).underlying_symbol
         quote = api.get_quote(args.symbol)
         print(
             f"{quote.instrument_id} {quote.datetime} last {quote.last_price} "

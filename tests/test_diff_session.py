@@ -300,6 +300,30 @@ def test_insert_order_for_own_user_is_returned() -> None:
     assert event.order_id == "o1"
 
 
+def test_an_insert_refused_as_a_whole_finishes_the_clients_order_with_the_reason() -> None:
+    session = logged_in("u1")
+    [event] = session.receive(order_frame("u1", "o7"))
+    assert isinstance(event, InsertOrderMessage)
+    closed = QaexError("下单失败, 合约 SHFE.cu2601 不在交易时间", code="market_closed", diff_code=425)
+    session.order_refused(event, closed)
+    session.receive(PEEK)
+    data = data_of(session)
+    order = client_tree(data)["trade"]["u1"]["orders"]["o7"]
+    assert order["status"] == "FINISHED" and order["exchange_order_id"] == ""
+    assert order["volume_left"] == order["volume_orign"] == 1 and order["last_msg"] == closed.message
+    assert [n["code"] for n in notifies(data).values()] == [425]
+
+
+def test_a_duplicate_order_id_is_refused_without_touching_the_existing_order() -> None:
+    session = logged_in("u1")
+    [event] = session.receive(order_frame("u1", "o7"))
+    assert isinstance(event, InsertOrderMessage)
+    session.order_refused(event, QaexError("委托单号重复: o7", code="duplicate_order_id", diff_code=407))
+    session.receive(PEEK)
+    data = data_of(session)
+    assert "trade" not in client_tree(data) and [n["code"] for n in notifies(data).values()] == [407]
+
+
 def test_insert_order_for_another_user_is_refused_with_408() -> None:
     session = logged_in("u1")
     assert session.receive(order_frame("u2")) == []

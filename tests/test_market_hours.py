@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
