@@ -237,6 +237,9 @@ def start_qaex(
         QAEX_MARKET_MAKER="0",
         QAEX_SETTLEMENT_TIME="",
         QAEX_LOG="warning",
+        # The benchmarks trade SYMBOL on fixed contracts (the tests' pinned set), on any date;
+        # bench.idle passes QAEX_INSTRUMENTS="" for the product listing a user gets.
+        QAEX_INSTRUMENTS=str(ROOT / "tests" / "pinned_instruments.toml"),
     )
     env.update(extra_env or {})
     log_path = workdir / f"qaex-{http_port}.log"

@@ -84,6 +84,10 @@ def backoff(failures: int) -> float:
     return min(BACKOFF_FIRST * 2.0 ** min(failures - 1, 64), BACKOFF_MAX)
 
 
+MIN_ACTIVITY = 0.05
+"""The slowest a listed contract's ladder steps, relative to its product's main contract (_activity)."""
+
+
 class ThrottledLog:
     """Logs one kind of record at most once per ``every`` seconds of trio's clock, counting the rest.
 
@@ -212,6 +216,7 @@ class LiquiditySimulator:
         self.symbols = symbols
         self.day_order_budget = day_order_budget
         self.ladders: dict[str, Ladder] = {}
+        self._products: dict[str, list[str]] = {}  # product key -> its quoted contracts (_activity)
         self._nursery: trio.Nursery | None = None  # the ladders' loops, while running
         self._errors = ThrottledLog(log)
 
@@ -256,6 +261,9 @@ class LiquiditySimulator:
         # A covered contract that does not exist yet gets its ladder when it is listed (instrument_added).
         symbols = [symbol for symbol in engine.instruments if self._covers(symbol)]
         self.ladders = {symbol: self._ladder(symbol) for symbol in symbols}
+        self._products = {}
+        for ladder in self.ladders.values():
+            self._products.setdefault(ladder.instrument.product_key, []).append(ladder.instrument.symbol)
         self._resync(self.ladders.values())
         # All at once: their orders share the router's batches (one journal commit for hundreds of
         # orders), so putting up a ladder on every listed contract takes a moment, not a minute.
@@ -281,6 +289,7 @@ class LiquiditySimulator:
             self._failed(symbol, exc, 1)
             return
         self.ladders[symbol] = ladder
+        self._products.setdefault(ladder.instrument.product_key, []).append(symbol)
         self._nursery.start_soon(self._loop, ladder, name=f"simulator:{symbol}")
         log.info("liquidity simulator: ladder for %s", symbol)
 
@@ -327,12 +336,18 @@ class LiquiditySimulator:
             ladder.next_id = max(ladder.next_id, highest[ladder.instrument.instrument_id] + 1)
 
     async def _loop(self, ladder: Ladder) -> None:
-        while True:
+        symbol = ladder.instrument.symbol
+        while symbol in self.exchange.engine.instruments:  # until the contract leaves the listing
             if ladder.failures:
                 await trio.sleep(backoff(ladder.failures))
             else:
-                await trio.sleep(ladder.rng.uniform(0.4, 1.6) * self.interval * self._slowdown())
+                pause = ladder.rng.uniform(0.4, 1.6) * self.interval * self._slowdown()
+                await trio.sleep(pause / self._activity(ladder))
             await self._supervised(ladder, self.step)
+        self.ladders.pop(symbol, None)
+        siblings = self._products.get(ladder.instrument.product_key, [])
+        if symbol in siblings:
+            siblings.remove(symbol)
 
     async def _supervised(self, ladder: Ladder, action: Callable[[Ladder], Awaitable[None]]) -> None:
         """The supervisor boundary around one step of a ladder: an ``Exception`` is logged and counted
@@ -367,6 +382,19 @@ class LiquiditySimulator:
             exc,
             exc_info=exc,
         )
+
+    def _activity(self, ladder: Ladder) -> float:
+        """How often a contract's ladder steps, relative to ``interval``: its open interest's share of
+        the product's busiest contract (the main contract: 1), at least MIN_ACTIVITY. With every month
+        of every product listed, trading goes where the open interest is, as in the real market, and a
+        far month with no open interest steps every ~``interval / MIN_ACTIVITY`` seconds."""
+        instrument = ladder.instrument
+        interest = self.exchange.engine.open_interest
+        siblings = self._products.get(instrument.product_key, ())
+        top = max((interest.get(symbol, 0) for symbol in siblings), default=0)
+        if top <= 0:
+            return 1.0
+        return max(MIN_ACTIVITY, interest.get(instrument.symbol, 0) / top)
 
     def _slowdown(self) -> float:
         """1 until today's orders pass the budget, then proportional to them: the day's records (kept
