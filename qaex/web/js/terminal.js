@@ -148,16 +148,16 @@ function renderLadder() {
     const side = key[0] === "a" ? "ask" : "bid";
     const level = key[1];
     const p = fmt.num(q?.[`${side}_price${level}`]);
-    const v = q?.[`${side}_volume${level}`];
+    const v = Number.isNaN(p) ? NaN : q?.[`${side}_volume${level}`]; // no price: an empty level
     const myBuy = mine.buy.get(p);
     const mySell = mine.sell.get(p);
     row.className = side + (key === "a1" ? " mid" : "");
     row.dataset.price = Number.isNaN(p) ? "" : String(p);
     cells(row, [
       { text: myBuy ? String(myBuy) : "", cls: "mine" },
-      { text: side === "bid" ? fmt.integer(v) : "", cls: "vol bidvol" },
-      { text: fmt.price(p, d), cls: "price" },
-      { text: side === "ask" ? fmt.integer(v) : "", cls: "vol askvol" },
+      { text: side === "bid" && !Number.isNaN(p) ? fmt.integer(v) : "", cls: "vol bidvol" },
+      { text: Number.isNaN(p) ? "" : fmt.price(p, d), cls: "price" },
+      { text: side === "ask" && !Number.isNaN(p) ? fmt.integer(v) : "", cls: "vol askvol" },
       { text: mySell ? String(mySell) : "", cls: "mine" },
     ]);
   });
