@@ -33,6 +33,7 @@ from qaex import gc_policy, logconfig
 from qaex.api.auth import TokenSigner
 from qaex.api.diff_server import serve_diff
 from qaex.api.http import Services, blueprint
+from qaex.api.web import pages  # also declares GET /api/web/config on the API blueprint
 from qaex.api.websocket_guard import RejectWebSockets, refuse_websocket_upgrades
 from qaex.config import Config, ConfigError, access_guard, load_holidays, load_instruments, load_listing
 from qaex.core.engine import Engine
@@ -203,6 +204,7 @@ def create_app(config: Config | None = None) -> QuartTrio:
     app = QuartTrio(__name__)
     app.config["JSON_SORT_KEYS"] = False
     app.register_blueprint(blueprint)
+    app.register_blueprint(pages)  # the web terminal: / and /admin and /web/*, outside /openapi.json
     # hypercorn issue #225: WebSocket upgrades on this port are plain HTTP requests, answered with a
     # JSON 400 by the guard; see qaex.api.websocket_guard.
     app.asgi_app = RejectWebSockets(app.asgi_app)  # type: ignore[method-assign]

@@ -74,6 +74,12 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
     login_address_failures_per_minute: int = 30  # per address, over all user ids; 0 = no limit
     max_accounts_per_address_per_hour: int = 20  # HTTP account opening; 0 = no limit
     trusted_proxies: str = ""  # comma-separated addresses/networks whose X-Forwarded-For is believed
+    # The web terminal (qaex/api/web.py): the DIFF URL the page connects to; "": ws://<the page's
+    # host>:<diff_port>/ws/diff. Set it behind a reverse proxy (wss://example.org/ws/diff).
+    public_diff_url: str = ""
+    # Comma-separated origins (scheme://host[:port]) allowed to open DIFF from a browser; "": any.
+    # Clients that send no Origin header (TqSdk, scripts) are always let in.
+    allowed_origins: str = ""
 
     @property
     def settlement_clock(self) -> dt.time | None:
@@ -83,6 +89,11 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
         if self.settlement_time is None:
             return dt.time(18, 0) if self.market_hours == "always" else dt.time(15, 30)
         return parse_clock_time(self.settlement_time) if self.settlement_time else None
+
+    @property
+    def allowed_origin_list(self) -> list[str]:
+        """``allowed_origins`` split, without trailing slashes; empty: every origin is allowed."""
+        return [o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip()]
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -163,6 +174,16 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
             raise ConfigError(
                 f"{origin('trusted_proxies')}: expected comma-separated IP addresses or networks: {exc}"
             ) from None
+        need(
+            self.public_diff_url == "" or self.public_diff_url.startswith(("ws://", "wss://")),
+            "public_diff_url",
+            "a ws:// or wss:// URL, or empty",
+        )
+        need(
+            all(o.startswith(("http://", "https://")) for o in self.allowed_origin_list),
+            "allowed_origins",
+            "comma-separated origins like https://example.org, or empty",
+        )
         if self.settlement_time:
             try:
                 parse_clock_time(self.settlement_time)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -52,6 +52,7 @@ class DiffServer:
         max_messages_per_second: int = 200,
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
         heartbeat_timeout: float = HEARTBEAT_TIMEOUT,
+        allowed_origins: Sequence[str] = (),
     ) -> None:
         self.exchange = exchange
         self.max_sessions = max_sessions
@@ -59,6 +60,7 @@ class DiffServer:
         self.max_messages_per_second = max_messages_per_second
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
+        self.allowed_origins = frozenset(allowed_origins)  # empty: any Origin (QAEX_ALLOWED_ORIGINS)
         self._ids = itertools.count(1)
         self.active = 0
         self._sources: dict[int, str] = {}  # session id -> client address, for the login throttle
@@ -85,6 +87,9 @@ class DiffServer:
         path = request.path.split("?", 1)[0]
         if path != DIFF_PATH:
             await request.reject(404, body=f"no DIFF endpoint at {path}; use {DIFF_PATH}".encode())
+            return
+        if not self.origin_allowed(request):
+            await request.reject(403, body=b"this Origin may not open DIFF (QAEX_ALLOWED_ORIGINS)")
             return
         if self.active >= self.max_sessions:
             await request.reject(503, body=b"too many sessions")
@@ -183,6 +188,13 @@ class DiffServer:
         except QaexError as exc:
             session.refused(exc)
         link.wake()
+
+    def origin_allowed(self, request: WebSocketRequest) -> bool:
+        """No Origin header (TqSdk, scripts), no list, or an Origin in QAEX_ALLOWED_ORIGINS."""
+        if not self.allowed_origins:
+            return True
+        origins = [value for name, value in request.headers if name.lower() == b"origin"]
+        return not origins or all(o.decode("latin-1").rstrip("/") in self.allowed_origins for o in origins)
 
     def _source_of(self, request: WebSocketRequest, ws: WebSocketConnection) -> str:
         """The client's address as the throttles key it (a trusted proxy's X-Forwarded-For, or the peer)."""
@@ -297,5 +309,6 @@ async def serve_diff(
         max_sessions=config.max_sessions,
         max_message_size=config.max_message_size,
         max_messages_per_second=config.max_messages_per_second,
+        allowed_origins=config.allowed_origin_list,
     )
     await server.serve(config.diff_host, config.diff_port, task_status=task_status)
