@@ -47,6 +47,7 @@ next session opens puts the ladder back up.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import re
 import secrets
@@ -84,6 +85,8 @@ def backoff(failures: int) -> float:
     return min(BACKOFF_FIRST * 2.0 ** min(failures - 1, 64), BACKOFF_MAX)
 
 
+CROWDING_EVERY = 30.0
+"""Seconds between two computations of the simulator's crowding factor (_crowded)."""
 MIN_ACTIVITY = 0.05
 """The slowest a listed contract's ladder steps, relative to its product's main contract (_activity)."""
 
@@ -199,10 +202,13 @@ class LiquiditySimulator:
         taker_chance: float = 0.3,
         symbols: list[str] | None = None,
         day_order_budget: int = 50_000,
+        steps_per_second: float = 8.0,
     ) -> None:
         """``interval``: mean seconds between two steps of one instrument (each step waits 0.4-1.6 ×
         ``interval``); ``taker_chance``: probability that a step also sends a taker order;
-        ``day_order_budget``: orders of the trading day past which the simulator slows down."""
+        ``day_order_budget``: orders of the trading day past which the simulator slows down;
+        ``steps_per_second``: the most steps of all ladders together, on average (a full listing of a
+        few hundred contracts is slowed to it: CPU and journal stay small with nobody trading)."""
         if interval <= 0 or levels < 1 or max_lots < 1 or not 0 <= taker_chance <= 1 or day_order_budget < 1:
             raise ValueError(
                 "interval > 0, levels >= 1, max_lots >= 1, 0 <= taker_chance <= 1 and day_order_budget >= 1"
@@ -215,6 +221,9 @@ class LiquiditySimulator:
         self.taker_chance = taker_chance
         self.symbols = symbols
         self.day_order_budget = day_order_budget
+        self.steps_per_second = steps_per_second
+        self._crowding = 1.0  # >= 1: how much every ladder is slowed to keep to steps_per_second
+        self._crowding_at = -math.inf  # trio time of its last computation
         self.ladders: dict[str, Ladder] = {}
         self._products: dict[str, list[str]] = {}  # product key -> its quoted contracts (_activity)
         self._nursery: trio.Nursery | None = None  # the ladders' loops, while running
@@ -341,7 +350,7 @@ class LiquiditySimulator:
             if ladder.failures:
                 await trio.sleep(backoff(ladder.failures))
             else:
-                pause = ladder.rng.uniform(0.4, 1.6) * self.interval * self._slowdown()
+                pause = ladder.rng.uniform(0.4, 1.6) * self.interval * self._slowdown() * self._crowded()
                 await trio.sleep(pause / self._activity(ladder))
             await self._supervised(ladder, self.step)
         self.ladders.pop(symbol, None)
@@ -395,6 +404,16 @@ class LiquiditySimulator:
         if top <= 0:
             return 1.0
         return max(MIN_ACTIVITY, interest.get(instrument.symbol, 0) / top)
+
+    def _crowded(self) -> float:
+        """The factor that keeps all ladders' steps, weighted by their activity, to ``steps_per_second``
+        (recomputed every CROWDING_EVERY seconds: activities follow the open interest slowly)."""
+        now = trio.current_time()
+        if now - self._crowding_at >= CROWDING_EVERY:
+            wanted = sum(self._activity(ladder) for ladder in self.ladders.values()) / self.interval
+            self._crowding = max(1.0, wanted / self.steps_per_second)
+            self._crowding_at = now
+        return self._crowding
 
     def _slowdown(self) -> float:
         """1 until today's orders pass the budget, then proportional to them: the day's records (kept
