@@ -313,6 +313,7 @@ async def metrics() -> Response:
         [
             sample("qaex_sessions", "gauge", "Connected DIFF sessions", len(exchange.snapshots.links)),
             sample("qaex_users", "gauge", "Accounts", len(engine.users)),
+            *_notification_samples(exchange),
             # The engine numbers orders and trades from 1, so the last number is the count ever made.
             sample("qaex_orders_total", "counter", "Orders inserted", engine.orders_inserted),
             sample("qaex_trades_total", "counter", "Trades (fills)", engine.trades_made),
@@ -344,6 +345,16 @@ async def metrics() -> Response:
         ]
     )
     return Response(text, content_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def _notification_samples(exchange: Exchange) -> list[str]:
+    hub = exchange.snapshots.notifications
+    if hub is None:
+        return []
+    return [
+        sample("qaex_notification_connections", "gauge", "Open /ws and SSE notification streams", hub.connections),
+        sample("qaex_notification_cutoffs_total", "counter", "Notification consumers cut off", hub.cut_off),
+    ]
 
 
 @route("GET", "/openapi.json", "This document", answer=proto.OpenApiDocument)
