@@ -71,10 +71,10 @@ class WsEvents:
         self.ws = ws
         self.seen: list[Event] = []
 
-    async def take(self, count: int, timeout: float = 10.0) -> list[Event]:
+    async def take(self, count: int, seconds: float = 10.0) -> list[Event]:
         """The next `count` events that are not marks."""
         got: list[Event] = []
-        with trio.fail_after(timeout):
+        with trio.fail_after(seconds):
             while len(got) < count:
                 event = json.loads(await self.ws.get_message())
                 self.seen.append(event)
@@ -118,9 +118,9 @@ class Sse:
                 return event_id, data
         raise EOFError("stream ended")
 
-    async def take(self, count: int, timeout: float = 10.0) -> list[tuple[str | None, Event]]:
+    async def take(self, count: int, seconds: float = 10.0) -> list[tuple[str | None, Event]]:
         got = []
-        with trio.fail_after(timeout):
+        with trio.fail_after(seconds):
             while len(got) < count:
                 event_id, event = await self.next()
                 if not_a_mark(event):
@@ -237,7 +237,7 @@ async def test_ws_login_with_req_login_or_a_token_message_and_refusals(server: S
             assert closed.value.reason.code == 1008
 
 
-async def test_sse_needs_a_token_and_takes_one_as_query_parameter(server: Server) -> None:
+def test_sse_needs_a_token_and_takes_one_as_query_parameter(server: Server) -> None:
     alice = open_user(server)
     assert httpx.get(server.http_url + "/api/events").status_code == 401
     answer = httpx.get(server.http_url + "/api/events?token=forged")
@@ -320,3 +320,67 @@ def test_a_consumer_that_does_not_read_is_cut_off_and_the_exchange_goes_on(serve
         stuck.close()
     with httpx.Client(base_url=server.http_url) as client:
         assert client.get("/api/account", headers={"Authorization": f"Bearer {alice.token}"}).status_code == 200
+
+
+def raw_sse(server: Server, user: User) -> socket.socket:
+    """GET /api/events on a socket with a tiny receive buffer, never read again."""
+    host, port = server.http_url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    sock.connect((host, int(port)))
+    sock.sendall(
+        f"GET /api/events HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {user.token}\r\n\r\n".encode()
+    )
+    return sock
+
+
+def test_an_sse_consumer_that_does_not_read_is_cut_off(server: Server) -> None:
+    alice = open_user(server)
+    before = metric(server, "qaex_notification_cutoffs_total")
+    stuck = raw_sse(server, alice)
+    try:
+        deposits_until(server, alice, lambda: metric(server, "qaex_notification_cutoffs_total") > before)
+        stuck.settimeout(15)
+        data = b""
+        # The response ends (the last chunk) with a last event saying why; or, had the client stayed
+        # stuck past the grace, the connection is closed.
+        while not data.endswith(b"\r\n0\r\n\r\n") and (chunk := stuck.recv(65536)):
+            data += chunk
+        assert b" 200 " in data.split(b"\r\n", 1)[0] and b"text/event-stream" in data
+        assert b'"type":"closed","reason":"slow consumer' in data, data[-300:]
+    finally:
+        stuck.close()
+    deadline = time.monotonic() + 5
+    while metric(server, "qaex_notification_connections") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert metric(server, "qaex_notification_connections") == 0
+
+
+def test_sigterm_ends_open_streams_and_the_server_exits_0(tmp_path_factory: pytest.TempPathFactory) -> None:
+    running = launch(tmp_path_factory.mktemp("notify-stop"))
+    wait_ready(running)
+    alice = open_user(running)
+    running.clients.clear()  # keep alice's client: the streams below are what the stop must end
+    sse = httpx.stream("GET", f"{running.http_url}/api/events", headers={"Authorization": f"Bearer {alice.token}"})
+    response = sse.__enter__()
+    ws = raw_websocket(running, f"/ws?token={alice.token}")
+    try:
+        lines = response.iter_lines()
+        assert '"type":"ready"' in next(line for line in lines if line.startswith("data: "))
+        started = time.monotonic()
+        running.process.send_signal(signal.SIGTERM)
+        assert running.process.wait(10) == 0, running.log()[-3000:]
+        assert time.monotonic() - started < 8
+        # hypercorn gives open requests its graceful timeout (3 s), then cancels them: the stream ends
+        # with the connection (the app is not told of the shutdown before that, see qaex.api.events).
+        with pytest.raises(httpx.RemoteProtocolError):
+            list(lines)
+        ws.settimeout(5)
+        data = b""
+        while chunk := ws.recv(65536):
+            data += chunk
+        assert b"server shutting down" in data, data[-200:]  # /ws: close frame 1001
+    finally:
+        ws.close()
+        sse.__exit__(None, None, None)
+        alice.client.close()

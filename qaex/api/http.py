@@ -218,6 +218,20 @@ def query_int(name: str, default: int, low: int, high: int) -> int:
     raise HttpError(400, "bad_request", f"{name} must be an integer {low}-{high}, got {shown!r}")
 
 
+_SECONDS = re.compile(r"[0-9]{1,6}(?:\.[0-9]{1,3})?")
+
+
+def query_seconds(name: str, high: float) -> float:
+    """The query parameter `name` as seconds 0..`high` with at most 3 decimals (0 when absent)."""
+    text = request.args.get(name)
+    if text is None:
+        return 0.0
+    if _SECONDS.fullmatch(text) and float(text) <= high:
+        return float(text)
+    shown = text if len(text) <= 20 else text[:20] + "..."
+    raise HttpError(400, "bad_request", f"{name} must be seconds 0-{high:g} (e.g. 2.5), got {shown!r}")
+
+
 def current_user() -> str:
     """The user id of the request's valid bearer token (401 otherwise)."""
     token = bearer(request.headers.get("Authorization"))
@@ -352,7 +366,7 @@ def _notification_samples(exchange: Exchange) -> list[str]:
     if hub is None:
         return []
     return [
-        sample("qaex_notification_connections", "gauge", "Open /ws and SSE notification streams", hub.connections),
+        sample("qaex_notification_connections", "gauge", "Open /ws and SSE streams", hub.connections),
         sample("qaex_notification_cutoffs_total", "counter", "Notification consumers cut off", hub.cut_off),
     ]
 
@@ -581,7 +595,7 @@ async def notification_events() -> Response:
     else:
         user_id = current_user()
     max_events = query_int("max_events", 0, 0, 1_000_000)
-    timeout = query_int("timeout", 0, 0, 86_400)
+    timeout = query_seconds("timeout", 86_400.0)
     asked = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
     hub = services().exchange.snapshots.notifications
     handle = request.scope.get("qaex.stream")
