@@ -83,14 +83,14 @@ def test_marks_are_coalesced_to_one_per_interval() -> None:
     assert feed.push(patch(accounts={"CNY": {"position_profit": 1.0}}), 5.0, 1) == 1  # the first: at once
     assert feed.push(patch(accounts={"CNY": {"position_profit": 2.0}}), 5.2, 2) == 0
     assert feed.push(patch(accounts={"CNY": {"position_profit": 3.0}}), 5.4, 3) == 0
-    assert feed.due_mark(5.4) == 6.0 and not feed.flush_mark(5.9, 4)
+    assert feed.due_mark() == 6.0 and not feed.flush_mark(5.9, 4)
     assert feed.flush_mark(6.0, 5)
     (_, last), = feed.log.read(2, 10)
     assert b'"position_profit":3.0' in last and b'"cause":"mark"' in last
     # a transfer is never held back, and takes the pending mark with it
     feed.push(patch(accounts={"CNY": {"position_profit": 4.0}}), 6.1, 6)
     assert feed.push(patch(transfers={"d1": {"amount": 1}}, accounts={"CNY": {"balance": 2.0}}), 6.2, 7) == 1
-    assert feed.due_mark(6.2) is None
+    assert feed.due_mark() is None
 
 
 def test_log_ids_resume_and_gaps() -> None:

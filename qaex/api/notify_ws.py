@@ -41,6 +41,7 @@ NOTIFY_PATH = "/ws"
 LOGIN_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 2.0
 POLICY_VIOLATION = 1008
+HEARTBEAT_TIMEOUT = "heartbeat timeout"
 
 
 class LoginRefused(Exception):
@@ -110,7 +111,7 @@ class NotificationSockets:
             async with trio.open_nursery() as nursery:
                 subscriber.scope = nursery.cancel_scope
                 nursery.start_soon(self._ignore_messages, ws, nursery.cancel_scope)
-                nursery.start_soon(self._heartbeat, ws, nursery.cancel_scope)
+                nursery.start_soon(self._heartbeat, ws, subscriber)
                 await self._write(ws, subscriber)
                 nursery.cancel_scope.cancel()
         finally:
@@ -118,7 +119,9 @@ class NotificationSockets:
         reason = subscriber.reason
         if reason is not None and ws.closed is None:
             with trio.move_on_after(CLOSE_TIMEOUT):
-                await ws.aclose(1001 if reason == "server shutting down" else POLICY_VIOLATION, reason[:120])
+                slow = reason.startswith("slow consumer")
+                close_code = POLICY_VIOLATION if slow else 1001  # else shutdown or no pong
+                await ws.aclose(close_code, reason[:120])
 
     async def _authenticate(self, ws: WebSocketConnection, source: str, token: str | None) -> str:
         if token is not None:
@@ -175,12 +178,12 @@ class NotificationSockets:
         except ConnectionClosed:
             scope.cancel()
 
-    async def _heartbeat(self, ws: WebSocketConnection, scope: trio.CancelScope) -> None:
+    async def _heartbeat(self, ws: WebSocketConnection, subscriber: Subscriber) -> None:
         while True:
             await trio.sleep(self.server.heartbeat_interval)
             with trio.move_on_after(self.server.heartbeat_timeout) as waited:
                 await ws.ping()
             if waited.cancelled_caught:
                 log.info("no pong within %.0f s: closing %s", self.server.heartbeat_timeout, ws.remote)
-                scope.cancel()
+                subscriber.cut(HEARTBEAT_TIMEOUT, grace=0)
                 return

@@ -137,7 +137,7 @@ class NotificationHub:
             return
         if feed.push(patch, trio.current_time(), time.time_ns()):
             self._deliver(user_id, feed)
-        if user_id not in self._marks and feed.due_mark(0.0) is not None:
+        if user_id not in self._marks and feed.due_mark() is not None:
             self._marks.add(user_id)
             self._wakeup.set()
 
@@ -205,7 +205,7 @@ class NotificationHub:
                 wake_at = now + min(1.0, self.retain_seconds)
                 for user_id in tuple(self._marks):
                     feed = self.feeds.get(user_id)
-                    due = feed.due_mark(now) if feed is not None else None
+                    due = feed.due_mark() if feed is not None else None
                     if feed is None or due is None:
                         self._marks.discard(user_id)
                     elif due <= now:

@@ -267,13 +267,13 @@ class UserFeed:
         self.log.append(self.events.account_update(now_ns, cause))
         return len(events) + 1
 
-    def due_mark(self, now: float) -> float | None:
+    def due_mark(self) -> float | None:
         """When the pending mark's account_update is due (None: there is none)."""
         return self._last_mark + self.mark_interval if self._mark_pending else None
 
     def flush_mark(self, now: float, now_ns: int) -> bool:
         """Log the pending mark's account_update if it is due; True when it did."""
-        due = self.due_mark(now)
+        due = self.due_mark()
         if due is None or now < due:
             return False
         self._mark_pending = False
