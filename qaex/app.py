@@ -11,6 +11,7 @@ app.nursery (quart-trio lifespan)
     ├── StallReporter.run (only with QAEX_STALL_MS; qaex.stalls)
     ├── gc_policy.collect_on_timer (QAEX_GC_INTERVAL)
     ├── Exchange.run
+    ├── NotificationHub.run (qaex.exchange.notifications: /ws and SSE /api/events)
     └── serve_diff (qaex.api.diff_server)
 ```
 A failure while starting fails the lifespan startup, and hypercorn exits non-zero. A failure after
@@ -32,6 +33,7 @@ from quart_trio import QuartTrio
 from qaex import gc_policy, logconfig
 from qaex.api.auth import TokenSigner
 from qaex.api.diff_server import serve_diff
+from qaex.api.events import CuttableStreams
 from qaex.api.http import Services, blueprint
 from qaex.api.web import pages  # also declares GET /api/web/config on the API blueprint
 from qaex.api.websocket_guard import RejectWebSockets, refuse_websocket_upgrades
@@ -41,6 +43,7 @@ from qaex.core.journal_format import JournalCorrupt
 from qaex.datadir import DataDir, DataDirLocked
 from qaex.exchange.exchange import Exchange
 from qaex.exchange.market import MarketData
+from qaex.exchange.notifications import NotificationHub
 from qaex.exchange.recovery import open_journal
 from qaex.exchange.simulator import LiquiditySimulator
 from qaex.stalls import StallReporter
@@ -140,6 +143,14 @@ class Server:
         gc_policy.tune(config.gc_threshold)
         gc_policy.freeze_loaded_state()
         self.app.config["MAX_CONTENT_LENGTH"] = config.max_message_size
+        exchange.snapshots.notifications = NotificationHub(
+            exchange.snapshots,
+            buffer=config.notify_buffer,
+            max_lag=config.notify_max_lag,
+            mark_interval=config.notify_mark_interval,
+            retain_seconds=config.notify_retain_seconds,
+            max_per_user=config.max_sessions_per_user,
+        )
         self.app.extensions["qaex"] = Services(
             config=config,
             exchange=exchange,
@@ -161,7 +172,10 @@ class Server:
                     if config.gc_interval > 0:
                         await nursery.start(gc_policy.collect_on_timer, config.gc_interval)
                     await nursery.start(exchange.run)
-                    await nursery.start(serve_diff, exchange, config)
+                    if exchange.snapshots.notifications is not None:
+                        await nursery.start(exchange.snapshots.notifications.run)
+                    tokens = self.app.extensions["qaex"].tokens
+                    await nursery.start(serve_diff, exchange, config, tokens)
                     log.info("DIFF: ws://%s:%d/ws/diff", config.diff_host, config.diff_port)
                     log.info("HTTP: on hypercorn's bind (see its 'Running on' line)")
                     started = True
@@ -208,6 +222,8 @@ def create_app(config: Config | None = None) -> QuartTrio:
     # hypercorn issue #225: WebSocket upgrades on this port are plain HTTP requests, answered with a
     # JSON 400 by the guard; see qaex.api.websocket_guard.
     app.asgi_app = RejectWebSockets(app.asgi_app)  # type: ignore[method-assign]
+    # SSE streams (/api/events) get a cancel scope, so that a client that stops reading can be cut off.
+    app.asgi_app = CuttableStreams(app.asgi_app)  # type: ignore[method-assign, assignment]
     refuse_websocket_upgrades(app)
     server = Server(app, config)
     app.extensions["qaex.server"] = server

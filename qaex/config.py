@@ -80,6 +80,11 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
     # Comma-separated origins (scheme://host[:port]) allowed to open DIFF from a browser; "": any.
     # Clients that send no Origin header (TqSdk, scripts) are always let in.
     allowed_origins: str = ""
+    # The per-event notification stream (/ws, SSE /api/events; docs/notifications.md).
+    notify_buffer: int = 1000  # events kept per user for Last-Event-ID resume
+    notify_max_lag: int = 500  # events a connection may be behind before it is cut off (<= notify_buffer)
+    notify_mark_interval: float = 1.0  # seconds: at most one mark-to-market account_update per interval
+    notify_retain_seconds: float = 600.0  # a user's events are kept this long after its last connection
 
     @property
     def settlement_clock(self) -> dt.time | None:
@@ -148,6 +153,10 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
         need(self.gc_threshold >= 0, "gc_threshold", "an integer >= 0 (0 = CPython's default)")
         need(self.gc_interval >= 0, "gc_interval", "a number of seconds >= 0 (0 = no timed collections)")
         need(self.stall_ms >= 0, "stall_ms", "a number of milliseconds >= 0 (0 = off)")
+        need(self.notify_buffer >= 1, "notify_buffer", "an integer >= 1")
+        need(1 <= self.notify_max_lag <= self.notify_buffer, "notify_max_lag", "an integer 1..notify_buffer")
+        need(self.notify_mark_interval >= 0, "notify_mark_interval", "a number of seconds >= 0")
+        need(self.notify_retain_seconds >= 0, "notify_retain_seconds", "a number of seconds >= 0")
         need(
             1 <= self.login_failures_before_backoff <= 1000,
             "login_failures_before_backoff",

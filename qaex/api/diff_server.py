@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 import trio
 from trio_websocket import ConnectionClosed, Endpoint, WebSocketConnection, WebSocketRequest, serve_websocket
 
+from qaex.api.auth import TokenSigner
+from qaex.api.notify_ws import NOTIFY_PATH, NotificationSockets
 from qaex.core.errors import QaexError
 from qaex.core.throttle import LoginThrottled
 from qaex.exchange.router import Request
@@ -53,8 +55,10 @@ class DiffServer:
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
         heartbeat_timeout: float = HEARTBEAT_TIMEOUT,
         allowed_origins: Sequence[str] = (),
+        tokens: TokenSigner | None = None,
     ) -> None:
         self.exchange = exchange
+        self.notify = NotificationSockets(self, tokens)  # /ws: the per-event stream (qaex.api.notify_ws)
         self.max_sessions = max_sessions
         self.max_message_size = max_message_size
         self.max_messages_per_second = max_messages_per_second
@@ -85,8 +89,12 @@ class DiffServer:
 
     async def handle(self, request: WebSocketRequest) -> None:
         path = request.path.split("?", 1)[0]
+        if path == NOTIFY_PATH:
+            await self.notify.handle(request)
+            return
         if path != DIFF_PATH:
-            await request.reject(404, body=f"no DIFF endpoint at {path}; use {DIFF_PATH}".encode())
+            body = f"no endpoint at {path}; use {DIFF_PATH} or {NOTIFY_PATH}".encode()
+            await request.reject(404, body=body)
             return
         if not self.origin_allowed(request):
             await request.reject(403, body=b"this Origin may not open DIFF (QAEX_ALLOWED_ORIGINS)")
@@ -301,14 +309,20 @@ def _report_refusal(link: SessionLink, request: Request) -> None:
 
 
 async def serve_diff(
-    exchange: Exchange, config: Config, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
+    exchange: Exchange,
+    config: Config,
+    tokens: TokenSigner | None = None,
+    *,
+    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the DIFF listener of `config` for `exchange` (started by the app with nursery.start)."""
+    """Run the DIFF listener of `config` for `exchange` (started by the app with nursery.start);
+    `tokens` lets ``/ws`` accept the HTTP API's bearer tokens."""
     server = DiffServer(
         exchange,
         max_sessions=config.max_sessions,
         max_message_size=config.max_message_size,
         max_messages_per_second=config.max_messages_per_second,
         allowed_origins=config.allowed_origin_list,
+        tokens=tokens,
     )
     await server.serve(config.diff_host, config.diff_port, task_status=task_status)

@@ -26,6 +26,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import BaseConverter, Map
 
 from qaex.api.auth import TokenError, TokenSigner, bearer, is_admin_token
+from qaex.api.events import StreamHandle, sse_body
 from qaex.api.metrics import Histogram, exposition, sample
 from qaex.config import Config
 from qaex.core import limits
@@ -217,11 +218,29 @@ def query_int(name: str, default: int, low: int, high: int) -> int:
     raise HttpError(400, "bad_request", f"{name} must be an integer {low}-{high}, got {shown!r}")
 
 
+_SECONDS = re.compile(r"[0-9]{1,6}(?:\.[0-9]{1,3})?")
+
+
+def query_seconds(name: str, high: float) -> float:
+    """The query parameter `name` as seconds 0..`high` with at most 3 decimals (0 when absent)."""
+    text = request.args.get(name)
+    if text is None:
+        return 0.0
+    if _SECONDS.fullmatch(text) and float(text) <= high:
+        return float(text)
+    shown = text if len(text) <= 20 else text[:20] + "..."
+    raise HttpError(400, "bad_request", f"{name} must be seconds 0-{high:g} (e.g. 2.5), got {shown!r}")
+
+
 def current_user() -> str:
     """The user id of the request's valid bearer token (401 otherwise)."""
     token = bearer(request.headers.get("Authorization"))
     if token is None:
         raise HttpError(401, "unauthorized", "missing 'Authorization: Bearer <token>' (POST /api/auth/login)")
+    return _token_user(token)
+
+
+def _token_user(token: str) -> str:
     try:
         user_id = services().tokens.verify(token)
     except TokenError as exc:
@@ -308,6 +327,7 @@ async def metrics() -> Response:
         [
             sample("qaex_sessions", "gauge", "Connected DIFF sessions", len(exchange.snapshots.links)),
             sample("qaex_users", "gauge", "Accounts", len(engine.users)),
+            *_notification_samples(exchange),
             # The engine numbers orders and trades from 1, so the last number is the count ever made.
             sample("qaex_orders_total", "counter", "Orders inserted", engine.orders_inserted),
             sample("qaex_trades_total", "counter", "Trades (fills)", engine.trades_made),
@@ -339,6 +359,16 @@ async def metrics() -> Response:
         ]
     )
     return Response(text, content_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def _notification_samples(exchange: Exchange) -> list[str]:
+    hub = exchange.snapshots.notifications
+    if hub is None:
+        return []
+    return [
+        sample("qaex_notification_connections", "gauge", "Open /ws and SSE streams", hub.connections),
+        sample("qaex_notification_cutoffs_total", "counter", "Notification consumers cut off", hub.cut_off),
+    ]
 
 
 @route("GET", "/openapi.json", "This document", answer=proto.OpenApiDocument)
@@ -549,6 +579,37 @@ async def get_positions() -> Response:
 async def get_trades() -> Response:
     record = services().exchange.engine.users[current_user()]
     return json_response({"trades": {trade_id: t.to_diff() for trade_id, t in record.trades.items()}})
+
+
+# -- notifications (the per-event stream, docs/notifications.md) ---------------------------------------------
+@route(
+    "GET", "/api/events",
+    "The caller's events as Server-Sent Events (trade, order_status, account_update; Last-Event-ID resumes; "
+    "?max_events=N and ?timeout=seconds end the stream; ?token= for EventSource, which cannot send headers)",
+    auth="user", answer=proto.EVENT_STREAM, errors=(400, 409, 503),
+)  # fmt: skip
+async def notification_events() -> Response:
+    token = request.args.get("token")
+    if token is not None and "Authorization" not in request.headers:
+        user_id = _token_user(token)
+    else:
+        user_id = current_user()
+    max_events = query_int("max_events", 0, 0, 1_000_000)
+    timeout = query_seconds("timeout", 86_400.0)
+    asked = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
+    hub = services().exchange.snapshots.notifications
+    handle = request.scope.get("qaex.stream")
+    if hub is None or not isinstance(handle, StreamHandle):
+        raise HttpError(503, "no_notifications", "this server runs without the notification stream")
+    subscriber, gap = hub.subscribe(user_id, asked[:200] if asked else None)  # 409 too_many_sessions
+    handle.attach(subscriber)
+    response = Response(
+        sse_body(subscriber, gap, asked, max_events=max_events, seconds=timeout),
+        content_type="text/event-stream; charset=utf-8",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+    response.timeout = None  # a stream, not a request with an answer: Quart's 60 s would end it
+    return response
 
 
 # -- market data ---------------------------------------------------------------------------------------------

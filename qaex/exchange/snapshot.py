@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -29,6 +29,9 @@ from qaex.core.notify_codes import NOTIFY_TOO_MANY_SESSIONS
 from qaex.core.patch import copy_tree
 from qaex.exchange.pacing import WakePacer
 from qaex.protocol.session import DiffSession
+
+if TYPE_CHECKING:
+    from qaex.exchange.notifications import NotificationHub
 
 DEFAULT_MAX_SESSIONS_PER_USER = 32
 """Sessions one user may be logged in on at once: every one costs a writer task and a copy of each patch."""
@@ -110,6 +113,8 @@ class SnapshotManager:
         # Sessions with new data whose writers are still to be woken, oldest first (see `run`).
         self._pacer = WakePacer[SessionLink](WAKE_BUDGET)
         self.patches_merged = 0
+        # The per-event notification stream (qaex.exchange.notifications), fed every patch in order.
+        self.notifications: NotificationHub | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The consumer: drains the channels of announced users, in order, one patch at a time.
@@ -181,6 +186,8 @@ class SnapshotManager:
         The user's tree already holds the patch: the gateway writes it as it builds the patch.
         """
         self.patches_merged += 1
+        if self.notifications is not None:
+            self.notifications.patch(user_id, patch)
         sessions = self.sessions.get(user_id)
         if not sessions:
             return

@@ -272,6 +272,10 @@ ErrorSpec = int | tuple[int, Any]
 """A documented error status: ``404`` (an ErrorResponse), or ``(422, RejectedOrderResponse)``."""
 
 
+EVENT_STREAM = "text/event-stream"
+"""The `answer` of a Server-Sent Events route (GET /api/events)."""
+
+
 @dataclass(frozen=True, slots=True)
 class RouteDoc:
     """One route as documented: the blueprint registers routes and this table from the same call."""
@@ -281,7 +285,8 @@ class RouteDoc:
     summary: str
     auth: Auth = "none"
     body: Any = None  # a request Struct type
-    answer: Any = None  # a response Struct type; str for a text/plain answer; None: not described
+    # A response Struct type; str for a text/plain answer; EVENT_STREAM (SSE); None: not described.
+    answer: Any = None
     status: int = 200
     errors: Sequence[ErrorSpec] = ()
 
@@ -353,7 +358,7 @@ def openapi(routes: Iterable[RouteDoc], *, title: str = "qaex", version: str = "
     routes = list(routes)
     error_types = {spec[1] for route in routes for spec in route.errors if isinstance(spec, tuple)}
     types = sorted(
-        {t for route in routes for t in (route.body, route.answer) if t not in (None, str)}
+        {t for route in routes for t in (route.body, route.answer) if t not in (None, str, EVENT_STREAM)}
         | error_types
         | {ErrorResponse},
         key=lambda t: t.__name__,
@@ -382,6 +387,8 @@ def openapi(routes: Iterable[RouteDoc], *, title: str = "qaex", version: str = "
         ok: dict[str, Any] = {"description": "OK"}
         if route.answer is str:
             ok["content"] = {"text/plain": {"schema": {"type": "string"}}}
+        elif route.answer == EVENT_STREAM:
+            ok["content"] = {EVENT_STREAM: {"schema": {"type": "string"}}}
         elif route.answer is not None:
             ok["content"] = {"application/json": {"schema": ref_of[route.answer]}}
         operation["responses"][str(route.status)] = ok
