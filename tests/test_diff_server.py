@@ -324,7 +324,8 @@ def test_shutdown_closes_sessions_with_1001_and_exits_0(tmp_path: Any, stop_sign
 def test_the_integration_example_runs_against_the_server(server: Server) -> None:
     example = Path(__file__).resolve().parent.parent / "examples" / "diff_integration_example.py"
     done = subprocess.run(
-        [sys.executable, str(example), "--http", server.http_url, "--diff", server.diff_url],
+        [sys.executable, str(example), "--http", server.http_url, "--diff", server.diff_url,
+         "--symbol", "SHFE.rb2601"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

@@ -23,6 +23,7 @@ from trio_websocket import ConnectionClosed, Endpoint, WebSocketConnection, WebS
 
 from qaex.api.auth import TokenSigner
 from qaex.api.notify_ws import NOTIFY_PATH, NotificationSockets
+from qaex.api.ws_lifetime import websocket_lifetime
 from qaex.core.errors import QaexError
 from qaex.core.throttle import LoginThrottled
 from qaex.exchange.router import Request
@@ -112,22 +113,16 @@ class DiffServer:
             self.exchange.market.add_session(link)
         log.debug("session %s connected from %s", link.session.session_id, ws.remote)
         try:
-            await ws.send_message(messages.RTN_BROKERS.decode())
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._until_closed, self._writer(ws, link), nursery.cancel_scope)
-                last_heard = [trio.current_time()]  # when the reader last got a frame from the client
-                nursery.start_soon(self._until_closed, self._heartbeat(ws, last_heard), nursery.cancel_scope)
-                await self._until_closed(self._reader(ws, link, last_heard), nursery.cancel_scope)
-        except ConnectionClosed:
-            pass
-        except Exception:
-            log.exception("session %s failed; closing it", link.session.session_id)
-            with trio.move_on_after(1):
-                await ws.aclose(1011, "internal error")
+            async with websocket_lifetime(ws, log, f"session {link.session.session_id}"):
+                await ws.send_message(messages.RTN_BROKERS.decode())
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._until_closed, self._writer(ws, link), nursery.cancel_scope)
+                    last_heard = [trio.current_time()]  # when the reader last got a frame from the client
+                    nursery.start_soon(
+                        self._until_closed, self._heartbeat(ws, last_heard), nursery.cancel_scope
+                    )
+                    await self._until_closed(self._reader(ws, link, last_heard), nursery.cancel_scope)
         finally:
-            if ws.closed is None:  # still open: the server is shutting down (we are cancelled)
-                with trio.CancelScope(shield=True), trio.move_on_after(1):
-                    await ws.aclose(1001, "server shutting down")
             self.active -= 1
             self._sources.pop(link.session.session_id, None)
             snapshots.remove(link)

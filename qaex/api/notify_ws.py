@@ -27,6 +27,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 
 from qaex.api.auth import TokenError, TokenSigner
+from qaex.api.ws_lifetime import websocket_lifetime
 from qaex.core.errors import QaexError
 from qaex.core.throttle import LoginThrottled
 from qaex.exchange.notifications import NotificationHub, Subscriber, SubscriberClosed
@@ -74,17 +75,9 @@ class NotificationSockets:
         server.active += 1
         source = server._source_of(request, ws)
         try:
-            await self._serve(ws, hub, source, token, last_event_id)
-        except ConnectionClosed:
-            pass
-        except Exception:
-            log.exception("notification connection from %s failed; closing it", ws.remote)
-            with trio.move_on_after(1):
-                await ws.aclose(1011, "internal error")
+            async with websocket_lifetime(ws, log, f"notification connection from {ws.remote}"):
+                await self._serve(ws, hub, source, token, last_event_id)
         finally:
-            if ws.closed is None:  # still open: the server is shutting down (we are cancelled)
-                with trio.CancelScope(shield=True), trio.move_on_after(1):
-                    await ws.aclose(1001, "server shutting down")
             server.active -= 1
 
     async def _serve(
