@@ -28,11 +28,6 @@ DRIVER = Path(__file__).with_name("tqsdk_driver.py")
 QUIET = "SHFE.zn2601"
 BUILTIN = list(InstrumentRegistry())
 """A contract the test creates after the start, so the liquidity simulator leaves it alone."""
-ROUND_THE_CLOCK = {"day": [["00:00:00", "18:00:00"]], "night": [["18:00:00", "90:00:00"]]}
-"""Every minute of the week is inside these hours for TqSdk's `_is_in_trading_time` (TargetPosTask):
-a time from 18:00 belongs to the next trading day, and the night spans of the previous trading day
-(Friday's on a weekend) are counted from its date, so ``day 00:00-24:00`` alone misses evenings and
-weekends."""
 QUIET_SPEC: dict[str, Any] = {
     "exchange_id": "SHFE",
     "instrument_id": "zn2601",
@@ -46,7 +41,12 @@ QUIET_SPEC: dict[str, Any] = {
     "close_commission_rate": 0.0001,
     "close_today_commission_rate": 0.0002,
     "pre_settlement": 22000,
-    "trading_time": ROUND_THE_CLOCK,
+    # Real SHFE hours: under QAEX_MARKET_HOURS=always (the default) the server publishes hours TqSdk
+    # reads as open at every minute, so TargetPosTask trades whatever the wall clock says.
+    "trading_time": {
+        "day": [["09:00:00", "10:15:00"], ["10:30:00", "11:30:00"], ["13:30:00", "15:00:00"]],
+        "night": [["21:00:00", "25:00:00"]],
+    },
 }
 MAIN_TIMEOUT = 90
 BAD_LOGIN_TIMEOUT = 100

@@ -11,8 +11,8 @@ Scenarios:
 
 * ``main``: market data (quote, 1-minute / 1-day K-lines, ticks, their updates), a market order
   against the liquidity simulator, then two TqSdk accounts in one TqApi (``TqMultiAccount``) on a
-  contract nobody else trades (``--quiet``, created by the test with round-the-clock trading
-  hours): a resting limit order crossed by the other account, FAK, FOK, ``cancel_order``,
+  contract nobody else trades (``--quiet``, created by the test with SHFE's real hours, which
+  the server publishes as always open): a resting limit order crossed by the other account, FAK, FOK, ``cancel_order``,
   CLOSETODAY, CLOSE after an admin settlement, ``TargetPosTask``, ``req_transfer``. Account and
   position snapshots are taken from TqSdk and, at the same moment, from qaex's HTTP API.
 * ``bad_login``: TqApi with a wrong password; records what TqSdk does about it.
