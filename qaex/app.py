@@ -39,6 +39,7 @@ from qaex.core.engine import Engine
 from qaex.core.journal_format import JournalCorrupt
 from qaex.datadir import DataDir, DataDirLocked
 from qaex.exchange.exchange import Exchange
+from qaex.exchange.history import HistoryStore
 from qaex.exchange.market import MarketData
 from qaex.exchange.recovery import open_journal
 from qaex.exchange.simulator import LiquiditySimulator
@@ -63,10 +64,17 @@ def build_exchange(config: Config, data_dir: DataDir) -> Exchange:
         checkpoint_records=config.checkpoint_records,
         checkpoint_seconds=config.checkpoint_seconds,
     )
-    market = MarketData(
-        recovered.engine, history=config.market_history, publish_interval=config.quote_interval
-    )
     calendar = load_holidays(config)
+    market = MarketData(
+        recovered.engine,
+        history=config.market_history,
+        publish_interval=config.quote_interval,
+        history_store=(
+            HistoryStore(data_dir.path / "history", seed=config.seed, calendar=calendar)
+            if config.market_backfill
+            else None
+        ),
+    )
     today = dt.date.today()
     uncovered = calendar.uncovered_years(today, today + dt.timedelta(days=400))
     if uncovered:

@@ -64,6 +64,7 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
     settlement_time: str | None = None
     quote_interval: float = 0.5  # shortest time between two market-data publishes (CTP-like snapshots)
     market_history: int = 10_000  # bars (and ticks) kept per series
+    market_backfill: bool = True  # synthetic history for every contract (docs/market-data.md, History)
     token_ttl: int = 86_400  # seconds a login token stays valid
     gc_threshold: int = 20_000  # CPython's young-generation GC threshold (qaex/gc_policy.py); 0 = CPython's
     gc_interval: float = 0.02  # seconds between timed young collections (qaex/gc_policy.py); 0 = none

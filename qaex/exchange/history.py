@@ -1,0 +1,132 @@
+"""The kept market history: synthetic (or imported) bars under ``<data dir>/history/``, never journaled.
+
+One pair of TqSdk DataDownloader CSV files per contract, ``{symbol}.60.csv`` (1-minute bars) and
+``{symbol}.86400.csv`` (daily bars), written once, the first time the contract's history is needed (the
+market-data service builds every listed contract's in the background after a start, and any contract a
+client asks for at once), and loaded from there afterwards. ``meta.json`` keeps the seed the synthetic
+history was drawn with (``QAEX_SEED``, else :data:`DEFAULT_SEED`), so that contracts built after a restart
+agree with those built before. The generator is :mod:`qaex.core.history` (pure); this module only does the
+file IO and picks each contract's figures to end on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from qaex.core.calendar import HolidayCalendar, parse_day, previous_trading_date
+from qaex.core.history import (
+    MAIN_MINUTE_BARS,
+    OTHER_MINUTE_BARS,
+    BarColumns,
+    ContractHistory,
+    HistorySpec,
+    generate,
+    parse_csv,
+    to_csv,
+)
+from qaex.core.instruments import Instrument
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SEED = 16
+"""The history seed when ``QAEX_SEED`` is not set: fixed, so that every data directory agrees."""
+FORMAT = 1
+MINUTE = 60
+DAY = 86400
+
+
+class HistoryStore:
+    """The history directory of one data directory (see the module docstring)."""
+
+    def __init__(self, directory: str | os.PathLike[str], *, seed: int | None = None,
+                 calendar: HolidayCalendar | None = None) -> None:  # fmt: skip
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.calendar = calendar
+        meta_path = self.directory / "meta.json"
+        stored: int | None = None
+        if meta_path.exists():
+            stored = int(json.loads(meta_path.read_text())["seed"])
+        if stored is not None and seed is not None and seed != stored:
+            log.warning("history was drawn with seed %d; QAEX_SEED=%d applies to new data directories only",
+                        stored, seed)  # fmt: skip
+        self.seed = stored if stored is not None else (seed if seed is not None else DEFAULT_SEED)
+        if stored is None:
+            _write_atomic(meta_path, json.dumps({"format": FORMAT, "seed": self.seed}) + "\n")
+        self.built = 0
+        self.loaded = 0
+
+    def path(self, symbol: str, duration: int) -> Path:
+        return self.directory / f"{symbol}.{duration}.csv"
+
+    def has(self, symbol: str) -> bool:
+        return self.path(symbol, MINUTE).exists() and self.path(symbol, DAY).exists()
+
+    def load(self, symbol: str) -> ContractHistory | None:
+        """The kept history of ``symbol``, or None if there is none yet."""
+        if not self.has(symbol):
+            return None
+        minutes = self._read(symbol, MINUTE)
+        days = self._read(symbol, DAY)
+        self.loaded += 1
+        return ContractHistory(symbol, minutes, days, [], [])
+
+    def _read(self, symbol: str, duration: int) -> BarColumns:
+        path = self.path(symbol, duration)
+        _, bars = parse_csv(path.read_text(), str(path), symbol=symbol)
+        return bars
+
+    def save(self, history: ContractHistory, price_decs: int) -> None:
+        """Write a contract's history (each file atomically: a crash leaves the old file or the new)."""
+        _write_atomic(self.path(history.symbol, MINUTE), to_csv(history.symbol, history.minutes, price_decs))
+        _write_atomic(self.path(history.symbol, DAY), to_csv(history.symbol, history.days, price_decs))
+
+    def spec(self, instrument: Instrument, instruments: Mapping[str, Instrument], *, trading_day: str,
+             main: bool) -> HistorySpec:  # fmt: skip
+        """What ``instrument``'s synthetic history ends on: its figures now, the trading day before
+        ``trading_day`` (``YYYYMMDD``), 10,000 minutes for a main contract, 2,000 for other months."""
+        symbol = f"{instrument.exchange_id}.{instrument.instrument_id}"
+        months = sorted(
+            (other.expire_datetime, key)
+            for key, other in instruments.items()
+            if other.exchange_id == instrument.exchange_id and other.product_id == instrument.product_id
+        )
+        months_out = next((i for i, (_, key) in enumerate(months) if key == symbol), 0)
+        close = instrument.pre_close if instrument.pre_close == instrument.pre_close else instrument.pre_settlement
+        return HistorySpec(
+            symbol=symbol,
+            product=f"{instrument.exchange_id}.{instrument.product_id}",
+            price_tick=instrument.price_tick,
+            limit_ratio=instrument.limit_ratio,
+            day_sessions=tuple((str(s), str(e)) for s, e in instrument.trading_time.day),
+            night_sessions=tuple((str(s), str(e)) for s, e in instrument.trading_time.night),
+            settlement=instrument.pre_settlement,
+            close=close,
+            open_interest=instrument.pre_open_interest,
+            last_day=previous_trading_date(parse_day(trading_day), self.calendar),
+            minute_bars=MAIN_MINUTE_BARS if main else OTHER_MINUTE_BARS,
+            months_out=months_out,
+        )
+
+    def build(self, spec: HistorySpec, price_decs: int) -> ContractHistory:
+        """Generate and keep a contract's synthetic history (pure CPU then two file writes: safe in a
+        worker thread)."""
+        history = generate(spec, self.seed, self.calendar)
+        self.save(history, price_decs)
+        self.built += 1
+        return history
+
+    def load_or_build(self, spec: HistorySpec, price_decs: int) -> ContractHistory:
+        history = self.load(spec.symbol)
+        return history if history is not None else self.build(spec, price_decs)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
