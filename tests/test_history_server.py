@@ -1,0 +1,108 @@
+"""Market history on a real server, as TqSdk 3.10.4 (unchanged) and the HTTP API see it.
+
+A fresh server has bars at once: TqSdk's ``get_kline_serial(sym, 60, 200)`` gets 200 bars with no NaN
+and ``(sym, 86400, 100)`` 100 daily bars within a couple of seconds, and the quote has a ``last_price``
+(history's last close) before any trade; the moving-average example trades. The history is written
+under the data directory once and the same bars come back after a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import launch, open_user, wait_ready
+
+HERE = Path(__file__).resolve().parent
+DRIVER = HERE / "tqsdk_history_driver.py"
+EXAMPLE = HERE.parent / "examples" / "tqsdk_ma_crossover.py"
+SYMBOL = "SHFE.rb2601"  # one of tests/pinned_instruments.toml
+
+
+def klines(http_url: str, symbol: str, duration: int, count: int) -> list[dict[str, object]]:
+    response = httpx.get(f"{http_url}/api/market/klines/{symbol}", params={"duration": duration, "count": count})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    bars = body["klines"]
+    assert isinstance(bars, list)
+    return bars
+
+
+def run_driver(diff_url: str, user_id: str, password: str, symbol: str) -> dict[str, object]:
+    done = subprocess.run(
+        [sys.executable, str(DRIVER), diff_url, user_id, password, symbol],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, f"no result\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    result: dict[str, object] = json.loads(lines[-1][len("RESULT ") :])
+    assert "failed" not in result, result
+    return result
+
+
+def test_tqsdk_gets_history_at_once_and_it_is_kept(tmp_path: Path) -> None:
+    server = launch(tmp_path, extra_env={"QAEX_SEED": "7"})
+    try:
+        wait_ready(server)
+        user = open_user(server)
+        result = run_driver(server.diff_url, user.user_id, user.password, SYMBOL)
+        assert result["minute_rows"] == 200 and result["minute_nan"] == 0
+        assert result["day_rows"] == 100 and result["day_nan"] == 0
+        assert result["minute_datetimes_increase"]
+        assert float(result["minutes_s"]) < 2.0 and float(result["days_s"]) < 2.0  # type: ignore[arg-type]
+        assert result["last_price"] == result["pre_close"] == result["pre_settlement"]
+        assert result["last_minute_close"] == result["last_price"]  # no trade yet: history's last close
+        # The 10,000 bars TqSdk can ask for.
+        assert len(klines(server.http_url, SYMBOL, 60, 10_000)) == 10_000
+        before = klines(server.http_url, SYMBOL, 60, 500)
+        history = server.data_dir / "history"
+        deadline = time.monotonic() + 30
+        while len(list(history.glob("*.csv"))) < 18 and time.monotonic() < deadline:
+            time.sleep(0.2)  # the background build writes every contract's files
+        assert len(list(history.glob("*.csv"))) == 18  # nine pinned contracts, two files each
+        assert json.loads((history / "meta.json").read_text())["seed"] == 7
+        header = (history / f"{SYMBOL}.60.csv").read_text().splitlines()[0]
+        assert header == (
+            f"datetime,datetime_nano,{SYMBOL}.open,{SYMBOL}.high,{SYMBOL}.low,{SYMBOL}.close,"
+            f"{SYMBOL}.volume,{SYMBOL}.open_oi,{SYMBOL}.close_oi"
+        )
+        journal_bytes = sum(p.stat().st_size for p in server.data_dir.glob("journal*"))
+    finally:
+        server.stop()
+    # A restart loads the same bars (QAEX_SEED unset now: the stored seed is used).
+    again = launch(tmp_path, data_dir=server.data_dir)
+    try:
+        wait_ready(again)
+        after = klines(again.http_url, SYMBOL, 60, 500)
+        historical = [bar for bar in before if bar["volume"]]
+        assert [bar for bar in after if bar in historical][: len(historical) - 5] == historical[:-5]
+        assert json.loads((history / "meta.json").read_text())["seed"] == 7
+    finally:
+        again.stop()
+    assert journal_bytes < 200_000  # the journal does not hold the history
+
+
+@pytest.mark.slow
+def test_the_moving_average_example_trades(tmp_path: Path) -> None:
+    server = launch(tmp_path, extra_env={"QAEX_MARKET_MAKER": "1", "QAEX_MARKET_MAKER_SYMBOLS": SYMBOL})
+    try:
+        wait_ready(server)
+        user = open_user(server)
+        done = subprocess.run(
+            [sys.executable, str(EXAMPLE), f"--diff={server.diff_url}", f"--user={user.user_id}",
+             f"--password={user.password}", f"--symbol={SYMBOL}", "--seconds=15"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "200 bars" in done.stdout
+        assert "POSITION 1" in done.stdout or "POSITION -1" in done.stdout, done.stdout + done.stderr[-2000:]
+        trades = user.client.get("/api/account/trades")
+        assert trades.status_code in (200, 404)
+    finally:
+        server.stop()
