@@ -162,6 +162,12 @@ class ContractHistory:
         return self.minutes.nbytes() + self.days.nbytes()
 
 
+def price_decimals(tick: float) -> int:
+    """Decimals of a price tick (0.02 -> 2, 5 -> 0)."""
+    text = f"{tick:.10f}".rstrip("0")
+    return len(text.split(".")[1]) if "." in text else 0
+
+
 def trading_days_back(last_day: dt.date, count: int, calendar: HolidayCalendar | None) -> list[dt.date]:
     """``count`` trading days ending with ``last_day``, oldest first."""
     days = [last_day]
@@ -288,6 +294,11 @@ def generate(spec: HistorySpec, seed: int, calendar: HolidayCalendar | None = No
 
 def _anchor_and_round(spec: HistorySpec, days: list[_Day], own: random.Random) -> ContractHistory:
     tick = spec.price_tick
+    decs = price_decimals(tick)
+
+    def px(count: int) -> float:
+        return round(count * tick, decs)
+
     last = days[-1]
     if last.path:
         vwap = sum(p * v for p, v in zip(last.path, last.vols, strict=True)) / max(sum(last.vols), 1)
@@ -336,7 +347,7 @@ def _anchor_and_round(spec: HistorySpec, days: list[_Day], own: random.Random) -
                 if i < count - 1:
                     oi_after = max(0, oi_after + round(own.gauss(0.0, max(oi_end, 100) * 0.0005)))
                 minutes.append(
-                    day.minutes[i], bar_open * tick, high * tick, low * tick, close * tick,
+                    day.minutes[i], px(bar_open), px(high), px(low), px(close),
                     vols[i], oi_before, oi_after,
                 )  # fmt: skip
                 oi_before = oi_after
@@ -359,11 +370,11 @@ def _anchor_and_round(spec: HistorySpec, days: list[_Day], own: random.Random) -
         if previous_close is None:
             previous_close = d_open
         daily.append(
-            china_midnight_ns(day.date), d_open * tick, d_high * tick, d_low * tick, d_close * tick,
+            china_midnight_ns(day.date), px(d_open), px(d_high), px(d_low), px(d_close),
             volume, day.oi_start, day.oi_end,
         )  # fmt: skip
-        settlements.append(settle * tick)
-        limits.append((lower * tick, upper * tick) if previous_settle is not None else (0.0, math.inf))
+        settlements.append(px(settle))
+        limits.append((px(lower), px(upper)) if previous_settle is not None else (0.0, math.inf))
         previous_settle, previous_close = settle, d_close
     # Keep exactly the newest minute_bars minutes.
     if len(minutes) > spec.minute_bars:

@@ -51,8 +51,9 @@ class _Series:
         self._items: deque[dict[str, Any]] = deque()
         # History older than the live items, as columns (KlineSeries.attach_history): ids
         # first_id .. first_id + archived - 1, then the deque. ``_archive_start`` skips the dropped.
-        self._archive: BarColumns | None = None
+        self._archive: BarColumns | None = None  # never mutated: it may be shared
         self._archive_start = 0
+        self._archive_stop = 0
         self._next_id = 0
         self._changed: set[int] = set()
         self._last_id_sent = -1
@@ -67,7 +68,7 @@ class _Series:
     @property
     def _archived(self) -> int:
         """History items kept in the columns."""
-        return 0 if self._archive is None else len(self._archive) - self._archive_start
+        return self._archive_stop - self._archive_start
 
     @property
     def first_id(self) -> int:
@@ -127,8 +128,8 @@ class _Series:
         archived = self._archived
         if archived and self._archive is not None:
             column = self._archive.datetime
-            index = bisect.bisect_left(column, datetime_ns, self._archive_start, len(column))
-            if index < len(column):
+            index = bisect.bisect_left(column, datetime_ns, self._archive_start, self._archive_stop)
+            if index < self._archive_stop:
                 return self.first_id + index - self._archive_start
         index = bisect.bisect_left(self._items, datetime_ns, key=_datetime_of)
         return self.first_id + archived + index
@@ -162,17 +163,15 @@ class _Series:
         """Number ``count`` items that are never kept: everything before them is dropped too."""
         self._items.clear()
         self._archive = None
-        self._archive_start = 0
+        self._archive_start = self._archive_stop = 0
         self._next_id += count
 
     def _newest(self) -> dict[str, Any]:
         """The newest item, live (moved out of the archive if it is there: only a late trade does)."""
         if not self._items and self._archived:
             assert self._archive is not None
-            bar = self._archive.bar(len(self._archive) - 1)
-            for name in BarColumns.__slots__:
-                getattr(self._archive, name).pop()
-            self._items.append(bar)
+            self._archive_stop -= 1
+            self._items.append(self._archive.bar(self._archive_stop))
         return self._items[-1]
 
     def _mark_last_changed(self) -> None:
@@ -247,10 +246,9 @@ class KlineSeries(_Series):
         start = max(0, end - room)
         if end <= start:
             return 0
-        kept = bars if (start, end) == (0, len(bars)) else bars.slice(start, end)
-        count = len(kept)
-        self._archive = kept
-        self._archive_start = 0
+        count = end - start
+        self._archive = bars
+        self._archive_start, self._archive_stop = start, end
         self._next_id += count
         self._changed = {item_id + count for item_id in self._changed}
         if self._last_id_sent >= 0:
