@@ -106,3 +106,65 @@ def test_the_moving_average_example_trades(tmp_path: Path) -> None:
         assert trades.status_code in (200, 404)
     finally:
         server.stop()
+
+
+def import_history(server_env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "qaex", "import-history", *args], env=server_env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+
+
+def test_import_history_round_trip_and_refusals(tmp_path: Path) -> None:
+    server = launch(tmp_path)
+    try:
+        wait_ready(server)
+        served = klines(server.http_url, SYMBOL, 86400, 300)
+        deadline = time.monotonic() + 30
+        history = server.data_dir / "history"
+        while not (history / f"{SYMBOL}.60.csv").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        # A running server holds the data directory: refused, with the reason.
+        busy = import_history(server.env, str(history / f"{SYMBOL}.86400.csv"))
+        assert busy.returncode == 1 and "another qaex server" in busy.stderr
+    finally:
+        server.stop()
+    minutes = history / f"{SYMBOL}.60.csv"
+    days = history / f"{SYMBOL}.86400.csv"
+    original = minutes.read_text()
+    # Export with the history writer (the kept file), import: the same bars.
+    exported = tmp_path / "rb-minutes.csv"
+    exported.write_text(original)
+    done = import_history(server.env, str(exported))
+    assert done.returncode == 0, done.stderr
+    assert f"imported {SYMBOL}: 10000 bars of 60 s" in done.stdout
+    assert minutes.read_text() == original
+    # Each kind of bad file is refused with file, line and column; nothing is half-imported.
+    lines = original.splitlines()
+    cells = lines[5].split(",")
+    bad_high = lines[:5] + [",".join(cells[:3] + [str(float(cells[2]) - 50)] + cells[4:])] + lines[6:]
+    off_grid = lines[:5] + [",".join(cells[:5] + [str(float(cells[5]) + 0.5)] + cells[6:])] + lines[6:]
+    unsorted = [lines[0], lines[2], lines[1], *lines[3:]]
+    unknown = [lines[0].replace(SYMBOL, "SHFE.xx2601"), *lines[1:]]
+    good_days = tmp_path / "good-days.csv"
+    good_days.write_text(days.read_text().replace("\n", "\n", 1))
+    before_days = days.read_text()
+    for name, content, message in (
+        ("high.csv", bad_high, "high.csv:6: column SHFE.rb2601.high: high"),
+        ("grid.csv", off_grid, "grid.csv:6: column SHFE.rb2601.close:"),
+        ("sorted.csv", unsorted, "sorted.csv:3: column datetime_nano: rows not sorted"),
+        ("unknown.csv", unknown, "unknown symbol SHFE.xx2601"),
+    ):
+        path = tmp_path / name
+        path.write_text("\n".join(content) + "\n")
+        refused = import_history(server.env, str(good_days), str(path))
+        assert refused.returncode == 1, refused.stdout
+        assert message in refused.stderr and "nothing imported" in refused.stderr, refused.stderr
+        assert days.read_text() == before_days and minutes.read_text() == original
+    # A restart serves the imported (here: identical) history.
+    again = launch(tmp_path, data_dir=server.data_dir)
+    try:
+        wait_ready(again)
+        assert [b for b in klines(again.http_url, SYMBOL, 86400, 300) if b["volume"]][:-1] == [
+            b for b in served if b["volume"]
+        ][:-1]
+    finally:
+        again.stop()

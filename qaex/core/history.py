@@ -34,6 +34,7 @@ seed, never on which other contracts were built first.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 import random
 from array import array
@@ -53,7 +54,7 @@ DEFAULT_DAYS = 250
 """Trading days of daily bars per contract."""
 MAIN_MINUTE_BARS = 10_000
 """1-minute bars of a product's main contract: TqSdk's ``get_kline_serial(sym, 60, 10000)`` is full."""
-OTHER_MINUTE_BARS = 2_000
+OTHER_MINUTE_BARS = 1_200
 """1-minute bars of every other month."""
 CARRY_PER_DAY = 0.00002
 """Log drift per trading day and month to delivery (contango): later months drift up a little more."""
@@ -268,13 +269,14 @@ def generate(spec: HistorySpec, seed: int, calendar: HolidayCalendar | None = No
             count = len(minutes)
             walk = [0.0]
             step = sigma / math.sqrt(count)
+            gauss = shared.gauss
             for _ in range(count):
-                walk.append(walk[-1] + shared.gauss(0.0, step) + own.gauss(0.0, step * 0.15))
+                walk.append(walk[-1] + gauss(0.0, step))
             end = walk[-1]
-            weights = []
-            for i in range(count):
-                u = (i + 0.5) / count
-                weights.append((0.5 + 3.0 * (2 * u - 1) ** 2) * math.exp(shared.gauss(0.0, 0.35)))
+            uniform = shared.random
+            weights = [
+                (0.5 + 3.0 * (2 * (i + 0.5) / count - 1) ** 2) * (0.55 + 0.9 * uniform()) for i in range(count)
+            ]
             scale = volume / sum(weights)
             for i in range(1, count + 1):
                 t = i / count
@@ -426,8 +428,14 @@ def csv_header(symbol: str) -> str:
 def format_datetime(ns: int) -> str:
     """DataDownloader's ``datetime`` column: China time with nine fraction digits."""
     seconds, fraction = divmod(ns, 1_000_000_000)
-    local = dt.datetime(1970, 1, 1) + dt.timedelta(seconds=seconds + 8 * 3600)
-    return f"{local:%Y-%m-%d %H:%M:%S}.{fraction:09d}"
+    days, second_of_day = divmod(seconds + 8 * 3600, 86400)
+    hours, rest = divmod(second_of_day, 3600)
+    return f"{_date_text(days)} {hours:02d}:{rest // 60:02d}:{rest % 60:02d}.{fraction:09d}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _date_text(days: int) -> str:
+    return (dt.date(1970, 1, 1) + dt.timedelta(days=days)).isoformat()
 
 
 def to_csv(symbol: str, bars: BarColumns, price_decs: int) -> str:

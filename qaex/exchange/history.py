@@ -23,6 +23,7 @@ from qaex.core.history import (
     OTHER_MINUTE_BARS,
     BarColumns,
     ContractHistory,
+    HistoryFileError,
     HistorySpec,
     generate,
     parse_csv,
@@ -88,7 +89,7 @@ class HistoryStore:
     def spec(self, instrument: Instrument, instruments: Mapping[str, Instrument], *, trading_day: str,
              main: bool) -> HistorySpec:  # fmt: skip
         """What ``instrument``'s synthetic history ends on: its figures now, the trading day before
-        ``trading_day`` (``YYYYMMDD``), 10,000 minutes for a main contract, 2,000 for other months."""
+        ``trading_day`` (``YYYYMMDD``), 10,000 minutes for a main contract, 1,200 for other months."""
         symbol = f"{instrument.exchange_id}.{instrument.instrument_id}"
         months = sorted(
             (other.expire_datetime, key)
@@ -121,8 +122,82 @@ class HistoryStore:
         return history
 
     def load_or_build(self, spec: HistorySpec, price_decs: int) -> ContractHistory:
+        """The kept history, else a new one (kept). A contract with only one of its two files (an
+        import of one duration) keeps it and gets the other generated."""
         history = self.load(spec.symbol)
-        return history if history is not None else self.build(spec, price_decs)
+        if history is not None:
+            return history
+        minute_path, day_path = self.path(spec.symbol, MINUTE), self.path(spec.symbol, DAY)
+        if not minute_path.exists() and not day_path.exists():
+            return self.build(spec, price_decs)
+        built = generate(spec, self.seed, self.calendar)
+        self.built += 1
+        if minute_path.exists():
+            built.minutes = self._read(spec.symbol, MINUTE)
+        else:
+            _write_atomic(minute_path, to_csv(spec.symbol, built.minutes, price_decs))
+        if day_path.exists():
+            built.days = self._read(spec.symbol, DAY)
+        else:
+            _write_atomic(day_path, to_csv(spec.symbol, built.days, price_decs))
+        return built
+
+
+class ImportRefused(ValueError):
+    """``qaex import-history`` refused its files: nothing was imported."""
+
+
+def read_import(path: Path, *, symbol: str | None, duration: int | None,
+                ticks: Mapping[str, float]) -> tuple[str, int, BarColumns]:  # fmt: skip
+    """One DataDownloader K-line file, checked: (symbol, duration in seconds, bars). ``ticks``: the
+    listed contracts' price ticks. Raises :class:`HistoryFileError` or :class:`ImportRefused`."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ImportRefused(f"{path}: cannot read: {exc}") from None
+    first = text.split("\n", 1)[0]
+    if ".last_price" in first or ".bid_price1" in first:
+        raise ImportRefused(f"{path}:1: a tick file: only K-line files (60 s and 86400 s bars) are imported yet")
+    found, _ = parse_csv(text, str(path), symbol=symbol) if first.startswith("datetime") else (symbol, None)
+    if found is None:
+        raise HistoryFileError(str(path), 1, "header", "no header line: give the symbol (--symbol)")
+    if found not in ticks:
+        raise HistoryFileError(str(path), 1, "3", f"unknown symbol {found}: not listed in this data directory")
+    found, bars = parse_csv(text, str(path), symbol=found, price_tick=ticks[found])
+    if not len(bars):
+        raise ImportRefused(f"{path}: no bars")
+    seconds = duration if duration is not None else _guess_duration(bars)
+    if seconds not in (MINUTE, DAY):
+        raise ImportRefused(f"{path}: {seconds} s bars: only 60 s and 86400 s bars are kept (--duration)")
+    return found, seconds, bars
+
+
+def _guess_duration(bars: BarColumns) -> int:
+    steps = sorted(b - a for a, b in zip(bars.datetime, bars.datetime[1:], strict=False))
+    if not steps:
+        return DAY if bars.datetime[0] % 86_400_000_000_000 == 16 * 3600 * 1_000_000_000 else MINUTE
+    return int(steps[len(steps) // 2] // 1_000_000_000) if steps[len(steps) // 2] < 86_400_000_000_000 else DAY
+
+
+def import_history(store: HistoryStore, files: list[Path], *, symbol: str | None, duration: int | None,
+                   ticks: Mapping[str, float], price_decs: Mapping[str, int]) -> list[tuple[str, int, int]]:  # fmt: skip
+    """Replace the kept history of the contracts these files hold, all or nothing: every file is read
+    and checked before any is replaced. Returns (symbol, duration, bars) per file."""
+    read = [read_import(path, symbol=symbol, duration=duration, ticks=ticks) for path in files]
+    seen: dict[tuple[str, int], Path] = {}
+    for path, (found, seconds, _) in zip(files, read, strict=True):
+        if (found, seconds) in seen:
+            raise ImportRefused(f"{path}: {found} {seconds} s bars are also in {seen[(found, seconds)]}")
+        seen[(found, seconds)] = path
+    staged = []
+    for found, seconds, bars in read:
+        target = store.path(found, seconds)
+        temporary = target.with_name(f".{target.name}.import.tmp")
+        temporary.write_text(to_csv(found, bars, price_decs.get(found, 2)))
+        staged.append((temporary, target))
+    for temporary, target in staged:
+        os.replace(temporary, target)
+    return [(found, seconds, len(bars)) for found, seconds, bars in read]
 
 
 def _write_atomic(path: Path, text: str) -> None:

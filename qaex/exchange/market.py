@@ -62,6 +62,8 @@ WAKE_STEP = 4
 """Writers a publish wakes between two pauses (see MarketData.wake_in_steps)."""
 HISTORY_START_DELAY = 1.0
 """Seconds after the start before the background history build begins (the listing comes first)."""
+HISTORY_PAUSE = 0.02
+"""Seconds between two contracts of the background history build."""
 HISTORY_POLL = 5.0
 """Seconds between two looks for contracts listed since (each gets its history)."""
 SPREAD = 0.4
@@ -227,6 +229,7 @@ class MarketData:
                 spec, decs = self._history_spec(symbol)
                 history = await trio.to_thread.run_sync(store.load_or_build, spec, decs)
                 self.state.attach_history(symbol, history)
+                await trio.sleep(HISTORY_PAUSE)  # a background job: leave the loop (and the GIL) most of the time
             if pending:
                 log.info("market history ready: %d contracts (%d built, %d loaded)",
                          len(self.state.quotes), store.built, store.loaded)  # fmt: skip
