@@ -86,10 +86,14 @@ def in_process(directory: Path) -> None:
     rss2 = rss_mb()
     times.sort()
     print(f"contracts {len(instruments)} ({len(main)} main), bars {bars:,}")
-    print(f"build + write all: {total:.2f} s; per contract: median {times[len(times) // 2][0] * 1000:.0f} ms, "
-          f"max {times[-1][0] * 1000:.0f} ms ({times[-1][1]})")  # fmt: skip
-    print(f"RSS: {rss0:.0f} MB before, {rss1:.0f} MB listed, {rss2:.0f} MB holding all history "
-          f"(+{rss2 - rss1:.0f} MB)")  # fmt: skip
+    print(
+        f"build + write all: {total:.2f} s; per contract: median {times[len(times) // 2][0] * 1000:.0f} ms, "
+        f"max {times[-1][0] * 1000:.0f} ms ({times[-1][1]})"
+    )
+    print(
+        f"RSS: {rss0:.0f} MB before, {rss1:.0f} MB listed, {rss2:.0f} MB holding all history "
+        f"(+{rss2 - rss1:.0f} MB)"
+    )
     size = sum(p.stat().st_size for p in directory.glob("*.csv"))
     print(f"files: {len(list(directory.glob('*.csv')))} CSVs, {size / 1e6:.0f} MB")
     # A restart: load every contract's files into a new state.
@@ -104,8 +108,10 @@ def in_process(directory: Path) -> None:
         state.attach_history(symbol, store.load(symbol))
         loads.append(time.perf_counter() - t)
     loads.sort()
-    print(f"restart load all: {time.perf_counter() - started:.2f} s; per contract: median "
-          f"{loads[len(loads) // 2] * 1000:.0f} ms, max {loads[-1] * 1000:.0f} ms")  # fmt: skip
+    print(
+        f"restart load all: {time.perf_counter() - started:.2f} s; per contract: median "
+        f"{loads[len(loads) // 2] * 1000:.0f} ms, max {loads[-1] * 1000:.0f} ms"
+    )
 
 
 def free_port() -> int:
@@ -118,11 +124,25 @@ def server(directory: Path) -> None:
     import httpx
 
     http_port, diff_port = free_port(), free_port()
-    env = dict(os.environ, QAEX_DATA_DIR=str(directory / "data"), QAEX_DIFF_PORT=str(diff_port),
-               QAEX_ADMIN_TOKEN=secrets.token_urlsafe(16), QAEX_MARKET_MAKER="0", QAEX_INSTRUMENTS="",
-               QAEX_SETTLEMENT_TIME="")  # fmt: skip
-    command = [sys.executable, "-m", "hypercorn", "qaex.app:app", "--worker-class", "trio",
-               "-b", f"127.0.0.1:{http_port}"]  # fmt: skip
+    env = dict(
+        os.environ,
+        QAEX_DATA_DIR=str(directory / "data"),
+        QAEX_DIFF_PORT=str(diff_port),
+        QAEX_ADMIN_TOKEN=secrets.token_urlsafe(16),
+        QAEX_MARKET_MAKER="0",
+        QAEX_INSTRUMENTS="",
+        QAEX_SETTLEMENT_TIME="",
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "hypercorn",
+        "qaex.app:app",
+        "--worker-class",
+        "trio",
+        "-b",
+        f"127.0.0.1:{http_port}",
+    ]
     url = f"http://127.0.0.1:{http_port}"
     started = time.monotonic()
     with open(directory / "server.log", "wb") as log:
@@ -145,18 +165,23 @@ def server(directory: Path) -> None:
         for product in sorted({s.rstrip("0123456789") for s in symbols}):
             months = [s for s in symbols if s.rstrip("0123456789") == product]
             t = time.monotonic()
-            got = httpx.get(f"{url}/api/market/klines/{months[0]}", params={"duration": 60, "count": 10000},
-                            timeout=30).json()  # fmt: skip
+            got = httpx.get(
+                f"{url}/api/market/klines/{months[0]}", params={"duration": 60, "count": 10000}, timeout=30
+            ).json()
             waits.append((time.monotonic() - t, months[0], len(got["klines"])))
         waits.sort()
-        print(f"server: first klines of {len(waits)} products' nearest month (10,000 asked): median "
-              f"{waits[len(waits) // 2][0] * 1000:.0f} ms, max {waits[-1][0] * 1000:.0f} ms ({waits[-1][1]}, "
-              f"{waits[-1][2]} bars)")  # fmt: skip
+        print(
+            f"server: first klines of {len(waits)} products' nearest month (10,000 asked): median "
+            f"{waits[len(waits) // 2][0] * 1000:.0f} ms, max {waits[-1][0] * 1000:.0f} ms ({waits[-1][1]}, "
+            f"{waits[-1][2]} bars)"
+        )
         history = directory / "data" / "history"
         while len(list(history.glob("*.csv"))) < 2 * listed and time.monotonic() - started < 120:
             time.sleep(0.1)
-        print(f"server: every contract's history written {time.monotonic() - started:.1f} s after the start "
-              f"({len(list(history.glob('*.csv'))) // 2} of {listed})")  # fmt: skip
+        print(
+            f"server: every contract's history written {time.monotonic() - started:.1f} s after the start "
+            f"({len(list(history.glob('*.csv'))) // 2} of {listed})"
+        )
         status = Path(f"/proc/{process.pid}/status").read_text()
         rss = next(int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmRSS:"))
         print(f"server: RSS {rss:.0f} MB holding every contract's history")
@@ -169,8 +194,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--server", action="store_true", help="also measure a fresh server")
     args = parser.parse_args()
-    print(f"{dt.datetime.now():%Y-%m-%d %H:%M} {platform.processor() or platform.machine()} "
-          f"{os.cpu_count()} cpus, Python {platform.python_version()}")  # fmt: skip
+    print(
+        f"{dt.datetime.now():%Y-%m-%d %H:%M} {platform.processor() or platform.machine()} "
+        f"{os.cpu_count()} cpus, Python {platform.python_version()}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         in_process(Path(tmp) / "history")
         if args.server:

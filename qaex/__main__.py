@@ -250,7 +250,9 @@ def add_import_history(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     parser = subparsers.add_parser("import-history", help=text, description=text)
     parser.add_argument("files", nargs="+", metavar="FILE", help="DataDownloader K-line CSV files")
     parser.add_argument("--symbol", help="the contract of header-less (appended) files")
-    parser.add_argument("--duration", type=int, choices=(60, 86400), help="bar seconds (default: from the rows)")
+    parser.add_argument(
+        "--duration", type=int, choices=(60, 86400), help="bar seconds (default: from the rows)"
+    )
     parser.add_argument("--data-dir", help="data directory (default: QAEX_DATA_DIR or ./qaex-data)")
     parser.set_defaults(handler=import_history)
 

@@ -35,9 +35,17 @@ MINUTE = 60_000_000_000
 DAY = 86_400_000_000_000
 
 
-def spec_for(template, *, symbol: str | None = None, last_day: dt.date = dt.date(2026, 12, 1),
-             minute_bars: int = 1_500, days: int = 40, price_factor: float = 1.0,
-             months_out: int = 0, close_ticks: int = 0) -> HistorySpec:  # fmt: skip
+def spec_for(
+    template,
+    *,
+    symbol: str | None = None,
+    last_day: dt.date = dt.date(2026, 12, 1),
+    minute_bars: int = 1_500,
+    days: int = 40,
+    price_factor: float = 1.0,
+    months_out: int = 0,
+    close_ticks: int = 0,
+) -> HistorySpec:
     tick = template.price_tick
     settlement = round(template.reference_price * price_factor / tick) * tick
     return HistorySpec(
@@ -76,10 +84,17 @@ trading_days = st.dates(dt.date(2026, 1, 5), dt.date(2026, 12, 31)).filter(
     price_factor=st.floats(0.5, 2.0),
     close_ticks=st.integers(-5, 5),
 )
-def test_generated_bars_obey_the_rules(template, seed, last_day, minute_bars, days, price_factor,
-                                       close_ticks) -> None:  # fmt: skip
-    spec = spec_for(template, last_day=last_day, minute_bars=minute_bars, days=days,
-                    price_factor=price_factor, close_ticks=close_ticks)  # fmt: skip
+def test_generated_bars_obey_the_rules(
+    template, seed, last_day, minute_bars, days, price_factor, close_ticks
+) -> None:
+    spec = spec_for(
+        template,
+        last_day=last_day,
+        minute_bars=minute_bars,
+        days=days,
+        price_factor=price_factor,
+        close_ticks=close_ticks,
+    )
     history = generate(spec, seed, CALENDAR)
     tick = spec.price_tick
     minutes, daily = history.minutes, history.days
@@ -104,7 +119,9 @@ def test_generated_bars_obey_the_rules(template, seed, last_day, minute_bars, da
             assert lower >= settle * (1 - spec.limit_ratio) - 1e-6
             assert upper <= settle * (1 + spec.limit_ratio) + 1e-6
     # Minutes: strictly increasing, inside the sessions, inside their day's limits.
-    trading_time = TradingTime(day=[list(s) for s in spec.day_sessions], night=[list(s) for s in spec.night_sessions])
+    trading_time = TradingTime(
+        day=[list(s) for s in spec.day_sessions], night=[list(s) for s in spec.night_sessions]
+    )
     day_index = {ns: i for i, ns in enumerate(daily.datetime)}
     assert all(a < b for a, b in zip(minutes.datetime, minutes.datetime[1:], strict=False))
     for bar in minutes.bars():
@@ -115,7 +132,9 @@ def test_generated_bars_obey_the_rules(template, seed, last_day, minute_bars, da
         assert lower - 1e-9 <= bar["low"] and bar["high"] <= upper + 1e-9
     # The anchor: the last day's settlement (VWAP of its minute bars), close, open interest.
     last_day_ns = daily.datetime[-1]
-    last = [b for b in minutes.bars() if trading_day_of(b["datetime"], CALENDAR) == last_day.strftime("%Y%m%d")]
+    last = [
+        b for b in minutes.bars() if trading_day_of(b["datetime"], CALENDAR) == last_day.strftime("%Y%m%d")
+    ]
     volume = sum(b["volume"] for b in last)
     full_day = trading_day_of(minutes.datetime[0], CALENDAR) < last_day.strftime("%Y%m%d")
     if volume and full_day:
@@ -196,18 +215,29 @@ def test_csv_round_trip() -> None:
         parse_csv(body, "au-appended.csv")
 
 
-HEADER = "datetime,datetime_nano,SHFE.rb2701.open,SHFE.rb2701.high,SHFE.rb2701.low,SHFE.rb2701.close," \
-         "SHFE.rb2701.volume,SHFE.rb2701.open_oi,SHFE.rb2701.close_oi"  # fmt: skip
+HEADER = (
+    "datetime,datetime_nano,SHFE.rb2701.open,SHFE.rb2701.high,SHFE.rb2701.low,SHFE.rb2701.close,"
+    "SHFE.rb2701.volume,SHFE.rb2701.open_oi,SHFE.rb2701.close_oi"
+)
 ROW = "2026-12-01 09:00:00.000000000,{ns},{o},{h},{l},{c},10,100,101"
 
 
 @pytest.mark.parametrize(
     ("rows", "message"),
     [
-        ([ROW.format(ns=2, o=1, h=2, l=1, c=2), ROW.format(ns=1, o=1, h=2, l=1, c=2)], r"bad\.csv:3: column datetime_nano: rows not sorted"),
-        ([ROW.format(ns=1, o=3, h=2, l=1, c=2)], r"bad\.csv:2: column SHFE\.rb2701\.high: high 2\.0 below open/close"),
+        (
+            [ROW.format(ns=2, o=1, h=2, l=1, c=2), ROW.format(ns=1, o=1, h=2, l=1, c=2)],
+            r"bad\.csv:3: column datetime_nano: rows not sorted",
+        ),
+        (
+            [ROW.format(ns=1, o=3, h=2, l=1, c=2)],
+            r"bad\.csv:2: column SHFE\.rb2701\.high: high 2\.0 below open/close",
+        ),
         ([ROW.format(ns=1, o=1, h=2, l=2, c=2)], r"bad\.csv:2: column SHFE\.rb2701\.low: low 2\.0 above"),
-        ([ROW.format(ns=1, o=1.5, h=2, l=1, c=2)], r"bad\.csv:2: column SHFE\.rb2701\.open: 1\.5 is off the tick grid"),
+        (
+            [ROW.format(ns=1, o=1.5, h=2, l=1, c=2)],
+            r"bad\.csv:2: column SHFE\.rb2701\.open: 1\.5 is off the tick grid",
+        ),
         ([ROW.format(ns="x", o=1, h=2, l=1, c=2)], r"bad\.csv:2: column datetime_nano: not an integer"),
     ],
 )
@@ -217,7 +247,13 @@ def test_bad_csv_files_are_refused_with_file_line_and_column(rows: list[str], me
 
 
 def test_na_cells_carry_the_previous_close() -> None:
-    text = "\n".join([HEADER, ROW.format(ns=1, o=1, h=2, l=1, c=2), ROW.format(ns=2, o="#N/A", h="#N/A", l="#N/A", c="#N/A")])
+    text = "\n".join(
+        [
+            HEADER,
+            ROW.format(ns=1, o=1, h=2, l=1, c=2),
+            ROW.format(ns=2, o="#N/A", h="#N/A", l="#N/A", c="#N/A"),
+        ]
+    )
     _, bars = parse_csv(text, "na.csv")
     assert bars.bar(1)["open"] == bars.bar(1)["close"] == 2.0
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import launch, open_user, wait_ready
 
 HERE = Path(__file__).resolve().parent
@@ -26,7 +25,9 @@ SYMBOL = "SHFE.rb2601"  # one of tests/pinned_instruments.toml
 
 
 def klines(http_url: str, symbol: str, duration: int, count: int) -> list[dict[str, object]]:
-    response = httpx.get(f"{http_url}/api/market/klines/{symbol}", params={"duration": duration, "count": count})
+    response = httpx.get(
+        f"{http_url}/api/market/klines/{symbol}", params={"duration": duration, "count": count}
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     bars = body["klines"]
@@ -37,8 +38,10 @@ def klines(http_url: str, symbol: str, duration: int, count: int) -> list[dict[s
 def run_driver(diff_url: str, user_id: str, password: str, symbol: str) -> dict[str, object]:
     done = subprocess.run(
         [sys.executable, str(DRIVER), diff_url, user_id, password, symbol],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, f"no result\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     result: dict[str, object] = json.loads(lines[-1][len("RESULT ") :])
@@ -95,10 +98,19 @@ def test_the_moving_average_example_trades(tmp_path: Path) -> None:
         wait_ready(server)
         user = open_user(server)
         done = subprocess.run(
-            [sys.executable, str(EXAMPLE), f"--diff={server.diff_url}", f"--user={user.user_id}",
-             f"--password={user.password}", f"--symbol={SYMBOL}", "--seconds=15"],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+            [
+                sys.executable,
+                str(EXAMPLE),
+                f"--diff={server.diff_url}",
+                f"--user={user.user_id}",
+                f"--password={user.password}",
+                f"--symbol={SYMBOL}",
+                "--seconds=15",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         assert "200 bars" in done.stdout
         assert "POSITION 1" in done.stdout or "POSITION -1" in done.stdout, done.stdout + done.stderr[-2000:]
@@ -109,8 +121,13 @@ def test_the_moving_average_example_trades(tmp_path: Path) -> None:
 
 
 def import_history(server_env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "qaex", "import-history", *args], env=server_env,
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "qaex", "import-history", *args],
+        env=server_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_import_history_round_trip_and_refusals(tmp_path: Path) -> None:
@@ -140,8 +157,8 @@ def test_import_history_round_trip_and_refusals(tmp_path: Path) -> None:
     # Each kind of bad file is refused with file, line and column; nothing is half-imported.
     lines = original.splitlines()
     cells = lines[5].split(",")
-    bad_high = lines[:5] + [",".join(cells[:3] + [str(float(cells[2]) - 50)] + cells[4:])] + lines[6:]
-    off_grid = lines[:5] + [",".join(cells[:5] + [str(float(cells[5]) + 0.5)] + cells[6:])] + lines[6:]
+    bad_high = [*lines[:5], ",".join([*cells[:3], str(float(cells[2]) - 50), *cells[4:]]), *lines[6:]]
+    off_grid = [*lines[:5], ",".join([*cells[:5], str(float(cells[5]) + 0.5), *cells[6:]]), *lines[6:]]
     unsorted = [lines[0], lines[2], lines[1], *lines[3:]]
     unknown = [lines[0].replace(SYMBOL, "SHFE.xx2601"), *lines[1:]]
     good_days = tmp_path / "good-days.csv"

@@ -45,7 +45,7 @@ def main() -> None:
         result["minute_datetimes_increase"] = bool(minutes.datetime.is_monotonic_increasing)
         result["day_close_before_today"] = float(days.close.iloc[-2])
         result["finite"] = all(math.isfinite(x) for x in minutes.close)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         result["failed"] = repr(exc)
     finally:
         api.close()

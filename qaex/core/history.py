@@ -82,9 +82,16 @@ class BarColumns:
         return len(self.datetime)
 
     def append(
-        self, datetime: int, open: float, high: float, low: float, close: float,
-        volume: int, open_oi: int, close_oi: int,
-    ) -> None:  # fmt: skip
+        self,
+        datetime: int,
+        open: float,
+        high: float,
+        low: float,
+        close: float,
+        volume: int,
+        open_oi: int,
+        close_oi: int,
+    ) -> None:
         self.datetime.append(datetime)
         self.open.append(open)
         self.high.append(high)
@@ -275,7 +282,8 @@ def generate(spec: HistorySpec, seed: int, calendar: HolidayCalendar | None = No
             end = walk[-1]
             uniform = shared.random
             weights = [
-                (0.5 + 3.0 * (2 * (i + 0.5) / count - 1) ** 2) * (0.55 + 0.9 * uniform()) for i in range(count)
+                (0.5 + 3.0 * (2 * (i + 0.5) / count - 1) ** 2) * (0.55 + 0.9 * uniform())
+                for i in range(count)
             ]
             scale = volume / sum(weights)
             for i in range(1, count + 1):
@@ -288,9 +296,20 @@ def generate(spec: HistorySpec, seed: int, calendar: HolidayCalendar | None = No
             high = math.exp(max(log_open, log_close) + spread * own.random())
             low = math.exp(min(log_open, log_close) - spread * own.random())
         days.append(
-            _Day(date, math.exp(log_open), math.exp(log_close), high, low, volume, oi_start,
-                 oi_end[index], minutes, path, vols)
-        )  # fmt: skip
+            _Day(
+                date,
+                math.exp(log_open),
+                math.exp(log_close),
+                high,
+                low,
+                volume,
+                oi_start,
+                oi_end[index],
+                minutes,
+                path,
+                vols,
+            )
+        )
     return _anchor_and_round(spec, days, own)
 
 
@@ -349,14 +368,22 @@ def _anchor_and_round(spec: HistorySpec, days: list[_Day], own: random.Random) -
                 if i < count - 1:
                     oi_after = max(0, oi_after + round(own.gauss(0.0, max(oi_end, 100) * 0.0005)))
                 minutes.append(
-                    day.minutes[i], px(bar_open), px(high), px(low), px(close),
-                    vols[i], oi_before, oi_after,
-                )  # fmt: skip
+                    day.minutes[i],
+                    px(bar_open),
+                    px(high),
+                    px(low),
+                    px(close),
+                    vols[i],
+                    oi_before,
+                    oi_after,
+                )
                 oi_before = oi_after
                 previous = close
                 day_high, day_low = max(day_high, high), min(day_low, low)
             total = sum(vols)
-            settle = round(sum(c * v for c, v in zip(closes, vols, strict=True)) / total) if total else closes[-1]
+            settle = (
+                round(sum(c * v for c, v in zip(closes, vols, strict=True)) / total) if total else closes[-1]
+            )
             settle = min(upper, max(lower, settle))
             d_open, d_high, d_low, d_close, volume = open_ticks, day_high, day_low, closes[-1], total
         else:
@@ -372,9 +399,15 @@ def _anchor_and_round(spec: HistorySpec, days: list[_Day], own: random.Random) -
         if previous_close is None:
             previous_close = d_open
         daily.append(
-            china_midnight_ns(day.date), px(d_open), px(d_high), px(d_low), px(d_close),
-            volume, day.oi_start, day.oi_end,
-        )  # fmt: skip
+            china_midnight_ns(day.date),
+            px(d_open),
+            px(d_high),
+            px(d_low),
+            px(d_close),
+            volume,
+            day.oi_start,
+            day.oi_end,
+        )
         settlements.append(px(settle))
         limits.append((px(lower), px(upper)) if previous_settle is not None else (0.0, math.inf))
         previous_settle, previous_close = settle, d_close
@@ -475,8 +508,12 @@ def parse_csv(
         header = [cell.strip() for cell in lines[0].split(",")]
         start = 1
         if len(header) != 9 or header[:2] != ["datetime", "datetime_nano"]:
-            raise HistoryFileError(name, 1, "header", "not a K-line file: want datetime,datetime_nano "
-                                   "and SYM.open..SYM.close_oi (one symbol)")  # fmt: skip
+            raise HistoryFileError(
+                name,
+                1,
+                "header",
+                "not a K-line file: want datetime,datetime_nano and SYM.open..SYM.close_oi (one symbol)",
+            )
         found = header[2].rsplit(".", 1)[0]
         expected = ["datetime", "datetime_nano", *(f"{found}.{n}" for n in BAR_FIELDS)]
         for position, (got, want) in enumerate(zip(header, expected, strict=True)):
@@ -512,13 +549,16 @@ def parse_csv(
                 try:
                     value = float(cell)
                 except ValueError:
-                    raise HistoryFileError(name, number, columns[position], f"not a number: {cell!r}") from None
+                    raise HistoryFileError(
+                        name, number, columns[position], f"not a number: {cell!r}"
+                    ) from None
             if position < 6:
                 if not math.isfinite(value) or value <= 0:
                     raise HistoryFileError(name, number, columns[position], f"not a price: {cell!r}")
                 if price_tick and abs(value / price_tick - round(value / price_tick)) > 1e-6:
-                    raise HistoryFileError(name, number, columns[position],
-                                           f"{cell} is off the tick grid ({price_tick})")  # fmt: skip
+                    raise HistoryFileError(
+                        name, number, columns[position], f"{cell} is off the tick grid ({price_tick})"
+                    )
             elif value < 0 or value != int(value):
                 raise HistoryFileError(name, number, columns[position], f"not a count >= 0: {cell!r}")
             values.append(value)

@@ -33,7 +33,7 @@ from qaex.core.calendar import CST_OFFSET_NS, MONDAY_1990_NS
 from qaex.core.calendar import NS_PER_DAY as NS_PER_DAY
 from qaex.core.calendar import NS_PER_SECOND as NS_PER_SECOND
 from qaex.core.calendar import trading_day_start_ns as trading_day_start_ns
-from qaex.core.history import BarColumns
+from qaex.core.history import BAR_FIELDS, BarColumns
 from qaex.core.quote import Patch
 
 DEFAULT_MAX_LEN = 10_000
@@ -112,7 +112,8 @@ class _Series:
         if offset < archived:
             assert self._archive is not None
             archive = self._archive
-            for index in range(self._archive_start + offset, self._archive_start + min(archived, offset + last - first + 1)):
+            stop = self._archive_start + min(archived, offset + last - first + 1)
+            for index in range(self._archive_start + offset, stop):
                 out[str(item_id)] = archive.bar(index)
                 item_id += 1
         if item_id <= last:
@@ -273,7 +274,7 @@ class KlineSeries(_Series):
                 continue
             if current is not None and start < current["datetime"]:
                 continue  # out of order: never rewrite
-            current = {key: bar[key] for key in ("open", "high", "low", "close", "volume", "open_oi", "close_oi")}
+            current = {key: bar[key] for key in BAR_FIELDS}
             current["datetime"] = start
             self._push(current)
         self._resume = resuming and current is not None

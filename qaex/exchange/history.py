@@ -43,8 +43,13 @@ DAY = 86400
 class HistoryStore:
     """The history directory of one data directory (see the module docstring)."""
 
-    def __init__(self, directory: str | os.PathLike[str], *, seed: int | None = None,
-                 calendar: HolidayCalendar | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        seed: int | None = None,
+        calendar: HolidayCalendar | None = None,
+    ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.calendar = calendar
@@ -53,8 +58,11 @@ class HistoryStore:
         if meta_path.exists():
             stored = int(json.loads(meta_path.read_text())["seed"])
         if stored is not None and seed is not None and seed != stored:
-            log.warning("history was drawn with seed %d; QAEX_SEED=%d applies to new data directories only",
-                        stored, seed)  # fmt: skip
+            log.warning(
+                "history was drawn with seed %d; QAEX_SEED=%d applies to new data directories only",
+                stored,
+                seed,
+            )
         self.seed = stored if stored is not None else (seed if seed is not None else DEFAULT_SEED)
         if stored is None:
             _write_atomic(meta_path, json.dumps({"format": FORMAT, "seed": self.seed}) + "\n")
@@ -86,8 +94,9 @@ class HistoryStore:
         _write_atomic(self.path(history.symbol, MINUTE), to_csv(history.symbol, history.minutes, price_decs))
         _write_atomic(self.path(history.symbol, DAY), to_csv(history.symbol, history.days, price_decs))
 
-    def spec(self, instrument: Instrument, instruments: Mapping[str, Instrument], *, trading_day: str,
-             main: bool) -> HistorySpec:  # fmt: skip
+    def spec(
+        self, instrument: Instrument, instruments: Mapping[str, Instrument], *, trading_day: str, main: bool
+    ) -> HistorySpec:
         """What ``instrument``'s synthetic history ends on: its figures now, the trading day before
         ``trading_day`` (``YYYYMMDD``), 10,000 minutes for a main contract, 1,200 for other months."""
         symbol = f"{instrument.exchange_id}.{instrument.instrument_id}"
@@ -97,7 +106,11 @@ class HistoryStore:
             if other.exchange_id == instrument.exchange_id and other.product_id == instrument.product_id
         )
         months_out = next((i for i, (_, key) in enumerate(months) if key == symbol), 0)
-        close = instrument.pre_close if instrument.pre_close == instrument.pre_close else instrument.pre_settlement
+        close = (
+            instrument.pre_close
+            if instrument.pre_close == instrument.pre_close
+            else instrument.pre_settlement
+        )
         return HistorySpec(
             symbol=symbol,
             product=f"{instrument.exchange_id}.{instrument.product_id}",
@@ -147,8 +160,9 @@ class ImportRefused(ValueError):
     """``qaex import-history`` refused its files: nothing was imported."""
 
 
-def read_import(path: Path, *, symbol: str | None, duration: int | None,
-                ticks: Mapping[str, float]) -> tuple[str, int, BarColumns]:  # fmt: skip
+def read_import(
+    path: Path, *, symbol: str | None, duration: int | None, ticks: Mapping[str, float]
+) -> tuple[str, int, BarColumns]:
     """One DataDownloader K-line file, checked: (symbol, duration in seconds, bars). ``ticks``: the
     listed contracts' price ticks. Raises :class:`HistoryFileError` or :class:`ImportRefused`."""
     try:
@@ -157,12 +171,16 @@ def read_import(path: Path, *, symbol: str | None, duration: int | None,
         raise ImportRefused(f"{path}: cannot read: {exc}") from None
     first = text.split("\n", 1)[0]
     if ".last_price" in first or ".bid_price1" in first:
-        raise ImportRefused(f"{path}:1: a tick file: only K-line files (60 s and 86400 s bars) are imported yet")
+        raise ImportRefused(
+            f"{path}:1: a tick file: only K-line files (60 s and 86400 s bars) are imported yet"
+        )
     found, _ = parse_csv(text, str(path), symbol=symbol) if first.startswith("datetime") else (symbol, None)
     if found is None:
         raise HistoryFileError(str(path), 1, "header", "no header line: give the symbol (--symbol)")
     if found not in ticks:
-        raise HistoryFileError(str(path), 1, "3", f"unknown symbol {found}: not listed in this data directory")
+        raise HistoryFileError(
+            str(path), 1, "3", f"unknown symbol {found}: not listed in this data directory"
+        )
     found, bars = parse_csv(text, str(path), symbol=found, price_tick=ticks[found])
     if not len(bars):
         raise ImportRefused(f"{path}: no bars")
@@ -176,11 +194,20 @@ def _guess_duration(bars: BarColumns) -> int:
     steps = sorted(b - a for a, b in zip(bars.datetime, bars.datetime[1:], strict=False))
     if not steps:
         return DAY if bars.datetime[0] % 86_400_000_000_000 == 16 * 3600 * 1_000_000_000 else MINUTE
-    return int(steps[len(steps) // 2] // 1_000_000_000) if steps[len(steps) // 2] < 86_400_000_000_000 else DAY
+    return (
+        int(steps[len(steps) // 2] // 1_000_000_000) if steps[len(steps) // 2] < 86_400_000_000_000 else DAY
+    )
 
 
-def import_history(store: HistoryStore, files: list[Path], *, symbol: str | None, duration: int | None,
-                   ticks: Mapping[str, float], price_decs: Mapping[str, int]) -> list[tuple[str, int, int]]:  # fmt: skip
+def import_history(
+    store: HistoryStore,
+    files: list[Path],
+    *,
+    symbol: str | None,
+    duration: int | None,
+    ticks: Mapping[str, float],
+    price_decs: Mapping[str, int],
+) -> list[tuple[str, int, int]]:
     """Replace the kept history of the contracts these files hold, all or nothing: every file is read
     and checked before any is replaced. Returns (symbol, duration, bars) per file."""
     read = [read_import(path, symbol=symbol, duration=duration, ticks=ticks) for path in files]
@@ -204,4 +231,3 @@ def _write_atomic(path: Path, text: str) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     temporary.write_text(text)
     os.replace(temporary, path)
-

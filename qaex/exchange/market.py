@@ -229,7 +229,7 @@ class MarketData:
                 spec, decs = self._history_spec(symbol)
                 history = await trio.to_thread.run_sync(store.load_or_build, spec, decs)
                 self.state.attach_history(symbol, history)
-                await trio.sleep(HISTORY_PAUSE)  # a background job: leave the loop (and the GIL) most of the time
+                await trio.sleep(HISTORY_PAUSE)  # a background job: leave the loop and the GIL alone
             if pending:
                 log.info("market history ready: %d contracts (%d built, %d loaded)",
                          len(self.state.quotes), store.built, store.loaded)  # fmt: skip
