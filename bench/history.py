@@ -120,6 +120,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def server_rss(pid: int, baseline: float = 0.0) -> float:
+    """VmRSS in MB of the process and its children (hypercorn runs the app in a worker process)."""
+    pids = [pid]
+    total = 0.0
+    while pids:
+        current = pids.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        total += next(
+            int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmRSS:")
+        )
+        pids.extend(int(child) for child in children)
+    return total
+
+
 def server(directory: Path) -> None:
     import httpx
 
@@ -156,6 +174,8 @@ def server(directory: Path) -> None:
                 pass
             time.sleep(0.02)
         print(f"server: /health after {time.monotonic() - started:.2f} s")
+        rss_at_start = server_rss(process.pid)
+        print(f"server: RSS {rss_at_start:.0f} MB at /health")
         listed_now = httpx.get(url + "/api/market/instruments", timeout=10).json()["instruments"]
         symbols = sorted(
             (i if isinstance(i, str) else f"{i['exchange_id']}.{i['instrument_id']}") for i in listed_now
@@ -182,9 +202,12 @@ def server(directory: Path) -> None:
             f"server: every contract's history written {time.monotonic() - started:.1f} s after the start "
             f"({len(list(history.glob('*.csv'))) // 2} of {listed})"
         )
-        status = Path(f"/proc/{process.pid}/status").read_text()
-        rss = next(int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmRSS:"))
-        print(f"server: RSS {rss:.0f} MB holding every contract's history")
+        print(f"server: RSS {server_rss(process.pid, rss_at_start):.0f} MB holding every contract's history")
+        t = time.monotonic()
+        httpx.get(
+            f"{url}/api/market/klines/{waits[-1][1]}", params={"duration": 60, "count": 10000}, timeout=30
+        )
+        print(f"server: the same klines again (history attached): {(time.monotonic() - t) * 1000:.0f} ms")
     finally:
         process.terminate()
         process.wait(10)

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 from conftest import launch, open_user, wait_ready
 
 HERE = Path(__file__).resolve().parent
@@ -91,7 +90,6 @@ def test_tqsdk_gets_history_at_once_and_it_is_kept(tmp_path: Path) -> None:
     assert journal_bytes < 200_000  # the journal does not hold the history
 
 
-@pytest.mark.slow
 def test_the_moving_average_example_trades(tmp_path: Path) -> None:
     server = launch(tmp_path, extra_env={"QAEX_MARKET_MAKER": "1", "QAEX_MARKET_MAKER_SYMBOLS": SYMBOL})
     try:

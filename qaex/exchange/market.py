@@ -226,9 +226,17 @@ class MarketData:
             for symbol in pending:
                 if not self.state.needs_history(symbol):
                     continue  # a client asked for it meanwhile
+                if symbol not in self.state.instruments:  # delisted meanwhile
+                    self.state.attach_history(symbol, None)
+                    continue
                 spec, decs = self._history_spec(symbol)
-                history = await trio.to_thread.run_sync(store.load_or_build, spec, decs)
-                self.state.attach_history(symbol, history)
+                try:
+                    history = await trio.to_thread.run_sync(store.load_or_build, spec, decs)
+                except (OSError, ValueError) as exc:  # a damaged or hand-edited file: no history, not a crash
+                    log.error("market history of %s not loaded: %s", symbol, exc)
+                    history = None
+                if self.state.needs_history(symbol):
+                    self.state.attach_history(symbol, history)
                 await trio.sleep(HISTORY_PAUSE)  # a background job: leave the loop and the GIL alone
             if pending:
                 log.info("market history ready: %d contracts (%d built, %d loaded)",
@@ -250,9 +258,14 @@ class MarketData:
         if self.history_store is None:
             return
         for symbol in symbols:
-            if self.state.needs_history(symbol):
+            if self.state.needs_history(symbol) and symbol in self.state.instruments:
                 spec, decs = self._history_spec(symbol)
-                self.state.attach_history(symbol, self.history_store.load_or_build(spec, decs))
+                try:
+                    history = self.history_store.load_or_build(spec, decs)
+                except (OSError, ValueError) as exc:
+                    log.error("market history of %s not loaded: %s", symbol, exc)
+                    history = None
+                self.state.attach_history(symbol, history)
 
     # -- inputs ------------------------------------------------------------------------------------
     def apply(self, batch: Batch) -> None:
