@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from qaex.core.calendar import default_holiday_calendar, is_open, is_trading_day, trading_day_of
 from qaex.core.history import (
     BarColumns,
+    ContractHistory,
     HistoryFileError,
     HistorySpec,
     generate,
@@ -27,10 +28,12 @@ from qaex.core.history import (
 )
 from qaex.core.instruments import TradingTime
 from qaex.core.kline import KlineSeries
+from qaex.core.market import MarketState
 from qaex.core.products import PRODUCTS
 
 CALENDAR = default_holiday_calendar()
 TEMPLATES = sorted(PRODUCTS.values(), key=lambda p: p.key)
+S = 1_000_000_000
 MINUTE = 60_000_000_000
 DAY = 86_400_000_000_000
 
@@ -315,3 +318,118 @@ def test_longer_bars_are_built_from_history_without_flat_session_breaks() -> Non
     assert five.resuming
     total = sum(bar["volume"] for bar in five.window(0, 100).values())
     assert total == 60 * 5
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    history_len=st.integers(0, 40),
+    live_before=st.lists(st.integers(0, 3), max_size=6),  # minutes between live events before the attach
+    live_after=st.lists(st.tuples(st.booleans(), st.integers(0, 200)), max_size=10),
+    max_len=st.integers(5, 60),
+    start_after=st.integers(1, 5000),  # minutes from history's end to the server's start
+)
+def test_history_then_live_bars_are_contiguous_and_ordered(
+    history_len, live_before, live_after, max_len, start_after
+) -> None:
+    series = KlineSeries("X.a1", MINUTE, max_len=max_len)
+    now = BASE + (history_len + start_after) * MINUTE
+    for step in live_before:
+        now += step * MINUTE
+        series.on_trade(50.0, 1, now, 5)
+    series.attach_history(columns([BASE + i * MINUTE for i in range(history_len)]))
+    for is_trade, seconds in live_after:
+        now += seconds * S
+        if is_trade:
+            series.on_trade(60.0, 1, now, 6)
+        else:
+            series.on_time(now)
+    bars = series.window(series.first_id, series.last_id)
+    assert [int(k) for k in bars] == list(range(series.first_id, series.last_id + 1))
+    assert len(bars) <= max_len
+    datetimes = [bar["datetime"] for bar in bars.values()]
+    assert datetimes == sorted(set(datetimes))
+    for bar in bars.values():
+        assert bar["low"] <= min(bar["open"], bar["close"]) and bar["high"] >= max(bar["open"], bar["close"])
+    # No flat filler between history and the first live bar: at most one bar per live event (plus
+    # the gap bars between live events), never the minutes in between.
+    history_kept = sum(1 for d in datetimes if d < BASE + history_len * MINUTE)
+    live = len(datetimes) - history_kept
+    assert live <= 1 + sum(live_before) + sum(seconds // 60 + 1 for _, seconds in live_after)
+
+
+def market_with(symbol: str = "SHFE.cu2601") -> tuple[MarketState, ContractHistory]:
+    from qaex.core.instruments import InstrumentRegistry
+
+    registry = InstrumentRegistry()
+    state = MarketState(registry, with_history=True)
+    state.list_instrument(symbol, BASE + 10 * DAY)
+    instrument = registry[symbol]
+    spec = HistorySpec(
+        symbol=symbol,
+        product="SHFE.cu",
+        price_tick=instrument.price_tick,
+        limit_ratio=instrument.limit_ratio,
+        day_sessions=(("09:00:00", "10:15:00"), ("10:30:00", "11:30:00"), ("13:30:00", "15:00:00")),
+        night_sessions=(("21:00:00", "01:00:00"),),
+        settlement=instrument.pre_settlement,
+        close=instrument.pre_close,
+        open_interest=instrument.pre_open_interest,
+        last_day=dt.date(2026, 11, 30),
+        minute_bars=3_000,
+        days=100,
+    )
+    return state, generate(spec, 1, CALENDAR)
+
+
+def test_a_quote_listed_with_history_is_complete_at_once() -> None:
+    state, _ = market_with()
+    quote = state.full_quote("SHFE.cu2601")["quotes"]["SHFE.cu2601"]
+    assert quote["last_price"] == quote["pre_close"] == quote["pre_settlement"]
+    assert state.needs_history("SHFE.cu2601") and state.pending_history() == ["SHFE.cu2601"]
+
+
+def test_charts_see_history_and_scroll_back_into_it() -> None:
+    state, history = market_with()
+    state.attach_history("SHFE.cu2601", history)
+    assert not state.needs_history("SHFE.cu2601")
+    state.advance_time(BASE + 10 * DAY)  # the clock at start: one live bar after history, no filler
+    minutes = state.klines[("SHFE.cu2601", MINUTE)]
+    assert minutes.last_id == 3_000 and minutes.get(3_000)["datetime"] == BASE + 10 * DAY
+    chart = state.open_chart(
+        {
+            "aid": "set_chart",
+            "chart_id": "c",
+            "ins_list": "SHFE.cu2601",
+            "duration": MINUTE,
+            "view_width": 200,
+        },
+        BASE + 10 * DAY,
+    )
+    patch = state.chart_patch(chart)
+    body = patch["klines"]["SHFE.cu2601"][str(MINUTE)]
+    assert body["last_id"] == 3_000 and len(body["data"]) == 200
+    assert patch["charts"]["c"]["left_id"] == 2_801
+    # focus_datetime / left_kline_id scroll into history.
+    focus = history.minutes.datetime[1_000]
+    back = state.open_chart(
+        {
+            "aid": "set_chart",
+            "chart_id": "b",
+            "ins_list": "SHFE.cu2601",
+            "duration": MINUTE,
+            "view_width": 50,
+            "focus_datetime": focus,
+            "focus_position": 0,
+        },
+        BASE + 10 * DAY,
+    )
+    answer = state.chart_patch(back)
+    assert answer["charts"]["b"]["left_id"] == 1_000
+    assert answer["klines"]["SHFE.cu2601"][str(MINUTE)]["data"]["1000"]["datetime"] == focus
+    # A longer duration is built from history: 15-minute bars, none flat across the night.
+    quarter = state.kline_history("SHFE.cu2601", 15 * MINUTE, BASE + 10 * DAY)
+    bars = list(quarter.window(quarter.first_id, quarter.last_id).values())
+    assert sum(b["volume"] for b in bars) == sum(history.minutes.volume)
+    assert sum(1 for b in bars if b["volume"] == 0) <= 1  # only the live bar at the clock
+    days = state.kline_history("SHFE.cu2601", 86400 * S, BASE + 10 * DAY)
+    assert days.last_id >= 99
