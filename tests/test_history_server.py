@@ -57,6 +57,7 @@ def test_tqsdk_gets_history_at_once_and_it_is_kept(tmp_path: Path) -> None:
         assert result["minute_rows"] == 200 and result["minute_nan"] == 0
         assert result["day_rows"] == 100 and result["day_nan"] == 0
         assert result["minute_datetimes_increase"]
+        assert result["full_rows"] == 10_000 and result["full_nan"] == 0  # a main contract's 10,000
         assert float(result["minutes_s"]) < 2.0 and float(result["days_s"]) < 2.0  # type: ignore[arg-type]
         assert result["last_price"] == result["pre_close"] == result["pre_settlement"]
         assert result["last_minute_close"] == result["last_price"]  # no trade yet: history's last close

@@ -45,6 +45,11 @@ def main() -> None:
         result["minute_datetimes_increase"] = bool(minutes.datetime.is_monotonic_increasing)
         result["day_close_before_today"] = float(days.close.iloc[-2])
         result["finite"] = all(math.isfinite(x) for x in minutes.close)
+        begin = time.monotonic()
+        full = api.get_kline_serial(symbol, 60, 10000)
+        result["full_s"] = time.monotonic() - begin
+        result["full_rows"] = len(full)
+        result["full_nan"] = int(full[cols].isna().sum().sum())
     except Exception as exc:
         result["failed"] = repr(exc)
     finally:
