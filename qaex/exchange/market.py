@@ -62,7 +62,7 @@ WAKE_STEP = 4
 """Writers a publish wakes between two pauses (see MarketData.wake_in_steps)."""
 HISTORY_START_DELAY = 1.0
 """Seconds after the start before the background history build begins (the listing comes first)."""
-HISTORY_PAUSE = 0.02
+HISTORY_PAUSE = 0.1
 """Seconds between two contracts of the background history build."""
 HISTORY_POLL = 5.0
 """Seconds between two looks for contracts listed since (each gets its history)."""
