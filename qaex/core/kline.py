@@ -19,6 +19,11 @@ Bar alignment (all in exchange local time, UTC+8):
 A bar opens at its first trade; :meth:`KlineSeries.on_time` also opens bars when the clock passes a bar
 boundary with no trade, carrying the previous close flat with zero volume ("gap bars"), so charts move in
 real time. A zero-volume bar that then gets a trade takes that trade as its open, high, low and close.
+
+History (:meth:`KlineSeries.attach_history`, docs/market-data.md "History"): a series may start with past
+bars held as ``array`` columns (:class:`qaex.core.history.BarColumns`, never mutated) before its live
+dicts; ids run through both. The first live bar after history opens at the clock, with no flat bars for
+the time between (:attr:`KlineSeries.resuming`).
 """
 
 from __future__ import annotations
