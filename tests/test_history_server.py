@@ -139,9 +139,29 @@ def test_import_history_round_trip_and_refusals(tmp_path: Path) -> None:
         history = server.data_dir / "history"
         while not (history / f"{SYMBOL}.60.csv").exists() and time.monotonic() < deadline:
             time.sleep(0.1)
-        # A running server holds the data directory: refused, with the reason.
+        # A running server holds the data directory: the command is refused, with the reason ...
         busy = import_history(server.env, str(history / f"{SYMBOL}.86400.csv"))
         assert busy.returncode == 1 and "another qaex server" in busy.stderr
+        # ... and the admin route imports (already served: applies at the next start), all or nothing.
+        admin = {"Authorization": f"Bearer {server.admin_token}"}
+        day_text = (history / f"{SYMBOL}.86400.csv").read_text()
+        url = f"{server.http_url}/api/admin/history/import"
+        good = {"name": "days.csv", "text": day_text}
+        answer = httpx.post(url, json={"files": [good]}, headers=admin)
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {
+            "imported": [{"symbol": SYMBOL, "duration": 86400, "bars": 250}],
+            "next_start": [SYMBOL],
+        }
+        unsorted_days = day_text.splitlines()
+        unsorted_days[1], unsorted_days[2] = unsorted_days[2], unsorted_days[1]
+        bad = {"name": "unsorted.csv", "text": "\n".join(unsorted_days)}
+        refused = httpx.post(url, json={"files": [good, bad]}, headers=admin)
+        assert refused.status_code == 400
+        assert "unsorted.csv:3: column datetime_nano: rows not sorted" in refused.json()["error"]["message"]
+        assert "nothing imported" in refused.json()["error"]["message"]
+        assert (history / f"{SYMBOL}.86400.csv").read_text() == day_text
+        assert httpx.post(url, json={"files": [good]}).status_code in (401, 403)
     finally:
         server.stop()
     minutes = history / f"{SYMBOL}.60.csv"

@@ -163,30 +163,33 @@ class ImportRefused(ValueError):
 def read_import(
     path: Path, *, symbol: str | None, duration: int | None, ticks: Mapping[str, float]
 ) -> tuple[str, int, BarColumns]:
-    """One DataDownloader K-line file, checked: (symbol, duration in seconds, bars). ``ticks``: the
-    listed contracts' price ticks. Raises :class:`HistoryFileError` or :class:`ImportRefused`."""
+    """One DataDownloader K-line file, checked: (symbol, duration in seconds, bars) (see check_import)."""
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise ImportRefused(f"{path}: cannot read: {exc}") from None
+    return check_import(text, str(path), symbol=symbol, duration=duration, ticks=ticks)
+
+
+def check_import(
+    text: str, name: str, *, symbol: str | None, duration: int | None, ticks: Mapping[str, float]
+) -> tuple[str, int, BarColumns]:
+    """One DataDownloader K-line file's text, checked: (symbol, duration in seconds, bars). ``ticks``:
+    the listed contracts' price ticks. Raises :class:`HistoryFileError` or :class:`ImportRefused`."""
     first = text.split("\n", 1)[0]
     if ".last_price" in first or ".bid_price1" in first:
-        raise ImportRefused(
-            f"{path}:1: a tick file: only K-line files (60 s and 86400 s bars) are imported yet"
-        )
-    found, _ = parse_csv(text, str(path), symbol=symbol) if first.startswith("datetime") else (symbol, None)
+        raise ImportRefused(f"{name}:1: a tick file: only K-line files (60 s and 86400 s bars) are imported")
+    found, _ = parse_csv(text, name, symbol=symbol) if first.startswith("datetime") else (symbol, None)
     if found is None:
-        raise HistoryFileError(str(path), 1, "header", "no header line: give the symbol (--symbol)")
+        raise HistoryFileError(name, 1, "header", "no header line: give the symbol (--symbol)")
     if found not in ticks:
-        raise HistoryFileError(
-            str(path), 1, "3", f"unknown symbol {found}: not listed in this data directory"
-        )
-    found, bars = parse_csv(text, str(path), symbol=found, price_tick=ticks[found])
+        raise HistoryFileError(name, 1, "3", f"unknown symbol {found}: not listed in this data directory")
+    found, bars = parse_csv(text, name, symbol=found, price_tick=ticks[found])
     if not len(bars):
-        raise ImportRefused(f"{path}: no bars")
+        raise ImportRefused(f"{name}: no bars")
     seconds = duration if duration is not None else _guess_duration(bars)
     if seconds not in (MINUTE, DAY):
-        raise ImportRefused(f"{path}: {seconds} s bars: only 60 s and 86400 s bars are kept (--duration)")
+        raise ImportRefused(f"{name}: {seconds} s bars: only 60 s and 86400 s bars are kept (--duration)")
     return found, seconds, bars
 
 
@@ -210,21 +213,28 @@ def import_history(
 ) -> list[tuple[str, int, int]]:
     """Replace the kept history of the contracts these files hold, all or nothing: every file is read
     and checked before any is replaced. Returns (symbol, duration, bars) per file."""
-    read = [read_import(path, symbol=symbol, duration=duration, ticks=ticks) for path in files]
-    seen: dict[tuple[str, int], Path] = {}
-    for path, (found, seconds, _) in zip(files, read, strict=True):
+    read = [(str(path), read_import(path, symbol=symbol, duration=duration, ticks=ticks)) for path in files]
+    return store_imported(store, read, price_decs)
+
+
+def store_imported(
+    store: HistoryStore, read: list[tuple[str, tuple[str, int, BarColumns]]], price_decs: Mapping[str, int]
+) -> list[tuple[str, int, int]]:
+    """Write checked imports (name, (symbol, duration, bars)); refuse two for one contract and duration."""
+    seen: dict[tuple[str, int], str] = {}
+    for name, (found, seconds, _) in read:
         if (found, seconds) in seen:
-            raise ImportRefused(f"{path}: {found} {seconds} s bars are also in {seen[(found, seconds)]}")
-        seen[(found, seconds)] = path
+            raise ImportRefused(f"{name}: {found} {seconds} s bars are also in {seen[(found, seconds)]}")
+        seen[(found, seconds)] = name
     staged = []
-    for found, seconds, bars in read:
+    for _, (found, seconds, bars) in read:
         target = store.path(found, seconds)
-        temporary = target.with_name(f".{target.name}.import.tmp")
+        temporary = target.with_name(f".{target.name}.{os.urandom(4).hex()}.import.tmp")
         temporary.write_text(to_csv(found, bars, price_decs.get(found, 2)))
         staged.append((temporary, target))
     for temporary, target in staged:
         os.replace(temporary, target)
-    return [(found, seconds, len(bars)) for found, seconds, bars in read]
+    return [(found, seconds, len(bars)) for _, (found, seconds, bars) in read]
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -49,7 +49,7 @@ from qaex.core.kline import DEFAULT_MAX_LEN, NS_PER_SECOND, KlineSeries, TickSer
 from qaex.core.market import ChartRefused, MarketState, SeriesKey
 from qaex.core.notify_codes import NOTIFY_BAD_INSTRUMENT
 from qaex.core.quote import DEPTH_LEVELS, QuoteBook
-from qaex.exchange.history import HistoryStore
+from qaex.exchange.history import HistoryStore, ImportRefused, check_import, store_imported
 from qaex.exchange.pacing import WakePacer
 from qaex.exchange.snapshot import SessionLink
 from qaex.protocol.diff import market_patch
@@ -251,6 +251,27 @@ class MarketData:
             instrument, self.state.instruments, trading_day=day, main=self.state.is_main(symbol)
         )
         return spec, instrument.price_decs
+
+    def import_history(
+        self, files: list[tuple[str, str]], *, symbol: str | None, duration: int | None
+    ) -> tuple[list[tuple[str, int, int]], list[str]]:
+        """``POST /api/admin/history/import``: check every (name, CSV text), then replace the kept
+        files, all or nothing (HistoryFileError / ImportRefused). A contract whose history is not
+        attached yet serves the import at once; one already attached keeps serving the bars its
+        clients hold (their ids cannot change under them) until the next start. Returns the imports
+        and the symbols that apply at the next start."""
+        store = self.history_store
+        if store is None:
+            raise ImportRefused("market history is off (QAEX_MARKET_BACKFILL=0)")
+        instruments = self.state.instruments
+        ticks = {s: i.price_tick for s, i in instruments.items()}
+        read = [
+            (name, check_import(text, name, symbol=symbol, duration=duration, ticks=ticks))
+            for name, text in files
+        ]
+        done = store_imported(store, read, {s: i.price_decs for s, i in instruments.items()})
+        later = sorted({s for s, _, _ in done if not self.state.needs_history(s)})
+        return done, later
 
     def ensure_history(self, symbols: Iterable[str]) -> None:
         """Attach now the history of these symbols if it is not yet (a client is asking for it): a
