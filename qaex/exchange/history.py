@@ -30,6 +30,7 @@ from qaex.core.history import (
     to_csv,
 )
 from qaex.core.instruments import Instrument
+from qaex.core.replay import ReplayTrack, track_from_bars
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +236,34 @@ def store_imported(
     for temporary, target in staged:
         os.replace(temporary, target)
     return [(found, seconds, len(bars)) for _, (found, seconds, bars) in read]
+
+
+def load_replay(spec: str) -> dict[str, ReplayTrack]:
+    """``QAEX_MARKET_REPLAY``: comma-separated DataDownloader K-line files or directories (every
+    ``*.csv`` in them) -> a track per symbol (any symbol: the contracts may be listed after the start;
+    a recording of one never listed is simply not played). Raises HistoryFileError / ImportRefused
+    naming the file."""
+    paths: list[Path] = []
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        path = Path(part)
+        paths.extend(sorted(path.glob("*.csv")) if path.is_dir() else [path])
+    tracks: dict[str, ReplayTrack] = {}
+    for path in paths:
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ImportRefused(f"{path}: cannot read: {exc}") from None
+        if ".last_price" in text.split("\n", 1)[0]:
+            raise ImportRefused(f"{path}:1: a tick file: only K-line files are replayed")
+        symbol, bars = parse_csv(text, str(path))
+        if not len(bars):
+            raise ImportRefused(f"{path}: no bars")
+        if symbol in tracks:
+            raise ImportRefused(f"{path}: a second recording of {symbol}")
+        tracks[symbol] = track_from_bars(bars)
+    return tracks
 
 
 def _write_atomic(path: Path, text: str) -> None:
