@@ -1,4 +1,5 @@
-"""Command line: ``qaex serve`` and ``qaex journal inspect|verify|checkpoint|truncate``.
+"""Command line: ``qaex serve``, ``qaex journal inspect|verify|checkpoint|truncate`` and
+``qaex import-history FILE...``.
 
 Each subcommand is one ``add_<name>(subparsers)`` function that registers its parser and sets
 ``handler``; ``main`` dispatches. ``qaex serve`` runs the same app as
@@ -244,10 +245,71 @@ def journal_truncate(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_import_history(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    text = "replace contracts' kept history with TqSdk DataDownloader K-line CSVs (server must be stopped)"
+    parser = subparsers.add_parser("import-history", help=text, description=text)
+    parser.add_argument("files", nargs="+", metavar="FILE", help="DataDownloader K-line CSV files")
+    parser.add_argument("--symbol", help="the contract of header-less (appended) files")
+    parser.add_argument(
+        "--duration", type=int, choices=(60, 86400), help="bar seconds (default: from the rows)"
+    )
+    parser.add_argument("--data-dir", help="data directory (default: QAEX_DATA_DIR or ./qaex-data)")
+    parser.set_defaults(handler=import_history)
+
+
+def import_history(args: argparse.Namespace) -> int:
+    """All or nothing: every file is checked (header, order, high/low, tick grid, listed symbol) before
+    any is written. Reads the listing by recovering the journal, so it takes the data directory lock."""
+    from pathlib import Path
+
+    from qaex.config import Config, ConfigError
+    from qaex.core.history import HistoryFileError
+    from qaex.core.journal_format import JournalCorrupt
+    from qaex.datadir import DataDir, DataDirLocked
+    from qaex.exchange.history import HistoryStore, ImportRefused
+    from qaex.exchange.history import import_history as run_import
+    from qaex.exchange.recovery import recover
+
+    setup = _journal_setup(args)
+    if setup is None:
+        return 2
+    try:
+        config = Config.load()
+    except ConfigError as exc:
+        print(f"qaex import-history: {exc}", file=sys.stderr)
+        return 2
+    data_dir = DataDir(setup[0])
+    try:
+        data_dir.lock()
+    except DataDirLocked as exc:
+        print(f"qaex import-history: {exc}", file=sys.stderr)
+        return 1
+    try:
+        try:
+            engine = recover(data_dir.path, setup[1], repair=False).engine
+        except JournalCorrupt as exc:
+            print(f"CORRUPT: {exc}", file=sys.stderr)
+            return 1
+        ticks = {symbol: i.price_tick for symbol, i in engine.instruments.items()}
+        decs = {symbol: i.price_decs for symbol, i in engine.instruments.items()}
+        store = HistoryStore(data_dir.path / "history", seed=config.seed)
+        try:
+            done = run_import(store, [Path(f) for f in args.files], symbol=args.symbol,
+                              duration=args.duration, ticks=ticks, price_decs=decs)  # fmt: skip
+        except (HistoryFileError, ImportRefused) as exc:
+            print(f"qaex import-history: {exc}; nothing imported", file=sys.stderr)
+            return 1
+    finally:
+        data_dir.unlock()
+    for symbol, seconds, bars in done:
+        print(f"imported {symbol}: {bars} bars of {seconds} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qaex", description="qaex: a simulated futures exchange")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (add_serve, add_journal):
+    for add in (add_serve, add_journal, add_import_history):
         add(subparsers)
     return parser
 

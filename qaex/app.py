@@ -40,8 +40,10 @@ from qaex.api.websocket_guard import RejectWebSockets, refuse_websocket_upgrades
 from qaex.config import Config, ConfigError, access_guard, load_holidays, load_instruments, load_listing
 from qaex.core.engine import Engine
 from qaex.core.journal_format import JournalCorrupt
+from qaex.core.replay import ReplayTrack
 from qaex.datadir import DataDir, DataDirLocked
 from qaex.exchange.exchange import Exchange
+from qaex.exchange.history import HistoryStore, load_replay
 from qaex.exchange.market import MarketData
 from qaex.exchange.notifications import NotificationHub
 from qaex.exchange.recovery import open_journal
@@ -53,6 +55,16 @@ log = logging.getLogger("qaex.app")
 EXIT_SERVICE_CRASHED = 70  # EX_SOFTWARE
 EXIT_CANNOT_START = 78  # EX_CONFIG: bad setting, data directory in use, port taken
 SHUTDOWN_TIMEOUT = 10.0
+
+
+def _replay(config: Config) -> dict[str, ReplayTrack]:
+    """QAEX_MARKET_REPLAY's recordings, or a ConfigError naming the file."""
+    if not config.market_replay:
+        return {}
+    try:
+        return load_replay(config.market_replay)
+    except ValueError as exc:
+        raise ConfigError(f"QAEX_MARKET_REPLAY: {exc}") from None
 
 
 def build_exchange(config: Config, data_dir: DataDir) -> Exchange:
@@ -67,10 +79,17 @@ def build_exchange(config: Config, data_dir: DataDir) -> Exchange:
         checkpoint_records=config.checkpoint_records,
         checkpoint_seconds=config.checkpoint_seconds,
     )
-    market = MarketData(
-        recovered.engine, history=config.market_history, publish_interval=config.quote_interval
-    )
     calendar = load_holidays(config)
+    market = MarketData(
+        recovered.engine,
+        history=config.market_history,
+        publish_interval=config.quote_interval,
+        history_store=(
+            HistoryStore(data_dir.path / "history", seed=config.seed, calendar=calendar)
+            if config.market_backfill
+            else None
+        ),
+    )
     today = dt.date.today()
     uncovered = calendar.uncovered_years(today, today + dt.timedelta(days=400))
     if uncovered:
@@ -98,8 +117,9 @@ def build_exchange(config: Config, data_dir: DataDir) -> Exchange:
     if config.market_maker:
         symbols = [s.strip() for s in config.market_maker_symbols.split(",") if s.strip()]
         exchange.simulator = LiquiditySimulator(
-            exchange, seed=config.seed, interval=config.market_maker_interval, symbols=symbols or None
-        )
+            exchange, seed=config.seed, interval=config.market_maker_interval, symbols=symbols or None,
+            replay=_replay(config), replay_speed=config.market_replay_speed,
+        )  # fmt: skip
     return exchange
 
 

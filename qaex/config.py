@@ -64,6 +64,9 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
     settlement_time: str | None = None
     quote_interval: float = 0.5  # shortest time between two market-data publishes (CTP-like snapshots)
     market_history: int = 10_000  # bars (and ticks) kept per series
+    market_backfill: bool = True  # synthetic history for every contract (docs/market-data.md, History)
+    market_replay: str = ""  # recorded K-line CSVs (files or directories) the market maker follows
+    market_replay_speed: float = 1.0  # 1 = real time
     token_ttl: int = 86_400  # seconds a login token stays valid
     gc_threshold: int = 20_000  # CPython's young-generation GC threshold (qaex/gc_policy.py); 0 = CPython's
     gc_interval: float = 0.02  # seconds between timed young collections (qaex/gc_policy.py); 0 = none
@@ -199,6 +202,7 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
             except ValueError:
                 need(False, "settlement_time", "HH:MM (China time) or empty")
         need(1 <= self.market_history <= 1_000_000, "market_history", "an integer 1-1000000")
+        need(0 < self.market_replay_speed <= 1e6, "market_replay_speed", "a number > 0 (1 = real time)")
         need(0 <= self.keep_expired_days <= 3660, "keep_expired_days", "a number of days 0-3660")
         need(not (self.instruments and self.products), "products", "empty when QAEX_INSTRUMENTS is set")
         need(self.admin_token == "" or len(self.admin_token) >= 16, "admin_token", "at least 16 characters")

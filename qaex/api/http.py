@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import math
 import re
 import time
 import uuid
@@ -647,7 +646,7 @@ async def quote(symbol: str) -> Response:
     # open interest over the market service's quote: those are the truth at this instant, while the
     # service may be a batch behind. Without the service, a quote with no daily figures yet.
     book = market.quotes[symbol] if market is not None else QuoteBook(instrument)
-    last_price = engine.last_price.get(symbol, math.nan)
+    last_price = engine.last_price.get(symbol, book.last_price)  # no trade yet: history's last close
     answer = book.at(bids, asks, last_price, engine.open_interest.get(symbol, 0)).full()
     answer.update(bids=bids, asks=asks, suspended=instrument.suspended)
     return json_response(answer)  # NaN is encoded as null: the HTTP API's "no such price"
@@ -755,6 +754,26 @@ async def settle() -> Response:
         raise HttpError(400, "unknown_instrument", f"prices for unknown instruments: {', '.join(unknown)}")
     prices = await exchange.settle(body.prices, body.trading_day)
     return json_response(proto.SettleResponse(prices, exchange.engine.trading_day))
+
+
+@route(
+    "POST", "/api/admin/history/import", "Replace contracts' kept history (DataDownloader K-line CSVs)",
+    auth="admin", body=proto.HistoryImportRequest, answer=proto.HistoryImportResponse, errors=(400, 403),
+)  # fmt: skip
+async def import_history() -> Response:
+    require_admin()
+    body = await decode(proto.HistoryImportRequest)
+    market = services().exchange.market
+    if market is None:
+        raise HttpError(503, "no_market_data", "this server runs without the market data service")
+    try:
+        done, later = market.import_history(
+            [(f.name, f.text) for f in body.files], symbol=body.symbol, duration=body.duration
+        )
+    except ValueError as exc:  # HistoryFileError, ImportRefused: names the file, line and column
+        raise HttpError(400, "bad_history", f"{exc}; nothing imported") from None
+    imported = [proto.HistoryImported(symbol, seconds, bars) for symbol, seconds, bars in done]
+    return json_response(proto.HistoryImportResponse(imported, later))
 
 
 @route("GET", "/api/admin/users", "Every account", auth="admin", answer=proto.UsersResponse, errors=(403,))

@@ -19,6 +19,11 @@ Bar alignment (all in exchange local time, UTC+8):
 A bar opens at its first trade; :meth:`KlineSeries.on_time` also opens bars when the clock passes a bar
 boundary with no trade, carrying the previous close flat with zero volume ("gap bars"), so charts move in
 real time. A zero-volume bar that then gets a trade takes that trade as its open, high, low and close.
+
+History (:meth:`KlineSeries.attach_history`, docs/market-data.md "History"): a series may start with past
+bars held as ``array`` columns (:class:`qaex.core.history.BarColumns`, never mutated) before its live
+dicts; ids run through both. The first live bar after history opens at the clock, with no flat bars for
+the time between (:attr:`KlineSeries.resuming`).
 """
 
 from __future__ import annotations
@@ -26,13 +31,14 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from qaex.core.calendar import CST_OFFSET_NS, MONDAY_1990_NS
 from qaex.core.calendar import NS_PER_DAY as NS_PER_DAY
 from qaex.core.calendar import NS_PER_SECOND as NS_PER_SECOND
 from qaex.core.calendar import trading_day_start_ns as trading_day_start_ns
+from qaex.core.history import BAR_FIELDS, BarColumns
 from qaex.core.quote import Patch
 
 DEFAULT_MAX_LEN = 10_000
@@ -48,9 +54,15 @@ class _Series:
         self.symbol = symbol
         self.max_len = max_len
         self._items: deque[dict[str, Any]] = deque()
+        # History older than the live items, as columns (KlineSeries.attach_history): ids
+        # first_id .. first_id + archived - 1, then the deque. ``_archive_start`` skips the dropped.
+        self._archive: BarColumns | None = None  # never mutated: it may be shared
+        self._archive_start = 0
+        self._archive_stop = 0
         self._next_id = 0
         self._changed: set[int] = set()
         self._last_id_sent = -1
+        self._resume = False
 
     # -- ids ---------------------------------------------------------------------------------------
     @property
@@ -59,18 +71,38 @@ class _Series:
         return self._next_id - 1
 
     @property
+    def _archived(self) -> int:
+        """History items kept in the columns."""
+        return self._archive_stop - self._archive_start
+
+    @property
     def first_id(self) -> int:
         """Id of the oldest item still kept (equals ``last_id + 1`` while empty)."""
-        return self._next_id - len(self._items)
+        return self._next_id - len(self._items) - self._archived
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._items) + self._archived
+
+    def _at(self, index: int) -> dict[str, Any]:
+        """The kept item at ``index`` (0 = the oldest kept); a fresh dict for archived ones."""
+        archived = self._archived
+        if index < archived:
+            assert self._archive is not None
+            return self._archive.bar(self._archive_start + index)
+        return self._items[index - archived]
+
+    def _datetime_at(self, index: int) -> int:
+        archived = self._archived
+        if index < archived:
+            assert self._archive is not None
+            return self._archive.datetime[self._archive_start + index]
+        return self._items[index - archived]["datetime"]  # type: ignore[no-any-return]
 
     def get(self, item_id: int) -> dict[str, Any] | None:
         """A copy of the item, or None if it was dropped or does not exist yet."""
         if not self.first_id <= item_id <= self.last_id:
             return None
-        return dict(self._items[item_id - self.first_id])
+        return dict(self._at(item_id - self.first_id))
 
     def window(self, left_id: int, right_id: int) -> dict[str, dict[str, Any]]:
         """Copies of the kept items with ids in ``[left_id, right_id]``, keyed by ``str(id)``."""
@@ -79,41 +111,74 @@ class _Series:
         if first > last:
             return {}
         offset = first - self.first_id
-        items = itertools.islice(self._items, offset, offset + last - first + 1)
-        return {str(item_id): dict(item) for item_id, item in enumerate(items, start=first)}
+        archived = self._archived
+        out: dict[str, dict[str, Any]] = {}
+        item_id = first
+        if offset < archived:
+            assert self._archive is not None
+            archive = self._archive
+            stop = self._archive_start + min(archived, offset + last - first + 1)
+            for index in range(self._archive_start + offset, stop):
+                out[str(item_id)] = archive.bar(index)
+                item_id += 1
+        if item_id <= last:
+            start = item_id - self.first_id - archived
+            for item in itertools.islice(self._items, start, start + last - item_id + 1):
+                out[str(item_id)] = dict(item)
+                item_id += 1
+        return out
 
     # -- time lookups (items are in datetime order) --------------------------------------------------
     def lower_bound(self, datetime_ns: int) -> int:
         """Id of the first kept item with ``datetime >= datetime_ns``; ``last_id + 1`` if there is none."""
+        archived = self._archived
+        if archived and self._archive is not None:
+            column = self._archive.datetime
+            index = bisect.bisect_left(column, datetime_ns, self._archive_start, self._archive_stop)
+            if index < self._archive_stop:
+                return self.first_id + index - self._archive_start
         index = bisect.bisect_left(self._items, datetime_ns, key=_datetime_of)
-        return self.first_id + index
+        return self.first_id + archived + index
 
     def find(self, datetime_ns: int) -> int | None:
         """Id of the kept item whose ``datetime`` is exactly ``datetime_ns``, if any."""
         item_id = self.lower_bound(datetime_ns)
-        if item_id <= self.last_id and self._items[item_id - self.first_id]["datetime"] == datetime_ns:
+        if item_id <= self.last_id and self._datetime_at(item_id - self.first_id) == datetime_ns:
             return item_id
         return None
 
     def last_datetime(self) -> int | None:
         """``datetime`` of the newest item, None while empty."""
-        if not self._items:
+        if not len(self):
             return None
-        newest: int = self._items[-1]["datetime"]
-        return newest
+        return self._datetime_at(len(self) - 1)
 
     # -- mutation and patches ----------------------------------------------------------------------
     def _push(self, item: dict[str, Any]) -> None:
+        self._resume = False
         self._items.append(item)
         self._changed.add(self._next_id)
         self._next_id += 1
-        if len(self._items) > self.max_len:
-            self._items.popleft()
+        if len(self) > self.max_len:
+            if self._archived:
+                self._archive_start += 1
+            else:
+                self._items.popleft()
 
     def _skip(self, count: int) -> None:
         """Number ``count`` items that are never kept: everything before them is dropped too."""
         self._items.clear()
+        self._archive = None
+        self._archive_start = self._archive_stop = 0
         self._next_id += count
+
+    def _newest(self) -> dict[str, Any]:
+        """The newest item, live (moved out of the archive if it is there: only a late trade does)."""
+        if not self._items and self._archived:
+            assert self._archive is not None
+            self._archive_stop -= 1
+            self._items.append(self._archive.bar(self._archive_stop))
+        return self._items[-1]
 
     def _mark_last_changed(self) -> None:
         self._changed.add(self.last_id)
@@ -125,7 +190,7 @@ class _Series:
         if not ids and self.last_id == self._last_id_sent:
             return None
         self._last_id_sent = self.last_id
-        data = {str(item_id): dict(self._items[item_id - first_id]) for item_id in ids}
+        data = {str(item_id): dict(self._at(item_id - first_id)) for item_id in ids}
         return {"last_id": self.last_id, "data": data}
 
 
@@ -164,6 +229,61 @@ class KlineSeries(_Series):
         self.duration_ns = duration_ns
         self._days = duration_ns // NS_PER_DAY if duration_ns % NS_PER_DAY == 0 else 0
 
+    @property
+    def resuming(self) -> bool:
+        """Whether the newest bar is history's last (no live bar yet)."""
+        return self._resume
+
+    # -- history -----------------------------------------------------------------------------------
+    def attach_history(self, bars: BarColumns) -> int:
+        """Put ``bars`` (this duration's, oldest first) before the live bars, and return how many were
+        kept: those older than the first live bar, at most ``max_len`` in all.
+
+        The live bars are renumbered after them, so call this before anyone has seen this series' ids
+        (the market state does it before a chart or a reader gets the series). The live bars that follow
+        open at the clock: there are no flat bars between history's last bar and the first live one.
+        """
+        if self.first_id != 0 or self._archive is not None or not len(bars):
+            return 0
+        end = len(bars)
+        if self._items:
+            end = bisect.bisect_left(bars.datetime, self._items[0]["datetime"])
+        room = self.max_len - len(self._items)
+        start = max(0, end - room)
+        if end <= start:
+            return 0
+        count = end - start
+        self._archive = bars
+        self._archive_start, self._archive_stop = start, end
+        self._next_id += count
+        self._changed = {item_id + count for item_id in self._changed}
+        if self._last_id_sent >= 0:
+            self._last_id_sent += count
+        if not self._items:
+            self._resume = True
+        return count
+
+    def fill_from(self, bars: Iterable[Mapping[str, Any]], *, resuming: bool = False) -> None:
+        """Build this series from finer bars (oldest first, e.g. the 1-minute series' for 5 minutes),
+        bar by bar with no flat bars where the source has none (session breaks, history to live).
+        ``resuming``: the source's newest bar is history's (see :attr:`resuming`)."""
+        current: dict[str, Any] | None = None
+        for bar in bars:
+            start = self.bar_start(bar["datetime"])
+            if current is not None and current["datetime"] == start:
+                current["high"] = max(current["high"], bar["high"])
+                current["low"] = min(current["low"], bar["low"])
+                current["close"] = bar["close"]
+                current["volume"] += bar["volume"]
+                current["close_oi"] = bar["close_oi"]
+                continue
+            if current is not None and start < current["datetime"]:
+                continue  # out of order: never rewrite
+            current = {key: bar[key] for key in BAR_FIELDS}
+            current["datetime"] = start
+            self._push(current)
+        self._resume = resuming and current is not None
+
     # -- alignment ---------------------------------------------------------------------------------
     def bar_start(self, ts_ns: int) -> int:
         """Epoch ns at which the bar containing ``ts_ns`` starts (see the module docstring)."""
@@ -185,12 +305,12 @@ class KlineSeries(_Series):
         A trade stamped before the newest bar's start (a late clock) goes into the newest bar: closed
         bars are never rewritten. ``open_interest`` is the figure after the fill.
         """
-        if not self._items:
+        if not len(self):
             start = self.bar_start(ts_ns)
             self._push(_bar(start, price, open_interest))
         else:
             self.on_time(ts_ns)
-        bar = self._items[-1]
+        bar = self._newest()
         if bar["volume"] == 0:  # a gap bar, or the bar just opened: the first trade sets the prices
             bar["open"] = bar["high"] = bar["low"] = price
         else:
@@ -209,12 +329,16 @@ class KlineSeries(_Series):
         (there is no price to carry). A gap longer than ``max_len`` bars numbers the bars it would drop
         at once without building them, so the cost stays O(max_len).
         """
-        if not self._items:
+        if not len(self):
             return
         target = self.bar_start(ts_ns)
-        previous = self._items[-1]
+        previous = self._newest()
         start = previous["datetime"]
         if target <= start:
+            return
+        if self._resume:  # history ends here: the live bars start at the clock, with no flat bars between
+            self._resume = False
+            self._push(_bar(target, previous["close"], previous["close_oi"], volume=0))
             return
         if self._days:
             starts = []

@@ -32,6 +32,7 @@ from typing import Any
 from qaex.core.calendar import MarketHours
 from qaex.core.chart import Chart, ChartRequest, SeriesView
 from qaex.core.engine import Batch, Depth
+from qaex.core.history import ContractHistory
 from qaex.core.instruments import Instrument
 from qaex.core.kline import DEFAULT_MAX_LEN, NS_PER_DAY, NS_PER_SECOND, KlineSeries, TickSeries
 from qaex.core.main_contracts import cont_symbol
@@ -87,12 +88,17 @@ class MarketState:
         *,
         history: int = DEFAULT_MAX_LEN,
         market_hours: MarketHours = "always",
+        with_history: bool = False,
     ) -> None:
         """``instruments``: the registry, shared with the engine (a quote shows its instrument's current
         spec); a symbol is listed by :meth:`list_instrument` or by the first batch that names it.
         ``history``: bars (and ticks) kept per series; TqSdk never asks for more than 10,000.
         ``market_hours``: the policy, which decides the ``trading_time`` the quotes show.
+        ``with_history``: contracts have a past (:meth:`attach_history`): a quote listed with no trade
+        shows ``pre_close`` (history's last close) as its ``last_price``, so it is complete at once.
         """
+        self.with_history = with_history
+        self._history_pending: dict[str, None] = {}  # listed, history not attached yet (listing order)
         self.instruments = instruments
         self.market_hours = market_hours
         self.history = history
@@ -142,6 +148,10 @@ class MarketState:
         quote = QuoteBook(self.instruments[symbol], now_ns=now, market_hours=self.market_hours)
         if last_price is not None:
             quote.last_price = last_price
+        elif self.with_history and quote.instrument.pre_close == quote.instrument.pre_close:
+            quote.last_price = quote.instrument.pre_close
+        if self.with_history and symbol not in self.quotes:
+            self._history_pending[symbol] = None
         if open_interest is not None:
             quote.open_interest = open_interest
         self.quotes[symbol] = self.views[symbol] = quote
@@ -157,6 +167,33 @@ class MarketState:
         self._dirty_quotes.discard(symbol)
         self._static_patch = None
         return quote
+
+    # -- history ---------------------------------------------------------------------------------
+    def needs_history(self, symbol: str) -> bool:
+        """Whether ``symbol`` is listed and its history is not attached yet."""
+        return symbol in self._history_pending
+
+    def is_main(self, symbol: str) -> bool:
+        """Whether ``symbol`` is its product's main contract now."""
+        return symbol in self._cont_of
+
+    def pending_history(self) -> list[str]:
+        """The listed symbols whose history is not attached yet, in listing order."""
+        return list(self._history_pending)
+
+    def attach_history(self, symbol: str, history: ContractHistory | None) -> None:
+        """Put a contract's past bars before its live 1-minute and 1-day bars (or, with None, record that
+        it has none). Call it before the series are handed out (a chart, a reader): the live bars are
+        renumbered after the history (see KlineSeries.attach_history)."""
+        if symbol not in self._history_pending:
+            return
+        del self._history_pending[symbol]
+        if history is None:
+            return
+        for duration, bars in ((MINUTE_NS, history.minutes), (NS_PER_DAY, history.days)):
+            series = self.klines.get((symbol, duration))
+            if series is not None and series.attach_history(bars):
+                self._dirty_series.add((symbol, duration))
 
     def apply(self, batch: Batch, now_ns: int) -> None:
         """Fold one engine batch into the quotes and series (changes wait for :meth:`take_changes`)."""
@@ -409,17 +446,14 @@ class MarketState:
         gap bars up to ``now``. Its next patch carries only what changes after this."""
         series = KlineSeries(symbol, duration, self.history)
         if duration % NS_PER_DAY == 0:
-            source: list[dict[str, Any]] | None = _bars(self.klines[(symbol, NS_PER_DAY)])
+            kept: KlineSeries | None = self.klines[(symbol, NS_PER_DAY)]
         elif duration % MINUTE_NS == 0:
-            source = _bars(self.klines[(symbol, MINUTE_NS)])
+            kept = self.klines[(symbol, MINUTE_NS)]
         else:
-            source = None
-        if source is not None:
-            for bar in source:
-                ts = bar["datetime"]
-                series.on_trade(bar["open"], bar["volume"], ts, bar["open_oi"])
-                for price in (bar["high"], bar["low"], bar["close"]):
-                    series.on_trade(price, 0, ts, bar["close_oi"])
+            kept = None
+        if kept is not None:
+            # Bar by bar: no flat bars where the source has none (session breaks in history).
+            series.fill_from(_bars(kept), resuming=kept.resuming)
         else:
             ticks = self.ticks[symbol]
             previous_volume = 0

@@ -35,19 +35,21 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
 import trio
 
-from qaex.core.calendar import default_holiday_calendar, next_opening
+from qaex.core.calendar import default_holiday_calendar, next_opening, trading_day_of
 from qaex.core.chart import Chart
 from qaex.core.engine import Batch, Engine
+from qaex.core.history import HistorySpec
 from qaex.core.kline import DEFAULT_MAX_LEN, NS_PER_SECOND, KlineSeries, TickSeries
 from qaex.core.market import ChartRefused, MarketState, SeriesKey
 from qaex.core.notify_codes import NOTIFY_BAD_INSTRUMENT
 from qaex.core.quote import DEPTH_LEVELS, QuoteBook
+from qaex.exchange.history import HistoryStore, ImportRefused, check_import, store_imported
 from qaex.exchange.pacing import WakePacer
 from qaex.exchange.snapshot import SessionLink
 from qaex.protocol.diff import market_patch
@@ -58,6 +60,12 @@ Patch = dict[str, Any]
 
 WAKE_STEP = 4
 """Writers a publish wakes between two pauses (see MarketData.wake_in_steps)."""
+HISTORY_START_DELAY = 1.0
+"""Seconds after the start before the background history build begins (the listing comes first)."""
+HISTORY_PAUSE = 0.1
+"""Seconds between two contracts of the background history build."""
+HISTORY_POLL = 5.0
+"""Seconds between two looks for contracts listed since (each gets its history)."""
 SPREAD = 0.4
 """A publish wakes its subscribers over at most this fraction of the publish interval."""
 
@@ -73,6 +81,7 @@ class MarketData:
         history: int = DEFAULT_MAX_LEN,
         channel_size: int = 4096,
         publish_interval: float = 0.0,
+        history_store: HistoryStore | None = None,
     ) -> None:
         """``engine``: the state the market starts from (e.g. rebuilt by a journal replay). Its last
         prices, open interest and books are read here, and only here: every later change arrives in
@@ -85,14 +94,25 @@ class MarketData:
         rtn_data per subscribed session, so under load a short pause that lets more batches
         coalesce into one publish bounds the fan-out cost (``QAEX_QUOTE_INTERVAL``); every change
         still reaches every subscriber, at most that much later.
+
+        ``history_store``: the kept market history (:mod:`qaex.exchange.history`). With one, every
+        listed contract gets its past bars: built (or loaded) in the background after the start, one
+        contract at a time in a worker thread, and at once for a contract a client asks for first.
         """
+        self.history_store = history_store
+        self._engine = engine  # for its trading day only, when a contract's history is built
         self.publish_interval = publish_interval
         self._rotation = 0
         self._pacer = WakePacer[SessionLink](WAKE_STEP)
         self._last_publish = -math.inf
         self._clock = clock
         self.batches, self._receive = trio.open_memory_channel[Batch](channel_size)
-        self.state = MarketState(engine.instruments, history=history, market_hours=engine.market_hours)
+        self.state = MarketState(
+            engine.instruments,
+            history=history,
+            market_hours=engine.market_hours,
+            with_history=history_store is not None,
+        )
         now = clock()
         for symbol in engine.instruments:
             self.state.list_instrument(
@@ -137,6 +157,8 @@ class MarketData:
             nursery.start_soon(self._bar_timer, name="market:bar-timer")
             if self.state.market_hours == "exchange":
                 nursery.start_soon(self._session_timer, name="market:session-timer")
+            if self.history_store is not None:
+                nursery.start_soon(self._history_builder, name="market:history")
             task_status.started()
             log.info("market data ready: %d instruments", len(self.state.quotes))
             async with self._receive:
@@ -190,6 +212,80 @@ class MarketData:
             if now >= at:
                 self.state.restamp(symbols, now)
                 await self.publish_in_steps()
+
+    async def _history_builder(self) -> None:
+        """Give every listed contract its history, one at a time: loaded from the data directory, or
+        generated and written there, in a worker thread (the loop keeps serving meanwhile), then
+        attached on the loop. Looks for contracts listed later every few seconds."""
+        store = self.history_store
+        assert store is not None
+        await trio.sleep(HISTORY_START_DELAY)  # the start's listing and main contracts first
+        while True:
+            pending = self.state.pending_history()
+            for symbol in pending:
+                if not self.state.needs_history(symbol):
+                    continue  # a client asked for it meanwhile
+                if symbol not in self.state.instruments:  # delisted meanwhile
+                    self.state.attach_history(symbol, None)
+                    continue
+                spec, decs = self._history_spec(symbol)
+                try:
+                    history = await trio.to_thread.run_sync(store.load_or_build, spec, decs)
+                except (OSError, ValueError) as exc:  # a damaged or hand-edited file: no history, not a crash
+                    log.error("market history of %s not loaded: %s", symbol, exc)
+                    history = None
+                if self.state.needs_history(symbol):
+                    self.state.attach_history(symbol, history)
+                await trio.sleep(HISTORY_PAUSE)  # a background job: leave the loop and the GIL alone
+            if pending:
+                log.info("market history ready: %d contracts (%d built, %d loaded)",
+                         len(self.state.quotes), store.built, store.loaded)  # fmt: skip
+            await trio.sleep(HISTORY_POLL)
+
+    def _history_spec(self, symbol: str) -> tuple[HistorySpec, int]:
+        assert self.history_store is not None
+        instrument = self.state.instruments[symbol]
+        day = self._engine.trading_day or trading_day_of(self._clock(), self.history_store.calendar)
+        spec = self.history_store.spec(
+            instrument, self.state.instruments, trading_day=day, main=self.state.is_main(symbol)
+        )
+        return spec, instrument.price_decs
+
+    def import_history(
+        self, files: list[tuple[str, str]], *, symbol: str | None, duration: int | None
+    ) -> tuple[list[tuple[str, int, int]], list[str]]:
+        """``POST /api/admin/history/import``: check every (name, CSV text), then replace the kept
+        files, all or nothing (HistoryFileError / ImportRefused). A contract whose history is not
+        attached yet serves the import at once; one already attached keeps serving the bars its
+        clients hold (their ids cannot change under them) until the next start. Returns the imports
+        and the symbols that apply at the next start."""
+        store = self.history_store
+        if store is None:
+            raise ImportRefused("market history is off (QAEX_MARKET_BACKFILL=0)")
+        instruments = self.state.instruments
+        ticks = {s: i.price_tick for s, i in instruments.items()}
+        read = [
+            (name, check_import(text, name, symbol=symbol, duration=duration, ticks=ticks))
+            for name, text in files
+        ]
+        done = store_imported(store, read, {s: i.price_decs for s, i in instruments.items()})
+        later = sorted({s for s, _, _ in done if not self.state.needs_history(s)})
+        return done, later
+
+    def ensure_history(self, symbols: Iterable[str]) -> None:
+        """Attach now the history of these symbols if it is not yet (a client is asking for it): a
+        load, or at most a generation of ~50 ms per main contract."""
+        if self.history_store is None:
+            return
+        for symbol in symbols:
+            if self.state.needs_history(symbol) and symbol in self.state.instruments:
+                spec, decs = self._history_spec(symbol)
+                try:
+                    history = self.history_store.load_or_build(spec, decs)
+                except (OSError, ValueError) as exc:
+                    log.error("market history of %s not loaded: %s", symbol, exc)
+                    history = None
+                self.state.attach_history(symbol, history)
 
     # -- inputs ------------------------------------------------------------------------------------
     def apply(self, batch: Batch) -> None:
@@ -340,6 +436,7 @@ class MarketData:
             built.pop(chart_id, None)
             if old is not None:
                 self._unfeed(link, old)
+            self.ensure_history(str(getattr(message, "ins_list", "")).split(","))
             try:
                 chart = self.state.open_chart(msgspec.structs.asdict(message), self._clock())
             except ChartRefused as refused:
@@ -389,9 +486,11 @@ class MarketData:
 
     def series(self, symbol: str, duration_ns: int) -> KlineSeries | TickSeries | None:
         """A series that exists (``duration_ns`` 0: ticks), or None; for the HTTP API."""
+        self.ensure_history([symbol])
         return self.state.series(symbol, duration_ns)
 
     def kline_history(self, symbol: str, duration_ns: int) -> KlineSeries:
         """The K-lines of any duration: the series if it exists, else one built from history (not
         kept). ValueError for a duration TqSdk would refuse (over a day but not whole days)."""
+        self.ensure_history([symbol])
         return self.state.kline_history(symbol, duration_ns, self._clock())

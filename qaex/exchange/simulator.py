@@ -51,7 +51,7 @@ import math
 import random
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -60,6 +60,7 @@ import trio
 from qaex.core.errors import QaexError
 from qaex.core.instruments import Instrument
 from qaex.core.orders import Direction, InsertOrder, Offset, TimeCondition
+from qaex.core.replay import ReplayTrack
 
 if TYPE_CHECKING:
     from qaex.exchange.exchange import Exchange
@@ -133,6 +134,8 @@ class Ladder:
     live: dict[str, tuple[bool, int]] = field(default_factory=dict)  # order_id -> (buy, price in ticks)
     next_id: int = 1
     failures: int = 0  # steps failed in a row (the supervisor's back-off and re-sync)
+    track: ReplayTrack | None = None  # QAEX_MARKET_REPLAY: the recorded prices to follow, until they end
+    replay_start: float = 0.0  # trio time the replay started
 
     def bounds(self) -> tuple[int, int]:
         """Lowest and highest reference that keep the whole ladder inside the price limits."""
@@ -203,12 +206,21 @@ class LiquiditySimulator:
         symbols: list[str] | None = None,
         day_order_budget: int = 50_000,
         steps_per_second: float = 8.0,
+        replay: Mapping[str, ReplayTrack] | None = None,
+        replay_speed: float = 1.0,
     ) -> None:
         """``interval``: mean seconds between two steps of one instrument (each step waits 0.4-1.6 ×
         ``interval``); ``taker_chance``: probability that a step also sends a taker order;
         ``day_order_budget``: orders of the trading day past which the simulator slows down;
         ``steps_per_second``: the most steps of all ladders together, on average (a full listing of a
-        few hundred contracts is slowed to it: CPU and journal stay small with nobody trading)."""
+        few hundred contracts is slowed to it: CPU and journal stay small with nobody trading).
+        ``replay``: recorded reference prices per symbol (qaex.core.replay), played ``replay_speed``
+        times real time from the ladder's start instead of the random walk, which takes over when
+        the recording ends."""
+        if replay_speed <= 0:
+            raise ValueError("replay_speed > 0")
+        self.replay = dict(replay or {})
+        self.replay_speed = replay_speed
         if interval <= 0 or levels < 1 or max_lots < 1 or not 0 <= taker_chance <= 1 or day_order_budget < 1:
             raise ValueError(
                 "interval > 0, levels >= 1, max_lots >= 1, 0 <= taker_chance <= 1 and day_order_budget >= 1"
@@ -313,6 +325,11 @@ class LiquiditySimulator:
         ladder = Ladder(instrument, rng, self.levels, min(self.max_lots, instrument.max_limit_order_volume))
         last_price = engine.last_price.get(symbol, instrument.pre_settlement)
         ladder.reference = round(last_price / instrument.price_tick)
+        track = self.replay.get(symbol)
+        if track is not None:
+            ladder.track, ladder.replay_start = track, trio.current_time()
+            if track.prices:
+                ladder.reference = round(track.prices[0] / instrument.price_tick)
         ladder.clamp()
         return ladder
 
@@ -428,10 +445,24 @@ class LiquiditySimulator:
         if instrument.suspended or instrument.expired or not self.exchange.market_open(instrument):
             return  # orders would only be rejected (and pile up in the day's records)
         self._forget_finished(ladder)
-        ladder.walk()
+        self._move(ladder)
         if ladder.rng.random() < self.taker_chance:
             await self._take(ladder)
         await self._reconcile(ladder)
+
+    def _move(self, ladder: Ladder) -> None:
+        """The recorded price if a replay is playing, else one random-walk step."""
+        track = ladder.track
+        if track is not None:
+            elapsed_ns = (trio.current_time() - ladder.replay_start) * self.replay_speed * 1e9
+            price = track.price_at(elapsed_ns)
+            if price is not None:
+                ladder.reference = round(price / ladder.instrument.price_tick)
+                ladder.clamp()
+                return
+            ladder.track = None
+            log.info("replay of %s ended: back to the random walk", ladder.instrument.symbol)
+        ladder.walk()
 
     def _forget_finished(self, ladder: Ladder) -> None:
         """Drop the maker's orders that were filled or cancelled (settlement clears them all)."""

@@ -89,6 +89,17 @@ class SettleRequest(Body, kw_only=True):
     trading_day: TradingDay = ""
 
 
+class HistoryFile(Body, kw_only=True):
+    name: Annotated[str, msgspec.Meta(max_length=200)]  # for the error messages
+    text: Annotated[str, msgspec.Meta(max_length=4_000_000)]  # a TqSdk DataDownloader K-line CSV
+
+
+class HistoryImportRequest(Body, kw_only=True):
+    files: Annotated[list[HistoryFile], msgspec.Meta(min_length=1, max_length=100)]
+    symbol: Symbol | None = None  # the contract of header-less files
+    duration: Literal[60, 86400] | None = None  # bar seconds; default: from the rows
+
+
 class AdminDepositRequest(Body, kw_only=True):
     user_id: UserId
     amount: Amount
@@ -221,6 +232,17 @@ class QuoteResponse(msgspec.Struct):
     price_tick: float
     volume_multiple: int
     suspended: bool
+
+
+class HistoryImported(msgspec.Struct):
+    symbol: str
+    duration: int
+    bars: int
+
+
+class HistoryImportResponse(msgspec.Struct):
+    imported: list[HistoryImported]
+    next_start: list[str]  # contracts already served from their old history: the import applies at restart
 
 
 class SettleResponse(msgspec.Struct):

@@ -119,9 +119,7 @@ class UserEvents:
                 cause = "order" if orders else "mark"
         return events, cause
 
-    def _order(
-        self, order_id: str, change: Any, trades: Any, now_ns: int, events: list[Event]
-    ) -> None:
+    def _order(self, order_id: str, change: Any, trades: Any, now_ns: int, events: list[Event]) -> None:
         if change is None:  # removed at settlement: nothing happened to it
             self.orders.pop(order_id, None)
             return

@@ -1,0 +1,272 @@
+"""The kept market history: synthetic (or imported) bars under ``<data dir>/history/``, never journaled.
+
+One pair of TqSdk DataDownloader CSV files per contract, ``{symbol}.60.csv`` (1-minute bars) and
+``{symbol}.86400.csv`` (daily bars), written once, the first time the contract's history is needed (the
+market-data service builds every listed contract's in the background after a start, and any contract a
+client asks for at once), and loaded from there afterwards. ``meta.json`` keeps the seed the synthetic
+history was drawn with (``QAEX_SEED``, else :data:`DEFAULT_SEED`), so that contracts built after a restart
+agree with those built before. The generator is :mod:`qaex.core.history` (pure); this module only does the
+file IO and picks each contract's figures to end on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from qaex.core.calendar import HolidayCalendar, parse_day, previous_trading_date
+from qaex.core.history import (
+    MAIN_MINUTE_BARS,
+    OTHER_MINUTE_BARS,
+    BarColumns,
+    ContractHistory,
+    HistoryFileError,
+    HistorySpec,
+    generate,
+    parse_csv,
+    to_csv,
+)
+from qaex.core.instruments import Instrument
+from qaex.core.replay import ReplayTrack, track_from_bars
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SEED = 16
+"""The history seed when ``QAEX_SEED`` is not set: fixed, so that every data directory agrees."""
+FORMAT = 1
+MINUTE = 60
+DAY = 86400
+
+
+class HistoryStore:
+    """The history directory of one data directory (see the module docstring)."""
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        seed: int | None = None,
+        calendar: HolidayCalendar | None = None,
+    ) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.calendar = calendar
+        meta_path = self.directory / "meta.json"
+        stored: int | None = None
+        if meta_path.exists():
+            stored = int(json.loads(meta_path.read_text())["seed"])
+        if stored is not None and seed is not None and seed != stored:
+            log.warning(
+                "history was drawn with seed %d; QAEX_SEED=%d applies to new data directories only",
+                stored,
+                seed,
+            )
+        self.seed = stored if stored is not None else (seed if seed is not None else DEFAULT_SEED)
+        if stored is None:
+            _write_atomic(meta_path, json.dumps({"format": FORMAT, "seed": self.seed}) + "\n")
+        self.built = 0
+        self.loaded = 0
+
+    def path(self, symbol: str, duration: int) -> Path:
+        return self.directory / f"{symbol}.{duration}.csv"
+
+    def has(self, symbol: str) -> bool:
+        return self.path(symbol, MINUTE).exists() and self.path(symbol, DAY).exists()
+
+    def load(self, symbol: str) -> ContractHistory | None:
+        """The kept history of ``symbol``, or None if there is none yet."""
+        if not self.has(symbol):
+            return None
+        minutes = self._read(symbol, MINUTE)
+        days = self._read(symbol, DAY)
+        self.loaded += 1
+        return ContractHistory(symbol, minutes, days, [], [])
+
+    def _read(self, symbol: str, duration: int) -> BarColumns:
+        path = self.path(symbol, duration)
+        _, bars = parse_csv(path.read_text(), str(path), symbol=symbol)
+        return bars
+
+    def save(self, history: ContractHistory, price_decs: int) -> None:
+        """Write a contract's history (each file atomically: a crash leaves the old file or the new)."""
+        _write_atomic(self.path(history.symbol, MINUTE), to_csv(history.symbol, history.minutes, price_decs))
+        _write_atomic(self.path(history.symbol, DAY), to_csv(history.symbol, history.days, price_decs))
+
+    def spec(
+        self, instrument: Instrument, instruments: Mapping[str, Instrument], *, trading_day: str, main: bool
+    ) -> HistorySpec:
+        """What ``instrument``'s synthetic history ends on: its figures now, the trading day before
+        ``trading_day`` (``YYYYMMDD``), 10,000 minutes for a main contract, 1,200 for other months."""
+        symbol = f"{instrument.exchange_id}.{instrument.instrument_id}"
+        months = sorted(
+            (other.expire_datetime, key)
+            for key, other in instruments.items()
+            if other.exchange_id == instrument.exchange_id and other.product_id == instrument.product_id
+        )
+        months_out = next((i for i, (_, key) in enumerate(months) if key == symbol), 0)
+        close = (
+            instrument.pre_close
+            if instrument.pre_close == instrument.pre_close
+            else instrument.pre_settlement
+        )
+        return HistorySpec(
+            symbol=symbol,
+            product=f"{instrument.exchange_id}.{instrument.product_id}",
+            price_tick=instrument.price_tick,
+            limit_ratio=instrument.limit_ratio,
+            day_sessions=tuple((str(s), str(e)) for s, e in instrument.trading_time.day),
+            night_sessions=tuple((str(s), str(e)) for s, e in instrument.trading_time.night),
+            settlement=instrument.pre_settlement,
+            close=close,
+            open_interest=instrument.pre_open_interest,
+            last_day=previous_trading_date(parse_day(trading_day), self.calendar),
+            minute_bars=MAIN_MINUTE_BARS if main else OTHER_MINUTE_BARS,
+            months_out=months_out,
+        )
+
+    def build(self, spec: HistorySpec, price_decs: int) -> ContractHistory:
+        """Generate and keep a contract's synthetic history (pure CPU then two file writes: safe in a
+        worker thread)."""
+        history = generate(spec, self.seed, self.calendar)
+        self.save(history, price_decs)
+        self.built += 1
+        return history
+
+    def load_or_build(self, spec: HistorySpec, price_decs: int) -> ContractHistory:
+        """The kept history, else a new one (kept). A contract with only one of its two files (an
+        import of one duration) keeps it and gets the other generated."""
+        history = self.load(spec.symbol)
+        if history is not None:
+            return history
+        minute_path, day_path = self.path(spec.symbol, MINUTE), self.path(spec.symbol, DAY)
+        if not minute_path.exists() and not day_path.exists():
+            return self.build(spec, price_decs)
+        built = generate(spec, self.seed, self.calendar)
+        self.built += 1
+        if minute_path.exists():
+            built.minutes = self._read(spec.symbol, MINUTE)
+        else:
+            _write_atomic(minute_path, to_csv(spec.symbol, built.minutes, price_decs))
+        if day_path.exists():
+            built.days = self._read(spec.symbol, DAY)
+        else:
+            _write_atomic(day_path, to_csv(spec.symbol, built.days, price_decs))
+        return built
+
+
+class ImportRefused(ValueError):
+    """``qaex import-history`` refused its files: nothing was imported."""
+
+
+def read_import(
+    path: Path, *, symbol: str | None, duration: int | None, ticks: Mapping[str, float]
+) -> tuple[str, int, BarColumns]:
+    """One DataDownloader K-line file, checked: (symbol, duration in seconds, bars) (see check_import)."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ImportRefused(f"{path}: cannot read: {exc}") from None
+    return check_import(text, str(path), symbol=symbol, duration=duration, ticks=ticks)
+
+
+def check_import(
+    text: str, name: str, *, symbol: str | None, duration: int | None, ticks: Mapping[str, float]
+) -> tuple[str, int, BarColumns]:
+    """One DataDownloader K-line file's text, checked: (symbol, duration in seconds, bars). ``ticks``:
+    the listed contracts' price ticks. Raises :class:`HistoryFileError` or :class:`ImportRefused`."""
+    first = text.split("\n", 1)[0]
+    if ".last_price" in first or ".bid_price1" in first:
+        raise ImportRefused(f"{name}:1: a tick file: only K-line files (60 s and 86400 s bars) are imported")
+    found, _ = parse_csv(text, name, symbol=symbol) if first.startswith("datetime") else (symbol, None)
+    if found is None:
+        raise HistoryFileError(name, 1, "header", "no header line: give the symbol (--symbol)")
+    if found not in ticks:
+        raise HistoryFileError(name, 1, "3", f"unknown symbol {found}: not listed in this data directory")
+    found, bars = parse_csv(text, name, symbol=found, price_tick=ticks[found])
+    if not len(bars):
+        raise ImportRefused(f"{name}: no bars")
+    seconds = duration if duration is not None else _guess_duration(bars)
+    if seconds not in (MINUTE, DAY):
+        raise ImportRefused(f"{name}: {seconds} s bars: only 60 s and 86400 s bars are kept (--duration)")
+    return found, seconds, bars
+
+
+def _guess_duration(bars: BarColumns) -> int:
+    steps = sorted(b - a for a, b in zip(bars.datetime, bars.datetime[1:], strict=False))
+    if not steps:
+        return DAY if bars.datetime[0] % 86_400_000_000_000 == 16 * 3600 * 1_000_000_000 else MINUTE
+    return (
+        int(steps[len(steps) // 2] // 1_000_000_000) if steps[len(steps) // 2] < 86_400_000_000_000 else DAY
+    )
+
+
+def import_history(
+    store: HistoryStore,
+    files: list[Path],
+    *,
+    symbol: str | None,
+    duration: int | None,
+    ticks: Mapping[str, float],
+    price_decs: Mapping[str, int],
+) -> list[tuple[str, int, int]]:
+    """Replace the kept history of the contracts these files hold, all or nothing: every file is read
+    and checked before any is replaced. Returns (symbol, duration, bars) per file."""
+    read = [(str(path), read_import(path, symbol=symbol, duration=duration, ticks=ticks)) for path in files]
+    return store_imported(store, read, price_decs)
+
+
+def store_imported(
+    store: HistoryStore, read: list[tuple[str, tuple[str, int, BarColumns]]], price_decs: Mapping[str, int]
+) -> list[tuple[str, int, int]]:
+    """Write checked imports (name, (symbol, duration, bars)); refuse two for one contract and duration."""
+    seen: dict[tuple[str, int], str] = {}
+    for name, (found, seconds, _) in read:
+        if (found, seconds) in seen:
+            raise ImportRefused(f"{name}: {found} {seconds} s bars are also in {seen[(found, seconds)]}")
+        seen[(found, seconds)] = name
+    staged = []
+    for _, (found, seconds, bars) in read:
+        target = store.path(found, seconds)
+        temporary = target.with_name(f".{target.name}.{os.urandom(4).hex()}.import.tmp")
+        temporary.write_text(to_csv(found, bars, price_decs.get(found, 2)))
+        staged.append((temporary, target))
+    for temporary, target in staged:
+        os.replace(temporary, target)
+    return [(found, seconds, len(bars)) for _, (found, seconds, bars) in read]
+
+
+def load_replay(spec: str) -> dict[str, ReplayTrack]:
+    """``QAEX_MARKET_REPLAY``: comma-separated DataDownloader K-line files or directories (every
+    ``*.csv`` in them) -> a track per symbol (any symbol: the contracts may be listed after the start;
+    a recording of one never listed is simply not played). Raises HistoryFileError / ImportRefused
+    naming the file."""
+    paths: list[Path] = []
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        path = Path(part)
+        paths.extend(sorted(path.glob("*.csv")) if path.is_dir() else [path])
+    tracks: dict[str, ReplayTrack] = {}
+    for path in paths:
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ImportRefused(f"{path}: cannot read: {exc}") from None
+        if ".last_price" in text.split("\n", 1)[0]:
+            raise ImportRefused(f"{path}:1: a tick file: only K-line files are replayed")
+        symbol, bars = parse_csv(text, str(path))
+        if not len(bars):
+            raise ImportRefused(f"{path}: no bars")
+        if symbol in tracks:
+            raise ImportRefused(f"{path}: a second recording of {symbol}")
+        tracks[symbol] = track_from_bars(bars)
+    return tracks
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
