@@ -237,6 +237,9 @@ def start_qaex(
         QAEX_MARKET_MAKER="0",
         QAEX_SETTLEMENT_TIME="",
         QAEX_LOG="warning",
+        # The load generators log many sessions in per user (--sessions-per-user, 40 by default).
+        QAEX_MAX_SESSIONS_PER_USER="0",
+        QAEX_MAX_ACCOUNTS_PER_ADDRESS_PER_HOUR="0",  # every account is opened from 127.0.0.1
         # The benchmarks trade SYMBOL on fixed contracts (the tests' pinned set), on any date;
         # bench.idle passes QAEX_INSTRUMENTS="" for the product listing a user gets.
         QAEX_INSTRUMENTS=str(ROOT / "tests" / "pinned_instruments.toml"),

@@ -36,7 +36,7 @@ from bench import _common as c
 CROSS_PRICE = c.PRICE  # the maker rests its sells here; crossing buys pay it
 REST_PRICE = c.PRICE - 5 * c.TICK  # the non-crossing buys rest here
 MAKER_LOT = 500  # lots per maker order (max_limit_order_volume of rb2601)
-INIT_CASH = 1e13
+INIT_CASH = 1e12  # limits.MAX_AMOUNT: the largest init_cash an account may open with
 
 
 def bench_env(args: argparse.Namespace, fsync: str, sessions: int) -> dict[str, str]:
