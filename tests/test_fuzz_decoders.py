@@ -102,6 +102,8 @@ BODY_TYPES: tuple[type, ...] = (
     proto.SettleRequest,
     proto.AdminDepositRequest,
     proto.InstrumentSpec,
+    proto.HistoryImportRequest,
+    proto.HistoryFile,  # a part of HistoryImportRequest
 )
 """Every request body of qaex.protocol.http (test_every_request_body_type_is_fuzzed keeps it complete)."""
 BODY_DECODERS = {body_type: msgspec.json.Decoder(body_type) for body_type in BODY_TYPES}
