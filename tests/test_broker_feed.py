@@ -1,0 +1,160 @@
+"""The sequence/epoch/gap logic of qaex.protocol.broker over an in-memory bus that loses, repeats and
+delays messages, and restarts the core: a gateway's tree always ends equal to the core's."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import msgspec
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qaex.core.patch import copy_tree, merge_patch
+from qaex.protocol.broker import Resync, Sequencer, UserFeed, UserPatch
+
+
+@dataclass
+class Core:
+    epoch: str = "e1"
+    tree: dict[str, object] = field(default_factory=dict)
+    seq: Sequencer = field(default_factory=lambda: Sequencer("e1"))
+
+    def change(self, key: str, value: int | None) -> UserPatch:
+        patch = {"k": {key: value}}
+        merge_patch(self.tree, patch)
+        return UserPatch(self.epoch, self.seq.next("u"), patch)
+
+    def snapshot(self) -> tuple[str, int, dict[str, object]]:
+        return self.epoch, self.seq.last("u"), copy_tree(self.tree)
+
+    def restart(self, epoch: str) -> None:  # the tree is recovered from the journal; numbering starts over
+        self.epoch, self.seq = epoch, Sequencer(epoch)
+
+
+@dataclass
+class Gateway:
+    feed: UserFeed = field(default_factory=lambda: UserFeed("u"))
+    tree: dict[str, object] | None = None
+    waiting: bool = False  # a snapshot request is in flight
+    resyncs: int = 0
+
+    def apply(self, result: list[dict[str, object]] | Resync) -> None:
+        if isinstance(result, Resync):
+            self.waiting = True
+            self.resyncs += 1
+            return
+        if result:
+            assert self.tree is not None
+        for patch in result:
+            assert self.tree is not None
+            merge_patch(self.tree, patch)
+
+    def snapshot(self, epoch: str, seq: int, tree: dict[str, object]) -> None:
+        self.waiting = False
+        self.tree = tree
+        self.apply(self.feed.snapshot(epoch, seq))
+
+
+def test_buffered_patches_at_or_below_the_snapshot_are_dropped() -> None:
+    core, gw = Core(), Gateway()
+    early = core.change("a", 1)
+    gw.apply(gw.feed.receive(early))  # subscribed first: buffered
+    snap = core.snapshot()
+    late = core.change("b", 2)
+    gw.apply(gw.feed.receive(late))
+    gw.snapshot(*snap)
+    assert gw.tree == core.tree and gw.feed.last == 2
+
+
+def test_gap_duplicate_and_new_epoch() -> None:
+    feed = UserFeed("u")
+    assert feed.snapshot("e1", 3) == []
+    assert feed.receive(UserPatch("e1", 4, {"x": 1})) == [{"x": 1}]
+    assert feed.receive(UserPatch("e1", 4, {"x": 1})) == []  # duplicate
+    assert isinstance(feed.receive(UserPatch("e1", 6, {"x": 3})), Resync)  # 5 lost
+    assert not feed.live
+    assert feed.receive(UserPatch("e1", 7, {"x": 4})) == []  # buffered until the snapshot
+    assert feed.snapshot("e1", 6) == [{"x": 4}]
+    assert isinstance(feed.receive(UserPatch("e2", 1, {})), Resync)
+    assert feed.snapshot("e2", 1) == []
+    assert isinstance(feed.heartbeat("e3"), Resync)
+    assert feed.heartbeat("e3") is None  # already resyncing
+
+
+def test_a_snapshot_older_than_the_buffer_asks_again() -> None:
+    feed = UserFeed("u")
+    feed.receive(UserPatch("e1", 5, {}))
+    assert isinstance(feed.snapshot("e1", 3), Resync)  # 4 is missing between the tree and the buffer
+    assert feed.snapshot("e1", 5) == []
+
+
+def test_buffer_overflow_asks_again() -> None:
+    feed = UserFeed("u", max_buffered=3)
+    for seq in range(1, 6):
+        feed.receive(UserPatch("e1", seq, {}))
+    assert isinstance(feed.snapshot("e1", 0), Resync)
+    assert feed.snapshot("e1", 5) == [] and feed.live
+
+
+def test_wire_messages_round_trip() -> None:
+    message = UserPatch("e1", 7, {"trade": {"u": {"orders": {"o": {"volume_left": 1, "x": None}}}}})
+    encoded = msgspec.msgpack.encode(message)
+    assert msgspec.msgpack.decode(encoded, type=UserPatch) == message
+
+
+@settings(max_examples=300)
+@given(st.integers(0, 2**32), st.integers(20, 200))
+def test_lossy_bus_always_converges(seed: int, steps: int) -> None:
+    """Random changes, drops, duplicates, reorders within the bus, snapshot latency and restarts:
+    once the bus is quiet and the last resync is answered, the gateway's tree is the core's."""
+    rng = random.Random(seed)
+    core, gw = Core(), Gateway()
+    bus: list[UserPatch] = []  # in flight to the gateway
+    pending_snapshot: tuple[str, int, dict[str, object]] | None = None
+    epochs = 1
+    gw.waiting = True  # the login: subscribed, asks for a snapshot
+    for _ in range(steps):
+        action = rng.random()
+        if action < 0.5:
+            bus.append(core.change(rng.choice("abcdef"), rng.choice([None, 1, 2, 3])))
+        elif action < 0.55:
+            if bus:
+                bus.pop(rng.randrange(len(bus)))  # lost
+        elif action < 0.6:
+            if bus:
+                bus.insert(rng.randrange(len(bus) + 1), rng.choice(bus))  # delivered twice
+        elif action < 0.62:
+            epochs += 1
+            core.restart(f"e{epochs}")
+            if rng.random() < 0.5:
+                for feed_result in [gw.feed.heartbeat(core.epoch)]:
+                    if feed_result is not None:
+                        gw.apply(feed_result)
+        elif action < 0.8:
+            if bus:
+                gw.apply(gw.feed.receive(bus.pop(0)))
+        elif gw.waiting:
+            if pending_snapshot is None:
+                pending_snapshot = core.snapshot()  # the core answers now; the reply travels a while
+            elif rng.random() < 0.5:
+                gw.snapshot(*pending_snapshot)
+                pending_snapshot = None
+    # quiet: deliver what is in flight, answer the resyncs, until nothing moves
+    for _ in range(100):
+        while bus:
+            gw.apply(gw.feed.receive(bus.pop(0)))
+        if pending_snapshot is not None:
+            gw.snapshot(*pending_snapshot)
+            pending_snapshot = None
+        elif gw.waiting:
+            gw.snapshot(*core.snapshot())
+        else:
+            break
+    # a lost last patch is only noticed with the next one, or the heartbeat: the core publishes one
+    bus.append(core.change("z", 1))
+    gw.apply(gw.feed.receive(bus.pop()))
+    if gw.waiting:
+        gw.snapshot(*core.snapshot())
+    assert gw.feed.live
+    assert gw.tree == core.tree
