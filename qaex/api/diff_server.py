@@ -35,6 +35,7 @@ from qaex.protocol.session import CloseConnection, Deposit, DiffSession, Withdra
 if TYPE_CHECKING:
     from qaex.config import Config
     from qaex.exchange.exchange import Exchange
+    from qaex.exchange.remote import RemoteExchange  # a DIFF gateway's (qaex.gateway)
 
 log = logging.getLogger("qaex.diff")
 
@@ -48,7 +49,7 @@ class DiffServer:
 
     def __init__(
         self,
-        exchange: Exchange,
+        exchange: Exchange | RemoteExchange,
         *,
         max_sessions: int = 20_000,
         max_message_size: int = 1 << 20,
@@ -304,7 +305,7 @@ def _report_refusal(link: SessionLink, request: Request) -> None:
 
 
 async def serve_diff(
-    exchange: Exchange,
+    exchange: Exchange | RemoteExchange,
     config: Config,
     tokens: TokenSigner | None = None,
     *,

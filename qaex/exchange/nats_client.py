@@ -25,6 +25,7 @@ protocol object parses and encodes, this module moves bytes.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import logging
 import math
@@ -95,7 +96,13 @@ class Subscription:
     """Messages of one subscription, bounded: what does not fit is dropped and counted."""
 
     def __init__(
-        self, client: NatsClient, sid: str, subject: str, queue: str | None, max_pending: int
+        self,
+        client: NatsClient,
+        sid: str,
+        subject: str,
+        queue: str | None,
+        max_pending: int,
+        callback: Callable[[Msg], None] | None = None,
     ) -> None:
         self.client = client
         self.sid = sid
@@ -106,8 +113,12 @@ class Subscription:
         self.closed = False
         self._messages: deque[Msg] = deque()
         self._waiter: trio.Event | None = None
+        self.callback = callback  # set: messages are handed to it in the reader task, not queued
 
     def _deliver(self, message: Msg) -> None:
+        if self.callback is not None:
+            self.callback(message)
+            return
         if len(self._messages) >= self.max_pending:
             self.dropped += 1
             return
@@ -187,6 +198,8 @@ class NatsClient:
         self._inbox = f"_INBOX.{secrets.token_hex(8)}"
         self._inbox_sub: Subscription | None = None
         self._requests: dict[str, trio.MemorySendChannel[Msg | BaseException]] = {}
+        self._callbacks: dict[str, Callable[[Msg | BaseException], None]] = {}
+        self._deadlines: list[tuple[float, str]] = []  # heap of (deadline, token) of _callbacks
         self._request_ids = itertools.count(1)
         self._stream: trio.SocketStream | None = None
 
@@ -226,6 +239,10 @@ class NatsClient:
                 reply.send_nowait(ConnectionLost("connection to the broker lost"))
             except (trio.WouldBlock, trio.BrokenResourceError):
                 pass
+        callbacks, self._callbacks = self._callbacks, {}
+        self._deadlines.clear()
+        for answer in callbacks.values():
+            answer(ConnectionLost("connection to the broker lost"))
         if was:
             for callback in self.on_disconnect:
                 callback()
@@ -295,6 +312,7 @@ class NatsClient:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer, stream)
                 nursery.start_soon(self._pinger)
+                nursery.start_soon(self._expire_callbacks)
                 await self._reader(stream, parser)
                 nursery.cancel_scope.cancel()
 
@@ -339,6 +357,12 @@ class NatsClient:
     def _dispatch(self, message: Msg) -> None:
         if message.sid == "0":
             token = message.subject.rsplit(".", 1)[-1]
+            callback = self._callbacks.pop(token, None)
+            if callback is not None:
+                callback(
+                    NoResponders(f"nobody answers on {message.subject}") if message.status == 503 else message
+                )
+                return
             reply = self._requests.pop(token, None)
             if reply is not None:
                 answer: Msg | BaseException = message
@@ -369,6 +393,18 @@ class NatsClient:
                 raise ConnectionLost(f"{self._pings_out} PINGs unanswered: a stale connection")
             self._pings_out += 1
             self._write(nats.PING)
+
+    async def _expire_callbacks(self) -> None:
+        """Requests made with request_callback that got no answer in time: RequestTimeout."""
+        while True:
+            await trio.sleep(0.1)
+            now = trio.current_time()
+            deadlines = self._deadlines
+            while deadlines and deadlines[0][0] <= now:
+                _, token = heapq.heappop(deadlines)
+                callback = self._callbacks.pop(token, None)
+                if callback is not None:
+                    callback(RequestTimeout("no answer in time"))
 
     def _write(self, data: bytes) -> None:
         self._out += data
@@ -405,10 +441,17 @@ class NatsClient:
         return True
 
     def subscribe(
-        self, subject: str, queue: str | None = None, *, max_pending: int | None = None
+        self,
+        subject: str,
+        queue: str | None = None,
+        *,
+        max_pending: int | None = None,
+        callback: Callable[[Msg], None] | None = None,
     ) -> Subscription:
+        """Subscribe; messages queue on the Subscription, or with `callback` go to it at once (it must
+        not block: it runs in the reader task)."""
         sid = str(next(self._sids))
-        subscription = Subscription(self, sid, subject, queue, max_pending or self.max_pending_msgs)
+        subscription = Subscription(self, sid, subject, queue, max_pending or self.max_pending_msgs, callback)
         self._subs[sid] = subscription
         if self.is_connected:
             self._write(nats.sub(subject, sid, queue))
@@ -432,6 +475,23 @@ class NatsClient:
             await waiter.wait()
         if not self.is_connected:
             raise ConnectionLost("connection to the broker lost")
+
+    def request_callback(
+        self,
+        subject: str,
+        payload: bytes,
+        callback: Callable[[Msg | BaseException], None],
+        within: float = 5.0,
+    ) -> None:
+        """Send a request without waiting: `callback` gets the answer, or the error (RequestTimeout,
+        NoResponders, ConnectionLost); NotConnected is raised at once when there is no connection."""
+        if not self.is_connected:
+            raise NotConnected("not connected to the broker")
+        token = f"c{next(self._request_ids)}"
+        if not self.publish(subject, payload, f"{self._inbox}.{token}"):
+            raise NotConnected("the broker connection cannot take the request now")
+        self._callbacks[token] = callback
+        heapq.heappush(self._deadlines, (trio.current_time() + within, token))
 
     async def request(
         self,

@@ -1,0 +1,220 @@
+"""The core's side of the broker (``QAEX_BROKER=nats://...``): publish, and answer the gateways.
+
+The exchange stays as it is (router, journal, TradeGateway, SnapshotManager, MarketData); this
+service hangs off it:
+
+- every per-user patch the SnapshotManager applies (``SnapshotManager.broker``, called in the
+  order the patches were made) is numbered by a :class:`~qaex.protocol.broker.Sequencer` and
+  published on ``qaex.<exchange id>.u.<user_id>`` as one msgpack :class:`UserPatch`, encoded once;
+  the NATS client sends everything published in a scheduler pass (a router batch's patches) in one
+  write, and never makes the core wait: when the broker is slow or away, messages are dropped,
+  counted, and the gateways notice the gap and resynchronize;
+- quote patches (``MarketData.on_quote``) on ``q.<symbol>``, numbered per symbol;
+- ``core.hb`` every ``heartbeat_interval`` with the epoch (new at every core start): a gateway
+  seeing another epoch resynchronizes everyone;
+- request/reply, each answered on the requester's inbox: ``rpc.login`` (the password checked by
+  ``Exchange.check_password`` under its throttle, with the client's address the gateway passes; the
+  answer holds the user's trade tree and the number of the last patch it includes), ``rpc.snapshot``
+  (the same without a password: a gateway's resync of a user already logged in there) and ``cmd``
+  (insert, cancel, deposit, withdraw, password). Inserts and cancels are submitted to the router in
+  the order they arrive, like a DIFF session's (pipelined); the answer goes out when the router is
+  done with the command.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import secrets
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import trio
+
+from qaex.core.errors import QaexError
+from qaex.core.patch import copy_tree
+from qaex.core.throttle import LoginThrottled
+from qaex.exchange.nats_client import NatsClient
+from qaex.exchange.router import Request
+from qaex.protocol import broker as wire
+from qaex.protocol.diff import InsertOrderMessage
+from qaex.protocol.nats import Msg
+
+if TYPE_CHECKING:
+    from qaex.exchange.exchange import Exchange
+
+log = logging.getLogger("qaex.broker")
+
+HEARTBEAT_INTERVAL = 1.0
+MAX_CONCURRENT_RPC = 64
+"""Password checks and transfers answered at once (each may wait for scrypt or the router)."""
+
+
+def error_info(exc: QaexError) -> wire.ErrorInfo:
+    retry = getattr(exc, "retry_after", None)
+    return wire.ErrorInfo(
+        message=exc.message,
+        code=exc.code,
+        diff_code=exc.diff_code,
+        kind=type(exc).__name__,
+        retry_after=float(retry) if isinstance(retry, (int, float)) else None,
+    )
+
+
+class BrokerCore:
+    def __init__(
+        self,
+        exchange: Exchange,
+        client: NatsClient,
+        exchange_id: str,
+        *,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
+    ) -> None:
+        self.exchange = exchange
+        self.client = client
+        self.exchange_id = exchange_id
+        self.heartbeat_interval = heartbeat_interval
+        self.epoch = secrets.token_hex(8)
+        self.sequencer = wire.Sequencer(self.epoch)
+        self._quote_seq = wire.Sequencer(self.epoch)
+        self._encode = msgspec.msgpack.Encoder().encode
+        self._user_prefix = wire.subject(exchange_id, "u.")
+        self._quote_prefix = wire.subject(exchange_id, "q.")
+        self._limiter = trio.CapacityLimiter(MAX_CONCURRENT_RPC)
+        self._nursery: trio.Nursery | None = None
+        self.published = 0
+
+    def attach(self) -> None:
+        """Hook into the exchange: its patches and quotes come here from now on."""
+        self.exchange.snapshots.broker = self.user_patch
+        if self.exchange.market is not None:
+            self.exchange.market.on_quote = self.quote_patch
+
+    # -- publishing (synchronous: called in the SnapshotManager's and MarketData's tasks) ----------
+    def user_patch(self, user_id: str, patch: dict[str, Any]) -> None:
+        seq = self.sequencer.next(user_id)  # numbered even when it cannot go: the gap is then seen
+        self.client.publish(self._user_prefix + user_id, self._encode(wire.UserPatch(self.epoch, seq, patch)))
+        self.published += 1
+
+    def quote_patch(self, symbol: str, patch: dict[str, Any]) -> None:
+        seq = self._quote_seq.next(symbol)
+        self.client.publish(
+            self._quote_prefix + symbol, self._encode(wire.QuotePatch(self.epoch, seq, patch))
+        )
+
+    # -- service ----------------------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self.client.run)
+            queue = "core"  # one core answers each request even if a second one were started by mistake
+            login = self.client.subscribe(wire.subject(self.exchange_id, "rpc.login"), queue)
+            snapshot = self.client.subscribe(wire.subject(self.exchange_id, "rpc.snapshot"), queue)
+            command = self.client.subscribe(wire.subject(self.exchange_id, "cmd"), queue)
+            nursery.start_soon(self._serve_logins, login)
+            nursery.start_soon(self._serve_snapshots, snapshot)
+            nursery.start_soon(self._serve_commands, command)
+            nursery.start_soon(self._heartbeat)
+            self.attach()
+            await self.client.flush()
+            log.info("broker core ready: exchange %s, epoch %s", self.exchange_id, self.epoch)
+            task_status.started()
+
+    async def _heartbeat(self) -> None:
+        subject = wire.subject(self.exchange_id, "core.hb")
+        while True:
+            self.client.publish(subject, self._encode(wire.Heartbeat(self.epoch, time.time_ns())))
+            await trio.sleep(self.heartbeat_interval)
+
+    def _reply(self, message: Msg, answer: msgspec.Struct) -> None:
+        if message.reply is not None:
+            self.client.publish(message.reply, self._encode(answer))
+
+    def snapshot_of(self, user_id: str) -> wire.LoginReply:
+        """The user's tree with every patch published so far in it, and the number of the last one."""
+        snapshots = self.exchange.snapshots
+        snapshots.flush(user_id)  # the tree is ahead of the channel: publish what it holds first
+        tree = copy_tree(snapshots.tree(user_id))
+        return wire.LoginReply(ok=True, epoch=self.epoch, seq=self.sequencer.last(user_id), tree=tree)
+
+    async def _serve_logins(self, subscription: Any) -> None:
+        assert self._nursery is not None
+        async for message in subscription:
+            self._nursery.start_soon(self._login, message)
+
+    async def _login(self, message: Msg) -> None:
+        async with self._limiter:
+            try:
+                request = msgspec.msgpack.decode(message.payload, type=wire.LoginRequest)
+            except msgspec.ValidationError as exc:
+                log.warning("bad rpc.login: %s", exc)
+                return
+            try:
+                ok = await self.exchange.check_password(
+                    request.user_id, request.password, source=request.source or "broker"
+                )
+            except LoginThrottled as exc:
+                self._reply(message, wire.LoginReply(ok=False, error=error_info(exc)))
+                return
+            if not ok or request.user_id not in self.exchange.engine.users:
+                self._reply(message, wire.LoginReply(ok=False))
+                return
+            self._reply(message, self.snapshot_of(request.user_id))
+
+    async def _serve_snapshots(self, subscription: Any) -> None:
+        async for message in subscription:
+            try:
+                request = msgspec.msgpack.decode(message.payload, type=wire.SnapshotRequest)
+            except msgspec.ValidationError as exc:
+                log.warning("bad rpc.snapshot: %s", exc)
+                continue
+            if request.user_id in self.exchange.engine.users:
+                self._reply(message, self.snapshot_of(request.user_id))
+            else:
+                self._reply(message, wire.LoginReply(ok=False))
+
+    async def _serve_commands(self, subscription: Any) -> None:
+        """Inserts and cancels in arrival order, submitted (pipelined); the rest in tasks of their own."""
+        assert self._nursery is not None
+        exchange = self.exchange
+        async for message in subscription:
+            try:
+                request = msgspec.msgpack.decode(message.payload, type=wire.CommandRequest)
+                if request.kind == "insert":
+                    order = msgspec.convert(request.order, InsertOrderMessage)
+                    if order.user_id != request.user_id:
+                        raise msgspec.ValidationError("insert_order for another user")
+            except msgspec.ValidationError as exc:
+                self._reply(message, wire.CommandReply(ok=False, error=error_info(QaexError(str(exc)))))
+                continue
+            done = functools.partial(self._command_done, message)
+            if request.kind == "insert":
+                await exchange.submit_insert_order(order, done)
+            elif request.kind == "cancel":
+                await exchange.submit_cancel_order(request.user_id, request.order_id, done)
+            else:
+                self._nursery.start_soon(self._slow_command, message, request)
+
+    def _command_done(self, message: Msg, request: Request) -> None:
+        error = request.error
+        self._reply(
+            message, wire.CommandReply(ok=error is None, error=None if error is None else error_info(error))
+        )
+
+    async def _slow_command(self, message: Msg, request: wire.CommandRequest) -> None:
+        exchange = self.exchange
+        async with self._limiter:
+            try:
+                if request.kind == "deposit":
+                    await exchange.deposit(request.user_id, request.amount)
+                elif request.kind == "withdraw":
+                    await exchange.withdraw(request.user_id, request.amount)
+                else:
+                    await exchange.change_password(
+                        request.user_id, request.old_password, request.new_password, source=request.source
+                    )
+            except QaexError as exc:
+                self._reply(message, wire.CommandReply(ok=False, error=error_info(exc)))
+                return
+            self._reply(message, wire.CommandReply(ok=True))

@@ -1,0 +1,210 @@
+"""A core with a broker, a real nats-server and a DIFF gateway process (``qaex gateway``): trading
+through the gateway gives the same trade tree as a session on the core itself (embedded mode)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from qaex.client import DiffClient
+from tests.conftest import NatsServer, Server, free_port, launch, open_user, wait_ready
+
+CU = "SHFE.cu2601"
+EXCHANGE_ID = "t1"
+
+
+@dataclass
+class Gateway:
+    process: subprocess.Popen[bytes]
+    diff_url: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_gateway(workdir: Path, core: Server, broker: NatsServer) -> Gateway:
+    port = free_port()
+    env = dict(core.env)
+    env.update(QAEX_LOG="info")
+    log_path = workdir / f"gateway-{port}.log"
+    command = [sys.executable, "-m", "qaex", "gateway", "--broker", broker.url, "--diff-port", str(port)]
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(command, env=env, cwd=workdir, stdout=log_file, stderr=subprocess.STDOUT)
+    gateway = Gateway(process, f"ws://127.0.0.1:{port}/ws/diff", log_path)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gateway exited with {process.returncode}:\n{gateway.log()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return gateway
+        except OSError:
+            time.sleep(0.05)
+    gateway.stop()
+    raise RuntimeError(f"gateway not ready:\n{gateway.log()}")
+
+
+@dataclass
+class Deployment:
+    broker: NatsServer
+    core: Server
+    gateway: Gateway
+
+
+@pytest.fixture
+def deployment(
+    nats_server: NatsServer, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Deployment]:
+    core = launch(tmp_path, extra_env={"QAEX_BROKER": nats_server.url, "QAEX_EXCHANGE_ID": EXCHANGE_ID})
+    wait_ready(core)
+    gateway = start_gateway(tmp_path, core, nats_server)
+    failed = request.session.testsfailed
+    running = Deployment(nats_server, core, gateway)
+    try:
+        yield running
+    finally:
+        code_g = gateway.stop()
+        code_c = running.core.stop()
+        core = running.core
+        if request.session.testsfailed > failed or code_g != 0 or code_c != 0:
+            print(f"\n--- core log ({code_c}) ---\n{core.log()}", file=sys.stderr)
+            print(f"\n--- gateway log ({code_g}) ---\n{gateway.log()}", file=sys.stderr)
+    assert code_g == 0 and code_c == 0
+
+
+def has_trade(client: DiffClient, order_id: str) -> bool:
+    return any(t.get("order_id") == order_id for t in client.trade().get("trades", {}).values())
+
+
+def view(client: DiffClient, ignore_orders: tuple[str, ...]) -> dict[str, Any]:
+    tree = dict(client.trade())
+    tree["orders"] = {k: v for k, v in tree.get("orders", {}).items() if k not in ignore_orders}
+    return tree
+
+
+def same_trees(a: DiffClient, b: DiffClient, ignore_orders: tuple[str, ...] = ()) -> bool:
+    return bool(a.trade()) and view(a, ignore_orders) == view(b, ignore_orders)
+
+
+async def converge(
+    a: DiffClient, b: DiffClient, within: float = 10.0, ignore_orders: tuple[str, ...] = ()
+) -> None:
+    """Wait until both hold the same trade tree; show the difference if they never do.
+
+    `ignore_orders`: orders refused as a whole, which only the refused session shows (finished by
+    DiffSession.order_refused, as in one process), never the exchange's tree."""
+    deadline = trio.current_time() + within
+    while not same_trees(a, b, ignore_orders):  # both change: look at them in turn (wait_for watches one)
+        if trio.current_time() > deadline:
+            assert view(a, ignore_orders) == view(b, ignore_orders)
+        await trio.sleep(0.05)
+
+
+async def test_trading_through_a_gateway_gives_the_embedded_tree(deployment: Deployment) -> None:
+    alice, bob = open_user(deployment.core), open_user(deployment.core)
+    gw_url, core_url = deployment.gateway.diff_url, deployment.core.diff_url
+    async with (
+        DiffClient.connect(gw_url) as a,
+        DiffClient.connect(core_url) as a_embedded,
+        DiffClient.connect(gw_url) as b,
+    ):
+        assert not await a.login(alice.user_id, "wrong-password")  # checked by the core
+        assert await a.login(alice.user_id, alice.password)
+        assert await a_embedded.login(alice.user_id, alice.password)
+        assert await b.login(bob.user_id, bob.password)
+        await b.insert_order("s1", CU, "SELL", "OPEN", 3, 86010.0)
+        await b.wait_for(lambda c: c.order("s1").get("status") == "ALIVE")
+        await a.insert_order("b1", CU, "BUY", "OPEN", 2, 86010.0)
+        await a.wait_for(lambda c: c.order("b1").get("status") == "FINISHED" and has_trade(c, "b1"))
+        await b.wait_for(lambda c: c.order("s1").get("volume_left") == 1)
+        await b.cancel_order("s1")
+        await b.wait_for(lambda c: c.order("s1").get("status") == "FINISHED")
+        assert any(n.get("code") == 419 for n in b.notifies)  # the cancel's notify came through
+        # a refusal (a duplicate order id) comes back as the router's error notify
+        seen = len(a.notifies)
+        await a.insert_order("b1", CU, "BUY", "OPEN", 1, 86010.0)
+        await a.wait_for(lambda c: any(n.get("level") == "ERROR" for n in c.notifies[seen:]))
+        # transfers through the gateway
+        await a.send({"aid": "req_transfer", "currency": "CNY", "amount": 1000.0, "bank_id": "qaex",
+                      "bank_password": "", "future_account": alice.user_id, "future_password": ""})  # fmt: skip
+        await a.wait_for(lambda c: len(c.trade().get("transfers", {})) == 1)
+        await converge(a, a_embedded)
+        assert a.position(CU)["volume_long"] == 2
+        # a second session on the same gateway starts from the gateway's tree
+        async with DiffClient.connect(gw_url) as a2:
+            assert await a2.login(alice.user_id, alice.password)
+            await converge(a2, a_embedded)
+
+
+async def test_broker_down_refuses_orders_then_recovers(deployment: Deployment) -> None:
+    alice = open_user(deployment.core)
+    async with (
+        DiffClient.connect(deployment.gateway.diff_url) as a,
+        DiffClient.connect(deployment.core.diff_url) as a_embedded,
+    ):
+        assert await a.login(alice.user_id, alice.password)
+        assert await a_embedded.login(alice.user_id, alice.password)
+        await trio.to_thread.run_sync(deployment.broker.stop)
+        await trio.sleep(0.5)
+        seen = len(a.notifies)
+        await a.insert_order("x1", CU, "BUY", "OPEN", 1, 80000.0)
+
+        def broker_notify(client: DiffClient) -> dict[str, Any] | None:
+            return next((n for n in client.notifies[seen:] if n.get("level") == "ERROR"), None)
+
+        note = await a.wait_for(broker_notify)
+        assert "broker" in note["content"]
+        # meanwhile the core goes on (an order from its own session)
+        await a_embedded.insert_order("e1", CU, "BUY", "OPEN", 1, 80000.0)
+        await a_embedded.wait_for(lambda c: c.order("e1").get("status") == "ALIVE")
+        await trio.to_thread.run_sync(deployment.broker.start)
+        # the gateway reconnects, resyncs its users, and orders go again
+        await a.wait_for(lambda c: c.order("e1").get("status") == "ALIVE", within=20)
+        await a.insert_order("x2", CU, "BUY", "OPEN", 1, 80000.0)
+        await a.wait_for(lambda c: c.order("x2").get("status") == "ALIVE")
+        assert a.order("x1")["status"] == "FINISHED"  # refused while the broker was down
+        await converge(a, a_embedded, ignore_orders=("x1",))
+
+
+async def test_core_restart_resyncs_the_gateway(deployment: Deployment, tmp_path: Path) -> None:
+    """A new core (same data directory) has a new epoch: the gateway resyncs its users' sessions."""
+    alice = open_user(deployment.core)
+    async with DiffClient.connect(deployment.gateway.diff_url) as a:
+        assert await a.login(alice.user_id, alice.password)
+        await a.insert_order("r1", CU, "BUY", "OPEN", 1, 80000.0)
+        await a.wait_for(lambda c: c.order("r1").get("status") == "ALIVE")
+        await trio.to_thread.run_sync(deployment.core.stop)
+        restarted = launch(
+            tmp_path,
+            data_dir=deployment.core.data_dir,
+            extra_env={"QAEX_BROKER": deployment.broker.url, "QAEX_EXCHANGE_ID": EXCHANGE_ID},
+        )
+        deployment.core = restarted
+        await trio.to_thread.run_sync(wait_ready, restarted)
+        await a.insert_order("r2", CU, "BUY", "OPEN", 1, 80000.0)
+        await a.wait_for(lambda c: c.order("r2").get("status") == "ALIVE", within=20)
+        async with DiffClient.connect(restarted.diff_url) as embedded:
+            assert await embedded.login(alice.user_id, alice.password)
+            await converge(a, embedded)
