@@ -208,3 +208,38 @@ async def test_core_restart_resyncs_the_gateway(deployment: Deployment, tmp_path
         async with DiffClient.connect(restarted.diff_url) as embedded:
             assert await embedded.login(alice.user_id, alice.password)
             await converge(a, embedded)
+
+
+async def test_two_gateways_one_user_on_both_and_one_killed(deployment: Deployment, tmp_path: Path) -> None:
+    """Each gateway's session gets everything; a gateway killed mid-flow: its client logs in on the
+    other one and gets the whole tree, orders made meanwhile included."""
+    second = start_gateway(tmp_path, deployment.core, deployment.broker)
+    try:
+        alice, bob = open_user(deployment.core), open_user(deployment.core)
+        async with (
+            DiffClient.connect(deployment.gateway.diff_url) as one,
+            DiffClient.connect(second.diff_url) as two,
+            DiffClient.connect(deployment.core.diff_url) as embedded,
+            DiffClient.connect(second.diff_url) as b,
+        ):
+            for client in (one, two, embedded):
+                assert await client.login(alice.user_id, alice.password)
+            assert await b.login(bob.user_id, bob.password)
+            await b.insert_order("s", CU, "SELL", "OPEN", 5, 86000.0)
+            await b.wait_for(lambda c: c.order("s").get("status") == "ALIVE")
+            for i in range(5):
+                await (one if i % 2 else two).insert_order(f"b{i}", CU, "BUY", "OPEN", 1, 86000.0)
+            for client in (one, two):
+                await client.wait_for(lambda c: all(has_trade(c, f"b{i}") for i in range(5)))
+                await converge(client, embedded)
+            os.kill(deployment.gateway.process.pid, signal.SIGKILL)  # mid-flow: `one` loses its gateway
+            deployment.gateway.process.wait()
+            await two.insert_order("after", CU, "BUY", "OPEN", 1, 85000.0)
+            await two.wait_for(lambda c: c.order("after").get("status") == "ALIVE")
+            async with DiffClient.connect(second.diff_url) as again:
+                assert await again.login(alice.user_id, alice.password)
+                await again.wait_for(lambda c: c.order("after").get("status") == "ALIVE")
+                await converge(again, embedded)
+    finally:
+        assert second.stop() == 0
+    deployment.gateway = start_gateway(tmp_path, deployment.core, deployment.broker)  # the fixture stops one
