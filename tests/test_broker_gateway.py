@@ -85,9 +85,9 @@ def deployment(
     try:
         yield running
     finally:
+        gateway, core = running.gateway, running.core  # a test may have replaced them
         code_g = gateway.stop()
-        code_c = running.core.stop()
-        core = running.core
+        code_c = core.stop()
         if request.session.testsfailed > failed or code_g != 0 or code_c != 0:
             print(f"\n--- core log ({code_c}) ---\n{core.log()}", file=sys.stderr)
             print(f"\n--- gateway log ({code_g}) ---\n{gateway.log()}", file=sys.stderr)
