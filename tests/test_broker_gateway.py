@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 import trio
+from conftest import NatsServer, Server, free_port, launch, open_user, wait_ready
 
 from qaex.client import DiffClient
-from tests.conftest import NatsServer, Server, free_port, launch, open_user, wait_ready
 
 CU = "SHFE.cu2601"
 EXCHANGE_ID = "t1"

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import trio
+from conftest import NatsServer
 
 from qaex.exchange.nats_client import NatsClient, NoResponders, NotConnected, RequestTimeout
-from tests.conftest import NatsServer
 
 
 async def test_publish_subscribe_and_one_write_per_batch(nats_server: NatsServer) -> None:
