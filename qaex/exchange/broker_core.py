@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("qaex.broker")
 
 HEARTBEAT_INTERVAL = 1.0
+CONNECT_WAIT = 5.0
+"""Seconds the core waits at start for the broker before it serves without it (and connects later)."""
 MAX_CONCURRENT_RPC = 64
 """Password checks and transfers answered at once (each may wait for scrypt or the router)."""
 
@@ -107,7 +109,7 @@ class BrokerCore:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            await nursery.start(self.client.run)
+            nursery.start_soon(self.client.run)  # subscriptions are sent once connected (and again after)
             queue = "core"  # one core answers each request even if a second one were started by mistake
             login = self.client.subscribe(wire.subject(self.exchange_id, "rpc.login"), queue)
             snapshot = self.client.subscribe(wire.subject(self.exchange_id, "rpc.snapshot"), queue)
@@ -117,7 +119,13 @@ class BrokerCore:
             nursery.start_soon(self._serve_commands, command)
             nursery.start_soon(self._heartbeat)
             self.attach()
-            await self.client.flush()
+            with trio.move_on_after(CONNECT_WAIT):
+                await self.client.wait_connected()
+                await self.client.flush()
+            if not self.client.is_connected:
+                log.warning(
+                    "broker %s not reachable yet: serving without it until it is", self.client.urls[0]
+                )
             log.info("broker core ready: exchange %s, epoch %s", self.exchange_id, self.epoch)
             task_status.started()
 

@@ -44,7 +44,7 @@ from qaex.core.throttle import AccessGuard, LoginThrottled
 from qaex.exchange.market import MarketData
 from qaex.exchange.nats_client import NatsClient, NatsError, NotConnected, Subscription
 from qaex.exchange.router import Request
-from qaex.exchange.snapshot import DEFAULT_MAX_SESSIONS_PER_USER, SessionLink, SnapshotManager
+from qaex.exchange.snapshot import DEFAULT_MAX_SESSIONS_PER_USER, Patch, SessionLink, SnapshotManager
 from qaex.protocol import broker as wire
 from qaex.protocol.nats import Msg
 
@@ -80,11 +80,39 @@ def error_from(info: wire.ErrorInfo) -> QaexError:
 
 
 class RemoteSnapshots(SnapshotManager):
-    """The gateway's trees and sessions; a user no session holds any more is forgotten."""
+    """The gateway's trees, channels and sessions: the core's SnapshotManager, fed from the broker.
+
+    A patch from the broker is merged into the user's tree and sent into the user's channel, as the
+    core's TradeGateway does, so the consumer task delivers it with the same wake budget, and a
+    login or resync drains the channel before it copies the tree. A user no session holds any more
+    is forgotten.
+    """
 
     def __init__(self, owner: RemoteExchange, max_sessions_per_user: int) -> None:
         super().__init__(lambda user_id: {"user_id": user_id}, max_sessions_per_user=max_sessions_per_user)
         self._owner = owner
+
+    def deliver(self, user_id: str, patch: Patch) -> None:
+        trade = patch.get("trade")
+        if type(trade) is dict and user_id in trade:
+            merge_patch(self.tree(user_id), trade[user_id])
+        channel = self.channel_for(user_id)
+        try:
+            channel.send_nowait(patch)
+        except trio.WouldBlock:  # the consumer is behind: deliver what waits now, synchronously
+            self.flush(user_id)
+            channel.send_nowait(patch)
+        self.announce((user_id,))
+
+    def forget(self, user_id: str) -> None:
+        self.trees.pop(user_id, None)
+        channel = self._channels.pop(user_id, None)
+        if channel is not None:
+            channel.close()
+        receive = self._receivers.pop(user_id, None)
+        if receive is not None:
+            receive.close()
+        self._ready.pop(user_id, None)
 
     def remove(self, link: SessionLink) -> None:
         super().remove(link)
@@ -106,7 +134,7 @@ class RemoteExchange:
         self.exchange_id = exchange_id
         self.engine = engine if engine is not None else Engine()  # instruments for ins_query only
         self.guard = guard if guard is not None else AccessGuard()  # client addresses (the core throttles)
-        self.snapshots: SnapshotManager = RemoteSnapshots(self, max_sessions_per_user)
+        self.snapshots = RemoteSnapshots(self, max_sessions_per_user)
         self.market: MarketData | None = None
         self.feeds: dict[str, wire.UserFeed] = {}
         self._subscriptions: dict[str, Subscription] = {}
@@ -124,6 +152,7 @@ class RemoteExchange:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            await nursery.start(self.snapshots.run)
             self.client.subscribe(self._subject("core.hb"), callback=self._heartbeat)
             self.client.on_connect.append(self._reconnected)
             self.client.on_disconnect.append(self._disconnected)
@@ -171,10 +200,7 @@ class RemoteExchange:
             self._apply(user_id, change)
 
     def _apply(self, user_id: str, patch: dict[str, Any]) -> None:
-        trade = patch.get("trade")
-        if type(trade) is dict and user_id in trade:
-            merge_patch(self.snapshots.tree(user_id), trade[user_id])
-        self.snapshots.apply(user_id, patch)
+        self.snapshots.deliver(user_id, patch)
 
     def _resync(self, user_id: str) -> None:
         if user_id in self._resyncing or self._nursery is None:
@@ -229,7 +255,7 @@ class RemoteExchange:
         if subscription is not None:
             subscription.unsubscribe()
         self.feeds.pop(user_id, None)
-        self.snapshots.trees.pop(user_id, None)
+        self.snapshots.forget(user_id)
 
     # -- what the DIFF server calls ---------------------------------------------------------------
     async def check_password(self, user_id: str, password: str, *, source: str | None = None) -> bool:
