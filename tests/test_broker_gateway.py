@@ -243,3 +243,36 @@ async def test_two_gateways_one_user_on_both_and_one_killed(deployment: Deployme
     finally:
         assert second.stop() == 0
     deployment.gateway = start_gateway(tmp_path, deployment.core, deployment.broker)  # the fixture stops one
+
+
+async def converge_quotes(a: DiffClient, b: DiffClient, within: float = 10.0) -> None:
+    deadline = trio.current_time() + within
+    while not (a.tree.get("quotes") and a.tree.get("quotes") == b.tree.get("quotes")):
+        if trio.current_time() > deadline:
+            assert a.tree.get("quotes") == b.tree.get("quotes")
+        await trio.sleep(0.05)
+
+
+async def test_quotes_through_a_gateway_equal_the_cores(deployment: Deployment) -> None:
+    """Every contract's fields, and the full quote of a subscribed one, as a session on the core sees them."""
+    bob = open_user(deployment.core)
+    async with (
+        DiffClient.connect(deployment.gateway.diff_url) as a,
+        DiffClient.connect(deployment.core.diff_url) as embedded,
+        DiffClient.connect(deployment.core.diff_url) as b,
+    ):
+        assert await b.login(bob.user_id, bob.password)
+        for client in (a, embedded):
+            await client.send({"aid": "subscribe_quote", "ins_list": f"{CU},SHFE.nope"})
+        await a.wait_for(lambda c: any(n.get("code") == 409 for n in c.notifies))  # the unknown symbol
+        await a.wait_for(lambda c: CU in c.tree.get("quotes", {}) and "bid_price1" in c.tree["quotes"][CU])
+        await converge_quotes(a, embedded)
+        await b.insert_order("q1", CU, "BUY", "OPEN", 3, 85000.0)
+        await b.insert_order("q2", CU, "SELL", "OPEN", 2, 87000.0)
+        await a.wait_for(lambda c: c.tree["quotes"][CU].get("ask_price1") == 87000.0)
+        await converge_quotes(a, embedded)
+        assert a.tree["quotes"][CU]["bid_volume1"] == 3
+        # a chart is refused with a notify on a gateway (not served there yet)
+        await a.send({"aid": "set_chart", "chart_id": "c1", "ins_list": CU, "duration": 60_000_000_000,
+                      "view_width": 10})  # fmt: skip
+        await a.wait_for(lambda c: any("chart" in str(n.get("content")) for n in c.notifies))

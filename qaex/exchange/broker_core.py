@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("qaex.broker")
 
 HEARTBEAT_INTERVAL = 1.0
+MAX_SYMBOLS_PER_REQUEST = 2000
 CONNECT_WAIT = 5.0
 """Seconds the core waits at start for the broker before it serves without it (and connects later)."""
 MAX_CONCURRENT_RPC = 64
@@ -83,6 +84,7 @@ class BrokerCore:
         self._encode = msgspec.msgpack.Encoder().encode
         self._user_prefix = wire.subject(exchange_id, "u.")
         self._quote_prefix = wire.subject(exchange_id, "q.")
+        self._static_subject = wire.subject(exchange_id, "static")
         self._limiter = trio.CapacityLimiter(MAX_CONCURRENT_RPC)
         self._nursery: trio.Nursery | None = None
         self.published = 0
@@ -92,6 +94,7 @@ class BrokerCore:
         self.exchange.snapshots.broker = self.user_patch
         if self.exchange.market is not None:
             self.exchange.market.on_quote = self.quote_patch
+            self.exchange.market.on_static = self.static_patch
 
     # -- publishing (synchronous: called in the SnapshotManager's and MarketData's tasks) ----------
     def user_patch(self, user_id: str, patch: dict[str, Any]) -> None:
@@ -105,6 +108,29 @@ class BrokerCore:
             self._quote_prefix + symbol, self._encode(wire.QuotePatch(self.epoch, seq, patch))
         )
 
+    def static_patch(self, patch: dict[str, Any]) -> None:
+        seq = self._quote_seq.next("")  # "" is no symbol: the static patch's own numbering
+        self.client.publish(self._static_subject, self._encode(wire.QuotePatch(self.epoch, seq, patch)))
+
+    def market_snapshot(self, request: wire.MarketRequest) -> wire.MarketReply:
+        """Full quotes (and the static patch) with the number of the last patch each includes.
+
+        A full quote is the state's, which may already hold changes of the next publish; the next
+        patch then sets those fields again to the same values, so the gateway ends equal."""
+        reply = wire.MarketReply(epoch=self.epoch)
+        market = self.exchange.market
+        if market is None:
+            return reply
+        if request.static:
+            reply.static, reply.static_seq = market.static_patch(), self._quote_seq.last("")
+        views = market.state.views
+        for symbol in request.symbols[:MAX_SYMBOLS_PER_REQUEST]:
+            if symbol in views:
+                reply.quotes[symbol] = wire.QuoteSnapshot(
+                    self._quote_seq.last(symbol), market.full_quote(symbol)
+                )
+        return reply
+
     # -- service ----------------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -114,6 +140,8 @@ class BrokerCore:
             login = self.client.subscribe(wire.subject(self.exchange_id, "rpc.login"), queue)
             snapshot = self.client.subscribe(wire.subject(self.exchange_id, "rpc.snapshot"), queue)
             command = self.client.subscribe(wire.subject(self.exchange_id, "cmd"), queue)
+            market = self.client.subscribe(wire.subject(self.exchange_id, "rpc.market"), queue)
+            nursery.start_soon(self._serve_market, market)
             nursery.start_soon(self._serve_logins, login)
             nursery.start_soon(self._serve_snapshots, snapshot)
             nursery.start_soon(self._serve_commands, command)
@@ -181,6 +209,15 @@ class BrokerCore:
                 self._reply(message, self.snapshot_of(request.user_id))
             else:
                 self._reply(message, wire.LoginReply(ok=False))
+
+    async def _serve_market(self, subscription: Any) -> None:
+        async for message in subscription:
+            try:
+                request = msgspec.msgpack.decode(message.payload, type=wire.MarketRequest)
+            except msgspec.ValidationError as exc:
+                log.warning("bad rpc.market: %s", exc)
+                continue
+            self._reply(message, self.market_snapshot(request))
 
     async def _serve_commands(self, subscription: Any) -> None:
         """Inserts and cancels in arrival order, submitted (pipelined); the rest in tasks of their own."""

@@ -114,6 +114,7 @@ class MarketData:
         self._wire_quotes: dict[str, tuple[Patch, Patch]] = {}  # likewise for each full quote
         # A core with a broker (qaex.exchange.broker_core): every changed quote's patch, as DIFF sends it.
         self.on_quote: Callable[[str, Patch], None] | None = None
+        self.on_static: Callable[[Patch], None] | None = None  # ... and every change of contract fields
 
     @property
     def quotes(self) -> dict[str, QuoteBook]:
@@ -234,6 +235,8 @@ class MarketData:
         woken: dict[SessionLink, None] = {}
         if changes.static is not None:
             static = market_patch(changes.static)
+            if self.on_static is not None:
+                self.on_static(static)
             for link in self._links:
                 link.session.push(static)
                 woken[link] = None

@@ -21,8 +21,8 @@ core's per-user subjects:
   is safe: a duplicate order id is refused).
 - **Broker lost**: sessions stay open; on reconnection every user is resynced.
 
-Not here yet (docs/architecture.md, "Gateways"): market data (quotes, charts) on the gateway; the
-instruments ins_query answers from are the gateway's own QAEX_INSTRUMENTS.
+Quotes come from qaex.exchange.remote_market. Not here yet (docs/architecture.md, "Gateways"):
+charts (K-lines, ticks); the instruments ins_query answers from are the gateway's own QAEX_INSTRUMENTS.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from qaex.core.patch import merge_patch
 from qaex.core.throttle import AccessGuard, LoginThrottled
 from qaex.exchange.market import MarketData
 from qaex.exchange.nats_client import NatsClient, NatsError, NotConnected, Subscription
+from qaex.exchange.remote_market import RemoteMarket
 from qaex.exchange.router import Request
 from qaex.exchange.snapshot import DEFAULT_MAX_SESSIONS_PER_USER, Patch, SessionLink, SnapshotManager
 from qaex.protocol import broker as wire
@@ -129,13 +130,15 @@ class RemoteExchange:
         engine: Engine | None = None,
         guard: AccessGuard | None = None,
         max_sessions_per_user: int = DEFAULT_MAX_SESSIONS_PER_USER,
+        market: bool = True,
     ) -> None:
+        """`market`: serve quotes too (qaex.exchange.remote_market); False: trade data only."""
         self.client = client
         self.exchange_id = exchange_id
         self.engine = engine if engine is not None else Engine()  # instruments for ins_query only
         self.guard = guard if guard is not None else AccessGuard()  # client addresses (the core throttles)
         self.snapshots = RemoteSnapshots(self, max_sessions_per_user)
-        self.market: MarketData | None = None
+        self.market: MarketData | RemoteMarket | None = RemoteMarket(client, exchange_id) if market else None
         self.feeds: dict[str, wire.UserFeed] = {}
         self._subscriptions: dict[str, Subscription] = {}
         self._logins: dict[str, int] = {}  # logins in flight per user
@@ -157,6 +160,8 @@ class RemoteExchange:
             self.client.on_connect.append(self._reconnected)
             self.client.on_disconnect.append(self._disconnected)
             await nursery.start(self.client.run)
+            if isinstance(self.market, RemoteMarket):
+                await nursery.start(self.market.run)  # the static patch is here: sessions may come
             log.info("gateway connected to the broker for exchange %s", self.exchange_id)
             task_status.started()
 
@@ -169,6 +174,8 @@ class RemoteExchange:
         if self._core_epoch is not None and beat.epoch != self._core_epoch:
             log.warning("the core restarted (epoch %s): resyncing every user", beat.epoch)
         self._core_epoch = beat.epoch
+        if isinstance(self.market, RemoteMarket):
+            self.market.heartbeat(beat.epoch)
         for user_id, feed in self.feeds.items():
             if feed.heartbeat(beat.epoch) is not None:
                 self._resync(user_id)
@@ -176,9 +183,13 @@ class RemoteExchange:
     def _disconnected(self) -> None:
         for feed in self.feeds.values():
             feed.disconnected()
+        if isinstance(self.market, RemoteMarket):
+            self.market.disconnected()
 
     def _reconnected(self) -> None:
         if self.client.generation > 1:
+            if isinstance(self.market, RemoteMarket):
+                self.market.reconnected()
             for user_id in list(self.feeds):
                 self._resync(user_id)
 

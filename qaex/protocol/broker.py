@@ -6,7 +6,9 @@ Subjects (prefix ``qaex.<exchange id>.``): ``u.<user_id>`` per-user trade patche
 quote patches; ``core.hb`` the core's heartbeat (:class:`Heartbeat`, with the epoch); ``rpc.login``
 (:class:`LoginRequest` -> :class:`LoginReply`, the user's tree and its sequence number),
 ``rpc.snapshot`` (a resync: the tree without a password check, for gateways only) and ``cmd``
-(:class:`CommandRequest` -> :class:`CommandReply`). Everything is msgspec msgpack.
+(:class:`CommandRequest` -> :class:`CommandReply`); ``static`` the contract fields of listed or
+changed instruments, ``rpc.market`` full quotes and the static patch (:class:`MarketRequest` ->
+:class:`MarketReply`). Everything is msgspec msgpack.
 
 **Sequence numbers.** The core numbers each user's patches 1, 2, 3, ... within an *epoch*, a random
 id drawn at each core start (:class:`Sequencer`). A snapshot carries the number of the last patch
@@ -48,10 +50,25 @@ class Heartbeat(msgspec.Struct, array_like=True):
     time_ns: int
 
 
-class QuotePatch(msgspec.Struct, array_like=True):
-    epoch: str
+QuotePatch = UserPatch
+"""``q.<symbol>`` and ``static`` carry the same numbered patches (numbered per symbol; ``static`` as one)."""
+
+
+class MarketRequest(msgspec.Struct):
+    symbols: list[str] = []
+    static: bool = False
+
+
+class QuoteSnapshot(msgspec.Struct, array_like=True):
     seq: int
-    patch: Patch
+    patch: Patch  # {"quotes": {symbol: every field}}
+
+
+class MarketReply(msgspec.Struct):
+    epoch: str
+    static_seq: int = 0
+    static: Patch | None = None  # {"quotes": {symbol: contract fields}} of every instrument
+    quotes: dict[str, QuoteSnapshot] = {}  # the symbols asked for that exist
 
 
 class ErrorInfo(msgspec.Struct):
