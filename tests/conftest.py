@@ -224,6 +224,7 @@ class NatsServer:
     port: int
     workdir: Path
     process: subprocess.Popen[bytes] | None = None
+    config: str = ""  # nats-server configuration file text (e.g. max_pending, write_deadline)
 
     @property
     def url(self) -> str:
@@ -232,9 +233,14 @@ class NatsServer:
     def start(self) -> None:
         binary = nats_server_binary()
         log_path = self.workdir / f"nats-{self.port}.log"
+        command = [binary, "-a", "127.0.0.1", "-p", str(self.port), "-m", "0"]
+        if self.config:
+            config_path = self.workdir / f"nats-{self.port}.conf"
+            config_path.write_text(self.config)
+            command += ["-c", str(config_path)]
         with open(log_path, "ab") as log_file:
             self.process = subprocess.Popen(
-                [binary, "-a", "127.0.0.1", "-p", str(self.port), "-m", "0"],
+                command,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
             )

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qaex.core.patch import copy_tree, merge_patch
-from qaex.protocol.broker import Resync, Sequencer, UserFeed, UserPatch
+from qaex.protocol.broker import Resync, Sequencer, UserFeed, UserPatch, split_patch
 
 
 @dataclass
@@ -158,3 +158,38 @@ def test_lossy_bus_always_converges(seed: int, steps: int) -> None:
         gw.snapshot(*core.snapshot())
     assert gw.feed.live
     assert gw.tree == core.tree
+
+
+json_leaf = st.none() | st.integers(-5, 5) | st.text("pq", max_size=20)
+objects = st.dictionaries(st.sampled_from("abcdef"), json_leaf, max_size=4)
+kinds = st.sampled_from(["orders", "trades", "positions", "accounts"])
+keyed = st.dictionaries(st.sampled_from(["x", "y", "z", "w", "v"]), objects | st.none(), max_size=5)
+
+
+@settings(max_examples=300)
+@given(
+    st.dictionaries(kinds, keyed, max_size=4),
+    st.dictionaries(st.sampled_from(["n1", "n2", "n3"]), objects, max_size=3),
+    st.integers(40, 400),
+)
+def test_split_patches_merge_to_the_same_change(
+    user: dict[str, object], notify: dict[str, object], limit: int
+) -> None:
+    patch: dict[str, object] = {"trade": {"u": user}}
+    if notify:
+        patch["notify"] = notify
+
+    def fits(p: dict[str, object]) -> bool:
+        return len(msgspec.msgpack.encode(p)) <= limit
+
+    parts = split_patch(patch, "u", fits)
+    base = {"trade": {"u": {"orders": {"x": {"a": 1}}, "accounts": {}}}, "notify": {}}
+    whole, pieces = copy_tree(base), copy_tree(base)
+    merge_patch(whole, patch)
+    for part in parts:
+        merge_patch(pieces, part)
+    assert pieces == whole
+    if fits(patch):
+        assert parts == [patch]
+    for part in parts:  # a part too big is one object that cannot be split
+        assert fits(part) or len(msgspec.msgpack.encode(part)) <= len(msgspec.msgpack.encode(patch))

@@ -47,6 +47,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("qaex.broker")
 
 HEARTBEAT_INTERVAL = 1.0
+TOO_LARGE = wire.ErrorInfo(
+    message="the snapshot exceeds the broker's max_payload: raise max_payload in nats-server's configuration",
+    code="snapshot_too_large",
+    diff_code=500,
+)
 MAX_SYMBOLS_PER_REQUEST = 2000
 CONNECT_WAIT = 5.0
 """Seconds the core waits at start for the broker before it serves without it (and connects later)."""
@@ -88,6 +93,7 @@ class BrokerCore:
         self._limiter = trio.CapacityLimiter(MAX_CONCURRENT_RPC)
         self._nursery: trio.Nursery | None = None
         self.published = 0
+        self.too_large = 0
 
     def attach(self) -> None:
         """Hook into the exchange: its patches and quotes come here from now on."""
@@ -98,19 +104,40 @@ class BrokerCore:
 
     # -- publishing (synchronous: called in the SnapshotManager's and MarketData's tasks) ----------
     def user_patch(self, user_id: str, patch: dict[str, Any]) -> None:
-        seq = self.sequencer.next(user_id)  # numbered even when it cannot go: the gap is then seen
-        self.client.publish(self._user_prefix + user_id, self._encode(wire.UserPatch(self.epoch, seq, patch)))
+        subject = self._user_prefix + user_id
+        data = self._encode(wire.UserPatch(self.epoch, self.sequencer.last(user_id) + 1, patch))
+        if len(data) > self.client.max_payload:  # a big batch (a settlement, hundreds of orders)
+            limit = self.client.max_payload
+            for part in wire.split_patch(patch, user_id, lambda p: len(self._encode(p)) + 64 <= limit):
+                self._publish(subject, wire.UserPatch(self.epoch, self.sequencer.next(user_id), part))
+            return
+        self.sequencer.next(user_id)  # numbered even when it cannot go: the gap is then seen
+        self.client.publish(subject, data)
         self.published += 1
+
+    def _publish(self, subject: str, message: msgspec.Struct) -> bool:
+        """Publish if the broker takes a message this big; else log it (a subscriber sees a gap)."""
+        data = self._encode(message)
+        if len(data) > self.client.max_payload:
+            self.too_large += 1
+            log.error(
+                "%s: a message of %d bytes exceeds the broker's max_payload (%d); raise max_payload in "
+                "nats-server's configuration",
+                subject,
+                len(data),
+                self.client.max_payload,
+            )
+            return False
+        self.published += 1
+        return self.client.publish(subject, data)
 
     def quote_patch(self, symbol: str, patch: dict[str, Any]) -> None:
         seq = self._quote_seq.next(symbol)
-        self.client.publish(
-            self._quote_prefix + symbol, self._encode(wire.QuotePatch(self.epoch, seq, patch))
-        )
+        self._publish(self._quote_prefix + symbol, wire.QuotePatch(self.epoch, seq, patch))
 
     def static_patch(self, patch: dict[str, Any]) -> None:
         seq = self._quote_seq.next("")  # "" is no symbol: the static patch's own numbering
-        self.client.publish(self._static_subject, self._encode(wire.QuotePatch(self.epoch, seq, patch)))
+        self._publish(self._static_subject, wire.QuotePatch(self.epoch, seq, patch))
 
     def market_snapshot(self, request: wire.MarketRequest) -> wire.MarketReply:
         """Full quotes (and the static patch) with the number of the last patch each includes.
@@ -165,7 +192,8 @@ class BrokerCore:
 
     def _reply(self, message: Msg, answer: msgspec.Struct) -> None:
         if message.reply is not None:
-            self.client.publish(message.reply, self._encode(answer))
+            if not self._publish(message.reply, answer) and isinstance(answer, wire.LoginReply):
+                self._publish(message.reply, wire.LoginReply(ok=False, error=TOO_LARGE))
 
     def snapshot_of(self, user_id: str) -> wire.LoginReply:
         """The user's tree with every patch published so far in it, and the number of the last one."""
@@ -183,7 +211,7 @@ class BrokerCore:
         async with self._limiter:
             try:
                 request = msgspec.msgpack.decode(message.payload, type=wire.LoginRequest)
-            except msgspec.ValidationError as exc:
+            except msgspec.DecodeError as exc:
                 log.warning("bad rpc.login: %s", exc)
                 return
             try:
@@ -202,7 +230,7 @@ class BrokerCore:
         async for message in subscription:
             try:
                 request = msgspec.msgpack.decode(message.payload, type=wire.SnapshotRequest)
-            except msgspec.ValidationError as exc:
+            except msgspec.DecodeError as exc:
                 log.warning("bad rpc.snapshot: %s", exc)
                 continue
             if request.user_id in self.exchange.engine.users:
@@ -214,7 +242,7 @@ class BrokerCore:
         async for message in subscription:
             try:
                 request = msgspec.msgpack.decode(message.payload, type=wire.MarketRequest)
-            except msgspec.ValidationError as exc:
+            except msgspec.DecodeError as exc:
                 log.warning("bad rpc.market: %s", exc)
                 continue
             self._reply(message, self.market_snapshot(request))
@@ -230,7 +258,7 @@ class BrokerCore:
                     order = msgspec.convert(request.order, InsertOrderMessage)
                     if order.user_id != request.user_id:
                         raise msgspec.ValidationError("insert_order for another user")
-            except msgspec.ValidationError as exc:
+            except msgspec.DecodeError as exc:
                 self._reply(message, wire.CommandReply(ok=False, error=error_info(QaexError(str(exc)))))
                 continue
             done = functools.partial(self._command_done, message)

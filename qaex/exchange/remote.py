@@ -169,7 +169,7 @@ class RemoteExchange:
     def _heartbeat(self, message: Msg) -> None:
         try:
             beat = msgspec.msgpack.decode(message.payload, type=wire.Heartbeat)
-        except msgspec.ValidationError:
+        except msgspec.DecodeError:
             return
         if self._core_epoch is not None and beat.epoch != self._core_epoch:
             log.warning("the core restarted (epoch %s): resyncing every user", beat.epoch)
@@ -199,7 +199,7 @@ class RemoteExchange:
             return
         try:
             patch = self._patch_decoder.decode(message.payload)
-        except msgspec.ValidationError:
+        except msgspec.DecodeError:
             log.error("undecodable patch for %s", user_id)
             return
         result = feed.receive(patch)
@@ -230,7 +230,7 @@ class RemoteExchange:
                         within=RPC_TIMEOUT,
                     )
                     reply = msgspec.msgpack.decode(answer.payload, type=wire.LoginReply)
-                except (NatsError, msgspec.ValidationError) as exc:
+                except (NatsError, msgspec.DecodeError) as exc:
                     log.warning("user %s: snapshot failed (%s); retrying", user_id, exc)
                     await trio.sleep(0.5)
                     continue
@@ -285,9 +285,9 @@ class RemoteExchange:
                     self._encode(wire.LoginRequest(user_id, password, source)),
                     within=RPC_TIMEOUT,
                 )
-            except NatsError as exc:
+                reply = msgspec.msgpack.decode(answer.payload, type=wire.LoginReply)
+            except (NatsError, msgspec.DecodeError) as exc:
                 raise broker_unavailable() from exc
-            reply = msgspec.msgpack.decode(answer.payload, type=wire.LoginReply)
             if reply.error is not None:
                 raise error_from(reply.error)
             ok = reply.ok
@@ -317,7 +317,7 @@ class RemoteExchange:
             else:
                 try:
                     reply = msgspec.msgpack.decode(answer.payload, type=wire.CommandReply)
-                except msgspec.ValidationError:
+                except msgspec.DecodeError:
                     outcome.error = outcome_unknown(what)
                 else:
                     outcome.error = None if reply.error is None else error_from(reply.error)
@@ -360,7 +360,10 @@ class RemoteExchange:
             raise broker_unavailable() from exc
         except NatsError as exc:
             raise outcome_unknown(what) from exc
-        reply = msgspec.msgpack.decode(answer.payload, type=wire.CommandReply)
+        try:
+            reply = msgspec.msgpack.decode(answer.payload, type=wire.CommandReply)
+        except msgspec.DecodeError as exc:
+            raise outcome_unknown(what) from exc
         if reply.error is not None:
             raise error_from(reply.error)
 

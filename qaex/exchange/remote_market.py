@@ -71,7 +71,7 @@ class RemoteMarket:
             wanted, self._wanted = self._wanted, set()
             try:
                 await self._fetch_now(wanted)
-            except (NatsError, msgspec.ValidationError) as exc:
+            except (NatsError, msgspec.DecodeError) as exc:
                 log.warning("market snapshot failed (%s); retrying", exc)
                 self._wanted |= wanted
                 await trio.sleep(0.5)
@@ -126,7 +126,7 @@ class RemoteMarket:
     def _on_static(self, message: Msg) -> None:
         try:
             patch = self._decode(message.payload)
-        except msgspec.ValidationError:
+        except msgspec.DecodeError:
             return
         result = self._static_feed.receive(patch)
         if isinstance(result, wire.Resync):
@@ -144,7 +144,7 @@ class RemoteMarket:
             return
         try:
             patch = self._decode(message.payload)
-        except msgspec.ValidationError:
+        except msgspec.DecodeError:
             return
         result = feed.receive(patch)
         if isinstance(result, wire.Resync):

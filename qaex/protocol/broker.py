@@ -23,6 +23,7 @@ new snapshot and buffer until it comes. The heartbeat's epoch catches a restart 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -213,3 +214,54 @@ class UserFeed:
         self.live = False
         self._buffer = []
         return Resync("broker connection lost")
+
+
+def split_patch(patch: Patch, user_id: str, fits: Callable[[Patch], bool]) -> list[Patch]:
+    """``patch`` as several patches that, merged in order, make the same change, each one `fits`
+    when it can (a patch bigger than the broker's ``max_payload`` cannot be published whole).
+
+    A merge patch's paths are independent, so it splits along them: the objects under
+    ``trade/<user_id>/<kind>/<key>`` (an order, a position, ...) are packed greedily into chunks,
+    the notifies and any other top-level key go in chunks of their own. A single object that does
+    not fit on its own is returned alone (the caller decides: the subscriber then sees a gap).
+    """
+    if fits(patch):
+        return [patch]
+    items: list[Patch] = []  # one-path patches, in order
+    trade = patch.get("trade")
+    user = trade.get(user_id) if type(trade) is dict else None
+    for top, value in patch.items():
+        if top == "trade" and type(trade) is dict and type(user) is dict:
+            for kind, objects in user.items():
+                if type(objects) is dict and objects:
+                    items.extend({"trade": {user_id: {kind: {key: obj}}}} for key, obj in objects.items())
+                else:
+                    items.append({"trade": {user_id: {kind: objects}}})
+            others = {k: v for k, v in trade.items() if k != user_id}
+            if others:
+                items.append({"trade": others})
+        elif top == "notify" and type(value) is dict:
+            items.extend({"notify": {key: note}} for key, note in value.items())
+        else:
+            items.append({top: value})
+    chunks: list[Patch] = []
+    current: Patch = {}
+    for item in items:
+        candidate = _merged(current, item)
+        if not current or fits(candidate):
+            current = candidate
+        else:
+            chunks.append(current)
+            current = item
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def _merged(a: Patch, b: Patch) -> Patch:
+    """Two patches with disjoint paths as one (copies the dicts along the way, never the leaves)."""
+    out = dict(a)
+    for key, value in b.items():
+        mine = out.get(key)
+        out[key] = _merged(mine, value) if type(mine) is dict and type(value) is dict else value
+    return out
