@@ -225,6 +225,7 @@ class NatsServer:
     workdir: Path
     process: subprocess.Popen[bytes] | None = None
     config: str = ""  # nats-server configuration file text (e.g. max_pending, write_deadline)
+    args: tuple[str, ...] = ()  # more command-line options (--user, --pass, --auth)
 
     @property
     def url(self) -> str:
@@ -233,7 +234,7 @@ class NatsServer:
     def start(self) -> None:
         binary = nats_server_binary()
         log_path = self.workdir / f"nats-{self.port}.log"
-        command = [binary, "-a", "127.0.0.1", "-p", str(self.port), "-m", "0"]
+        command = [binary, "-a", "127.0.0.1", "-p", str(self.port), "-m", "0", *self.args]
         if self.config:
             config_path = self.workdir / f"nats-{self.port}.conf"
             config_path.write_text(self.config)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import trio
-from conftest import NatsServer
+from conftest import NatsServer, free_port
 
 from qaex.exchange.nats_client import NatsClient, NoResponders, NotConnected, RequestTimeout
 
@@ -147,3 +149,30 @@ async def test_stale_connection_is_detected_by_pings(nats_server: NatsServer) ->
             await client.wait_connected()
         assert client.generation == 2
         nursery.cancel_scope.cancel()
+
+
+async def test_credentials_in_the_url(tmp_path: Path) -> None:
+    broker = NatsServer(free_port(), tmp_path, args=("--user", "core", "--pass", "s3cret"))
+    broker.start()
+    try:
+        async with trio.open_nursery() as nursery:
+            good = NatsClient(f"nats://core:s3cret@127.0.0.1:{broker.port}")
+            await nursery.start(good.run)
+            await good.flush()
+            bad = NatsClient(f"nats://core:wrong@127.0.0.1:{broker.port}", reconnect_wait=0.1)
+            nursery.start_soon(bad.run)
+            await trio.sleep(0.5)
+            assert not bad.is_connected and bad.generation == 0
+            nursery.cancel_scope.cancel()
+    finally:
+        broker.stop()
+    token = NatsServer(free_port(), tmp_path, args=("--auth", "t0ken"))
+    token.start()
+    try:
+        async with trio.open_nursery() as nursery:
+            client = NatsClient(f"nats://t0ken@127.0.0.1:{token.port}")
+            await nursery.start(client.run)
+            await client.flush()
+            nursery.cancel_scope.cancel()
+    finally:
+        token.stop()

@@ -35,7 +35,7 @@ import trio
 from qaex.core.errors import QaexError
 from qaex.core.patch import copy_tree
 from qaex.core.throttle import LoginThrottled
-from qaex.exchange.nats_client import NatsClient
+from qaex.exchange.nats_client import NatsClient, redacted
 from qaex.exchange.router import Request
 from qaex.protocol import broker as wire
 from qaex.protocol.diff import InsertOrderMessage
@@ -179,7 +179,8 @@ class BrokerCore:
                 await self.client.flush()
             if not self.client.is_connected:
                 log.warning(
-                    "broker %s not reachable yet: serving without it until it is", self.client.urls[0]
+                    "broker %s not reachable yet: serving without it until it is",
+                    redacted(self.client.urls[0]),
                 )
             log.info("broker core ready: exchange %s, epoch %s", self.exchange_id, self.epoch)
             task_status.started()

@@ -33,7 +33,7 @@ import secrets
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import trio
 
@@ -71,6 +71,21 @@ def parse_url(url: str) -> tuple[str, int]:
     if parts.scheme not in ("nats", "tcp"):
         raise ValueError(f"not a nats:// URL: {url!r}")
     return parts.hostname or "127.0.0.1", parts.port or 4222
+
+
+def redacted(url: str) -> str:
+    """The URL without its credentials, for logs."""
+    host, port = parse_url(url)
+    return f"nats://{host}:{port}"
+
+
+def url_credentials(url: str) -> dict[str, str]:
+    """CONNECT's credentials from ``nats://user:password@host`` or ``nats://token@host``."""
+    parts = urlsplit(url if "://" in url else f"nats://{url}")
+    if parts.username is None:
+        return {}
+    user, password = unquote(parts.username), unquote(parts.password or "")
+    return {"user": user, "pass": password} if parts.password is not None else {"auth_token": user}
 
 
 _CONNECTION_FAILURES = (
@@ -217,7 +232,7 @@ class NatsClient:
                     raise
                 while isinstance(failure, BaseExceptionGroup):
                     failure = failure.exceptions[0]
-                log.warning("NATS connection to %s lost or refused: %r", url, failure)
+                log.warning("NATS connection to %s lost or refused: %r", redacted(url), failure)
             finally:
                 started = started or self.generation > 0
                 self._lost()
@@ -272,6 +287,7 @@ class NatsClient:
                         "protocol": 1,
                         "headers": True,
                         "no_responders": True,
+                        **url_credentials(url),
                     }
                 )
             )
