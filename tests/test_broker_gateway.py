@@ -78,7 +78,10 @@ class Deployment:
 def deployment(
     nats_server: NatsServer, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[Deployment]:
-    core = launch(tmp_path, extra_env={"QAEX_BROKER": nats_server.url, "QAEX_EXCHANGE_ID": EXCHANGE_ID})
+    # qaex serve: one process (hypercorn's CLI has a supervisor and a worker; SIGSTOP must reach the core)
+    core = launch(
+        tmp_path, extra_env={"QAEX_BROKER": nats_server.url, "QAEX_EXCHANGE_ID": EXCHANGE_ID}, serve=True
+    )
     wait_ready(core)
     gateway = start_gateway(tmp_path, core, nats_server)
     failed = request.session.testsfailed
@@ -327,3 +330,29 @@ async def test_a_slow_gateway_is_cut_off_by_the_broker_and_recovers(tmp_path: Pa
             assert gateway.stop() == 0, gateway.log()
         core.stop()
         broker.stop()
+
+
+async def test_a_silent_core_gets_orders_refused_at_once_until_it_is_back(deployment: Deployment) -> None:
+    alice = open_user(deployment.core)
+    async with (
+        DiffClient.connect(deployment.gateway.diff_url) as a,
+        DiffClient.connect(deployment.core.diff_url) as embedded,
+    ):
+        assert await a.login(alice.user_id, alice.password)
+        assert await embedded.login(alice.user_id, alice.password)
+        os.kill(deployment.core.process.pid, signal.SIGSTOP)
+        try:
+            await trio.sleep(4)  # no heartbeat for longer than CORE_SILENT
+            seen = len(a.notifies)
+            await a.insert_order("z1", CU, "BUY", "OPEN", 1, 80000.0)
+            with trio.fail_after(1):  # at once, not after the command timeout
+                note = await a.wait_for(
+                    lambda c: next((n for n in c.notifies[seen:] if n.get("level") == "ERROR"), None)
+                )
+            assert "core" in note["content"] and note["code"] == 503
+        finally:
+            os.kill(deployment.core.process.pid, signal.SIGCONT)
+        await trio.sleep(1.5)  # the next heartbeat
+        await a.insert_order("z2", CU, "BUY", "OPEN", 1, 80000.0)
+        await a.wait_for(lambda c: c.order("z2").get("status") == "ALIVE")
+        await converge(a, embedded, ignore_orders=("z1",))

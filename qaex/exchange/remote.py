@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -52,6 +53,9 @@ from qaex.protocol.nats import Msg
 log = logging.getLogger("qaex.remote")
 
 COMMAND_TIMEOUT = 10.0
+CORE_SILENT = 3.0
+"""Seconds without the core's heartbeat (sent every second) after which requests are refused at once."""
+FIRST_HEARTBEAT_WAIT = 5.0
 RPC_TIMEOUT = 10.0
 NOTIFY_BROKER_UNAVAILABLE = 503
 
@@ -59,6 +63,15 @@ NOTIFY_BROKER_UNAVAILABLE = 503
 def broker_unavailable() -> QaexError:
     return QaexError(
         "交易暂不可用: the exchange core cannot be reached (broker down); nothing was sent, try again later",
+        code="broker_unavailable",
+        diff_code=NOTIFY_BROKER_UNAVAILABLE,
+    )
+
+
+def core_silent(seconds: float) -> QaexError:
+    return QaexError(
+        f"交易暂不可用: the exchange core has not been heard from for {seconds:.0f} s; nothing was sent, "
+        "try again later",
         code="broker_unavailable",
         diff_code=NOTIFY_BROKER_UNAVAILABLE,
     )
@@ -147,6 +160,8 @@ class RemoteExchange:
         self._encode = msgspec.msgpack.Encoder().encode
         self._patch_decoder = msgspec.msgpack.Decoder(wire.UserPatch)
         self._core_epoch: str | None = None
+        self._last_beat: float | None = None  # trio time of the core's latest heartbeat
+        self._first_beat = trio.Event()
         self.resyncs = 0
 
     def _subject(self, suffix: str) -> str:
@@ -162,6 +177,8 @@ class RemoteExchange:
             await nursery.start(self.client.run)
             if isinstance(self.market, RemoteMarket):
                 await nursery.start(self.market.run)  # the static patch is here: sessions may come
+            with trio.move_on_after(FIRST_HEARTBEAT_WAIT):
+                await self._first_beat.wait()
             log.info("gateway connected to the broker for exchange %s", self.exchange_id)
             task_status.started()
 
@@ -174,6 +191,8 @@ class RemoteExchange:
         if self._core_epoch is not None and beat.epoch != self._core_epoch:
             log.warning("the core restarted (epoch %s): resyncing every user", beat.epoch)
         self._core_epoch = beat.epoch
+        self._last_beat = trio.current_time()
+        self._first_beat.set()
         if isinstance(self.market, RemoteMarket):
             self.market.heartbeat(beat.epoch)
         for user_id, feed in self.feeds.items():
@@ -269,8 +288,20 @@ class RemoteExchange:
         self.snapshots.forget(user_id)
 
     # -- what the DIFF server calls ---------------------------------------------------------------
+    def _refusal(self) -> QaexError | None:
+        """Why a request cannot go now (no broker connection, a silent core), or None."""
+        if not self.client.is_connected:
+            return broker_unavailable()
+        silent = trio.current_time() - (self._last_beat if self._last_beat is not None else -math.inf)
+        if silent > CORE_SILENT:
+            return core_silent(silent if math.isfinite(silent) else CORE_SILENT)
+        return None
+
     async def check_password(self, user_id: str, password: str, *, source: str | None = None) -> bool:
         """rpc.login: the core checks (and throttles); on success the user's tree is here."""
+        refusal = self._refusal()
+        if refusal is not None:
+            raise refusal
         if user_id not in self.feeds:
             self.feeds[user_id] = wire.UserFeed(user_id)
             self._subscriptions[user_id] = self.client.subscribe(
@@ -309,6 +340,11 @@ class RemoteExchange:
         what: str,
     ) -> None:
         outcome = Request(command)
+        refusal = self._refusal()
+        if refusal is not None:
+            outcome.error = refusal
+            on_done(outcome)
+            return
 
         def answered(answer: Msg | BaseException) -> None:
             if isinstance(answer, BaseException):
@@ -352,6 +388,9 @@ class RemoteExchange:
         await trio.lowlevel.checkpoint()
 
     async def _call(self, request: wire.CommandRequest, what: str) -> None:
+        refusal = self._refusal()
+        if refusal is not None:
+            raise refusal
         try:
             answer = await self.client.request(
                 self._subject("cmd"), self._encode(request), within=COMMAND_TIMEOUT
