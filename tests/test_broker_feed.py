@@ -193,3 +193,47 @@ def test_split_patches_merge_to_the_same_change(
         assert parts == [patch]
     for part in parts:  # a part too big is one object that cannot be split
         assert fits(part) or len(msgspec.msgpack.encode(part)) <= len(msgspec.msgpack.encode(patch))
+
+
+class FakeClient:
+    """What BrokerCore asks of its NATS client, as an in-memory bus that can be switched off."""
+
+    def __init__(self) -> None:
+        self.up = True
+        self.max_payload = 1 << 20
+        self.sent: list[tuple[str, bytes]] = []
+
+    @property
+    def is_connected(self) -> bool:
+        return self.up
+
+    def publish(self, subject: str, payload: bytes) -> bool:
+        if self.up:
+            self.sent.append((subject, payload))
+        return self.up
+
+
+def test_the_core_marks_a_lost_last_patch_so_that_the_gateway_resyncs() -> None:
+    from qaex.exchange.broker_core import BrokerCore
+
+    client = FakeClient()
+    core = BrokerCore(object(), client, "x")  # type: ignore[arg-type]
+    feed = UserFeed("u")
+    feed.snapshot(core.epoch, 0)
+
+    def deliver() -> list[object]:
+        out = [feed.receive(msgspec.msgpack.decode(p, type=UserPatch)) for _, p in client.sent]
+        client.sent.clear()
+        return out
+
+    core.user_patch("u", {"trade": {"u": {"accounts": {"CNY": {"balance": 1}}}}})
+    assert deliver() == [[{"trade": {"u": {"accounts": {"CNY": {"balance": 1}}}}}]]
+    client.up = False
+    core.user_patch("u", {"trade": {"u": {"accounts": {"CNY": {"balance": 2}}}}})  # lost: the broker is away
+    core._mark_gaps()  # still away: nothing yet
+    client.up = True
+    core._mark_gaps()  # the next heartbeat tick
+    [result] = deliver()
+    assert isinstance(result, Resync) and "gap" in result.reason
+    core._mark_gaps()
+    assert client.sent == []  # marked once

@@ -94,6 +94,7 @@ class BrokerCore:
         self._nursery: trio.Nursery | None = None
         self.published = 0
         self.too_large = 0
+        self._lost: set[str] = set()  # users with a patch not published since the last gap mark
 
     def attach(self) -> None:
         """Hook into the exchange: its patches and quotes come here from now on."""
@@ -109,11 +110,26 @@ class BrokerCore:
         if len(data) > self.client.max_payload:  # a big batch (a settlement, hundreds of orders)
             limit = self.client.max_payload
             for part in wire.split_patch(patch, user_id, lambda p: len(self._encode(p)) + 64 <= limit):
-                self._publish(subject, wire.UserPatch(self.epoch, self.sequencer.next(user_id), part))
+                if not self._publish(subject, wire.UserPatch(self.epoch, self.sequencer.next(user_id), part)):
+                    self._lost.add(user_id)
             return
         self.sequencer.next(user_id)  # numbered even when it cannot go: the gap is then seen
-        self.client.publish(subject, data)
-        self.published += 1
+        if self.client.publish(subject, data):
+            self.published += 1
+        else:
+            self._lost.add(user_id)
+
+    def _mark_gaps(self) -> None:
+        """Users one of whose patches could not be published (no connection, buffer full, too big):
+        an empty patch with the next number, so that a gateway that got no later patch sees the gap
+        and resyncs (otherwise a lost last patch would go unnoticed until the user's next one)."""
+        if not self._lost or not self.client.is_connected:
+            return
+        lost, self._lost = self._lost, set()
+        for user_id in lost:
+            message = wire.UserPatch(self.epoch, self.sequencer.next(user_id), {})
+            if not self.client.publish(self._user_prefix + user_id, self._encode(message)):
+                self._lost.add(user_id)
 
     def _publish(self, subject: str, message: msgspec.Struct) -> bool:
         """Publish if the broker takes a message this big; else log it (a subscriber sees a gap)."""
@@ -188,6 +204,7 @@ class BrokerCore:
     async def _heartbeat(self) -> None:
         subject = wire.subject(self.exchange_id, "core.hb")
         while True:
+            self._mark_gaps()
             self.client.publish(subject, self._encode(wire.Heartbeat(self.epoch, time.time_ns())))
             await trio.sleep(self.heartbeat_interval)
 

@@ -56,6 +56,8 @@ COMMAND_TIMEOUT = 10.0
 CORE_SILENT = 3.0
 """Seconds without the core's heartbeat (sent every second) after which requests are refused at once."""
 FIRST_HEARTBEAT_WAIT = 5.0
+SNAPSHOTS_AT_ONCE = 32
+"""rpc.snapshot requests one gateway has in flight at once (after a reconnection: one per user)."""
 RPC_TIMEOUT = 10.0
 NOTIFY_BROKER_UNAVAILABLE = 503
 
@@ -156,6 +158,7 @@ class RemoteExchange:
         self._subscriptions: dict[str, Subscription] = {}
         self._logins: dict[str, int] = {}  # logins in flight per user
         self._resyncing: set[str] = set()
+        self._snapshot_slots = trio.CapacityLimiter(SNAPSHOTS_AT_ONCE)  # a reconnection resyncs everyone
         self._nursery: trio.Nursery | None = None
         self._encode = msgspec.msgpack.Encoder().encode
         self._patch_decoder = msgspec.msgpack.Decoder(wire.UserPatch)
@@ -243,11 +246,12 @@ class RemoteExchange:
             while user_id in self.feeds:
                 await self.client.wait_connected()
                 try:
-                    answer = await self.client.request(
-                        self._subject("rpc.snapshot"),
-                        self._encode(wire.SnapshotRequest(user_id)),
-                        within=RPC_TIMEOUT,
-                    )
+                    async with self._snapshot_slots:
+                        answer = await self.client.request(
+                            self._subject("rpc.snapshot"),
+                            self._encode(wire.SnapshotRequest(user_id)),
+                            within=RPC_TIMEOUT,
+                        )
                     reply = msgspec.msgpack.decode(answer.payload, type=wire.LoginReply)
                 except (NatsError, msgspec.DecodeError) as exc:
                     log.warning("user %s: snapshot failed (%s); retrying", user_id, exc)
