@@ -356,3 +356,30 @@ async def test_a_silent_core_gets_orders_refused_at_once_until_it_is_back(deploy
         await a.insert_order("z2", CU, "BUY", "OPEN", 1, 80000.0)
         await a.wait_for(lambda c: c.order("z2").get("status") == "ALIVE")
         await converge(a, embedded, ignore_orders=("z1",))
+
+
+async def test_ins_query_on_a_gateway_answers_from_the_cores_listing(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """A gateway started with another QAEX_INSTRUMENTS (none: the product listing of today) still
+    answers ins_query as the core does: the listing comes from the core (rpc.instruments)."""
+    env = dict(deployment.core.env)
+    deployment.core.env["QAEX_INSTRUMENTS"] = ""  # the second gateway's own setting differs from the core's
+    try:
+        other = start_gateway(tmp_path, deployment.core, deployment.broker)
+    finally:
+        deployment.core.env.clear()
+        deployment.core.env.update(env)
+    query = (
+        'query {\n  multi_symbol_info(class: [FUTURE], exchange_id: ["SHFE"]) {\n    instrument_id\n  }\n}'
+    )
+    try:
+        answers = []
+        for url in (deployment.core.diff_url, deployment.gateway.diff_url, other.diff_url):
+            async with DiffClient.connect(url) as client:
+                await client.send({"aid": "ins_query", "query_id": "q1", "query": query, "variables": {}})
+                answers.append(await client.wait_for(lambda c: c.tree.get("symbols", {}).get("q1")))
+        assert answers[0]["result"]["multi_symbol_info"]  # the pinned SHFE contracts
+        assert answers[0] == answers[1] == answers[2]
+    finally:
+        assert other.stop() == 0

@@ -185,6 +185,8 @@ class BrokerCore:
             command = self.client.subscribe(wire.subject(self.exchange_id, "cmd"), queue)
             market = self.client.subscribe(wire.subject(self.exchange_id, "rpc.market"), queue)
             nursery.start_soon(self._serve_market, market)
+            instruments = self.client.subscribe(wire.subject(self.exchange_id, "rpc.instruments"), queue)
+            nursery.start_soon(self._serve_instruments, instruments)
             nursery.start_soon(self._serve_logins, login)
             nursery.start_soon(self._serve_snapshots, snapshot)
             nursery.start_soon(self._serve_commands, command)
@@ -264,6 +266,19 @@ class BrokerCore:
                 log.warning("bad rpc.market: %s", exc)
                 continue
             self._reply(message, self.market_snapshot(request))
+
+    async def _serve_instruments(self, subscription: Any) -> None:
+        engine = self.exchange.engine
+        async for message in subscription:
+            self._reply(
+                message,
+                wire.InstrumentsReply(
+                    epoch=self.epoch,
+                    instruments=[msgspec.to_builtins(i) for i in engine.instruments.values()],
+                    main_contracts=dict(engine.main_contracts),
+                    market_hours=engine.market_hours,
+                ),
+            )
 
     async def _serve_commands(self, subscription: Any) -> None:
         """Inserts and cancels in arrival order, submitted (pipelined); the rest in tasks of their own."""

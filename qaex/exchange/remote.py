@@ -21,8 +21,9 @@ core's per-user subjects:
   is safe: a duplicate order id is refused).
 - **Broker lost**: sessions stay open; on reconnection every user is resynced.
 
-Quotes come from qaex.exchange.remote_market. Not here yet (docs/architecture.md, "Gateways"):
-charts (K-lines, ticks); the instruments ins_query answers from are the gateway's own QAEX_INSTRUMENTS.
+Quotes come from qaex.exchange.remote_market; ``ins_query`` is answered from the core's listing
+(``rpc.instruments``, kept in ``engine``: an Engine with no users, only read). Not here yet
+(docs/architecture.md, "Gateways"): charts (K-lines, ticks).
 """
 
 from __future__ import annotations
@@ -37,8 +38,10 @@ import msgspec
 import trio
 
 from qaex.core import commands
+from qaex.core.calendar.sessions import MarketHours
 from qaex.core.engine import Engine
 from qaex.core.errors import QaexError
+from qaex.core.instruments import Instrument, InstrumentRegistry
 from qaex.core.orders import InsertOrder
 from qaex.core.patch import merge_patch
 from qaex.core.throttle import AccessGuard, LoginThrottled
@@ -56,6 +59,7 @@ COMMAND_TIMEOUT = 10.0
 CORE_SILENT = 3.0
 """Seconds without the core's heartbeat (sent every second) after which requests are refused at once."""
 FIRST_HEARTBEAT_WAIT = 5.0
+INSTRUMENTS_REFRESH = 30.0
 SNAPSHOTS_AT_ONCE = 32
 """rpc.snapshot requests one gateway has in flight at once (after a reconnection: one per user)."""
 RPC_TIMEOUT = 10.0
@@ -182,8 +186,32 @@ class RemoteExchange:
                 await nursery.start(self.market.run)  # the static patch is here: sessions may come
             with trio.move_on_after(FIRST_HEARTBEAT_WAIT):
                 await self._first_beat.wait()
+            with trio.move_on_after(RPC_TIMEOUT):
+                await self.refresh_instruments()
+            nursery.start_soon(self._refresh_instruments_periodically)
             log.info("gateway connected to the broker for exchange %s", self.exchange_id)
             task_status.started()
+
+    async def refresh_instruments(self) -> None:
+        """The core's listing, main contracts and market-hours policy, for ``ins_query`` here."""
+        try:
+            answer = await self.client.request(self._subject("rpc.instruments"), b"\x80", within=RPC_TIMEOUT)
+            reply = msgspec.msgpack.decode(answer.payload, type=wire.InstrumentsReply)
+            registry = InstrumentRegistry([msgspec.convert(spec, Instrument) for spec in reply.instruments])
+            hours = msgspec.convert(reply.market_hours, MarketHours)
+        except (NatsError, msgspec.DecodeError) as exc:
+            log.warning("instruments from the core: %s", exc)
+            return
+        engine = Engine(registry, market_hours=hours)
+        engine.main_contracts = reply.main_contracts
+        self.engine = engine
+
+    async def _refresh_instruments_periodically(self) -> None:
+        """Listings change at settlements (and by the admin): follow them within INSTRUMENTS_REFRESH."""
+        while True:
+            await trio.sleep(INSTRUMENTS_REFRESH)
+            if self.client.is_connected:
+                await self.refresh_instruments()
 
     # -- broker events ----------------------------------------------------------------------------
     def _heartbeat(self, message: Msg) -> None:

@@ -60,6 +60,20 @@ class MarketRequest(msgspec.Struct):
     static: bool = False
 
 
+class InstrumentsRequest(msgspec.Struct):
+    pass
+
+
+class InstrumentsReply(msgspec.Struct):
+    """What a gateway answers ``ins_query`` from: the listed contracts (``Instrument`` as builtins),
+    the products' main contracts and the market-hours policy."""
+
+    epoch: str
+    instruments: list[dict[str, Any]]
+    main_contracts: dict[str, str]
+    market_hours: str
+
+
 class QuoteSnapshot(msgspec.Struct, array_like=True):
     seq: int
     patch: Patch  # {"quotes": {symbol: every field}}
