@@ -263,6 +263,9 @@ def add_gateway(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     parser.add_argument("--broker", help="the core's NATS URL (default: QAEX_BROKER)")
     parser.add_argument("--diff-host", help="DIFF address (default: QAEX_DIFF_HOST)")
     parser.add_argument("--diff-port", type=int, help="DIFF port (default: QAEX_DIFF_PORT)")
+    parser.add_argument(
+        "--reuse-port", action="store_true", default=None, help="SO_REUSEPORT: gateways share the DIFF port"
+    )
     parser.set_defaults(handler=gateway)
 
 
@@ -279,6 +282,7 @@ def gateway(args: argparse.Namespace) -> int:
                 ("broker", args.broker),
                 ("diff_host", args.diff_host),
                 ("diff_port", args.diff_port),
+                ("diff_reuse_port", args.reuse_port),
             )
             if value is not None
         }

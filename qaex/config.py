@@ -89,6 +89,7 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
     # its patches on and answers the DIFF gateways through; "": no broker (one process, the default).
     broker: str = ""
     exchange_id: str = "qaex"  # the broker subjects' prefix is qaex.<exchange_id>.
+    diff_reuse_port: bool = False  # SO_REUSEPORT on the DIFF port: several gateways share it
 
     @property
     def settlement_clock(self) -> dt.time | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -45,12 +44,24 @@ class Gateway:
         return self.process.returncode
 
 
-def start_gateway(workdir: Path, core: Server, broker: NatsServer) -> Gateway:
-    port = free_port()
+def start_gateway(
+    workdir: Path, core: Server, broker: NatsServer, port: int | None = None, args: tuple[str, ...] = ()
+) -> Gateway:
+    port = port or free_port()
     env = dict(core.env)
     env.update(QAEX_LOG="info")
-    log_path = workdir / f"gateway-{port}.log"
-    command = [sys.executable, "-m", "qaex", "gateway", "--broker", broker.url, "--diff-port", str(port)]
+    log_path = workdir / f"gateway-{port}-{len(list(workdir.glob(f'gateway-{port}*')))}.log"
+    command = [
+        sys.executable,
+        "-m",
+        "qaex",
+        "gateway",
+        "--broker",
+        broker.url,
+        "--diff-port",
+        str(port),
+        *args,
+    ]
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(command, env=env, cwd=workdir, stdout=log_file, stderr=subprocess.STDOUT)
     gateway = Gateway(process, f"ws://127.0.0.1:{port}/ws/diff", log_path)
@@ -58,11 +69,11 @@ def start_gateway(workdir: Path, core: Server, broker: NatsServer) -> Gateway:
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"gateway exited with {process.returncode}:\n{gateway.log()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        if (
+            "DIFF listening" in gateway.log()
+        ):  # its own listener (with --reuse-port the port may be open already)
             return gateway
-        except OSError:
-            time.sleep(0.05)
+        time.sleep(0.05)
     gateway.stop()
     raise RuntimeError(f"gateway not ready:\n{gateway.log()}")
 
@@ -383,3 +394,18 @@ async def test_ins_query_on_a_gateway_answers_from_the_cores_listing(
         assert answers[0] == answers[1] == answers[2]
     finally:
         assert other.stop() == 0
+
+
+async def test_two_gateways_share_one_port_with_so_reuseport(deployment: Deployment, tmp_path: Path) -> None:
+    port = free_port()
+    first = start_gateway(tmp_path, deployment.core, deployment.broker, port, ("--reuse-port",))
+    second = start_gateway(tmp_path, deployment.core, deployment.broker, port, ("--reuse-port",))
+    try:
+        alice = open_user(deployment.core)
+        for _ in range(16):
+            async with DiffClient.connect(f"ws://127.0.0.1:{port}/ws/diff") as client:
+                assert await client.login(alice.user_id, alice.password)
+        logins = [gateway.log().count("logged in as") for gateway in (first, second)]
+        assert sum(logins) == 16 and min(logins) > 0, logins  # the kernel spread them
+    finally:
+        assert first.stop() == 0 and second.stop() == 0
