@@ -90,7 +90,9 @@ class BrokerCore:
         self._user_prefix = wire.subject(exchange_id, "u.")
         self._quote_prefix = wire.subject(exchange_id, "q.")
         self._static_subject = wire.subject(exchange_id, "static")
-        self._limiter = trio.CapacityLimiter(MAX_CONCURRENT_RPC)
+        # Password checks and transfers in flight: a slot is taken before the task starts, so that a
+        # flood of requests waits in the (bounded) subscription, not as thousands of tasks.
+        self._slots = trio.Semaphore(MAX_CONCURRENT_RPC)
         self._nursery: trio.Nursery | None = None
         self.published = 0
         self.too_large = 0
@@ -225,10 +227,11 @@ class BrokerCore:
     async def _serve_logins(self, subscription: Any) -> None:
         assert self._nursery is not None
         async for message in subscription:
+            await self._slots.acquire()
             self._nursery.start_soon(self._login, message)
 
     async def _login(self, message: Msg) -> None:
-        async with self._limiter:
+        try:
             try:
                 request = msgspec.msgpack.decode(message.payload, type=wire.LoginRequest)
             except msgspec.DecodeError as exc:
@@ -245,6 +248,8 @@ class BrokerCore:
                 self._reply(message, wire.LoginReply(ok=False))
                 return
             self._reply(message, self.snapshot_of(request.user_id))
+        finally:
+            self._slots.release()
 
     async def _serve_snapshots(self, subscription: Any) -> None:
         async for message in subscription:
@@ -300,6 +305,7 @@ class BrokerCore:
             elif request.kind == "cancel":
                 await exchange.submit_cancel_order(request.user_id, request.order_id, done)
             else:
+                await self._slots.acquire()
                 self._nursery.start_soon(self._slow_command, message, request)
 
     def _command_done(self, message: Msg, request: Request) -> None:
@@ -310,7 +316,7 @@ class BrokerCore:
 
     async def _slow_command(self, message: Msg, request: wire.CommandRequest) -> None:
         exchange = self.exchange
-        async with self._limiter:
+        try:
             try:
                 if request.kind == "deposit":
                     await exchange.deposit(request.user_id, request.amount)
@@ -324,3 +330,5 @@ class BrokerCore:
                 self._reply(message, wire.CommandReply(ok=False, error=error_info(exc)))
                 return
             self._reply(message, wire.CommandReply(ok=True))
+        finally:
+            self._slots.release()
