@@ -25,8 +25,10 @@ import msgspec
 import trio
 
 from qaex.core.notify_codes import NOTIFY_BAD_INSTRUMENT, NOTIFY_REFUSED
-from qaex.core.patch import merge_patch
+from qaex.core.patch import copy_tree, merge_patch
+from qaex.exchange.market import WAKE_STEP
 from qaex.exchange.nats_client import NatsClient, NatsError, Subscription
+from qaex.exchange.pacing import WakePacer
 from qaex.exchange.snapshot import SessionLink
 from qaex.protocol import broker as wire
 from qaex.protocol.nats import Msg
@@ -41,7 +43,8 @@ class RemoteMarket:
     def __init__(self, client: NatsClient, exchange_id: str) -> None:
         self.client = client
         self.exchange_id = exchange_id
-        self.static: Patch = {"quotes": {}}
+        self.static: Patch = {"quotes": {}}  # kept current by merges: never pushed itself (see _shared)
+        self._shared: dict[str, Patch] = {}  # "" / symbol -> a copy handed to sessions, until it changes
         self._static_feed = wire.UserFeed("static")
         self.quotes: dict[str, Patch] = {}  # symbol -> {"quotes": {symbol: every field}} (DIFF form)
         self._feeds: dict[str, wire.UserFeed] = {}
@@ -52,6 +55,11 @@ class RemoteMarket:
         self._charts_refused: dict[SessionLink, set[str]] = {}
         self._wanted: set[str] = set()  # symbols to fetch (and the static patch: "")
         self._fetch = trio.Event()
+        # Writers to wake after broker messages, woken WAKE_STEP per scheduler pass (qaex.exchange.pacing,
+        # as MarketData does after a publish): one quote change may concern every session here.
+        self._woken: dict[SessionLink, None] = {}
+        self._wake = trio.Event()
+        self._pacer = WakePacer[SessionLink](WAKE_STEP)
         self._decode = msgspec.msgpack.Decoder(wire.UserPatch).decode
         self._encode = msgspec.msgpack.Encoder().encode
 
@@ -61,6 +69,23 @@ class RemoteMarket:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Fetch the static patch, then keep fetching what the feeds ask for; started once the
         static patch is here."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._waker)
+            await nursery.start(self._fetcher)
+            task_status.started()
+
+    async def _waker(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            links, self._woken = list(self._woken), {}
+            await self._pacer.wake_all(links)
+
+    def _woke(self) -> None:
+        if self._woken:
+            self._wake.set()
+
+    async def _fetcher(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.client.subscribe(self._subject("static"), callback=self._on_static)
         self._want("")
         started = False
@@ -100,9 +125,10 @@ class RemoteMarket:
             else:
                 for patch in result:
                     merge_patch(self.static, patch)
+            self._shared.pop("", None)
             for link in self._links:
-                link.session.push(self.static)
-                link.wake()
+                link.session.push(self.static_patch())
+                self._woken[link] = None
         for symbol in symbols:
             feed = self._feeds.get(symbol)
             snapshot = reply.quotes.get(symbol)
@@ -113,14 +139,16 @@ class RemoteMarket:
                 continue
             result = feed.snapshot(reply.epoch, snapshot.seq)
             self.quotes[symbol] = snapshot.patch
+            self._shared.pop(symbol, None)
             if isinstance(result, wire.Resync):
                 self._want(symbol)
                 continue
             for patch in result:
                 merge_patch(snapshot.patch, patch)
             for link in self._quote_links.get(symbol, ()):
-                link.session.push(snapshot.patch)
-                link.wake()
+                link.session.push(self.full_quote(symbol))
+                self._woken[link] = None
+        self._woke()
 
     # -- broker events ----------------------------------------------------------------------------
     def _on_static(self, message: Msg) -> None:
@@ -134,9 +162,11 @@ class RemoteMarket:
             return
         for change in result:
             merge_patch(self.static, change)
+            self._shared.pop("", None)
             for link in self._links:
                 link.session.push(change)
-                link.wake()
+                self._woken[link] = None
+        self._woke()
 
     def _on_quote(self, symbol: str, message: Msg) -> None:
         feed = self._feeds.get(symbol)
@@ -154,9 +184,25 @@ class RemoteMarket:
         for change in result:
             if quote is not None:
                 merge_patch(quote, change)
+                self._shared.pop(symbol, None)
             for link in self._quote_links.get(symbol, ()):
                 link.session.push(change)
-                link.wake()
+                self._woken[link] = None
+        self._woke()
+
+    def static_patch(self) -> Patch:
+        """Every contract's fields as sessions get them: a copy shared until the next change (a pushed
+        patch must never change afterwards, qaex.protocol.session.DiffSession.push)."""
+        shared = self._shared.get("")
+        if shared is None:
+            shared = self._shared[""] = copy_tree(self.static)
+        return shared
+
+    def full_quote(self, symbol: str) -> Patch:
+        shared = self._shared.get(symbol)
+        if shared is None:
+            shared = self._shared[symbol] = copy_tree(self.quotes[symbol])
+        return shared
 
     def heartbeat(self, epoch: str) -> None:
         if self._static_feed.heartbeat(epoch) is not None:
@@ -178,11 +224,13 @@ class RemoteMarket:
     # -- sessions (called by the DIFF server) -----------------------------------------------------
     def add_session(self, link: SessionLink) -> None:
         self._links.add(link)
-        link.session.push(self.static)
+        link.session.push(self.static_patch())
         link.wake()
 
     def remove_session(self, link: SessionLink) -> None:
         self._links.discard(link)
+        self._woken.pop(link, None)
+        self._pacer.discard(link)
         self._charts_refused.pop(link, None)
         for symbol in self._subscribed.pop(link, set()):
             self._unlink(link, symbol)
@@ -198,6 +246,7 @@ class RemoteMarket:
         self._quote_links.pop(symbol, None)
         self._feeds.pop(symbol, None)
         self.quotes.pop(symbol, None)
+        self._shared.pop(symbol, None)
         subscription = self._subscriptions.pop(symbol, None)
         if subscription is not None:
             subscription.unsubscribe()
@@ -224,7 +273,7 @@ class RemoteMarket:
                 )
                 self._want(symbol)
             elif symbol in self.quotes and self._feeds[symbol].live:
-                session.push(self.quotes[symbol])
+                session.push(self.full_quote(symbol))
         if now:
             self._subscribed[link] = now
         else:
@@ -239,8 +288,10 @@ class RemoteMarket:
         link.wake()
 
     def full_view(self, link: SessionLink) -> list[Patch]:
-        view = [self.static]
+        view = [self.static_patch()]
         view.extend(
-            self.quotes[symbol] for symbol in sorted(self._subscribed.get(link, ())) if symbol in self.quotes
+            self.full_quote(symbol)
+            for symbol in sorted(self._subscribed.get(link, ()))
+            if symbol in self.quotes
         )
         return view
