@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import trio
 from conftest import NatsServer, free_port
 
@@ -176,3 +177,49 @@ async def test_credentials_in_the_url(tmp_path: Path) -> None:
             nursery.cancel_scope.cancel()
     finally:
         token.stop()
+
+
+async def test_request_callback_answers_and_times_out(nats_server: NatsServer) -> None:
+    async with trio.open_nursery() as nursery:
+        core = NatsClient(nats_server.url)
+        gw = NatsClient(nats_server.url)
+        await nursery.start(core.run)
+        await nursery.start(gw.run)
+        rpc = core.subscribe("cmd")
+        silent = core.subscribe("cmd.silent")
+        await core.flush()
+        answers: list[object] = []
+        done = trio.Event()
+
+        def got(answer: object) -> None:
+            answers.append(answer)
+            if len(answers) == 3:
+                done.set()
+
+        for i in range(2):
+            gw.request_callback("cmd", b"%d" % i, got, within=5)
+        gw.request_callback("cmd.silent", b"", got, within=0.3)
+        for _ in range(2):
+            message = await rpc.receive()
+            assert message.reply is not None
+            core.publish(message.reply, b"ok " + message.payload)
+        with trio.fail_after(5):
+            await done.wait()
+        assert [a.payload for a in answers if hasattr(a, "payload")] == [b"ok 0", b"ok 1"]  # in order
+        assert isinstance(answers[2], RequestTimeout)
+        assert (await silent.receive()).payload == b""  # it was delivered, just not answered
+        nursery.cancel_scope.cancel()
+
+
+async def test_publish_bounds(nats_server: NatsServer) -> None:
+    async with trio.open_nursery() as nursery:
+        client = NatsClient(nats_server.url, max_pending_bytes=10_000)
+        await nursery.start(client.run)
+        assert client.max_payload == 1 << 20  # from the server's INFO
+        with pytest.raises(ValueError, match="max_payload"):
+            client.publish("big", b"x" * (client.max_payload + 1))
+        sent = [client.publish("burst", b"y" * 1000) for _ in range(20)]  # one scheduler pass: no write yet
+        assert sent[:9] == [True] * 9 and not all(sent) and client.dropped == sent.count(False)
+        await client.flush()
+        assert client.publish("burst", b"y" * 1000)  # written: room again
+        nursery.cancel_scope.cancel()
