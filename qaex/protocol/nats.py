@@ -186,7 +186,10 @@ class NatsParser:
         line = bytes(buffer[begin:end])
         self._start = end + 2
         self._scanned = 0
-        cut = next((i for i, c in enumerate(line[:8]) if c in b" \t"), -1)
+        cut = line.find(b" ", 0, 8)
+        if b"\t" in line[:8]:  # rare: tabs separate too
+            tab = line.find(b"\t", 0, 8)
+            cut = tab if cut < 0 else min(cut, tab)
         op, rest = (line, b"") if cut < 0 else (line[:cut], line[cut + 1 :])
         op = op.upper()
         allowed = CLIENT_RECEIVES if self.role == "client" else SERVER_RECEIVES
