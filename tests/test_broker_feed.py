@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 from hypothesis import given, settings
@@ -237,3 +238,41 @@ def test_the_core_marks_a_lost_last_patch_so_that_the_gateway_resyncs() -> None:
     assert isinstance(result, Resync) and "gap" in result.reason
     core._mark_gaps()
     assert client.sent == []  # marked once
+
+
+class LosingClient(FakeClient):
+    """A broker connection that takes a command and then loses the connection before the answer."""
+
+    def request_callback(self, subject: str, payload: bytes, callback: Any, within: float) -> None:
+        from qaex.exchange.nats_client import ConnectionLost
+
+        self.sent.append((subject, payload))
+        callback(ConnectionLost("connection to the broker lost"))
+
+    def subscribe(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+async def test_a_lost_answer_is_an_outcome_unknown_refusal_and_a_down_broker_refuses_at_once() -> None:
+    import trio
+
+    from qaex.core.orders import InsertOrder
+    from qaex.exchange.remote import RemoteExchange
+
+    client = LosingClient()
+    remote = RemoteExchange(client, "x", market=False)  # type: ignore[arg-type]
+    remote._last_beat = trio.current_time()  # the core's heartbeat was just heard
+    order = InsertOrder(
+        user_id="u", order_id="o1", exchange_id="SHFE", instrument_id="cu2601",
+        direction="BUY", offset="OPEN", volume=1, limit_price=80000.0,
+    )  # fmt: skip
+    outcomes: list[Any] = []
+    await remote.submit_insert_order(order, outcomes.append)
+    [outcome] = outcomes
+    assert outcome.error.code == "outcome_unknown" and "结果未知" in outcome.error.message
+    [(subject, payload)] = client.sent
+    request = msgspec.msgpack.decode(payload)
+    assert subject == "qaex.x.cmd" and request["kind"] == "insert" and request["order"]["order_id"] == "o1"
+    client.up = False  # broker down: refused before anything is sent
+    await remote.submit_cancel_order("u", "o1", outcomes.append)
+    assert outcomes[1].error.code == "broker_unavailable" and len(client.sent) == 1
