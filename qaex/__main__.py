@@ -24,6 +24,7 @@ def add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
     parser = subparsers.add_parser("serve", help="run the exchange (HTTP API and DIFF WebSocket)")
     parser.add_argument("--bind", "-b", default="127.0.0.1:8000", help="HTTP address (default %(default)s)")
     parser.add_argument("--access-log", action="store_true", help="log every HTTP request to stderr")
+    parser.add_argument("--broker", help="publish to DIFF gateways through this NATS URL (QAEX_BROKER)")
     parser.set_defaults(handler=serve)
 
 
@@ -36,6 +37,8 @@ def serve(args: argparse.Namespace) -> int:
 
     try:
         config = Config.load()
+        if args.broker:
+            config = _with(config, broker=args.broker)
     except ConfigError as exc:
         print(f"qaex cannot start: {exc}", file=sys.stderr)
         return EXIT_CANNOT_START
@@ -306,10 +309,75 @@ def import_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with(config: Any, **changes: Any) -> Any:
+    """The configuration with command-line overrides, checked like the environment's."""
+    import msgspec
+
+    changed = msgspec.structs.replace(config, **changes)
+    changed.check(lambda name: f"--{name.replace('_', '-')}")
+    return changed
+
+
+def add_gateway(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "gateway", help="run a DIFF gateway in front of a core that has a broker (qaex serve --broker)"
+    )
+    parser.add_argument("--broker", help="the core's NATS URL (default: QAEX_BROKER)")
+    parser.add_argument("--diff-host", help="DIFF address (default: QAEX_DIFF_HOST)")
+    parser.add_argument("--diff-port", type=int, help="DIFF port (default: QAEX_DIFF_PORT)")
+    parser.add_argument(
+        "--reuse-port", action="store_true", default=None, help="SO_REUSEPORT: gateways share the DIFF port"
+    )
+    parser.set_defaults(handler=gateway)
+
+
+def gateway(args: argparse.Namespace) -> int:
+    from qaex import logconfig
+    from qaex.app import EXIT_CANNOT_START
+    from qaex.config import Config, ConfigError
+    from qaex.gateway import run_gateway
+
+    try:
+        changes = {
+            name: value
+            for name, value in (
+                ("broker", args.broker),
+                ("diff_host", args.diff_host),
+                ("diff_port", args.diff_port),
+                ("diff_reuse_port", args.reuse_port),
+            )
+            if value is not None
+        }
+        config = _with(Config.load(), **changes)
+        if not config.broker:
+            raise ConfigError("--broker (or QAEX_BROKER): a gateway needs the core's NATS URL")
+    except ConfigError as exc:
+        print(f"qaex cannot start: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_START
+    logconfig.configure(config.log)
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run_gateway, config)
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    logging.getLogger("qaex.gateway").info(
+                        "%s received: shutting down", signal.Signals(signum).name
+                    )
+                    break
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(run)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qaex", description="qaex: a simulated futures exchange")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (add_serve, add_journal, add_import_history):
+    for add in (add_serve, add_gateway, add_journal, add_import_history):
         add(subparsers)
     return parser
 

@@ -192,6 +192,14 @@ class Server:
                     if config.gc_interval > 0:
                         await nursery.start(gc_policy.collect_on_timer, config.gc_interval)
                     await nursery.start(exchange.run)
+                    if config.broker:  # scale-out: patches to the gateways (qaex.exchange.broker_core)
+                        from qaex.exchange.broker_core import BrokerCore
+                        from qaex.exchange.nats_client import NatsClient
+
+                        core = BrokerCore(
+                            exchange, NatsClient(config.broker, name="qaex-core"), config.exchange_id
+                        )
+                        await nursery.start(core.run)
                     if exchange.snapshots.notifications is not None:
                         await nursery.start(exchange.snapshots.notifications.run)
                     tokens = self.app.extensions["qaex"].tokens

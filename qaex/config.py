@@ -88,6 +88,11 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
     notify_max_lag: int = 500  # events a connection may be behind before it is cut off (<= notify_buffer)
     notify_mark_interval: float = 1.0  # seconds: at most one mark-to-market account_update per interval
     notify_retain_seconds: float = 600.0  # a user's events are kept this long after its last connection
+    # Scale-out (docs/architecture.md, "Gateways"): a NATS URL (nats://host:4222) the core publishes
+    # its patches on and answers the DIFF gateways through; "": no broker (one process, the default).
+    broker: str = ""
+    exchange_id: str = "qaex"  # the broker subjects' prefix is qaex.<exchange_id>.
+    diff_reuse_port: bool = False  # SO_REUSEPORT on the DIFF port: several gateways share it
 
     @property
     def settlement_clock(self) -> dt.time | None:
@@ -201,6 +206,17 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
                 parse_clock_time(self.settlement_time)
             except ValueError:
                 need(False, "settlement_time", "HH:MM (China time) or empty")
+        need(
+            self.broker == "" or self.broker.startswith(("nats://", "tcp://")),
+            "broker",
+            "a nats://host:port URL, or empty",
+        )
+        need(
+            0 < len(self.exchange_id) <= 64
+            and all(c.isascii() and (c.isalnum() or c in "_-") for c in self.exchange_id),
+            "exchange_id",
+            "1-64 letters, digits, _ or -",
+        )
         need(1 <= self.market_history <= 1_000_000, "market_history", "an integer 1-1000000")
         need(0 < self.market_replay_speed <= 1e6, "market_replay_speed", "a number > 0 (1 = real time)")
         need(0 <= self.keep_expired_days <= 3660, "keep_expired_days", "a number of days 0-3660")

@@ -215,3 +215,78 @@ def admin(server: Server) -> Iterator[httpx.Client]:
 def anonymous(server: Server) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.http_url) as client:
         yield client
+
+
+@dataclass
+class NatsServer:
+    """A real nats-server on 127.0.0.1 (Debian's package), started on a free port, stopped by its PID."""
+
+    port: int
+    workdir: Path
+    process: subprocess.Popen[bytes] | None = None
+    config: str = ""  # nats-server configuration file text (e.g. max_pending, write_deadline)
+    args: tuple[str, ...] = ()  # more command-line options (--user, --pass, --auth)
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        binary = nats_server_binary()
+        log_path = self.workdir / f"nats-{self.port}.log"
+        command = [binary, "-a", "127.0.0.1", "-p", str(self.port), "-m", "0", *self.args]
+        if self.config:
+            config_path = self.workdir / f"nats-{self.port}.conf"
+            config_path.write_text(self.config)
+            command += ["-c", str(config_path)]
+        with open(log_path, "ab") as log_file:
+            self.process = subprocess.Popen(
+                command,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"nats-server exited with {self.process.returncode}: {log_path.read_text()}"
+                )
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                    if sock.recv(5) == b"INFO ":
+                        return
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError("nats-server did not start")
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            os.kill(process.pid, signal.SIGTERM)
+            try:
+                process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                os.kill(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def nats_server_binary() -> str:
+    """nats-server's path: fails in CI (``CI`` set) when it is missing, skips elsewhere."""
+    binary = shutil.which("nats-server") or (
+        "/usr/sbin/nats-server" if Path("/usr/sbin/nats-server").exists() else None
+    )
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("nats-server is not installed (apt-get install -y nats-server; .ci/run does it)")
+        pytest.skip("nats-server is not installed (apt-get install -y nats-server)")
+    return binary
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    broker = NatsServer(free_port(), tmp_path)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()

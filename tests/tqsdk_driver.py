@@ -3,7 +3,8 @@
 Run by tests/test_tqsdk.py in a subprocess (TqApi is synchronous and runs its own asyncio loop)::
 
     python tests/tqsdk_driver.py SCENARIO --http=URL --diff=URL --admin=TOKEN \
-        --user-a=ID --password-a=PASSWORD [--user-b=ID --password-b=PASSWORD] [--quiet=SYMBOL]
+        --user-a=ID --password-a=PASSWORD [--user-b=ID --password-b=PASSWORD] [--quiet=SYMBOL] \
+        [--td=URL]   # trade through another DIFF server (a gateway); market data stays on --diff
 
 (use the ``--opt=value`` form: an admin token may start with "-").
 
@@ -431,8 +432,9 @@ def scenario_trading(
 
 def run_main(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"timings": {}}
-    a = TqAccount("qaex", args.user_a[0], args.user_a[1], td_url=args.diff)
-    b = TqAccount("qaex", args.user_b[0], args.user_b[1], td_url=args.diff)
+    td = args.td or args.diff  # trading through a DIFF gateway (qaex gateway), market data from the core
+    a = TqAccount("qaex", args.user_a[0], args.user_a[1], td_url=td)
+    b = TqAccount("qaex", args.user_b[0], args.user_b[1], td_url=td)
     started = time.monotonic()
     api = TqApi(
         TqMultiAccount([a, b]),
@@ -491,7 +493,11 @@ def run_saturday(args: argparse.Namespace) -> dict[str, Any]:
         out["main"] = symbol
         quote = api.get_quote(symbol)
         wait_until(api, lambda: quote.datetime != "", 15, "the main contract's quote")
-        out["quote"] = {"datetime": quote.datetime, "expired": quote.expired, "last_price": num(quote.last_price)}
+        out["quote"] = {
+            "datetime": quote.datetime,
+            "expired": quote.expired,
+            "last_price": num(quote.last_price),
+        }
         position = api.get_position(symbol, account=a)
         if args.mode == "always":
             task = TargetPosTask(api, symbol, account=a)
@@ -532,6 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=("always", "exchange"), default="always")
     parser.add_argument("--http", required=True)
     parser.add_argument("--diff", required=True)
+    parser.add_argument("--td", default="", help="trade server URL (default: --diff)")
     parser.add_argument("--admin", default="")
     parser.add_argument("--user-a", required=True)
     parser.add_argument("--password-a", required=True)

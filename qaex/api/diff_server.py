@@ -19,7 +19,14 @@ from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import trio
-from trio_websocket import ConnectionClosed, Endpoint, WebSocketConnection, WebSocketRequest, serve_websocket
+from trio_websocket import (
+    ConnectionClosed,
+    Endpoint,
+    WebSocketConnection,
+    WebSocketRequest,
+    WebSocketServer,
+    serve_websocket,
+)
 
 from qaex.api.auth import TokenSigner
 from qaex.api.notify_ws import NOTIFY_PATH, NotificationSockets
@@ -35,6 +42,7 @@ from qaex.protocol.session import CloseConnection, Deposit, DiffSession, Withdra
 if TYPE_CHECKING:
     from qaex.config import Config
     from qaex.exchange.exchange import Exchange
+    from qaex.exchange.remote import RemoteExchange  # a DIFF gateway's (qaex.gateway)
 
 log = logging.getLogger("qaex.diff")
 
@@ -48,7 +56,7 @@ class DiffServer:
 
     def __init__(
         self,
-        exchange: Exchange,
+        exchange: Exchange | RemoteExchange,
         *,
         max_sessions: int = 20_000,
         max_message_size: int = 1 << 20,
@@ -57,8 +65,10 @@ class DiffServer:
         heartbeat_timeout: float = HEARTBEAT_TIMEOUT,
         allowed_origins: Sequence[str] = (),
         tokens: TokenSigner | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.exchange = exchange
+        self.reuse_port = reuse_port  # SO_REUSEPORT: several gateways share the port (QAEX_DIFF_REUSE_PORT)
         self.notify = NotificationSockets(self, tokens)  # /ws: the per-event stream (qaex.api.notify_ws)
         self.max_sessions = max_sessions
         self.max_message_size = max_message_size
@@ -74,6 +84,18 @@ class DiffServer:
         self, host: str, port: int, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
     ) -> None:
         async with trio.open_nursery() as handler_nursery:
+            if self.reuse_port:
+                listener = await _reuse_port_listener(host, port)
+                shared = WebSocketServer(
+                    self.handle,
+                    [listener],
+                    handler_nursery=handler_nursery,
+                    max_message_size=self.max_message_size,
+                )
+                server = await handler_nursery.start(shared.run)
+                log.info("DIFF listening on ws://%s:%d%s (SO_REUSEPORT)", host, server.port, DIFF_PATH)
+                task_status.started(server)
+                return
             server = await handler_nursery.start(
                 lambda task_status: serve_websocket(
                     self.handle,
@@ -289,6 +311,22 @@ class DiffServer:
                 return
 
 
+async def _reuse_port_listener(host: str, port: int) -> trio.SocketListener:
+    """A listening socket with SO_REUSEPORT: the kernel spreads connections over every process
+    listening on the same address and port (several DIFF gateways on one host)."""
+    family = trio.socket.AF_INET6 if ":" in host else trio.socket.AF_INET
+    sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+        await sock.bind((host, port))
+        sock.listen(4096)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)
+
+
 def _report_order_refusal(link: SessionLink, message: messages.InsertOrderMessage, request: Request) -> None:
     """Completion of a pipelined insert_order: one refused as a whole also finishes the client's order."""
     if request.error is not None and not link.closed:
@@ -304,7 +342,7 @@ def _report_refusal(link: SessionLink, request: Request) -> None:
 
 
 async def serve_diff(
-    exchange: Exchange,
+    exchange: Exchange | RemoteExchange,
     config: Config,
     tokens: TokenSigner | None = None,
     *,
@@ -319,5 +357,6 @@ async def serve_diff(
         max_messages_per_second=config.max_messages_per_second,
         allowed_origins=config.allowed_origin_list,
         tokens=tokens,
+        reuse_port=config.diff_reuse_port,
     )
     await server.serve(config.diff_host, config.diff_port, task_status=task_status)

@@ -132,6 +132,9 @@ class MarketData:
         self._feeds: dict[SeriesKey, dict[SessionLink, list[Chart]]] = {}  # charts per series, per session
         self._wire_static: tuple[Patch, Patch] | None = None  # (the state's static patch, as DIFF sends it)
         self._wire_quotes: dict[str, tuple[Patch, Patch]] = {}  # likewise for each full quote
+        # A core with a broker (qaex.exchange.broker_core): every changed quote's patch, as DIFF sends it.
+        self.on_quote: Callable[[str, Patch], None] | None = None
+        self.on_static: Callable[[Patch], None] | None = None  # ... and every change of contract fields
 
     @property
     def quotes(self) -> dict[str, QuoteBook]:
@@ -328,15 +331,24 @@ class MarketData:
         woken: dict[SessionLink, None] = {}
         if changes.static is not None:
             static = market_patch(changes.static)
+            if self.on_static is not None:
+                self.on_static(static)
             for link in self._links:
                 link.session.push(static)
                 woken[link] = None
         quote_links = self._quote_links
+        on_quote = self.on_quote
         for symbol, patch in changes.quotes:
             links = quote_links.get(symbol)
-            if not links:
+            if on_quote is not None:
+                patch = market_patch(patch)
+                on_quote(symbol, patch)
+                if not links:
+                    continue
+            elif not links:
                 continue
-            patch = market_patch(patch)  # once per change, shared by every subscriber
+            else:
+                patch = market_patch(patch)  # once per change, shared by every subscriber
             for link in links:
                 link.session.push(patch)
                 woken[link] = None

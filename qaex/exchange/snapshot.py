@@ -115,6 +115,8 @@ class SnapshotManager:
         self.patches_merged = 0
         # The per-event notification stream (qaex.exchange.notifications), fed every patch in order.
         self.notifications: NotificationHub | None = None
+        # A core with a broker (qaex.exchange.broker_core): every patch in order, numbered and published.
+        self.broker: Callable[[str, Patch], None] | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The consumer: drains the channels of announced users, in order, one patch at a time.
@@ -186,6 +188,8 @@ class SnapshotManager:
         The user's tree already holds the patch: the gateway writes it as it builds the patch.
         """
         self.patches_merged += 1
+        if self.broker is not None:
+            self.broker(user_id, patch)
         if self.notifications is not None:
             self.notifications.patch(user_id, patch)
         sessions = self.sessions.get(user_id)

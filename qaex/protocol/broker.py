@@ -1,0 +1,281 @@
+"""What the core and the DIFF gateways say to each other over the broker, and how a gateway keeps a
+user's trade tree exact from a stream of numbered patches. Sans-IO: no trio, no sockets.
+
+Subjects (prefix ``qaex.<exchange id>.``): ``u.<user_id>`` per-user trade patches
+(:class:`UserPatch`: the core's epoch, the user's sequence number, the merge patch); ``q.<symbol>``
+quote patches; ``core.hb`` the core's heartbeat (:class:`Heartbeat`, with the epoch); ``rpc.login``
+(:class:`LoginRequest` -> :class:`LoginReply`, the user's tree and its sequence number),
+``rpc.snapshot`` (a resync: the tree without a password check, for gateways only) and ``cmd``
+(:class:`CommandRequest` -> :class:`CommandReply`); ``static`` the contract fields of listed or
+changed instruments, ``rpc.market`` full quotes and the static patch (:class:`MarketRequest` ->
+:class:`MarketReply`). Everything is msgspec msgpack.
+
+**Sequence numbers.** The core numbers each user's patches 1, 2, 3, ... within an *epoch*, a random
+id drawn at each core start (:class:`Sequencer`). A snapshot carries the number of the last patch
+its tree includes. A gateway (:class:`UserFeed`, one per user logged in on it) subscribes to
+``u.<user_id>`` *first*, then asks for the snapshot: patches arriving meanwhile are buffered, and
+once the snapshot is there those at or below its number are dropped (the tree has them), the rest
+applied in order. From then on a patch must be number last+1 of the same epoch: a lower number is a
+duplicate (dropped), a higher one a gap (lost on the way: the buffer of the broker or of the core
+overflowed, the connection dropped), another epoch a core restart; both mean **resync**: ask for a
+new snapshot and buffer until it comes. The heartbeat's epoch catches a restart with no patches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import msgspec
+
+Patch = dict[str, Any]
+
+MAX_BUFFERED = 10_000
+"""Patches a feed buffers while it waits for a snapshot; past it the snapshot is asked again."""
+
+
+def subject(exchange_id: str, suffix: str) -> str:
+    return f"qaex.{exchange_id}.{suffix}"
+
+
+# -- wire messages --------------------------------------------------------------------------------
+class UserPatch(msgspec.Struct, array_like=True):
+    epoch: str
+    seq: int
+    patch: Patch
+
+
+class Heartbeat(msgspec.Struct, array_like=True):
+    epoch: str
+    time_ns: int
+
+
+QuotePatch = UserPatch
+"""``q.<symbol>`` and ``static`` carry the same numbered patches (numbered per symbol; ``static`` as one)."""
+
+
+class MarketRequest(msgspec.Struct):
+    symbols: list[str] = []
+    static: bool = False
+
+
+class InstrumentsRequest(msgspec.Struct):
+    pass
+
+
+class InstrumentsReply(msgspec.Struct):
+    """What a gateway answers ``ins_query`` from: the listed contracts (``Instrument`` as builtins),
+    the products' main contracts and the market-hours policy."""
+
+    epoch: str
+    instruments: list[dict[str, Any]]
+    main_contracts: dict[str, str]
+    market_hours: str
+
+
+class QuoteSnapshot(msgspec.Struct, array_like=True):
+    seq: int
+    patch: Patch  # {"quotes": {symbol: every field}}
+
+
+class MarketReply(msgspec.Struct):
+    epoch: str
+    static_seq: int = 0
+    static: Patch | None = None  # {"quotes": {symbol: contract fields}} of every instrument
+    quotes: dict[str, QuoteSnapshot] = {}  # the symbols asked for that exist
+
+
+class ErrorInfo(msgspec.Struct):
+    message: str
+    code: str
+    diff_code: int
+    kind: str = "QaexError"  # LoginThrottled: retry_after is set
+    retry_after: float | None = None
+
+
+class LoginRequest(msgspec.Struct):
+    user_id: str
+    password: str
+    source: str | None = None
+
+
+class SnapshotRequest(msgspec.Struct):
+    user_id: str
+
+
+class LoginReply(msgspec.Struct):
+    ok: bool
+    epoch: str = ""
+    seq: int = 0
+    tree: Patch | None = None  # the user's trade tree (without the ``trade/<user_id>`` root)
+    error: ErrorInfo | None = None
+
+
+CommandKind = Literal["insert", "cancel", "deposit", "withdraw", "password"]
+
+
+class CommandRequest(msgspec.Struct):
+    kind: CommandKind
+    user_id: str
+    order: dict[str, Any] | None = None  # insert: the DIFF insert_order message's fields
+    order_id: str = ""  # cancel
+    amount: float = 0.0  # deposit, withdraw
+    old_password: str = ""  # password
+    new_password: str = ""
+    source: str | None = None
+
+
+class CommandReply(msgspec.Struct):
+    ok: bool
+    error: ErrorInfo | None = None
+
+
+# -- core side ------------------------------------------------------------------------------------
+@dataclass(slots=True)
+class Sequencer:
+    """The core's numbering: per user, 1, 2, 3, ... within one epoch."""
+
+    epoch: str
+    _last: dict[str, int] = field(default_factory=dict)
+
+    def next(self, user_id: str) -> int:
+        seq = self._last.get(user_id, 0) + 1
+        self._last[user_id] = seq
+        return seq
+
+    def last(self, user_id: str) -> int:
+        """The number of the user's latest patch (0: none yet in this epoch)."""
+        return self._last.get(user_id, 0)
+
+
+# -- gateway side ---------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Resync:
+    """The feed lost its place (a gap, a new epoch, too much buffered): ask for a snapshot."""
+
+    reason: str
+
+
+@dataclass(slots=True)
+class UserFeed:
+    """One user's patch stream on a gateway: buffering until a snapshot, then in order or resync.
+
+    ``receive`` and ``snapshot`` return the patches to apply now (in order), or a :class:`Resync`.
+    """
+
+    user_id: str
+    epoch: str | None = None
+    last: int = 0
+    live: bool = False  # False: waiting for a snapshot, patches buffered
+    max_buffered: int = MAX_BUFFERED
+    _buffer: list[UserPatch] = field(default_factory=list)
+    overflowed: bool = False
+
+    def receive(self, message: UserPatch) -> list[Patch] | Resync:
+        if not self.live:
+            if len(self._buffer) >= self.max_buffered:
+                self.overflowed = True
+                self._buffer.clear()
+            else:
+                self._buffer.append(message)
+            return []
+        if message.epoch != self.epoch:
+            return self._lost(f"new epoch {message.epoch} (was {self.epoch})", message)
+        if message.seq <= self.last:
+            return []  # a duplicate
+        if message.seq != self.last + 1:
+            return self._lost(f"gap: patch {message.seq} after {self.last}", message)
+        self.last = message.seq
+        return [message.patch]
+
+    def _lost(self, reason: str, message: UserPatch) -> Resync:
+        self.live = False
+        self._buffer = [message]
+        self.overflowed = False
+        return Resync(reason)
+
+    def snapshot(self, epoch: str, seq: int) -> list[Patch] | Resync:
+        """The snapshot's tree includes patches up to `seq` of `epoch`: the buffered patches to apply
+        on top of it, or Resync when the buffer cannot continue it (then ask again)."""
+        if self.overflowed:
+            self.overflowed = False
+            self._buffer.clear()
+            return Resync("too many patches buffered while waiting for the snapshot")
+        self.epoch, self.last, self.live = epoch, seq, True
+        buffered, self._buffer = self._buffer, []
+        out: list[Patch] = []
+        for message in buffered:
+            if message.epoch != epoch:
+                continue  # from before a restart the snapshot already reflects, or a later one: see below
+            if message.seq <= self.last:
+                continue
+            if message.seq != self.last + 1:
+                return self._lost(f"gap: patch {message.seq} after {self.last}", message)
+            self.last = message.seq
+            out.append(message.patch)
+        return out
+
+    def heartbeat(self, epoch: str) -> Resync | None:
+        if self.live and epoch != self.epoch:
+            self.live = False
+            self._buffer = []
+            return Resync(f"the core restarted (epoch {epoch}, was {self.epoch})")
+        return None
+
+    def disconnected(self) -> Resync:
+        """The broker connection was lost (patches may be missing): resync on reconnection."""
+        self.live = False
+        self._buffer = []
+        return Resync("broker connection lost")
+
+
+def split_patch(patch: Patch, user_id: str, fits: Callable[[Patch], bool]) -> list[Patch]:
+    """``patch`` as several patches that, merged in order, make the same change, each one `fits`
+    when it can (a patch bigger than the broker's ``max_payload`` cannot be published whole).
+
+    A merge patch's paths are independent, so it splits along them: the objects under
+    ``trade/<user_id>/<kind>/<key>`` (an order, a position, ...) are packed greedily into chunks,
+    the notifies and any other top-level key go in chunks of their own. A single object that does
+    not fit on its own is returned alone (the caller decides: the subscriber then sees a gap).
+    """
+    if fits(patch):
+        return [patch]
+    items: list[Patch] = []  # one-path patches, in order
+    trade = patch.get("trade")
+    user = trade.get(user_id) if type(trade) is dict else None
+    for top, value in patch.items():
+        if top == "trade" and type(trade) is dict and type(user) is dict:
+            for kind, objects in user.items():
+                if type(objects) is dict and objects:
+                    items.extend({"trade": {user_id: {kind: {key: obj}}}} for key, obj in objects.items())
+                else:
+                    items.append({"trade": {user_id: {kind: objects}}})
+            others = {k: v for k, v in trade.items() if k != user_id}
+            if others:
+                items.append({"trade": others})
+        elif top == "notify" and type(value) is dict:
+            items.extend({"notify": {key: note}} for key, note in value.items())
+        else:
+            items.append({top: value})
+    chunks: list[Patch] = []
+    current: Patch = {}
+    for item in items:
+        candidate = _merged(current, item)
+        if not current or fits(candidate):
+            current = candidate
+        else:
+            chunks.append(current)
+            current = item
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def _merged(a: Patch, b: Patch) -> Patch:
+    """Two patches with disjoint paths as one (copies the dicts along the way, never the leaves)."""
+    out = dict(a)
+    for key, value in b.items():
+        mine = out.get(key)
+        out[key] = _merged(mine, value) if type(mine) is dict and type(value) is dict else value
+    return out
