@@ -462,3 +462,34 @@ def test_admin_page(browser: Any, running: Running) -> None:
 
 def test_no_errors_and_no_nan_at_the_end(tab: Page) -> None:
     tab.clean()
+
+
+def test_the_full_listing_reads_at_1920x1080(browser: Any, tmp_path: Path) -> None:
+    """The listing a user gets (every contract of the day, the market maker on), at full HD: every
+    contract on the board, nothing wider than the window, no NaN or error; a screenshot for docs/web.md."""
+    server = launch(tmp_path, extra_env={**ENV, "QAEX_INSTRUMENTS": ""})
+    context = browser.new_context(viewport={"width": 1920, "height": 1080}, locale="zh-CN")
+    full = Page(context.new_page())
+    try:
+        wait_ready(server)
+        listed = httpx.get(server.http_url + "/api/market/instruments").json()["instruments"]
+        page = full.page
+        page.goto(server.http_url + "/")
+        page.wait_for_selector("#login-user")
+        page.fill("#login-user", f"hd{os.getpid()}")
+        page.fill("#login-pass", PASSWORD)
+        page.click("#open-btn")
+        page.wait_for_selector("#login", state="hidden", timeout=15000)
+        full.until(lambda: len(page.query_selector_all("#board tbody tr")) >= len(listed), "every contract")
+        full.until(lambda: "已连接" in page.inner_text("#conn-text"), "the connection light")
+        main = httpx.get(server.http_url + "/api/market/instruments").json()["instruments"]
+        symbol = next(s for s in main if s.startswith("SHFE.rb27"))
+        full.select(symbol)
+        full.until(
+            lambda: page.inner_text("#ladder tbody tr.ask td.price") not in ("-", ""), "the main's ladder", 20
+        )
+        assert full.js("document.documentElement.scrollWidth <= window.innerWidth")
+        full.shot("terminal-1920")
+    finally:
+        context.close()
+        server.stop()
