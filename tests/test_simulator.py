@@ -261,7 +261,7 @@ async def test_a_restart_with_todays_taker_orders_trades_on(
         simulator = exchange.simulator
         for ladder in simulator.ladders.values():
             for _ in range(5):  # stopped right after a few taker orders, before the maker refilled:
-                await simulator._take(ladder)  # the taker holds the day's highest ids
+                await simulator._supervised(ladder, simulator._take)  # the taker holds the day's highest ids
     # The restart: recovered from the journal (and not journaling, so that mock time is steady).
     async with simulated(seed, data_dir=tmp_path, journal=False) as exchange:
         engine = exchange.engine

@@ -238,6 +238,7 @@ class LiquiditySimulator:
         self._crowding_at = -math.inf  # trio time of its last computation
         self.ladders: dict[str, Ladder] = {}
         self._products: dict[str, list[str]] = {}  # product key -> its quoted contracts (_activity)
+        self._stepping: dict[str, trio.Lock] = {}  # symbol -> held while one of its ladder's actions runs
         self._nursery: trio.Nursery | None = None  # the ladders' loops, while running
         self._errors = ThrottledLog(log)
 
@@ -371,6 +372,7 @@ class LiquiditySimulator:
                 await trio.sleep(pause / self._activity(ladder))
             await self._supervised(ladder, self.step)
         self.ladders.pop(symbol, None)
+        self._stepping.pop(symbol, None)
         siblings = self._products.get(ladder.instrument.product_key, [])
         if symbol in siblings:
             siblings.remove(symbol)
@@ -378,10 +380,14 @@ class LiquiditySimulator:
     async def _supervised(self, ladder: Ladder, action: Callable[[Ladder], Awaitable[None]]) -> None:
         """The supervisor boundary around one step of a ladder: an ``Exception`` is logged and counted
         (the loop then backs off), never raised; after a failure the ladder re-syncs before it acts."""
+        lock = self._stepping.get(ladder.instrument.symbol)
+        if lock is None:
+            lock = self._stepping[ladder.instrument.symbol] = trio.Lock()
         try:
-            if ladder.failures:
-                self._resync([ladder])
-            await action(ladder)
+            async with lock:  # one action of a ladder at a time: a taker order decides from the position
+                if ladder.failures:
+                    self._resync([ladder])
+                await action(ladder)
         except Exception as exc:
             ladder.failures += 1
             self._failed(ladder.instrument.symbol, exc, ladder.failures)
