@@ -333,7 +333,7 @@ async def test_a_slow_gateway_is_cut_off_by_the_broker_and_recovers(tmp_path: Pa
                 await trio.sleep(1.0)  # past the write deadline
             finally:
                 os.kill(gateway.process.pid, signal.SIGCONT)
-            await converge(a, embedded, within=30)
+            await converge(a, embedded, within=90)  # reconnect + resync on a loaded CI machine
             assert len(a.trade()["orders"]) == 300
         assert "Slow Consumer" in (tmp_path / f"nats-{broker.port}.log").read_text()
     finally:

@@ -247,7 +247,8 @@ async def test_kill_9_mid_load_loses_nothing_acknowledged(tmp_path: Path, seed: 
         seen = check_invariants(second, everyone, acks)
         for user in (diff_users[0], users[0]):
             await check_diff_trees(second, user, seen[user.user_id])
-        # And it trades on.
+        # And it trades on: a new order is accepted (at the lower limit, so that it can never meet one
+        # of the user's own resting sells, which the self-trade rule would refuse).
         after = everyone[0].post(
             "/api/order/submit",
             json={
@@ -255,7 +256,7 @@ async def test_kill_9_mid_load_loses_nothing_acknowledged(tmp_path: Path, seed: 
                 "direction": "BUY",
                 "offset": "OPEN",
                 "volume": 1,
-                "price": 86000,
+                "price": 79980,
             },
         )
         assert after.status_code == 200, after.text
