@@ -97,6 +97,19 @@ def add_journal(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         action.set_defaults(handler=handler)
 
 
+def _lock(data_dir: Any, command: str) -> bool:
+    """Take the data directory's lock (qaex.datadir), or say on stderr why not: a server or another
+    command holds it."""
+    from qaex.datadir import DataDirLocked
+
+    try:
+        data_dir.lock()
+    except DataDirLocked as exc:
+        print(f"qaex {command}: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
 def _journal_setup(args: argparse.Namespace) -> tuple[str, Callable[[], Any]] | None:
     """(data directory, fresh-engine factory) from the arguments and the usual configuration."""
     from qaex.config import Config, ConfigError, load_instruments
@@ -178,17 +191,14 @@ def journal_verify(args: argparse.Namespace) -> int:
 def journal_checkpoint(args: argparse.Namespace) -> int:
     """Writes, so it takes the data directory lock: never while a server runs on the directory."""
     from qaex.core.journal_format import JournalCorrupt
-    from qaex.datadir import DataDir, DataDirLocked
+    from qaex.datadir import DataDir
     from qaex.exchange.recovery import open_journal
 
     setup = _journal_setup(args)
     if setup is None:
         return 2
     data_dir = DataDir(setup[0])
-    try:
-        data_dir.lock()
-    except DataDirLocked as exc:
-        print(f"qaex journal: {exc}", file=sys.stderr)
+    if not _lock(data_dir, "journal"):
         return 1
     try:
         journal, recovered = open_journal(data_dir.path, setup[1])
@@ -209,19 +219,15 @@ def journal_truncate(args: argparse.Namespace) -> int:
     Writes, so it takes the data directory lock (`--dry-run` only reads, and does not).
     """
     from qaex.core.journal_format import JournalCorrupt
-    from qaex.datadir import DataDir, DataDirLocked
+    from qaex.datadir import DataDir
     from qaex.exchange.recovery import CannotCut, cut_journal, plan_cut, recover
 
     setup = _journal_setup(args)
     if setup is None:
         return 2
     data_dir = DataDir(setup[0])
-    if not args.dry_run:
-        try:
-            data_dir.lock()
-        except DataDirLocked as exc:
-            print(f"qaex journal: {exc}", file=sys.stderr)
-            return 1
+    if not args.dry_run and not _lock(data_dir, "journal"):
+        return 1
     try:
         try:
             plan = plan_cut(data_dir.path, args.at_seq)
@@ -268,7 +274,7 @@ def import_history(args: argparse.Namespace) -> int:
     from qaex.config import Config, ConfigError
     from qaex.core.history import HistoryFileError
     from qaex.core.journal_format import JournalCorrupt
-    from qaex.datadir import DataDir, DataDirLocked
+    from qaex.datadir import DataDir
     from qaex.exchange.history import HistoryStore, ImportRefused
     from qaex.exchange.history import import_history as run_import
     from qaex.exchange.recovery import recover
@@ -282,10 +288,7 @@ def import_history(args: argparse.Namespace) -> int:
         print(f"qaex import-history: {exc}", file=sys.stderr)
         return 2
     data_dir = DataDir(setup[0])
-    try:
-        data_dir.lock()
-    except DataDirLocked as exc:
-        print(f"qaex import-history: {exc}", file=sys.stderr)
+    if not _lock(data_dir, "import-history"):
         return 1
     try:
         try:
