@@ -1,7 +1,8 @@
-"""Shared helpers of the end-to-end benchmarks (bench/latency.py, bench/throughput.py, bench/sessions.py).
+"""Shared helpers of the end-to-end benchmarks (bench/latency.py, throughput.py, sessions.py, scaleout.py).
 
 * start the real server (``hypercorn qaex.app:app --worker-class trio``) or the baseline echo server in a
-  subprocess, through a tiny wrapper that raises RLIMIT_NOFILE and pins it to one core;
+  subprocess, through a tiny wrapper that raises RLIMIT_NOFILE and pins it to one core; the same for
+  a nats-server of its own and ``qaex gateway`` processes (bench.scaleout);
 * open accounts over HTTP;
 * a lean DIFF connection for the load generators (msgspec decoding, keeps a peek outstanding);
 * the "other sessions" worker process (``python -m bench._common sessions ...``): N DIFF sessions,
@@ -9,7 +10,8 @@
 * the bare trio-websocket echo server (``python -m bench._common echo --port P``), the baseline;
 * HdrHistogram summaries, JSON + Markdown output in bench/results/, the percentile plot, py-spy.
 
-Run ``python -m bench.latency --help`` (or throughput, sessions); this module is not a benchmark itself.
+Run ``python -m bench.latency --help`` (or throughput, sessions, scaleout); this module is not a
+benchmark itself.
 """
 
 from __future__ import annotations
@@ -154,7 +156,7 @@ def free_port() -> int:
 
 @dataclass
 class ServerProc:
-    kind: str  # "qaex" or "echo"
+    kind: str  # "qaex", "echo", "nats" or "gateway"
     process: subprocess.Popen[bytes]
     diff_url: str
     http_url: str
@@ -163,6 +165,11 @@ class ServerProc:
     admin_token: str = ""
     env: dict[str, str] = field(default_factory=dict)
     _worker_pid: int | None = None
+
+    @property
+    def url(self) -> str:
+        """Where a client connects: the DIFF WebSocket URL (the NATS URL of a nats-server)."""
+        return self.diff_url
 
     @property
     def pid(self) -> int:
@@ -298,6 +305,67 @@ def _wait_ready(server: ServerProc, http_port: int, diff_port: int, timeout: flo
             time.sleep(0.1)
     server.stop()
     raise RuntimeError(f"{server.kind} not ready after {timeout} s:\n{server.log()}")
+
+
+def nats_server_binary() -> str:
+    """nats-server's path (Debian's package puts it in /usr/sbin, which is not always on PATH)."""
+    binary = shutil.which("nats-server") or (
+        "/usr/sbin/nats-server" if Path("/usr/sbin/nats-server").exists() else None
+    )
+    if binary is None:
+        raise RuntimeError("nats-server is not installed (apt-get install -y nats-server)")
+    return binary
+
+
+def start_nats(workdir: Path, *, core: int, config: str = "", timeout: float = 20.0) -> ServerProc:
+    """A nats-server of our own on a free 127.0.0.1 port, pinned to `core`; stopped by its PID."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log_path = workdir / f"nats-{port}.log"
+    command = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-m", "0"]
+    if config:
+        config_path = workdir / f"nats-{port}.conf"
+        config_path.write_text(config)
+        command += ["-c", str(config_path)]
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            _wrapped(command, core, 0), cwd=workdir, stdout=log_file, stderr=subprocess.STDOUT
+        )
+    server = ServerProc("nats", process, f"nats://127.0.0.1:{port}", "", workdir, log_path)
+    _wait_ready(server, 0, port, timeout)
+    return server
+
+
+def start_gateway(
+    core_server: ServerProc,
+    broker_url: str,
+    workdir: Path,
+    *,
+    core: int,
+    nofile: int = 0,
+    timeout: float = 30.0,
+) -> ServerProc:
+    """``qaex gateway --broker URL --diff-port N`` with the core's settings, pinned to `core`."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log_path = workdir / f"gateway-{port}.log"
+    command = [sys.executable, "-m", "qaex", "gateway", "--broker", broker_url, "--diff-port", str(port)]
+    env = dict(core_server.env)
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            _wrapped(command, core, nofile), env=env, cwd=workdir, stdout=log_file, stderr=subprocess.STDOUT
+        )
+    server = ServerProc("gateway", process, f"ws://127.0.0.1:{port}/ws/diff", "", workdir, log_path, env=env)
+    _wait_ready(server, 0, port, timeout)
+    return server
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
 
 
 def open_accounts(

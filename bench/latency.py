@@ -272,11 +272,7 @@ async def http_phase(
     }
 
 
-def server_cpu(pid: int) -> float:
-    import psutil
-
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system)
+server_cpu = c.process_cpu  # CPU seconds of a process (bench.sessions uses it too)
 
 
 async def qaex_phase(
