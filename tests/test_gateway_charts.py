@@ -269,3 +269,24 @@ async def test_ws_notifications_through_a_gateway(nats_server: NatsServer) -> No
             trade = next(e for e in events if e["type"] == "trade")
             assert (trade["instrument_id"], trade["price"], trade["volume"]) == (CU, 86000.0, 1)
         await until(lambda: "alice" not in venue.remote.feeds, 5)  # gone with the connection
+
+
+async def test_a_chart_set_again_keeps_its_series_mirrored(nats_server: NatsServer) -> None:
+    """TqSdk sets a chart id again with another width (multi-symbol serials, its downloader): the
+    series stays mirrored, nothing is fetched again, and the new window is the core's."""
+    async with scaleout(nats_server) as venue:
+        for price in (86000.0, 86010.0, 86020.0):
+            await venue.trade(CU, price)
+        async with DiffClient.connect(venue.gateway_url) as gw, DiffClient.connect(venue.core_url) as core:
+            for width in (10, 2):
+                for client in (gw, core):
+                    await client.send({"aid": "set_chart", "chart_id": "t", "ins_list": CU, "duration": 0,
+                                       "view_width": width})  # fmt: skip
+                await gw.wait_for(
+                    lambda c, width=width: (
+                        c.tree.get("charts", {}).get("t", {}).get("state", {}).get("view_width") == width
+                    )
+                )
+                await converge(gw, core)
+            assert gw.tree["charts"]["t"]["left_id"] == 1
+            assert venue.charts.fetched == 1

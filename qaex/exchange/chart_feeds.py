@@ -84,14 +84,15 @@ class ChartFeeds:
                 continue
             old = charts.pop(chart_id, None)
             built.pop(chart_id, None)
-            if old is not None:
-                self._unfeed(link, old)
-            try:
+            try:  # the new chart before the old one closes: a series both use stays (no fetch again)
                 chart = self.source.open_chart(msgspec.structs.asdict(message))
             except ChartRefused as refused:
                 link.session.notify(refused.code, "ERROR", refused.message)
                 del messages[chart_id]  # refused: not part of this session's view any more
                 continue
+            finally:
+                if old is not None:
+                    self._unfeed(link, old)
             for key in chart.series_keys():
                 self._feeds.setdefault(key, {}).setdefault(link, []).append(chart)
             charts[chart_id] = chart
