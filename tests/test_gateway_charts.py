@@ -290,3 +290,22 @@ async def test_a_chart_set_again_keeps_its_series_mirrored(nats_server: NatsServ
                 await converge(gw, core)
             assert gw.tree["charts"]["t"]["left_id"] == 1
             assert venue.charts.fetched == 1
+
+
+async def test_charts_on_a_gateway_catch_up_after_the_broker_restarts(nats_server: NatsServer) -> None:
+    async with scaleout(nats_server) as venue:
+        await venue.trade(CU, 86000.0)
+        async with DiffClient.connect(venue.gateway_url) as gw, DiffClient.connect(venue.core_url) as core:
+            for client in (gw, core):
+                await client.send({"aid": "set_chart", "chart_id": "t", "ins_list": CU, "duration": 0,
+                                   "view_width": 10})  # fmt: skip
+            await converge(gw, core)
+            await trio.to_thread.run_sync(nats_server.stop)
+            await venue.trade(CU, 86010.0)  # while the broker is away: the gateway misses it
+            await core.wait_for(lambda c: c.tree["ticks"][CU]["last_id"] == 1)
+            await trio.to_thread.run_sync(nats_server.start)
+            await gw.wait_for(lambda c: c.tree["ticks"][CU]["last_id"] == 1, within=20)  # fetched again
+            await converge(gw, core)
+            await venue.trade(CU, 86020.0)  # and followed again
+            await gw.wait_for(lambda c: c.tree["ticks"][CU]["last_id"] == 2)
+            await converge(gw, core)

@@ -7,8 +7,9 @@ service holds what needs trio or knows sessions:
 * inputs: the TradeGateway sends every engine batch with market effects over :attr:`MarketData.batches`
   (trades, changed books with their depth, instrument changes, settlement); a bar timer wakes at every
   bar boundary of the shortest series, so charts advance with no trades;
-* subscriptions: which session wants which quote, the charts of each session, and which sessions'
-  charts each series feeds;
+* subscriptions: which session wants which quote; the charts of each session, and which sessions'
+  charts each series feeds, are :class:`qaex.exchange.chart_feeds.ChartFeeds`' (shared with a DIFF
+  gateway's charts), with this service as its chart source;
 * pacing: after a run of batches (as many as are waiting, at most one publish per
   ``publish_interval``) or a timer tick, :meth:`MarketData.publish` takes the state's changes and pushes
   **each patch dict itself** to every session subscribed to its object - one patch build per change
