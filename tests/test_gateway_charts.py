@@ -10,7 +10,7 @@ the gateway fetch the series again.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +38,16 @@ EXCHANGE_ID = "ch"
 PASSWORD = "a-long-password-1"
 
 
+async def cancellable(
+    run: Callable[..., Awaitable[None]], *, task_status: trio.TaskStatus[trio.CancelScope]
+) -> None:
+    """Run a service under a cancel scope of its own, handed out once the service started."""
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run)
+            task_status.started(scope)
+
+
 @dataclass
 class Scaleout:
     exchange: Exchange
@@ -45,7 +55,17 @@ class Scaleout:
     remote: RemoteExchange
     core_url: str
     gateway_url: str
+    nursery: trio.Nursery
+    core_scope: trio.CancelScope
+    broker_url: str
     orders: int = 0
+
+    async def restart_core(self) -> None:
+        """A new BrokerCore on the same exchange (as after a restart that recovered the journal):
+        a new epoch for the gateway."""
+        self.core_scope.cancel()
+        self.core = BrokerCore(self.exchange, NatsClient(self.broker_url, name="core2"), EXCHANGE_ID)
+        self.core_scope = await self.nursery.start(cancellable, self.core.run)
 
     @property
     def charts(self) -> Any:
@@ -82,7 +102,7 @@ async def scaleout(
             hold_lapse=hold_lapse,
             max_held=max_held,
         )
-        await nursery.start(core.run)
+        core_scope = await nursery.start(cancellable, core.run)
         core_listener = await nursery.start(DiffServer(exchange).serve, "127.0.0.1", 0)
         remote = RemoteExchange(NatsClient(broker.url, name="gateway"), EXCHANGE_ID)
         assert isinstance(remote.market, RemoteMarket)
@@ -95,6 +115,9 @@ async def scaleout(
             remote,
             f"ws://127.0.0.1:{core_listener.port}{DIFF_PATH}",
             f"ws://127.0.0.1:{gateway_listener.port}{DIFF_PATH}",
+            nursery,
+            core_scope,
+            broker.url,
         )
         nursery.cancel_scope.cancel()
 
@@ -308,4 +331,21 @@ async def test_charts_on_a_gateway_catch_up_after_the_broker_restarts(nats_serve
             await converge(gw, core)
             await venue.trade(CU, 86020.0)  # and followed again
             await gw.wait_for(lambda c: c.tree["ticks"][CU]["last_id"] == 2)
+            await converge(gw, core)
+
+
+async def test_a_new_core_epoch_fetches_the_gateways_series_again(nats_server: NatsServer) -> None:
+    async with scaleout(nats_server) as venue:
+        await venue.trade(CU, 86000.0)
+        async with DiffClient.connect(venue.gateway_url) as gw, DiffClient.connect(venue.core_url) as core:
+            for client in (gw, core):
+                await client.send({"aid": "set_chart", "chart_id": "m", "ins_list": CU, "duration": 60 * S,
+                                   "view_width": 10})  # fmt: skip
+            await converge(gw, core)
+            fetched = venue.charts.fetched
+            await venue.restart_core()
+            await until(lambda: venue.charts.fetched > fetched, 10)  # the new epoch's heartbeat
+            await venue.trade(CU, 86030.0)
+            await gw.wait_for(lambda c: c.tree["klines"][CU][str(60 * S)]["data"][str(
+                c.tree["klines"][CU][str(60 * S)]["last_id"])]["close"] == 86030.0)  # fmt: skip
             await converge(gw, core)
