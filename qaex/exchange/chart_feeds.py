@@ -68,6 +68,10 @@ class ChartFeeds:
         """The series some chart uses."""
         return list(self._feeds)
 
+    def charted(self, key: SeriesKey) -> bool:
+        """Whether some chart uses the series."""
+        return key in self._feeds
+
     def charts_of(self, key: SeriesKey) -> list[tuple[SessionLink, Chart]]:
         return [(link, chart) for link, charts in self._feeds.get(key, {}).items() for chart in charts]
 

@@ -359,7 +359,7 @@ class MarketData:
                 patch = market_patch(patch)
                 on_series(key, patch)
                 series.append((key, patch))
-            elif self.charts.charts_of(key):
+            elif self.charts.charted(key):
                 series.append((key, market_patch(patch)))  # once per change, shared by every chart
         self.charts.push_series(series, woken)
         return list(woken)
