@@ -30,7 +30,8 @@ from qaex.core.history import (
     to_csv,
 )
 from qaex.core.instruments import Instrument
-from qaex.core.replay import ReplayTrack, track_from_bars
+from qaex.core.replay import ReplayTrack, track_from_bars, track_from_ticks
+from qaex.core.tick_file import is_tick_header, parse_ticks
 
 log = logging.getLogger(__name__)
 
@@ -239,10 +240,10 @@ def store_imported(
 
 
 def load_replay(spec: str) -> dict[str, ReplayTrack]:
-    """``QAEX_MARKET_REPLAY``: comma-separated DataDownloader K-line files or directories (every
-    ``*.csv`` in them) -> a track per symbol (any symbol: the contracts may be listed after the start;
-    a recording of one never listed is simply not played). Raises HistoryFileError / ImportRefused
-    naming the file."""
+    """``QAEX_MARKET_REPLAY`` / ``qaex serve --replay``: comma-separated DataDownloader K-line or tick
+    files or directories (every ``*.csv`` in them; the header tells a tick file from a K-line file) -> a
+    track per symbol (any symbol: the contracts may be listed after the start; a recording of one never
+    listed is simply not played). Raises HistoryFileError / ImportRefused naming the file."""
     paths: list[Path] = []
     for part in (p.strip() for p in spec.split(",")):
         if not part:
@@ -255,14 +256,19 @@ def load_replay(spec: str) -> dict[str, ReplayTrack]:
             text = path.read_text()
         except (OSError, UnicodeDecodeError) as exc:
             raise ImportRefused(f"{path}: cannot read: {exc}") from None
-        if ".last_price" in text.split("\n", 1)[0]:
-            raise ImportRefused(f"{path}:1: a tick file: only K-line files are replayed")
-        symbol, bars = parse_csv(text, str(path))
-        if not len(bars):
-            raise ImportRefused(f"{path}: no bars")
+        if is_tick_header(text.split("\n", 1)[0]):
+            symbol, ticks = parse_ticks(text, str(path))
+            track = track_from_ticks(ticks)
+            if not track.prices:
+                raise ImportRefused(f"{path}: no tick with a last price")
+        else:
+            symbol, bars = parse_csv(text, str(path))
+            if not len(bars):
+                raise ImportRefused(f"{path}: no bars")
+            track = track_from_bars(bars)
         if symbol in tracks:
             raise ImportRefused(f"{path}: a second recording of {symbol}")
-        tracks[symbol] = track_from_bars(bars)
+        tracks[symbol] = track
     return tracks
 
 
