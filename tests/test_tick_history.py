@@ -9,13 +9,14 @@ grid, hold every lot traded and open interest continuity.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tqsdk.tools.downloader import DataDownloader
 
-from qaex.core.history import HistoryFileError
+from qaex.core.history import HistoryFileError, to_csv
 from qaex.core.kline import KlineSeries
 from qaex.core.tick_file import (
     MAX_LINE,
@@ -29,6 +30,7 @@ from qaex.core.tick_file import (
     ticks_to_csv,
     traded,
 )
+from qaex.exchange.history import HistoryStore, ImportRefused, import_history
 
 S = 1_000_000_000
 T0 = 1_763_946_000 * S  # 2025-11-24 09:00 China time, a Monday
@@ -241,3 +243,119 @@ def test_any_ticks_round_trip_and_make_sound_bars(ticks: TickColumns) -> None:
             assert all(float(bar[key]).is_integer() for key in ("open", "high", "low", "close"))
             if index:
                 assert bar["open_oi"] >= 0 and bars.close_oi[index - 1] >= 0
+
+
+# -- import: a tick file is the contract's whole history; other durations are kept as their own file ---
+LISTED = {RB: 1.0, M: 1.0}
+DECS = {RB: 0, M: 0}
+
+
+def day_of_ticks(count: int = 400) -> TickColumns:
+    """Ticks every 2 s from 09:00 (a run of 13 minutes), the price stepping by a tick or two."""
+    ticks = TickColumns(5)
+    for index in range(count):
+        price = 3500.0 + (index % 17) - (index % 5)
+        ticks.append(T0 + index * 2 * S, tick_values(5, price, 10 + index * 3, 1000 + index % 7))
+    return ticks
+
+
+def test_a_tick_file_replaces_the_contracts_history_wholesale(tmp_path: Path) -> None:
+    store = HistoryStore(tmp_path / "history", seed=1)
+    for seconds in (60, 86400, 300):  # an earlier history, one duration of its own
+        store.path(RB, seconds).write_text("old\n")
+    ticks = day_of_ticks()
+    source = tmp_path / "rb-ticks.csv"
+    source.write_text(ticks_to_csv(RB, ticks, 0))
+    done = import_history(store, [source], symbol=None, duration=None, ticks=LISTED, price_decs=DECS)
+    minutes, days = bars_from_ticks(ticks, 60), bars_from_ticks(ticks, 86400)
+    assert done == [(RB, 0, 400), (RB, 60, len(minutes)), (RB, 86400, 1)]
+    assert sorted(store.kept(RB)) == [0, 60, 86400]  # the 300 s bars went with the old history
+    assert store.path(RB, 0).read_text() == source.read_text()
+    loaded = store.load(RB)
+    assert loaded is not None and loaded.ticks == ticks
+    assert (loaded.minutes, loaded.days, loaded.others) == (minutes, days, {})
+    assert len(minutes) == 14 and sum(minutes.volume) == ticks.columns["volume"][-1]
+
+
+def test_a_header_less_tick_file_needs_its_symbol(tmp_path: Path) -> None:
+    store = HistoryStore(tmp_path / "history", seed=1)
+    rows = tmp_path / "appended.csv"
+    rows.write_text(ticks_to_csv(M, sample(1), 0, header=False))
+    with pytest.raises(HistoryFileError, match="no header line: give the symbol"):
+        import_history(store, [rows], symbol=None, duration=None, ticks=LISTED, price_decs=DECS)
+    done = import_history(store, [rows], symbol=M, duration=None, ticks=LISTED, price_decs=DECS)
+    assert done[0] == (M, 0, 4)
+
+
+def test_bars_of_any_duration_are_kept_as_their_own_file(tmp_path: Path) -> None:
+    store = HistoryStore(tmp_path / "history", seed=1)
+    five = bars_from_ticks(day_of_ticks(), 300)
+    source = tmp_path / "rb-5min.csv"
+    source.write_text(to_csv(RB, five, 0))
+    done = import_history(store, [source], symbol=None, duration=None, ticks=LISTED, price_decs=DECS)
+    assert done == [(RB, 300, len(five))]  # the duration read from the rows
+    assert store.path(RB, 300).read_text() == source.read_text()
+    for bad, message in ((90_000, "over a day must be whole days"), (-60, "positive whole number")):
+        with pytest.raises(ImportRefused, match=message):
+            import_history(store, [source], symbol=None, duration=bad, ticks=LISTED, price_decs=DECS)
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        (["rb-ticks.csv", "rb-minutes.csv"], r"K-lines with its tick file .*rb-ticks\.csv"),
+        (["rb-ticks.csv", "rb-ticks-again.csv"], r"SHFE\.rb2601 ticks are also in .*rb-ticks\.csv"),
+        (["rb-ticks.csv", "unknown.csv"], r"unknown\.csv:1: column 3: unknown symbol SHFE\.rb2705"),
+        (["rb-ticks.csv", "off-grid.csv"], r"off-grid\.csv:3: column SHFE\.rb2601\.ask_price1: 3502\.5"),
+        (["rb-ticks.csv", "unsorted.csv"], r"unsorted\.csv:4: column datetime_nano: rows not sorted"),
+    ],
+)
+def test_bad_imports_change_nothing(tmp_path: Path, files: list[str], message: str) -> None:
+    store = HistoryStore(tmp_path / "history", seed=1)
+    text = ticks_to_csv(RB, sample(), 0)
+    lines = text.splitlines()
+    contents = {
+        "rb-ticks.csv": text,
+        "rb-ticks-again.csv": text,
+        "rb-minutes.csv": to_csv(RB, bars_from_ticks(sample(), 60), 0),
+        "unknown.csv": text.replace(RB, "SHFE.rb2705"),
+        "off-grid.csv": "\n".join([*lines[:2], lines[2].replace(",3502.0,", ",3502.5,", 1), *lines[3:]]),
+        "unsorted.csv": "\n".join([lines[0], lines[1], lines[3], lines[2], *lines[4:]]),
+    }
+    for seconds in (60, 86400):
+        store.path(RB, seconds).write_text(f"before {seconds}\n")
+    paths = []
+    for name in files:
+        (tmp_path / name).write_text(contents[name])
+        paths.append(tmp_path / name)
+    with pytest.raises((HistoryFileError, ImportRefused), match=message):
+        import_history(store, paths, symbol=None, duration=None, ticks={RB: 1.0}, price_decs=DECS)
+    assert sorted(store.kept(RB)) == [60, 86400]
+    assert [store.path(RB, s).read_text() for s in (60, 86400)] == ["before 60\n", "before 86400\n"]
+
+
+def test_the_market_serves_imported_ticks_and_bars_before_the_live_ones() -> None:
+    from qaex.core.history import ContractHistory
+    from qaex.core.instruments import InstrumentRegistry
+    from qaex.core.market import MarketState
+
+    cu = "SHFE.cu2601"
+    ticks = TickColumns(5)
+    for index in range(30):
+        ticks.append(T0 + index * 10 * S, tick_values(5, 86000.0 + 10 * (index % 4), index, 50, tick=10.0))
+    five = bars_from_ticks(ticks, 300)
+    state = MarketState(InstrumentRegistry(), with_history=True)
+    now = T0 + 3600 * S
+    state.list_instrument(cu, now)
+    history = ContractHistory(cu, bars_from_ticks(ticks, 60), bars_from_ticks(ticks, 86400), [], [])
+    history.ticks, history.others = ticks, {300: five}
+    state.attach_history(cu, history)
+    series = state.ticks[cu]
+    assert (series.first_id, series.last_id) == (0, 29)
+    assert series.get(29) == ticks.tick(29)
+    served = state.kline_history(cu, 300 * S, now)
+    bars = list(served.window(0, served.last_id).values())
+    assert bars[: len(five)] == list(five.bars())
+    assert all(bar["datetime"] > five.datetime[-1] for bar in bars[len(five) :])
+    patch = state.take_changes()
+    assert patch is not None
