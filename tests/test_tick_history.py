@@ -357,5 +357,10 @@ def test_the_market_serves_imported_ticks_and_bars_before_the_live_ones() -> Non
     bars = list(served.window(0, served.last_id).values())
     assert bars[: len(five)] == list(five.bars())
     assert all(bar["datetime"] > five.datetime[-1] for bar in bars[len(five) :])
-    patch = state.take_changes()
-    assert patch is not None
+    # A series keeps only its newest max_len ticks of a long recording.
+    short = MarketState(InstrumentRegistry(), with_history=True, history=20)
+    short.list_instrument(cu, now)
+    short.attach_history(cu, history)
+    assert (short.ticks[cu].first_id, short.ticks[cu].last_id) == (0, 19)
+    assert short.ticks[cu].get(0) == ticks.tick(10) and short.ticks[cu].get(19) == ticks.tick(29)
+    assert short.ticks[cu]._archive is not ticks  # a copy of the tail, not the whole recording

@@ -196,9 +196,12 @@ class MarketState:
             series = self.klines.get((symbol, duration))
             if series is not None and series.attach_history(bars):
                 self._dirty_series.add((symbol, duration))
-        ticks = self.ticks.get(symbol)
-        if history.ticks is not None and ticks is not None and ticks.attach_history(history.ticks):
-            self._dirty_series.add((symbol, 0))
+        ticks, recorded = self.ticks.get(symbol), history.ticks
+        if recorded is not None and ticks is not None:
+            if len(recorded) > ticks.max_len:  # hold only what the series can show, not a month of ticks
+                recorded = recorded.slice(len(recorded) - ticks.max_len, len(recorded))
+            if ticks.attach_history(recorded):
+                self._dirty_series.add((symbol, 0))
         for seconds, bars in history.others.items():
             self._imported[(symbol, seconds * NS_PER_SECOND)] = bars
 
