@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tqsdk.tools.downloader import DataDownloader
 
+from qaex.core import tick_file
 from qaex.core.history import HistoryFileError, to_csv
 from qaex.core.kline import KlineSeries
 from qaex.core.tick_file import (
@@ -168,6 +169,14 @@ def test_bad_tick_files_are_refused_with_file_line_and_column(lines: list[str], 
         parse_ticks("\n".join(lines) + "\n", "m.csv", symbol=M, price_tick=1.0)
 
 
+def test_a_file_past_the_row_bound_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tick_file, "MAX_ROWS", 3)
+    text = ticks_to_csv(RB, sample(), 0)  # four rows
+    with pytest.raises(HistoryFileError, match=r"rb\.csv:5: column -: more than 3 rows"):
+        parse_ticks(text, "rb.csv")
+    assert len(parse_ticks(ticks_to_csv(RB, sample().slice(0, 3), 0), "rb.csv")[1]) == 3
+
+
 def test_one_minute_and_daily_bars_from_ticks() -> None:
     ticks = TickColumns(1)
     night = T0 - 12 * 3600 * S  # 21:00 the evening before: the same trading day
@@ -285,6 +294,9 @@ def test_a_header_less_tick_file_needs_its_symbol(tmp_path: Path) -> None:
         import_history(store, [rows], symbol=None, duration=None, ticks=LISTED, price_decs=DECS)
     done = import_history(store, [rows], symbol=M, duration=None, ticks=LISTED, price_decs=DECS)
     assert done[0] == (M, 0, 4)
+    rows.write_text("1,2,3,4,5\n")
+    with pytest.raises(HistoryFileError, match=r"5 cells: neither a K-line row \(9 cells\) nor a tick row"):
+        import_history(store, [rows], symbol=M, duration=None, ticks=LISTED, price_decs=DECS)
 
 
 def test_bars_of_any_duration_are_kept_as_their_own_file(tmp_path: Path) -> None:

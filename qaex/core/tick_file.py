@@ -74,7 +74,8 @@ def levels_of(symbol: str) -> int:
     return DIFF_LEVELS if symbol.split(".", 1)[0] in FULL_DEPTH_EXCHANGES else 1
 
 
-def _levels_for_cells(cells: int) -> int | None:
+def tick_levels(cells: int) -> int | None:
+    """The book levels of a tick row of ``cells`` cells, or None if no tick row has that many."""
     rest = cells - 2 - len(BASE_FIELDS)
     if rest <= 0 or rest % len(LEVEL_FIELDS):
         return None
@@ -177,7 +178,7 @@ def parse_ticks(
         if symbol is None:
             raise HistoryFileError(name, 1, "header", "no header line: give the symbol (--symbol)")
         first = next((line for line in lines if line.strip()), "")
-        found = _levels_for_cells(len(first.split(",")))
+        found = tick_levels(len(first.split(",")))
         if found is None:
             raise HistoryFileError(
                 name, 1, "-", f"{len(first.split(','))} cells: not a tick row (13 or 29 cells)"
@@ -216,7 +217,7 @@ def parse_ticks(
 
 def _check_header(line: str, name: str, symbol: str | None) -> tuple[str, int]:
     header = [cell.strip() for cell in line.split(",")]
-    levels = _levels_for_cells(len(header))
+    levels = tick_levels(len(header))
     if levels is None or header[:2] != ["datetime", "datetime_nano"] or "." not in header[2]:
         raise HistoryFileError(
             name,

@@ -36,7 +36,14 @@ from qaex.core.history import (
 from qaex.core.instruments import Instrument
 from qaex.core.kline import KlineSeries
 from qaex.core.replay import ReplayTrack, track_from_bars, track_from_ticks
-from qaex.core.tick_file import TickColumns, bars_from_ticks, is_tick_header, parse_ticks, ticks_to_csv
+from qaex.core.tick_file import (
+    TickColumns,
+    bars_from_ticks,
+    is_tick_header,
+    parse_ticks,
+    tick_levels,
+    ticks_to_csv,
+)
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +218,12 @@ def check_import(
     default: from the rows). Raises :class:`HistoryFileError` or :class:`ImportRefused`."""
     first = next((line for line in text.splitlines() if line.strip()), "")
     has_header = first.startswith("datetime")
-    is_ticks = is_tick_header(first) if has_header else len(first.split(",")) != len(BAR_FIELDS) + 2
+    cells = len(first.split(","))
+    is_ticks = is_tick_header(first) if has_header else cells != len(BAR_FIELDS) + 2
+    if not has_header and is_ticks and tick_levels(cells) is None:
+        raise HistoryFileError(
+            name, 1, "-", f"{cells} cells: neither a K-line row (9 cells) nor a tick row (13 or 29)"
+        )
     found = symbol
     if has_header:  # the header's symbol (checked), so that an unknown one is named before the rows
         found = (parse_ticks if is_ticks else parse_csv)(first, name, symbol=symbol)[0]
