@@ -114,7 +114,9 @@ def test_an_imported_tick_file_is_the_contracts_history(tmp_path: Path) -> None:
             five.bars()
         )
         chart = trio.run(diff_chart, server, RB)
-        assert chart[-len(minutes) :] == [bar["close"] for bar in minutes.bars()][-len(chart) :]
+        imported = [(bar["datetime"], bar["close"]) for bar in minutes.bars()]
+        assert [bar for bar in chart if bar[0] <= minutes.datetime[-1]] == imported  # then a live bar or none
+        assert len(chart) <= len(imported) + 1
         # A running server imports over the admin route (served already: it applies at the next start).
         admin = {"Authorization": f"Bearer {server.admin_token}"}
         again = {"name": "again.csv", "text": ticks_to_csv(RB, ticks.slice(0, 300), 0)}
@@ -135,8 +137,9 @@ def test_an_imported_tick_file_is_the_contracts_history(tmp_path: Path) -> None:
     assert (server.data_dir / "history" / f"{RB}.0.csv").read_text() == again["text"]
 
 
-async def diff_chart(server: Server, symbol: str) -> list[float]:
-    """The closes a DIFF chart of 60 bars shows (TqSdk's set_chart, as get_kline_serial sends it)."""
+async def diff_chart(server: Server, symbol: str) -> list[tuple[int, float]]:
+    """(datetime, close) of the bars a DIFF chart of 60 bars shows (TqSdk's set_chart, as
+    get_kline_serial sends it)."""
     user = open_user(server)
     async with DiffClient.connect(server.diff_url) as client:
         assert await client.login(user.user_id, user.password)
@@ -144,14 +147,15 @@ async def diff_chart(server: Server, symbol: str) -> list[float]:
             {"aid": "set_chart", "chart_id": "c", "ins_list": symbol, "duration": 60 * S, "view_width": 60}
         )
 
-        def bars(c: DiffClient) -> list[float] | None:
+        def bars(c: DiffClient) -> list[tuple[int, float]] | None:
             series = c.tree.get("klines", {}).get(symbol, {}).get(str(60 * S), {})
             chart = c.tree.get("charts", {}).get("c", {})
             if not chart.get("ready") or series.get("last_id", -1) < 0:
                 return None
             data = series["data"]
             left, right = chart["left_id"], chart["right_id"]
-            return [data[str(i)]["close"] for i in range(left, right + 1) if str(i) in data]
+            bars = [data[str(i)] for i in range(left, right + 1) if str(i) in data]
+            return [(bar["datetime"], bar["close"]) for bar in bars]
 
         return await client.wait_for(bars)
 
@@ -182,7 +186,7 @@ def test_serve_replays_a_tick_recording(tmp_path: Path) -> None:
         last_trade = trades[-1]["last_price"]
     finally:
         server.stop()
-    assert len(bids) >= 30, bids
+    assert len(bids) >= 20, bids  # a quote every ~0.25 s for 14 s, fewer on a busy machine
     assert all(3098 <= bid <= 3220 for bid in bids), bids
     assert all(later >= earlier - 2 for earlier, later in itertools.pairwise(bids)), bids  # it climbs
     assert bids[0] <= 3160 and max(bids) >= 3190, bids
