@@ -55,7 +55,7 @@ def serve(args: argparse.Namespace) -> int:
                 ("market_replay", args.replay),
                 ("market_replay_speed", args.replay_speed),
             )
-            if value
+            if value is not None
         }
         config = _with(Config.load(), **changes) if changes else Config.load()
     except ConfigError as exc:

@@ -33,6 +33,7 @@ def test_help_lists_the_subcommands() -> None:
     ("args", "env", "message"),
     [
         (["--replay-speed", "-2"], {}, "--replay-speed: expected a number > 0 (1 = real time), got -2.0"),
+        (["--replay-speed", "0"], {}, "--replay-speed: expected a number > 0 (1 = real time), got 0.0"),
         (["--replay", "rb.csv"], {"QAEX_MARKET_MAKER": "0"}, "--replay: expected no recording while the"),
         (
             ["--replay", "missing.csv"],

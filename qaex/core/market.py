@@ -453,7 +453,8 @@ class MarketState:
     def _backfilled(self, symbol: str, duration: int, now: int) -> KlineSeries:
         """A new series of ``duration``, filled from the kept history so that a chart has bars at once:
         from the 1-day bars for whole days, the 1-minute bars for whole minutes, else from the ticks;
-        gap bars up to ``now``. Its next patch carries only what changes after this."""
+        gap bars up to ``now``. Bars imported for this duration (``history.others``) come first, and
+        only what starts after them is built. Its next patch carries only what changes after this."""
         series = KlineSeries(symbol, duration, self.history)
         imported = self._imported.get((symbol, duration))
         after = -1  # bars starting at or before this come from an import of this duration
