@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import bisect
 import itertools
+from array import array
 from collections import deque
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from qaex.core.calendar import CST_OFFSET_NS, MONDAY_1990_NS
 from qaex.core.calendar import NS_PER_DAY as NS_PER_DAY
@@ -43,6 +44,18 @@ from qaex.core.quote import Patch
 
 DEFAULT_MAX_LEN = 10_000
 """TqSdk asks for at most 10,000 items per series (``data_length`` is capped there)."""
+
+
+class Columns(Protocol):
+    """Past items held as columns: :class:`qaex.core.history.BarColumns` (bars) or
+    :class:`qaex.core.tick_file.TickColumns` (ticks); never mutated."""
+
+    @property
+    def datetime(self) -> array[int]: ...
+
+    def __len__(self) -> int: ...
+
+    def bar(self, index: int) -> dict[str, Any]: ...
 
 
 class _Series:
@@ -56,7 +69,7 @@ class _Series:
         self._items: deque[dict[str, Any]] = deque()
         # History older than the live items, as columns (KlineSeries.attach_history): ids
         # first_id .. first_id + archived - 1, then the deque. ``_archive_start`` skips the dropped.
-        self._archive: BarColumns | None = None  # never mutated: it may be shared
+        self._archive: Columns | None = None  # never mutated: it may be shared
         self._archive_start = 0
         self._archive_stop = 0
         self._next_id = 0
@@ -172,6 +185,26 @@ class _Series:
         self._archive_start = self._archive_stop = 0
         self._next_id += count
 
+    def _attach(self, columns: Columns) -> int:
+        """Put past items before the live ones (see KlineSeries.attach_history); how many were kept."""
+        if self.first_id != 0 or self._archive is not None or not len(columns):
+            return 0
+        end = len(columns)
+        if self._items:
+            end = bisect.bisect_left(columns.datetime, self._items[0]["datetime"])
+        room = self.max_len - len(self._items)
+        start = max(0, end - room)
+        if end <= start:
+            return 0
+        count = end - start
+        self._archive = columns
+        self._archive_start, self._archive_stop = start, end
+        self._next_id += count
+        self._changed = {item_id + count for item_id in self._changed}
+        if self._last_id_sent >= 0:
+            self._last_id_sent += count
+        return count
+
     def _newest(self) -> dict[str, Any]:
         """The newest item, live (moved out of the archive if it is there: only a late trade does)."""
         if not self._items and self._archived:
@@ -205,6 +238,12 @@ class TickSeries(_Series):
 
     def __init__(self, symbol: str, max_len: int = DEFAULT_MAX_LEN) -> None:
         super().__init__(symbol, max_len)
+
+    def attach_history(self, ticks: Columns) -> int:
+        """Put recorded ticks (:class:`qaex.core.tick_file.TickColumns`, oldest first) before the live
+        ones and return how many were kept (as :meth:`KlineSeries.attach_history`: before anyone has
+        seen this series' ids)."""
+        return self._attach(ticks)
 
     def append(self, tick: Mapping[str, Any]) -> int:
         """Add a DIFF Tick (e.g. :meth:`QuoteBook.to_tick`) and return its id."""
@@ -249,23 +288,8 @@ class KlineSeries(_Series):
         (the market state does it before a chart or a reader gets the series). The live bars that follow
         open at the clock: there are no flat bars between history's last bar and the first live one.
         """
-        if self.first_id != 0 or self._archive is not None or not len(bars):
-            return 0
-        end = len(bars)
-        if self._items:
-            end = bisect.bisect_left(bars.datetime, self._items[0]["datetime"])
-        room = self.max_len - len(self._items)
-        start = max(0, end - room)
-        if end <= start:
-            return 0
-        count = end - start
-        self._archive = bars
-        self._archive_start, self._archive_stop = start, end
-        self._next_id += count
-        self._changed = {item_id + count for item_id in self._changed}
-        if self._last_id_sent >= 0:
-            self._last_id_sent += count
-        if not self._items:
+        count = self._attach(bars)
+        if count and not self._items:
             self._resume = True
         return count
 

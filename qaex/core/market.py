@@ -32,7 +32,7 @@ from typing import Any
 from qaex.core.calendar import MarketHours
 from qaex.core.chart import Chart, ChartRequest, SeriesView
 from qaex.core.engine import Batch, Depth
-from qaex.core.history import ContractHistory
+from qaex.core.history import BarColumns, ContractHistory
 from qaex.core.instruments import Instrument
 from qaex.core.kline import (
     DEFAULT_MAX_LEN,
@@ -46,6 +46,7 @@ from qaex.core.main_contracts import cont_symbol
 from qaex.core.notify_codes import NOTIFY_BAD_CHART as NOTIFY_BAD_CHART  # a bad set_chart
 from qaex.core.notify_codes import NOTIFY_BAD_INSTRUMENT as NOTIFY_BAD_INSTRUMENT  # a symbol not listed
 from qaex.core.quote import ContQuote, QuoteBook
+from qaex.core.tick_file import traded
 
 Patch = dict[str, Any]
 AnyQuote = QuoteBook | ContQuote
@@ -120,6 +121,7 @@ class MarketState:
         """
         self.with_history = with_history
         self._history_pending: dict[str, None] = {}  # listed, history not attached yet (listing order)
+        self._imported: dict[SeriesKey, BarColumns] = {}  # imported bars of a duration not kept live
         self.instruments = instruments
         self.market_hours = market_hours
         self.history = history
@@ -215,6 +217,14 @@ class MarketState:
             series = self.klines.get((symbol, duration))
             if series is not None and series.attach_history(bars):
                 self._dirty_series.add((symbol, duration))
+        ticks, recorded = self.ticks.get(symbol), history.ticks
+        if recorded is not None and ticks is not None:
+            if len(recorded) > ticks.max_len:  # hold only what the series can show, not a month of ticks
+                recorded = recorded.slice(len(recorded) - ticks.max_len, len(recorded))
+            if ticks.attach_history(recorded):
+                self._dirty_series.add((symbol, 0))
+        for seconds, bars in history.others.items():
+            self._imported[(symbol, seconds * NS_PER_SECOND)] = bars
 
     def apply(self, batch: Batch, now_ns: int) -> None:
         """Fold one engine batch into the quotes and series (changes wait for :meth:`take_changes`)."""
@@ -473,8 +483,13 @@ class MarketState:
     def _backfilled(self, symbol: str, duration: int, now: int) -> KlineSeries:
         """A new series of ``duration``, filled from the kept history so that a chart has bars at once:
         from the 1-day bars for whole days, the 1-minute bars for whole minutes, else from the ticks;
-        gap bars up to ``now``. Its next patch carries only what changes after this."""
+        gap bars up to ``now``. Bars imported for this duration (``history.others``) come first, and
+        only what starts after them is built. Its next patch carries only what changes after this."""
         series = KlineSeries(symbol, duration, self.history)
+        imported = self._imported.get((symbol, duration))
+        after = -1  # bars starting at or before this come from an import of this duration
+        if imported is not None and series.attach_history(imported):
+            after = imported.datetime[len(imported) - 1]
         if duration % NS_PER_DAY == 0:
             kept: KlineSeries | None = self.klines[(symbol, NS_PER_DAY)]
         elif duration % MINUTE_NS == 0:
@@ -483,7 +498,9 @@ class MarketState:
             kept = None
         if kept is not None:
             # Bar by bar: no flat bars where the source has none (session breaks in history).
-            series.fill_from(_bars(kept), resuming=kept.resuming)
+            bars = [bar for bar in _bars(kept) if series.bar_start(bar["datetime"]) > after]
+            if bars:
+                series.fill_from(bars, resuming=kept.resuming)
         else:
             ticks = self.ticks[symbol]
             previous_volume = 0
@@ -491,9 +508,11 @@ class MarketState:
                 tick = ticks.get(tick_id)
                 assert tick is not None
                 volume = tick["volume"]
-                traded = volume - previous_volume if volume >= previous_volume else volume  # new day: reset
+                lots = traded(previous_volume, volume)
                 previous_volume = volume
-                series.on_trade(tick["last_price"], traded, tick["datetime"], tick["open_interest"])
+                if tick["last_price"] != tick["last_price"] or series.bar_start(tick["datetime"]) <= after:
+                    continue  # no price (an imported tick), or within the imported bars
+                series.on_trade(tick["last_price"], lots, tick["datetime"], tick["open_interest"])
         series.on_time(now)
         series.take_patch()  # a chart's initial patch carries these bars; later patches only news
         return series
