@@ -258,13 +258,17 @@ async def test_the_keeper_writes_finished_bars_and_the_rest_at_shutdown(tmp_path
     await keeper.flush()
     minutes = keeper.store.path(SYMBOL, 60)
     assert bar_times(minutes) == [BASE]
-    assert not keeper.store.path(SYMBOL, 86400).exists()  # the day bar is in progress
+    days = keeper.store.path(SYMBOL, 86400)
+    assert len(bar_times(days)) == 1  # the day bar in progress, as of now
+    trade(state.klines[(SYMBOL, DAY)], 103.0, BASE + MINUTE + 30)
+    await keeper.flush()
+    await keeper.flush()
+    assert len(days.read_text().splitlines()) == 3  # written again once: it changed
     async with trio.open_nursery() as nursery:
         await nursery.start(keeper.run)
         nursery.cancel_scope.cancel()  # SIGTERM: the shielded flush writes the bars in progress
     assert bar_times(minutes) == [BASE, BASE + MINUTE]
-    days = keeper.store.path(SYMBOL, 86400)
-    assert len(bar_times(days)) == 1
+    assert len(set(bar_times(days))) == 1
     # A restart: history with the kept bars after it, the new run's bars after those.
     joined = keeper.store.join(history_of(columns([BASE - 2 * MINUTE, BASE - MINUTE]), columns([BASE - DAY])))
     assert datetimes(joined.minutes) == [BASE - 2 * MINUTE, BASE - MINUTE, BASE, BASE + MINUTE]
@@ -276,6 +280,7 @@ async def test_a_settlement_flushes_the_day_bar_at_once(tmp_path: Path) -> None:
     keeper, state = keeper_on(tmp_path, clock)
     day: Any = state.klines[(SYMBOL, DAY)]
     trade(day, 101.0, BASE + 10)
+    trade(state.klines[(SYMBOL, MINUTE)], 101.0, BASE + 10)
     days = keeper.store.path(SYMBOL, 86400)
     with trio.move_on_after(5):
         async with trio.open_nursery() as nursery:
@@ -287,3 +292,4 @@ async def test_a_settlement_flushes_the_day_bar_at_once(tmp_path: Path) -> None:
                 await trio.sleep(0.01)
             nursery.cancel_scope.cancel()
     assert len(bar_times(days)) == 1 and keeper.flushes >= 1
+    assert bar_times(keeper.store.path(SYMBOL, 60)) == [BASE]  # the minute in progress too

@@ -5,8 +5,9 @@ them. Never journaled (the rules are :mod:`qaex.core.live_bars`'s; docs/market-d
   CSV, appended to; read back bounded (the last :func:`~qaex.core.live_bars.read_limit` bytes) and
   tolerant (bad rows skipped with a WARNING); compacted past 1.25 × the bars kept per series.
 * :class:`LiveBarKeeper`: a task of the market-data service. It appends every kept series' finished
-  bars once a minute, just after the minute boundary, in a worker thread; the bar in progress too at
-  a daily settlement and, shielded, when the service is cancelled (SIGTERM, shutdown). A series is kept
+  bars once a minute, just after the minute boundary, in a worker thread (the day bar in progress
+  too, when it changed); every bar in progress at a daily settlement and, shielded, when the service
+  is cancelled (SIGTERM, shutdown). A series is kept
   from the moment its history is attached (:meth:`LiveBarKeeper.started`), which reads its kept bars
   back first. A ``kill -9`` loses at most the bars of the minute in progress.
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 import trio
 
 from qaex.core.history import BarColumns, ContractHistory
-from qaex.core.kline import NS_PER_SECOND
+from qaex.core.kline import NS_PER_DAY, NS_PER_SECOND
 from qaex.core.live_bars import (
     KEPT_DURATIONS_NS,
     LiveBarPlan,
@@ -183,7 +184,8 @@ class LiveBarKeeper:
             series = self.state.klines.get(key)
             if series is None:
                 continue
-            bars = self.plan.take(key, series, now, final=final)
+            # The day bar in progress too, whenever it changed: a kill -9 loses a minute of it, not a day.
+            bars = self.plan.take(key, series, now, final=final or key[1] >= NS_PER_DAY)
             if len(bars):
                 instrument = instruments.get(key[0])
                 work.append((key, instrument.price_decs if instrument is not None else 4, bars))
