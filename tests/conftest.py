@@ -182,18 +182,25 @@ class User:
         return self.client.post(path, json=json, **kwargs)
 
 
-def open_user(server: Server, *, init_cash: float | None = None, prefix: str = "u") -> User:
+def open_user(
+    server: Server, *, init_cash: float | None = None, prefix: str = "u", timeout: float = 5.0
+) -> User:
+    """A new account, logged in (``timeout``: per request; password hashing is slow on a busy machine)."""
     user_id = f"{prefix}{uuid.uuid4().hex[:10]}"
     password = secrets.token_hex(8)
     body: dict[str, Any] = {"user_id": user_id, "password": password}
     if init_cash is not None:
         body["init_cash"] = init_cash
-    opened = httpx.post(server.http_url + "/api/account/open", json=body)
+    opened = httpx.post(server.http_url + "/api/account/open", json=body, timeout=timeout)
     assert opened.status_code == 201, opened.text
-    login = httpx.post(server.http_url + "/api/auth/login", json={"user_id": user_id, "password": password})
+    login = httpx.post(
+        server.http_url + "/api/auth/login", json={"user_id": user_id, "password": password}, timeout=timeout
+    )
     assert login.status_code == 200, login.text
     token = login.json()["token"]
-    client = httpx.Client(base_url=server.http_url, headers={"Authorization": f"Bearer {token}"})
+    client = httpx.Client(
+        base_url=server.http_url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout
+    )
     server.clients.append(client)
     return User(user_id, password, token, client)
 
