@@ -21,7 +21,7 @@ from test_history_server import klines
 SYMBOL = "SHFE.rb2601"  # one of tests/pinned_instruments.toml
 MINUTE = 60_000_000_000
 WAIT = 75.0  # seconds for the minute of a trade to finish and be written
-TIMEOUT = 30.0  # seconds per request (password hashing on a busy machine)
+TIMEOUT = 120.0  # seconds per request: password hashing, and the first klines builds history on the loop
 
 
 def relogin(server: Server, users: list[User]) -> list[User]:
