@@ -170,6 +170,54 @@ def test_a_kept_bar_and_the_new_runs_first_trades_in_the_same_minute_are_one_bar
     assert bar["volume"] == kept.volume[1] + 1 and bar["low"] == 90.0
 
 
+@settings(max_examples=120, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.integers(0, 150),  # seconds on
+            st.sampled_from(["trade", "timer", "flush", "final", "nothing"]),
+            st.integers(0, 20),  # price offset
+        ),
+        max_size=50,
+    )
+)
+def test_the_kept_rows_are_the_series_as_of_the_last_flush(steps: list[tuple[int, str, int]]) -> None:
+    """Whatever the trades, timer ticks and flushes, a file of the appended rows reads back as exactly
+    the bars the series held at its last flush (finished ones; all at a final flush), after history."""
+    history = columns([BASE - 3 * MINUTE, BASE - MINUTE])
+    series = KlineSeries(SYMBOL, MINUTE)
+    series.attach_history(history)
+    plan = LiveBarPlan()
+    key = (SYMBOL, MINUTE)
+    plan.begin(key, history.bar(len(history) - 1))
+    text = kept_text(SYMBOL, BarColumns(), 2, header=True)
+    expected: list[dict[str, Any]] = []
+    in_progress: int | None = None
+    now = BASE
+    for seconds, action, offset in steps:
+        now += seconds * 10**9
+        if action == "trade":
+            trade(series, 100.0 + offset, now)
+        elif action == "timer":
+            series.on_time(now)
+        elif action in ("flush", "final"):
+            bars = plan.take(key, series, now, final=action == "final")
+            text += kept_text(SYMBOL, bars, 2, header=False)
+            plan.written(key, bars)
+            expected = list(series.window(series.lower_bound(BASE), series.last_id).values())
+            in_progress = None
+            if action == "flush" and expected and series.bar_start(now) <= expected[-1]["datetime"]:
+                in_progress = expected.pop()["datetime"]
+    kept = parse_kept(text, "f.csv", SYMBOL)
+    assert kept.skipped == 0
+    written = list(kept.bars.bars())
+    assert written[: len(expected)] == expected
+    # and at most the bar in progress, as an earlier final flush wrote it
+    assert written[len(expected) :] in ([], [next((b for b in written if b["datetime"] == in_progress), {})])
+    joined = continue_history(history, kept.bars)
+    assert datetimes(joined) == datetimes(history) + [bar["datetime"] for bar in written]
+
+
 # -- the files -----------------------------------------------------------------------------------------
 def history_of(minutes: BarColumns, days: BarColumns | None = None) -> ContractHistory:
     return ContractHistory(SYMBOL, minutes, days if days is not None else BarColumns(), [], [])

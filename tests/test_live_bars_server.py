@@ -83,9 +83,11 @@ def wait_written(server: Server, bar_start: int) -> None:
 
 
 def assert_continues(before: list[dict[str, Any]], after: list[dict[str, Any]], through: int) -> None:
-    """``after`` holds every bar of ``before`` up to ``through``, unchanged, and nothing between them."""
-    kept = [bar for bar in before if bar["datetime"] <= through]
-    start = kept[0]["datetime"]
+    """Where both windows reach, ``after`` holds every bar of ``before`` up to ``through``, unchanged, and
+    nothing between them."""
+    start = max(before[0]["datetime"], after[0]["datetime"])
+    kept = [bar for bar in before if start <= bar["datetime"] <= through]
+    assert len(kept) > 100, "the windows should overlap"
     assert [bar for bar in after if start <= bar["datetime"] <= through] == kept
 
 

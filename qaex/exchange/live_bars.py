@@ -196,10 +196,11 @@ class LiveBarKeeper:
         work = self.take(final=final)
         if not work:
             return
-        done = await trio.to_thread.run_sync(self._write, work)
-        for key, bars in done:
-            self.plan.written(key, bars)
-        self.flushes += 1
+        with trio.CancelScope(shield=True):  # what the thread writes is recorded, even at shutdown
+            done = await trio.to_thread.run_sync(self._write, work)
+            for key, bars in done:
+                self.plan.written(key, bars)
+            self.flushes += 1
 
     def _write(self, work: Work) -> list[tuple[SeriesKey, BarColumns]]:
         done = []
