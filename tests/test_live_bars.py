@@ -100,6 +100,26 @@ def test_a_file_cut_at_any_byte_gives_exactly_the_rows_written_whole(count: int,
     assert datetimes(kept.bars) == datetimes(bars)[: max(whole, 0)]
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    flips=st.lists(st.tuples(st.floats(0.0, 1.0), st.sampled_from(list(",.-0123456789\n\r eE+naif#N/A\x00"))),
+                   max_size=12),
+    noise=st.text(max_size=200),
+)  # fmt: skip
+def test_a_damaged_file_never_raises_and_keeps_only_valid_increasing_bars(
+    flips: list[tuple[float, str]], noise: str
+) -> None:
+    text = list(kept_text(SYMBOL, columns([BASE + i * MINUTE for i in range(8)]), 2, header=True) + noise)
+    for at, char in flips:
+        text[min(int(at * len(text)), len(text) - 1)] = char
+    kept = parse_kept("".join(text), "f.csv", SYMBOL)
+    times = datetimes(kept.bars)
+    assert times == sorted(set(times))
+    for bar in kept.bars.bars():
+        assert bar["high"] >= max(bar["open"], bar["close"]) and bar["low"] <= min(bar["open"], bar["close"])
+        assert min(bar["volume"], bar["open_oi"], bar["close_oi"]) >= 0
+
+
 # -- joining onto history ------------------------------------------------------------------------------
 @settings(max_examples=150, deadline=None)
 @given(
@@ -341,3 +361,29 @@ async def test_a_settlement_flushes_the_day_bar_at_once(tmp_path: Path) -> None:
             nursery.cancel_scope.cancel()
     assert len(bar_times(days)) == 1 and keeper.flushes >= 1
     assert bar_times(keeper.store.path(SYMBOL, 60)) == [BASE]  # the minute in progress too
+
+
+def test_the_market_service_joins_kept_bars_at_attach_and_skips_a_hostile_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from qaex.core.engine import Engine
+    from qaex.exchange.history import HistoryStore
+    from qaex.exchange.market import MarketData
+
+    engine = Engine(pinned_instruments())
+    clock = Clock(BASE + 30 * 10**9)
+    history_store = HistoryStore(tmp_path / "history")
+    live = LiveBarStore(tmp_path / "history" / "live", keep=10_000)
+    kept = columns([BASE - 2 * MINUTE, BASE - MINUTE])  # a run before this one (after history's end)
+    live.path(SYMBOL, 60).write_text(kept_text(SYMBOL, kept, 0, header=True) + "not,a,bar\n" + "1796,17")
+    live.path(SYMBOL, 86400).write_bytes(os.urandom(50_000))
+    market = MarketData(engine, clock=clock, history_store=history_store, live_bars=live)
+    with caplog.at_level(logging.WARNING, "qaex.market.live"):
+        series = market.kline_history(SYMBOL, MINUTE)  # a client asks first: loaded at once
+    assert "rows skipped" in caplog.text
+    window = list(series.window(series.first_id, series.last_id).values())
+    assert [bar["datetime"] for bar in window[-2:]] == datetimes(kept)
+    assert window[-3]["datetime"] < BASE - 2 * MINUTE  # history's last bar, then the kept ones
+    assert market.keeper is not None and market.keeper.plan.keeping((SYMBOL, MINUTE))
+    day = market.klines[(SYMBOL, DAY)]
+    assert len(day) == 250  # history's days: the noise was skipped
