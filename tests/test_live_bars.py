@@ -190,6 +190,17 @@ def test_a_kept_bar_and_the_new_runs_first_trades_in_the_same_minute_are_one_bar
     assert bar["volume"] == kept.volume[1] + 1 and bar["low"] == 90.0
 
 
+def test_a_trade_in_the_kept_last_bar_makes_the_series_live() -> None:
+    series = KlineSeries(SYMBOL, MINUTE)
+    series.attach_history(columns([BASE - MINUTE, BASE]))  # the old run's bar of this minute, kept
+    assert series.resuming
+    trade(series, 90.0, BASE + 50 * 10**9)  # the new run trades in the same minute
+    assert series.last_id == 1 and series.get(1)["volume"] == 6 and not series.resuming
+    series.on_time(BASE + 4 * MINUTE)  # running on: gap bars, as for any live series
+    times = [series.get(i)["datetime"] for i in range(2, series.last_id + 1)]  # type: ignore[index]
+    assert times == [BASE + n * MINUTE for n in (1, 2, 3, 4)]
+
+
 @settings(max_examples=120, deadline=None)
 @given(
     steps=st.lists(

@@ -312,6 +312,7 @@ class KlineSeries(_Series):
         else:
             self.on_time(ts_ns)
         bar = self._newest()
+        self._resume = False  # a trade in the attached bars' last bar (a restart within it): live from here
         if bar["volume"] == 0:  # a gap bar, or the bar just opened: the first trade sets the prices
             bar["open"] = bar["high"] = bar["low"] = price
         else:
