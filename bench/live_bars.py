@@ -63,7 +63,7 @@ def minute_flush(directory: Path, contracts: int, rounds: int) -> tuple[list[flo
         began = time.perf_counter()
         work = []
         for key, one in series.items():
-            bars = plan.take(key, one, now + 500_000_000, final=key[1] == NS_PER_DAY)
+            bars = plan.take(key, one, now + 500_000_000)
             if len(bars):
                 work.append((key, bars))
         taken = time.perf_counter()

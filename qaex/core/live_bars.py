@@ -2,13 +2,14 @@
 and joined onto the history.
 
 Pure (no IO, no clock); the files are :mod:`qaex.exchange.live_bars`'s (docs/market-data.md, "Live
-bars kept"). The rules:
+bars kept across restarts"). The rules:
 
 * **which**: the 1-minute and the 1-day series of every contract (:data:`KEPT_DURATIONS_NS`); every
   other duration is built from them.
 * **when**: :class:`LiveBarPlan` hands out, per series, the bars to append since the last bar written:
-  finished bars only (the clock is past the bar's end), except at a final flush (a settlement, a
-  shutdown), which also writes the bar in progress. A bar written and changed afterwards (a late
+  finished bars only (the clock is past the bar's end), and a day bar in progress whenever it changed
+  (a ``kill -9`` loses a minute of it, not the day); at a final flush (a settlement, a shutdown) every
+  bar in progress. A bar written and changed afterwards (a late
   trade, the bar in progress at a final flush) is appended again: in a kept file a row with the same
   ``datetime`` as the row before replaces it.
 * **format**: TqSdk DataDownloader's K-line CSV (:mod:`qaex.core.history`), one header line, one row
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qaex.core.history import BarColumns, HistoryFileError, csv_header, csv_rows, parse_row
-from qaex.core.kline import KlineSeries
+from qaex.core.kline import NS_PER_DAY, KlineSeries
 from qaex.core.market import KEPT_DURATIONS_NS as KEPT_DURATIONS_NS
 
 COMPACT_RATIO = 1.25
@@ -177,9 +178,11 @@ class LiveBarPlan:
 
     def take(self, key: SeriesKey, series: KlineSeries, now_ns: int, *, final: bool = False) -> BarColumns:
         """The bars of ``series`` to append now: those after the last written (and the last written
-        again if it changed), finished ones only unless ``final``. Nothing until :meth:`begin`."""
+        again if it changed), finished ones only unless ``final`` or a day series. Nothing until
+        :meth:`begin`."""
         if key not in self._last:
             return BarColumns()
+        final = final or series.duration_ns >= NS_PER_DAY
         last = self._last[key]
         first = series.first_id if last is None else series.lower_bound(last["datetime"])
         out: list[dict[str, Any]] = []

@@ -25,7 +25,7 @@ from pathlib import Path
 import trio
 
 from qaex.core.history import BarColumns, ContractHistory
-from qaex.core.kline import NS_PER_DAY, NS_PER_SECOND
+from qaex.core.kline import NS_PER_SECOND
 from qaex.core.live_bars import (
     KEPT_DURATIONS_NS,
     LiveBarPlan,
@@ -184,8 +184,7 @@ class LiveBarKeeper:
             series = self.state.klines.get(key)
             if series is None:
                 continue
-            # The day bar in progress too, whenever it changed: a kill -9 loses a minute of it, not a day.
-            bars = self.plan.take(key, series, now, final=final or key[1] >= NS_PER_DAY)
+            bars = self.plan.take(key, series, now, final=final)
             if len(bars):
                 instrument = instruments.get(key[0])
                 work.append((key, instrument.price_decs if instrument is not None else 4, bars))
