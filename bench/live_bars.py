@@ -93,10 +93,10 @@ def restart(directory: Path, keep: int) -> tuple[float, float, int]:
     rows = compaction_limit(keep)
     kept = columns(rows, start=START + 10_000 * MINUTE_NS)
     store.path("SHFE.rb2601", 60).write_text(kept_text("SHFE.rb2601", kept, 0, header=True))
+    history = ContractHistory("SHFE.rb2601", columns(10_000), BarColumns(), [], [])
     began = time.perf_counter()
     loaded = store.load("SHFE.rb2601", 60)
     read = time.perf_counter()
-    history = ContractHistory("SHFE.rb2601", columns(10_000), BarColumns(), [], [])
     joined = store.join(history)
     joined_at = time.perf_counter()
     assert len(loaded) == rows

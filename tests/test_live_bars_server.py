@@ -55,14 +55,14 @@ def minute_bars(server: Server) -> list[dict[str, Any]]:
 
 
 def traded_bar(server: Server, price: float) -> int:
-    """The start of the newest bar once it closes at ``price`` (the trade just made reaches the market
-    data a moment after the order's answer)."""
-    deadline = time.monotonic() + 5
+    """The start of the newest bar with trades once it closes at ``price`` (the trade just made reaches
+    the market data a moment after the order's answer)."""
+    deadline = time.monotonic() + 10
     while True:
-        last = minute_bars(server)[-1]
-        if last["close"] == price and last["volume"] > 0:
-            return int(last["datetime"])
-        assert time.monotonic() < deadline, last
+        traded = [bar for bar in minute_bars(server) if bar["volume"] > 0]  # a gap bar may follow it
+        if traded and traded[-1]["close"] == price:
+            return int(traded[-1]["datetime"])
+        assert time.monotonic() < deadline, traded[-1:]
         time.sleep(0.05)
 
 
