@@ -1,7 +1,8 @@
 """Live bars kept across a restart: what writing and reading them costs (in process, as the server runs it).
 
 * the minute flush: ``--contracts`` contracts with one new finished 1-minute bar and a changed day bar
-  each: the plan's take on the loop (``LiveBarKeeper.take``), then the appends (the worker thread's part);
+  each: the plan's take on the loop (``LiveBarKeeper.take``, in steps of 32 series: the table shows the
+  whole and one step), then the appends (the worker thread's part);
 * one file written bar by bar: ``--bars`` appends of one bar (``--bars`` minutes of trading), the
   compactions they cause included;
 * a restart: reading a file at its compaction limit (1.25 × ``--keep`` rows) and joining it onto a
@@ -119,8 +120,10 @@ def main() -> None:
           f"Python {platform.python_version()})")  # fmt: skip
     print("| measure | result |")
     print("|---|---|")
+    step = 32 / (2 * args.contracts)
     print(f"| minute flush, {args.contracts} contracts (2 series each): take on the loop | "
-          f"median {median(takes):.1f} ms, max {max(takes):.1f} ms |")  # fmt: skip
+          f"median {median(takes):.1f} ms, max {max(takes):.1f} ms; a step of 32 series "
+          f"~{median(takes) * step:.1f} ms |")  # fmt: skip
     print(f"| minute flush: appends (worker thread) | median {median(writes):.1f} ms, "
           f"max {max(writes):.1f} ms |")  # fmt: skip
     print(f"| {args.bars} one-bar appends to one file (keep {args.keep}) | {append_us:.0f} µs each, "

@@ -43,6 +43,8 @@ log = logging.getLogger("qaex.market.live")
 
 FLUSH_DELAY = 0.5
 """Seconds after a minute boundary before the flush: trades stamped just before it fold in first."""
+TAKE_STEP = 32
+"""Series taken between two checkpoints of a flush."""
 SHUTDOWN_FLUSH_TIMEOUT = 5.0
 """Seconds the shutdown flush may take (shielded from the cancellation)."""
 
@@ -175,12 +177,15 @@ class LiveBarKeeper:
             with trio.move_on_after(SHUTDOWN_FLUSH_TIMEOUT, shield=True):
                 await self.flush(final=True)
 
-    def take(self, *, final: bool) -> Work:
-        """What to append now, per kept series (read on the loop: the series are the loop's)."""
+    async def take(self, *, final: bool) -> Work:
+        """What to append now, per kept series (read on the loop: the series are the loop's), in steps of
+        :data:`TAKE_STEP` series with a checkpoint between, so hundreds of contracts never hold the loop."""
         now = self._clock()
         work: Work = []
         instruments = self.state.instruments
-        for key in self.plan.keys():
+        for index, key in enumerate(self.plan.keys()):
+            if index and index % TAKE_STEP == 0:
+                await trio.lowlevel.checkpoint()
             series = self.state.klines.get(key)
             if series is None:
                 continue
@@ -192,7 +197,7 @@ class LiveBarKeeper:
 
     async def flush(self, *, final: bool = False) -> None:
         """Append what :meth:`take` hands out, in a worker thread; a file that fails is retried next time."""
-        work = self.take(final=final)
+        work = await self.take(final=final)
         if not work:
             return
         with trio.CancelScope(shield=True):  # what the thread writes is recorded, even at shutdown
