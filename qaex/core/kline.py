@@ -282,12 +282,19 @@ class KlineSeries(_Series):
     # -- history -----------------------------------------------------------------------------------
     def attach_history(self, bars: BarColumns) -> int:
         """Put ``bars`` (this duration's, oldest first) before the live bars, and return how many were
-        kept: those older than the first live bar, at most ``max_len`` in all.
+        kept: those older than the first live bar, at most ``max_len`` in all. A bar of ``bars`` at the
+        first live bar's time is joined into it (:func:`join_bar`: kept live bars of a run before a
+        restart, and the new run's first trades in the same bar).
 
         The live bars are renumbered after them, so call this before anyone has seen this series' ids
         (the market state does it before a chart or a reader gets the series). The live bars that follow
         open at the clock: there are no flat bars between history's last bar and the first live one.
         """
+        if self.first_id == 0 and self._archive is None and len(bars) and self._items:
+            first = self._items[0]
+            end = bisect.bisect_left(bars.datetime, first["datetime"])
+            if end < len(bars) and bars.datetime[end] == first["datetime"]:
+                self._items[0] = join_bar(bars.bar(end), first)
         count = self._attach(bars)
         if count and not self._items:
             self._resume = True
@@ -301,11 +308,7 @@ class KlineSeries(_Series):
         for bar in bars:
             start = self.bar_start(bar["datetime"])
             if current is not None and current["datetime"] == start:
-                current["high"] = max(current["high"], bar["high"])
-                current["low"] = min(current["low"], bar["low"])
-                current["close"] = bar["close"]
-                current["volume"] += bar["volume"]
-                current["close_oi"] = bar["close_oi"]
+                fold_bar(current, bar)
                 continue
             if current is not None and start < current["datetime"]:
                 continue  # out of order: never rewrite
@@ -341,6 +344,7 @@ class KlineSeries(_Series):
         else:
             self.on_time(ts_ns)
         bar = self._newest()
+        self._resume = False  # a trade in the attached bars' last bar (a restart within it): live from here
         if bar["volume"] == 0:  # a gap bar, or the bar just opened: the first trade sets the prices
             bar["open"] = bar["high"] = bar["low"] = price
         else:
@@ -495,3 +499,23 @@ class MirrorSeries:
         if not self._ids:
             return None
         return self._items[self._ids[-1]]["datetime"]  # type: ignore[no-any-return]
+
+
+def fold_bar(into: dict[str, Any], bar: Mapping[str, Any]) -> None:
+    """Fold ``bar`` (later, same bar start) into ``into``: high, low, close, volume, closing open interest."""
+    into["high"] = max(into["high"], bar["high"])
+    into["low"] = min(into["low"], bar["low"])
+    into["close"] = bar["close"]
+    into["volume"] += bar["volume"]
+    into["close_oi"] = bar["close_oi"]
+
+
+def join_bar(earlier: Mapping[str, Any], later: dict[str, Any]) -> dict[str, Any]:
+    """One bar of two parts of the same bar (``earlier`` kept before a restart, ``later`` live): the
+    earlier's open and opening open interest, then :func:`fold_bar`. A flat earlier part (no volume)
+    carries nothing: the later part is the bar, as a gap bar's first trade sets its prices."""
+    if not earlier["volume"]:
+        return later
+    joined = dict(earlier)
+    fold_bar(joined, later)
+    return joined

@@ -81,7 +81,7 @@ class HistoryStore:
             )
         self.seed = stored if stored is not None else (seed if seed is not None else DEFAULT_SEED)
         if stored is None:
-            _write_atomic(meta_path, json.dumps({"format": FORMAT, "seed": self.seed}) + "\n")
+            write_atomic(meta_path, json.dumps({"format": FORMAT, "seed": self.seed}) + "\n")
         self.built = 0
         self.loaded = 0
 
@@ -124,8 +124,8 @@ class HistoryStore:
 
     def save(self, history: ContractHistory, price_decs: int) -> None:
         """Write a contract's history (each file atomically: a crash leaves the old file or the new)."""
-        _write_atomic(self.path(history.symbol, MINUTE), to_csv(history.symbol, history.minutes, price_decs))
-        _write_atomic(self.path(history.symbol, DAY), to_csv(history.symbol, history.days, price_decs))
+        write_atomic(self.path(history.symbol, MINUTE), to_csv(history.symbol, history.minutes, price_decs))
+        write_atomic(self.path(history.symbol, DAY), to_csv(history.symbol, history.days, price_decs))
 
     def spec(
         self, instrument: Instrument, instruments: Mapping[str, Instrument], *, trading_day: str, main: bool
@@ -182,11 +182,11 @@ class HistoryStore:
         if minute_path.exists():
             built.minutes = self._read(spec.symbol, MINUTE)
         else:
-            _write_atomic(minute_path, to_csv(spec.symbol, built.minutes, price_decs))
+            write_atomic(minute_path, to_csv(spec.symbol, built.minutes, price_decs))
         if day_path.exists():
             built.days = self._read(spec.symbol, DAY)
         else:
-            _write_atomic(day_path, to_csv(spec.symbol, built.days, price_decs))
+            write_atomic(day_path, to_csv(spec.symbol, built.days, price_decs))
         return built
 
 
@@ -353,7 +353,7 @@ def load_replay(spec: str) -> dict[str, ReplayTrack]:
     return tracks
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     temporary.write_text(text)
     os.replace(temporary, path)

@@ -44,13 +44,14 @@ import trio
 from qaex.core.calendar import default_holiday_calendar, next_opening, trading_day_of
 from qaex.core.chart import Chart
 from qaex.core.engine import Batch, Engine
-from qaex.core.history import HistorySpec
+from qaex.core.history import ContractHistory, HistorySpec
 from qaex.core.kline import DEFAULT_MAX_LEN, NS_PER_SECOND, KlineSeries, TickSeries
 from qaex.core.market import MarketState, SeriesKey
 from qaex.core.notify_codes import NOTIFY_BAD_INSTRUMENT
 from qaex.core.quote import DEPTH_LEVELS, QuoteBook
 from qaex.exchange.chart_feeds import ChartFeeds
 from qaex.exchange.history import HistoryStore, ImportRefused, check_import, store_imported
+from qaex.exchange.live_bars import LiveBarKeeper, LiveBarStore
 from qaex.exchange.pacing import WakePacer
 from qaex.exchange.snapshot import SessionLink
 from qaex.protocol.diff import market_patch
@@ -83,6 +84,7 @@ class MarketData:
         channel_size: int = 4096,
         publish_interval: float = 0.0,
         history_store: HistoryStore | None = None,
+        live_bars: LiveBarStore | None = None,
     ) -> None:
         """``engine``: the state the market starts from (e.g. rebuilt by a journal replay). Its last
         prices, open interest and books are read here, and only here: every later change arrives in
@@ -99,6 +101,10 @@ class MarketData:
         ``history_store``: the kept market history (:mod:`qaex.exchange.history`). With one, every
         listed contract gets its past bars: built (or loaded) in the background after the start, one
         contract at a time in a worker thread, and at once for a contract a client asks for first.
+
+        ``live_bars``: with a history store, the live 1-minute and 1-day bars kept across a restart
+        (:mod:`qaex.exchange.live_bars`): joined onto each contract's history when it is attached, and
+        written by a task of this service from then on.
         """
         self.history_store = history_store
         self._engine = engine  # for its trading day only, when a contract's history is built
@@ -135,6 +141,10 @@ class MarketData:
         self.on_quote: Callable[[str, Patch], None] | None = None
         self.on_static: Callable[[Patch], None] | None = None  # ... and every change of contract fields
         self.on_series: Callable[[SeriesKey, Patch], None] | None = None  # ... and of every series
+        self.live_bars = live_bars if history_store is not None else None
+        self.keeper = (
+            LiveBarKeeper(self.live_bars, self.state, clock=clock) if self.live_bars is not None else None
+        )
 
     @property
     def quotes(self) -> dict[str, QuoteBook]:
@@ -162,6 +172,8 @@ class MarketData:
                 nursery.start_soon(self._session_timer, name="market:session-timer")
             if self.history_store is not None:
                 nursery.start_soon(self._history_builder, name="market:history")
+            if self.keeper is not None:
+                await nursery.start(self.keeper.run, name="market:live-bars")
             task_status.started()
             log.info("market data ready: %d instruments", len(self.state.quotes))
             async with self._receive:
@@ -232,13 +244,9 @@ class MarketData:
                     self.state.attach_history(symbol, None)
                     continue
                 spec, decs = self._history_spec(symbol)
-                try:
-                    history = await trio.to_thread.run_sync(store.load_or_build, spec, decs)
-                except (OSError, ValueError) as exc:  # a damaged or hand-edited file: no history, not a crash
-                    log.error("market history of %s not loaded: %s", symbol, exc)
-                    history = None
+                history = await trio.to_thread.run_sync(self._load_history, symbol, spec, decs)
                 if self.state.needs_history(symbol):
-                    self.state.attach_history(symbol, history)
+                    self._attach_history(symbol, history)
                 await trio.sleep(HISTORY_PAUSE)  # a background job: leave the loop and the GIL alone
             if pending:
                 log.info("market history ready: %d contracts (%d built, %d loaded)",
@@ -283,17 +291,30 @@ class MarketData:
         for symbol in symbols:
             if self.state.needs_history(symbol) and symbol in self.state.instruments:
                 spec, decs = self._history_spec(symbol)
-                try:
-                    history = self.history_store.load_or_build(spec, decs)
-                except (OSError, ValueError) as exc:
-                    log.error("market history of %s not loaded: %s", symbol, exc)
-                    history = None
-                self.state.attach_history(symbol, history)
+                self._attach_history(symbol, self._load_history(symbol, spec, decs))
+
+    def _load_history(self, symbol: str, spec: HistorySpec, decs: int) -> ContractHistory | None:
+        """A contract's kept (or new) history with its kept live bars after it; None if it cannot be
+        read (a damaged or hand-edited file: no history, not a crash). Safe in a worker thread."""
+        assert self.history_store is not None
+        try:
+            history = self.history_store.load_or_build(spec, decs)
+        except (OSError, ValueError) as exc:
+            log.error("market history of %s not loaded: %s", symbol, exc)
+            return None
+        return history if self.live_bars is None else self.live_bars.join(history)
+
+    def _attach_history(self, symbol: str, history: ContractHistory | None) -> None:
+        self.state.attach_history(symbol, history)
+        if self.keeper is not None:
+            self.keeper.started(symbol, history)
 
     # -- inputs ------------------------------------------------------------------------------------
     def apply(self, batch: Batch) -> None:
         """Fold one engine batch into the state (nothing is pushed until :meth:`publish`)."""
         self.state.apply(batch, self._clock())
+        if batch.settled and self.keeper is not None:
+            self.keeper.settled()
 
     def advance_time(self, ts_ns: int) -> None:
         """Open gap bars up to ``ts_ns`` in every K-line series (the bar timer calls this)."""
