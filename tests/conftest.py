@@ -19,12 +19,18 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+
+# TqSdk's logging package replaces logging.Logger.manager when it is imported (by a test module that
+# imports tqsdk): imported here first, before any qaex module makes its logger, so every logger of the
+# test process lives in one manager (records of loggers made before it would miss caplog otherwise).
+import shinny_structlog  # noqa: F401
 
 from qaex.core.instruments import InstrumentRegistry
 
@@ -51,6 +57,24 @@ def _qaex_logging_restored() -> Iterator[None]:
     for name, child in logging.Logger.manager.loggerDict.items():
         if name.startswith("qaex.") and isinstance(child, logging.Logger):
             child.setLevel(levels.get(name, logging.NOTSET))
+
+
+@contextmanager
+def records_of(name: str, level: int = logging.DEBUG) -> Iterator[list[logging.LogRecord]]:
+    """What logger ``name`` logs at ``level`` and above meanwhile, by a handler of its own (not
+    ``caplog``, whose root handler misses records when something stopped the propagation)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(level)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(before)
 
 
 def free_port() -> int:
