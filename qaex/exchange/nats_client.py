@@ -241,7 +241,10 @@ class NatsClient:
     def _lost(self) -> None:
         was = self.is_connected
         self.is_connected = False
-        self._connected_event = trio.Event()
+        if self._connected_event.is_set():
+            # A new event only once per lost connection: a failed attempt must not replace the one
+            # wait_connected() callers are waiting on (they would never wake).
+            self._connected_event = trio.Event()
         self._disconnected_event.set()
         self._stream = None
         self._out.clear()
