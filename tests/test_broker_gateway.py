@@ -350,6 +350,47 @@ async def test_a_slow_gateway_is_cut_off_by_the_broker_and_recovers(tmp_path: Pa
         broker.stop()
 
 
+async def test_a_resync_too_large_for_the_broker_is_told_to_the_session(tmp_path: Path) -> None:
+    """A user whose tree outgrew the broker's max_payload after the login: the resync after a
+    broker restart cannot bring the snapshot; the gateway's session gets an ERROR notify saying so
+    (it used to stay silently stale)."""
+    broker = NatsServer(free_port(), tmp_path, config="max_pending: 16384\nmax_payload: 16384\n")
+    broker.start()
+    env = {"QAEX_BROKER": broker.url, "QAEX_EXCHANGE_ID": EXCHANGE_ID}
+    core = launch(tmp_path, extra_env=env)
+    gateway = None
+    try:
+        wait_ready(core)
+        gateway = start_gateway(tmp_path, core, broker)
+        alice = open_user(core, init_cash=50_000_000.0)
+        async with (
+            DiffClient.connect(gateway.diff_url) as a,
+            DiffClient.connect(core.diff_url) as embedded,
+        ):
+            assert await a.login(alice.user_id, alice.password)
+            assert await embedded.login(alice.user_id, alice.password)
+            for i in range(80):  # a tree of ~25 KB, each patch small
+                await embedded.insert_order(f"o{i}", CU, "BUY", "OPEN", 1, 80000.0 + 10 * (i % 50))
+            await converge(a, embedded, within=30)
+            seen = len(a.notifies)
+            await trio.to_thread.run_sync(broker.stop)
+            await trio.to_thread.run_sync(broker.start)
+
+            def refused(client: DiffClient) -> dict[str, Any] | None:
+                return next(
+                    (n for n in client.notifies[seen:] if "max_payload" in str(n.get("content"))), None
+                )
+
+            note = await a.wait_for(refused, within=30)
+            assert note["level"] == "ERROR" and "not resynchronized" in note["content"]
+        assert "resync refused by the core" in gateway.log()
+    finally:
+        if gateway is not None:
+            assert gateway.stop() == 0, gateway.log()
+        core.stop()
+        broker.stop()
+
+
 async def test_a_silent_core_gets_orders_refused_at_once_until_it_is_back(deployment: Deployment) -> None:
     alice = open_user(deployment.core)
     async with (

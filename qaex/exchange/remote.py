@@ -292,9 +292,24 @@ class RemoteExchange:
                         link.wake()
                     return
                 if not reply.ok:
+                    self._resync_refused(user_id, reply.error)
                     return
         finally:
             self._resyncing.discard(user_id)
+
+    def _resync_refused(self, user_id: str, error: wire.ErrorInfo | None) -> None:
+        """The core would not send the user's snapshot (e.g. larger than the broker's max_payload):
+        the user's view here is stale from now on, so say so to the log and to its sessions."""
+        if error is None:
+            return  # no such user any more
+        log.error("user %s: resync refused by the core: %s", user_id, error.message)
+        for link in self.snapshots.sessions.get(user_id, ()):
+            link.session.notify(
+                error.diff_code,
+                "ERROR",
+                f"账户数据未能同步 / account view not resynchronized: {error.message}",
+            )
+            link.wake()
 
     def _install(self, user_id: str, reply: wire.LoginReply) -> bool:
         """Make a snapshot the user's tree (unless the feed is live already); False: ask again."""
