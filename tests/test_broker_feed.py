@@ -8,11 +8,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qaex.core.patch import copy_tree, merge_patch
-from qaex.protocol.broker import Resync, Sequencer, UserFeed, UserPatch, split_patch
+from qaex.protocol.broker import (
+    LoginReply,
+    Resync,
+    Sequencer,
+    SnapshotAssembly,
+    UserFeed,
+    UserPatch,
+    snapshot_parts,
+    split_patch,
+)
 
 
 @dataclass
@@ -194,6 +204,43 @@ def test_split_patches_merge_to_the_same_change(
         assert parts == [patch]
     for part in parts:  # a part too big is one object that cannot be split
         assert fits(part) or len(msgspec.msgpack.encode(part)) <= len(msgspec.msgpack.encode(patch))
+
+
+tree_leaf = st.integers(-5, 5) | st.text("pq", max_size=40)  # a tree holds no None (merge_patch drops it)
+tree_objects = st.dictionaries(st.sampled_from("abcdef"), tree_leaf, max_size=4)
+trees = st.dictionaries(
+    kinds | st.just("user_id"),
+    st.dictionaries(st.text("xyzwv", min_size=1, max_size=3), tree_objects, max_size=12) | tree_leaf,
+    max_size=5,
+)
+
+
+@settings(max_examples=300)
+@given(trees, st.integers(300, 2000))
+def test_a_snapshot_in_parts_assembles_to_the_tree(tree: dict[str, Any], limit: int) -> None:
+    """Whatever its size, a snapshot crosses a broker of `limit` bytes a message in parts that each
+    fit and assemble, in order, to the tree; parts out of order are refused."""
+    reply = LoginReply(True, "e1", 7, copy_tree(tree))
+    parts = snapshot_parts(reply, limit)
+    assert parts is not None  # every object here fits alone
+    assert all(len(msgspec.msgpack.encode(part)) <= limit for part in parts)
+    assert [p.part for p in parts] == list(range(len(parts))) and {p.parts for p in parts} == {len(parts)}
+    decoded = [msgspec.msgpack.decode(msgspec.msgpack.encode(p), type=LoginReply) for p in parts]
+    assembly = SnapshotAssembly()
+    assert [assembly.add(p) for p in decoded] == [False] * (len(parts) - 1) + [True]
+    whole = assembly.reply()
+    assert (whole.ok, whole.epoch, whole.seq, whole.tree) == (True, "e1", 7, tree)
+    if len(parts) > 1:
+        with pytest.raises(msgspec.ValidationError):
+            SnapshotAssembly().add(decoded[1])
+
+
+def test_a_snapshot_with_one_object_above_the_limit_cannot_be_split() -> None:
+    tree = {"orders": {"o1": {"text": "x" * 1000}, "o2": {"text": "y"}}}
+    assert snapshot_parts(LoginReply(True, "e1", 1, tree), 1500) == [LoginReply(True, "e1", 1, tree)]
+    assert snapshot_parts(LoginReply(True, "e1", 1, tree), 600) is None
+    refusal = LoginReply(ok=False)
+    assert snapshot_parts(refusal, 10) == [refusal]
 
 
 class FakeClient:

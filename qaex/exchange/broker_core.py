@@ -14,7 +14,8 @@ service hangs off it:
   seeing another epoch resynchronizes everyone;
 - request/reply, each answered on the requester's inbox: ``rpc.login`` (the password checked by
   ``Exchange.check_password`` under its throttle, with the client's address the gateway passes; the
-  answer holds the user's trade tree and the number of the last patch it includes), ``rpc.snapshot``
+  answer holds the user's trade tree — in parts when larger than max_payload, ``wire.snapshot_parts`` —
+  and the number of the last patch it includes), ``rpc.snapshot``
   (the same without a password: a gateway's resync of a user already logged in there) and ``cmd``
   (insert, cancel, deposit, withdraw, password). Inserts and cancels are submitted to the router in
   the order they arrive, like a DIFF session's (pipelined); the answer goes out when the router is
@@ -48,7 +49,8 @@ log = logging.getLogger("qaex.broker")
 
 HEARTBEAT_INTERVAL = 1.0
 TOO_LARGE = wire.ErrorInfo(
-    message="the snapshot exceeds the broker's max_payload: raise max_payload in nats-server's configuration",
+    message="the snapshot cannot be split below the broker's max_payload: raise max_payload in nats-server's "
+    "configuration",
     code="snapshot_too_large",
     diff_code=500,
 )
@@ -213,9 +215,23 @@ class BrokerCore:
             await trio.sleep(self.heartbeat_interval)
 
     def _reply(self, message: Msg, answer: msgspec.Struct) -> None:
-        if message.reply is not None:
-            if not self._publish(message.reply, answer) and isinstance(answer, wire.LoginReply):
-                self._publish(message.reply, wire.LoginReply(ok=False, error=TOO_LARGE))
+        if message.reply is None:
+            return
+        if not isinstance(answer, wire.LoginReply):
+            self._publish(message.reply, answer)
+            return
+        parts = wire.snapshot_parts(answer, self.client.max_payload)  # a big tree: several messages
+        if parts is None:
+            self.too_large += 1
+            log.error(
+                "%s: a snapshot cannot be split below max_payload (%d)",
+                message.reply,
+                self.client.max_payload,
+            )
+            self._publish(message.reply, wire.LoginReply(ok=False, error=TOO_LARGE))
+            return
+        for part in parts:
+            self._publish(message.reply, part)
 
     def snapshot_of(self, user_id: str) -> wire.LoginReply:
         """The user's tree with every patch published so far in it, and the number of the last one."""

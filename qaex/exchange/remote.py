@@ -166,6 +166,7 @@ class RemoteExchange:
         self._nursery: trio.Nursery | None = None
         self._encode = msgspec.msgpack.Encoder().encode
         self._patch_decoder = msgspec.msgpack.Decoder(wire.UserPatch)
+        self._reply_decoder = msgspec.msgpack.Decoder(wire.LoginReply)
         self._core_epoch: str | None = None
         self._last_beat: float | None = None  # trio time of the core's latest heartbeat
         self._first_beat = trio.Event()
@@ -275,12 +276,7 @@ class RemoteExchange:
                 await self.client.wait_connected()
                 try:
                     async with self._snapshot_slots:
-                        answer = await self.client.request(
-                            self._subject("rpc.snapshot"),
-                            self._encode(wire.SnapshotRequest(user_id)),
-                            within=RPC_TIMEOUT,
-                        )
-                    reply = msgspec.msgpack.decode(answer.payload, type=wire.LoginReply)
+                        reply = await self._snapshot("rpc.snapshot", wire.SnapshotRequest(user_id))
                 except (NatsError, msgspec.DecodeError) as exc:
                     log.warning("user %s: snapshot failed (%s); retrying", user_id, exc)
                     await trio.sleep(0.5)
@@ -310,6 +306,17 @@ class RemoteExchange:
                 f"账户数据未能同步 / account view not resynchronized: {error.message}",
             )
             link.wake()
+
+    async def _snapshot(self, rpc: str, request: msgspec.Struct) -> wire.LoginReply:
+        """A user's tree from the core (``rpc.login`` or ``rpc.snapshot``), in one or several parts."""
+        assembly = wire.SnapshotAssembly()
+        await self.client.request_many(
+            self._subject(rpc),
+            self._encode(request),
+            lambda answer: assembly.add(self._reply_decoder.decode(answer.payload)),
+            within=RPC_TIMEOUT,
+        )
+        return assembly.reply()
 
     def _install(self, user_id: str, reply: wire.LoginReply) -> bool:
         """Make a snapshot the user's tree (unless the feed is live already); False: ask again."""
@@ -358,12 +365,7 @@ class RemoteExchange:
         ok = False
         try:
             try:
-                answer = await self.client.request(
-                    self._subject("rpc.login"),
-                    self._encode(wire.LoginRequest(user_id, password, source)),
-                    within=RPC_TIMEOUT,
-                )
-                reply = msgspec.msgpack.decode(answer.payload, type=wire.LoginReply)
+                reply = await self._snapshot("rpc.login", wire.LoginRequest(user_id, password, source))
             except (NatsError, msgspec.DecodeError) as exc:
                 raise broker_unavailable() from exc
             if reply.error is not None:
