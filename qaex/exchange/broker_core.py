@@ -92,6 +92,7 @@ class BrokerCore:
         self._user_prefix = wire.subject(exchange_id, "u.")
         self._quote_prefix = wire.subject(exchange_id, "q.")
         self._static_subject = wire.subject(exchange_id, "static")
+        self._heartbeat_subject = wire.subject(exchange_id, "core.hb")
         # Password checks and transfers in flight: a slot is taken before the task starts, so that a
         # flood of requests waits in the (bounded) subscription, not as thousands of tasks.
         self._slots = trio.Semaphore(MAX_CONCURRENT_RPC)
@@ -194,6 +195,7 @@ class BrokerCore:
             nursery.start_soon(self._serve_logins, login)
             nursery.start_soon(self._serve_snapshots, snapshot)
             nursery.start_soon(self._serve_commands, command)
+            self.client.on_connect.append(self._beat)
             nursery.start_soon(self._heartbeat)
             self.attach()
             with trio.move_on_after(CONNECT_WAIT):
@@ -208,11 +210,15 @@ class BrokerCore:
             task_status.started()
 
     async def _heartbeat(self) -> None:
-        subject = wire.subject(self.exchange_id, "core.hb")
         while True:
             self._mark_gaps()
-            self.client.publish(subject, self._encode(wire.Heartbeat(self.epoch, time.time_ns())))
+            self._beat()
             await trio.sleep(self.heartbeat_interval)
+
+    def _beat(self) -> None:
+        """One heartbeat; also at each (re)connection, so that gateways know at once that this core
+        (and its epoch) is there, not up to a heartbeat interval later."""
+        self.client.publish(self._heartbeat_subject, self._encode(wire.Heartbeat(self.epoch, time.time_ns())))
 
     def _reply(self, message: Msg, answer: msgspec.Struct) -> None:
         if message.reply is None:
