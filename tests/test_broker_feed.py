@@ -323,3 +323,44 @@ async def test_a_lost_answer_is_an_outcome_unknown_refusal_and_a_down_broker_ref
     client.up = False  # broker down: refused before anything is sent
     await remote.submit_cancel_order("u", "o1", outcomes.append)
     assert outcomes[1].error.code == "broker_unavailable" and len(client.sent) == 1
+
+
+class RefusingClient(FakeClient):
+    """A broker connection on which the core answers every snapshot with a refusal."""
+
+    def __init__(self, refusal: LoginReply) -> None:
+        super().__init__()
+        self.refusal = refusal
+
+    async def wait_connected(self) -> None:
+        return None
+
+    async def request_many(self, subject: str, payload: bytes, last: Any, within: float) -> list[Any]:
+        from qaex.protocol.nats import Msg
+
+        self.sent.append((subject, payload))
+        answer = Msg(subject="_INBOX.x.1", sid="0", reply=None, payload=msgspec.msgpack.encode(self.refusal))
+        assert last(answer)
+        return [answer]
+
+
+async def test_a_resync_the_core_refuses_is_told_to_the_users_sessions() -> None:
+    """A snapshot the core cannot send (one object above max_payload): the user's sessions on the
+    gateway get an ERROR notify instead of a view that silently stays stale."""
+    from qaex.exchange.broker_core import TOO_LARGE
+    from qaex.exchange.remote import RemoteExchange
+    from qaex.exchange.snapshot import SessionLink
+    from qaex.protocol.session import DiffSession
+
+    client = RefusingClient(LoginReply(ok=False, error=TOO_LARGE))
+    remote = RemoteExchange(client, "x", market=False)  # type: ignore[arg-type]
+    remote.feeds["u"] = UserFeed("u")
+    link = SessionLink(DiffSession(1))
+    remote.snapshots.sessions["u"] = {link}
+    await remote._fetch_snapshot("u")
+    [(subject, _)] = client.sent
+    assert subject == "qaex.x.rpc.snapshot"
+    [note] = link.session._notifies.values()
+    assert note["level"] == "ERROR" and "not resynchronized" in note["content"]
+    assert "max_payload" in note["content"] and note["code"] == TOO_LARGE.diff_code
+    assert not remote.feeds["u"].live and "u" not in remote._resyncing
