@@ -58,13 +58,13 @@ SHUTDOWN_TIMEOUT = 10.0
 
 
 def _replay(config: Config) -> dict[str, ReplayTrack]:
-    """QAEX_MARKET_REPLAY's recordings, or a ConfigError naming the file."""
+    """QAEX_MARKET_REPLAY's (``qaex serve --replay``) recordings, or a ConfigError naming the file."""
     if not config.market_replay:
         return {}
     try:
         return load_replay(config.market_replay)
     except ValueError as exc:
-        raise ConfigError(f"QAEX_MARKET_REPLAY: {exc}") from None
+        raise ConfigError(f"QAEX_MARKET_REPLAY (--replay): {exc}") from None
 
 
 def build_exchange(config: Config, data_dir: DataDir) -> Exchange:

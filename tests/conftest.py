@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,9 +100,11 @@ def launch(
     data_dir: Path | None = None,
     extra_env: dict[str, str] | None = None,
     serve: bool = False,
+    serve_args: Sequence[str] = (),
 ) -> Server:
     """Start a server process (without waiting for it to be ready): hypercorn's CLI as the README
-    says, or with `serve` ``qaex serve`` (hypercorn run programmatically in the same process)."""
+    says, or with `serve` ``qaex serve`` (hypercorn run programmatically in the same process) with
+    ``serve_args`` after its ``--bind``."""
     http_port, diff_port = free_port(), free_port()
     data_dir = data_dir or workdir / "data"
     admin_token = secrets.token_urlsafe(24)
@@ -123,7 +125,7 @@ def launch(
     env.update(extra_env or {})
     log_path = workdir / f"server-{http_port}.log"
     if serve:
-        command = [sys.executable, "-m", "qaex", "serve", "--bind", f"127.0.0.1:{http_port}"]
+        command = [sys.executable, "-m", "qaex", "serve", "--bind", f"127.0.0.1:{http_port}", *serve_args]
     else:
         command = [sys.executable, "-m", "hypercorn", "qaex.app:app", "--worker-class", "trio"]
         command += ["-b", f"127.0.0.1:{http_port}"]

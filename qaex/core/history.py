@@ -39,8 +39,8 @@ import math
 import random
 from array import array
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from qaex.core.calendar import (
     HolidayCalendar,
@@ -48,6 +48,9 @@ from qaex.core.calendar import (
     has_night_session,
     previous_trading_date,
 )
+
+if TYPE_CHECKING:
+    from qaex.core.tick_file import TickColumns
 
 NS_PER_MINUTE = 60_000_000_000
 DEFAULT_DAYS = 250
@@ -165,9 +168,16 @@ class ContractHistory:
     days: BarColumns
     settlements: list[float]  # one per daily bar
     limits: list[tuple[float, float]]  # (lower, upper) per daily bar, from the settlement before
+    ticks: TickColumns | None = None  # imported ticks (qaex.core.tick_file), before the live ticks
+    others: dict[int, BarColumns] = field(default_factory=dict)  # imported bars of other durations (s)
 
     def nbytes(self) -> int:
-        return self.minutes.nbytes() + self.days.nbytes()
+        return (
+            self.minutes.nbytes()
+            + self.days.nbytes()
+            + (self.ticks.nbytes() if self.ticks is not None else 0)
+            + sum(bars.nbytes() for bars in self.others.values())
+        )
 
 
 def price_decimals(tick: float) -> int:
