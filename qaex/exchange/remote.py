@@ -9,7 +9,8 @@ core's per-user subjects:
 - **Login**: subscribe to ``u.<user_id>`` first, then ``rpc.login`` (the core checks the password
   under its throttle, with the client's address); the answer's tree becomes the user's tree, the
   patches buffered meanwhile at or below its sequence number are dropped, the rest applied
-  (qaex.protocol.broker.UserFeed). A second session of a user already live here uses the local tree.
+  (qaex.protocol.broker.UserFeed); a tree larger than the broker's max_payload comes in parts,
+  assembled before it is used. A second session of a user already live here uses the local tree.
 - **Patches**: each arriving patch is merged into the user's tree and pushed to the user's sessions.
   A gap or a new epoch (patches lost, the core restarted; also the heartbeat's epoch) makes the
   feed ask ``rpc.snapshot``; when it comes, every session of the user is marked for resync, so its

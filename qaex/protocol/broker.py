@@ -4,7 +4,9 @@ user's trade tree exact from a stream of numbered patches. Sans-IO: no trio, no 
 Subjects (prefix ``qaex.<exchange id>.``): ``u.<user_id>`` per-user trade patches
 (:class:`UserPatch`: the core's epoch, the user's sequence number, the merge patch); ``q.<symbol>``
 quote patches; ``core.hb`` the core's heartbeat (:class:`Heartbeat`, with the epoch); ``rpc.login``
-(:class:`LoginRequest` -> :class:`LoginReply`, the user's tree and its sequence number),
+(:class:`LoginRequest` -> :class:`LoginReply`, the user's tree and its sequence number; a tree
+larger than the broker's max_payload in several replies, :func:`snapshot_parts` and
+:class:`SnapshotAssembly`),
 ``rpc.snapshot`` (a resync: the tree without a password check, for gateways only) and ``cmd``
 (:class:`CommandRequest` -> :class:`CommandReply`); ``static`` the contract fields of listed or
 changed instruments, ``rpc.market`` full quotes and the static patch (:class:`MarketRequest` ->
