@@ -19,7 +19,8 @@ service hangs off it:
   seeing another epoch resynchronizes everyone;
 - request/reply, each answered on the requester's inbox: ``rpc.login`` (the password checked by
   ``Exchange.check_password`` under its throttle, with the client's address the gateway passes; the
-  answer holds the user's trade tree and the number of the last patch it includes), ``rpc.snapshot``
+  answer holds the user's trade tree — in parts when larger than max_payload, ``wire.snapshot_parts`` —
+  and the number of the last patch it includes), ``rpc.snapshot``
   (the same without a password: a gateway's resync of a user already logged in there) and ``cmd``
   (insert, cancel, deposit, withdraw, password). Inserts and cancels are submitted to the router in
   the order they arrive, like a DIFF session's (pipelined); the answer goes out when the router is
@@ -54,7 +55,8 @@ log = logging.getLogger("qaex.broker")
 
 HEARTBEAT_INTERVAL = 1.0
 TOO_LARGE = wire.ErrorInfo(
-    message="the snapshot exceeds the broker's max_payload: raise max_payload in nats-server's configuration",
+    message="the snapshot cannot be split below the broker's max_payload: raise max_payload in nats-server's "
+    "configuration",
     code="snapshot_too_large",
     diff_code=500,
 )
@@ -103,6 +105,7 @@ class BrokerCore:
         self._user_prefix = wire.subject(exchange_id, "u.")
         self._quote_prefix = wire.subject(exchange_id, "q.")
         self._static_subject = wire.subject(exchange_id, "static")
+        self._heartbeat_subject = wire.subject(exchange_id, "core.hb")
         # Password checks and transfers in flight: a slot is taken before the task starts, so that a
         # flood of requests waits in the (bounded) subscription, not as thousands of tasks.
         self._slots = trio.Semaphore(MAX_CONCURRENT_RPC)
@@ -267,6 +270,7 @@ class BrokerCore:
             nursery.start_soon(self._serve_logins, login)
             nursery.start_soon(self._serve_snapshots, snapshot)
             nursery.start_soon(self._serve_commands, command)
+            self.client.on_connect.append(self._beat)
             nursery.start_soon(self._heartbeat)
             self.attach()
             with trio.move_on_after(CONNECT_WAIT):
@@ -281,17 +285,35 @@ class BrokerCore:
             task_status.started()
 
     async def _heartbeat(self) -> None:
-        subject = wire.subject(self.exchange_id, "core.hb")
         while True:
             self._mark_gaps()
             self.release_lapsed()
-            self.client.publish(subject, self._encode(wire.Heartbeat(self.epoch, time.time_ns())))
+            self._beat()
             await trio.sleep(self.heartbeat_interval)
 
+    def _beat(self) -> None:
+        """One heartbeat; also at each (re)connection, so that gateways know at once that this core
+        (and its epoch) is there, not up to a heartbeat interval later."""
+        self.client.publish(self._heartbeat_subject, self._encode(wire.Heartbeat(self.epoch, time.time_ns())))
+
     def _reply(self, message: Msg, answer: msgspec.Struct) -> None:
-        if message.reply is not None:
-            if not self._publish(message.reply, answer) and isinstance(answer, wire.LoginReply):
-                self._publish(message.reply, wire.LoginReply(ok=False, error=TOO_LARGE))
+        if message.reply is None:
+            return
+        if not isinstance(answer, wire.LoginReply):
+            self._publish(message.reply, answer)
+            return
+        parts = wire.snapshot_parts(answer, self.client.max_payload)  # a big tree: several messages
+        if parts is None:
+            self.too_large += 1
+            log.error(
+                "%s: a snapshot cannot be split below max_payload (%d)",
+                message.reply,
+                self.client.max_payload,
+            )
+            self._publish(message.reply, wire.LoginReply(ok=False, error=TOO_LARGE))
+            return
+        for part in parts:
+            self._publish(message.reply, part)
 
     def snapshot_of(self, user_id: str) -> wire.LoginReply:
         """The user's tree with every patch published so far in it, and the number of the last one."""

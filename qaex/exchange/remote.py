@@ -9,7 +9,8 @@ core's per-user subjects:
 - **Login**: subscribe to ``u.<user_id>`` first, then ``rpc.login`` (the core checks the password
   under its throttle, with the client's address); the answer's tree becomes the user's tree, the
   patches buffered meanwhile at or below its sequence number are dropped, the rest applied
-  (qaex.protocol.broker.UserFeed). A second session of a user already live here uses the local tree.
+  (qaex.protocol.broker.UserFeed); a tree larger than the broker's max_payload comes in parts,
+  assembled before it is used. A second session of a user already live here uses the local tree.
 - **Patches**: each arriving patch is merged into the user's tree and pushed to the user's sessions.
   A gap or a new epoch (patches lost, the core restarted; also the heartbeat's epoch) makes the
   feed ask ``rpc.snapshot``; when it comes, every session of the user is marked for resync, so its
@@ -171,6 +172,7 @@ class RemoteExchange:
         self._nursery: trio.Nursery | None = None
         self._encode = msgspec.msgpack.Encoder().encode
         self._patch_decoder = msgspec.msgpack.Decoder(wire.UserPatch)
+        self._reply_decoder = msgspec.msgpack.Decoder(wire.LoginReply)
         self._core_epoch: str | None = None
         self._last_beat: float | None = None  # trio time of the core's latest heartbeat
         self._first_beat = trio.Event()
@@ -282,12 +284,7 @@ class RemoteExchange:
                 await self.client.wait_connected()
                 try:
                     async with self._snapshot_slots:
-                        answer = await self.client.request(
-                            self._subject("rpc.snapshot"),
-                            self._encode(wire.SnapshotRequest(user_id)),
-                            within=RPC_TIMEOUT,
-                        )
-                    reply = msgspec.msgpack.decode(answer.payload, type=wire.LoginReply)
+                        reply = await self._snapshot("rpc.snapshot", wire.SnapshotRequest(user_id))
                 except (NatsError, msgspec.DecodeError) as exc:
                     log.warning("user %s: snapshot failed (%s); retrying", user_id, exc)
                     await trio.sleep(0.5)
@@ -299,9 +296,35 @@ class RemoteExchange:
                         link.wake()
                     return
                 if not reply.ok:
+                    self._resync_refused(user_id, reply.error)
                     return
         finally:
             self._resyncing.discard(user_id)
+
+    def _resync_refused(self, user_id: str, error: wire.ErrorInfo | None) -> None:
+        """The core would not send the user's snapshot (e.g. larger than the broker's max_payload):
+        the user's view here is stale from now on, so say so to the log and to its sessions."""
+        if error is None:
+            return  # no such user any more
+        log.error("user %s: resync refused by the core: %s", user_id, error.message)
+        for link in self.snapshots.sessions.get(user_id, ()):
+            link.session.notify(
+                error.diff_code,
+                "ERROR",
+                f"账户数据未能同步 / account view not resynchronized: {error.message}",
+            )
+            link.wake()
+
+    async def _snapshot(self, rpc: str, request: msgspec.Struct) -> wire.LoginReply:
+        """A user's tree from the core (``rpc.login`` or ``rpc.snapshot``), in one or several parts."""
+        assembly = wire.SnapshotAssembly()
+        await self.client.request_many(
+            self._subject(rpc),
+            self._encode(request),
+            lambda answer: assembly.add(self._reply_decoder.decode(answer.payload)),
+            within=RPC_TIMEOUT,
+        )
+        return assembly.reply()
 
     def _install(self, user_id: str, reply: wire.LoginReply) -> bool:
         """Make a snapshot the user's tree (unless the feed is live already); False: ask again."""
@@ -360,12 +383,7 @@ class RemoteExchange:
         ok = False
         try:
             try:
-                answer = await self.client.request(
-                    self._subject("rpc.login"),
-                    self._encode(wire.LoginRequest(user_id, password, source)),
-                    within=RPC_TIMEOUT,
-                )
-                reply = msgspec.msgpack.decode(answer.payload, type=wire.LoginReply)
+                reply = await self._snapshot("rpc.login", wire.LoginRequest(user_id, password, source))
             except (NatsError, msgspec.DecodeError) as exc:
                 raise broker_unavailable() from exc
             if reply.error is not None:
