@@ -31,6 +31,7 @@ from qaex.exchange.nats_client import NatsClient, NatsError, Subscription
 from qaex.exchange.pacing import WakePacer
 from qaex.exchange.snapshot import SessionLink
 from qaex.protocol import broker as wire
+from qaex.protocol.diff import SharedPatch
 from qaex.protocol.nats import Msg
 
 log = logging.getLogger("qaex.remote.market")
@@ -163,8 +164,9 @@ class RemoteMarket:
         for change in result:
             merge_patch(self.static, change)
             self._shared.pop("", None)
+            shared = SharedPatch(change)  # encoded once for every session here
             for link in self._links:
-                link.session.push(change)
+                link.session.push_shared(shared)
                 self._woken[link] = None
         self._woke()
 
@@ -185,8 +187,9 @@ class RemoteMarket:
             if quote is not None:
                 merge_patch(quote, change)
                 self._shared.pop(symbol, None)
+            shared = SharedPatch(change)  # encoded once for every subscriber here
             for link in self._quote_links.get(symbol, ()):
-                link.session.push(change)
+                link.session.push_shared(shared)
                 self._woken[link] = None
         self._woke()
 

@@ -26,6 +26,13 @@ trade of the day stays in it), and a resync costs a full view anyway, so pending
 the full view are kept before falling back to it. Resyncs are thus rare even for a growing view (the limit
 doubles with it) and each costs O(view): amortised O(1) per pushed key.
 
+Shared patches (:meth:`DiffSession.push_shared`, a market-data publish that every subscriber receives
+alike) are kept by reference after whatever is pending, up to :data:`MAX_SHARED_PENDING` of them, and
+sent as their pre-encoded bytes (:class:`~qaex.protocol.diff.SharedPatch`): a session whose pending
+data is only shared patches costs no merge and no encoding of them. Anything pushed after a shared
+patch first merges the shared patches into the pending patches (order is kept), as does one shared
+patch past the limit; the client applies the same patches in the same order either way.
+
 Notifies are not part of any snapshot, so they are kept apart, survive a resync, and are bounded by
 count (:data:`MAX_PENDING_NOTIFIES`, the oldest dropped first).
 """
@@ -68,6 +75,7 @@ from qaex.protocol.diff import (
     ReqLogin,
     ReqTransfer,
     SetChart,
+    SharedPatch,
     SubscribeQuote,
     decode_client_message,
     encode_rtn_data,
@@ -109,6 +117,9 @@ DEFAULT_MAX_PENDING: Final = 20_000
 
 VIEW_SIZE_FACTOR: Final = 2
 MAX_PENDING_NOTIFIES: Final = 100
+MAX_SHARED_PENDING: Final = 16
+"""Shared patches kept as they are between two rtn_data (see :meth:`DiffSession.push_shared`); a
+publish pushes one per changed subscribed quote, so this covers a session watching a dozen symbols."""
 MAX_NOTIFY_TEXT: Final = 1_000
 """Characters of one notify's content (longer ones are cut): pending notifies cost at most ~100 KB."""
 MAX_CHARTS: Final = 256
@@ -150,6 +161,7 @@ class DiffSession:
         self._rate_window: int | None = None  # the whole second of the owner's clock being counted
         self._rate_count = 0
         self._pending = PendingPatches()
+        self._shared: list[SharedPatch] = []  # after the pending patches, in order, not merged yet
         # TqApi blocks until it sees mdhis_more_data == false: the first peek is answered at once.
         self._pending.add({"mdhis_more_data": False})
 
@@ -356,6 +368,29 @@ class DiffSession:
             patch = {key: value for key, value in patch.items() if key != "notify"}
         if self.resync_needed:
             return  # the full view the owner will pass to reset() includes this change
+        if self._shared:
+            self._merge_shared()
+        self._add(patch)
+
+    def push_shared(self, shared: SharedPatch) -> None:
+        """Queue a patch many sessions get alike (``shared.patch`` is never mutated, nor merged into
+        while it is kept). It is kept by reference and, if nothing is pushed after it before the next
+        rtn_data, sent as its encoded bytes; past :data:`MAX_SHARED_PENDING` kept ones, or when a
+        :meth:`push` follows, the kept ones are merged into the pending patches like any patch."""
+        if self.resync_needed or not shared.patch:
+            return
+        if len(self._shared) >= MAX_SHARED_PENDING:
+            self._merge_shared()
+        self._shared.append(shared)
+
+    def _merge_shared(self) -> None:
+        shared, self._shared = self._shared, []
+        for one in shared:
+            if self.resync_needed:
+                return
+            self._add(one.patch)
+
+    def _add(self, patch: Patch) -> None:
         pending = self._pending
         pending.add(patch)
         if not pending.borrowing and pending.size > self.pending_limit:
@@ -385,6 +420,7 @@ class DiffSession:
         deletions dropped with the pending patches are not repeated; a stale chart entry is harmless.
         """
         self._pending = PendingPatches()
+        self._shared = []
         self._pending.add({"mdhis_more_data": False})
         if self._ins_list_echo is not None:
             self._pending.add({"ins_list": self._ins_list_echo})
@@ -400,7 +436,9 @@ class DiffSession:
 
         Also true when :attr:`resync_needed`: the owner must then :meth:`reset` before :meth:`data_to_send`.
         """
-        return self._peeked and (bool(self._pending) or bool(self._notifies) or self.resync_needed)
+        return self._peeked and (
+            bool(self._pending) or bool(self._shared) or bool(self._notifies) or self.resync_needed
+        )
 
     def data_to_send(self) -> bytes | None:
         """The rtn_data frame answering the pending peek, or ``None`` if there is no peek or nothing to send.
@@ -409,7 +447,10 @@ class DiffSession:
         """
         if not self._peeked or self.resync_needed:
             return None
-        data = self._pending.take()
+        data: list[Patch | msgspec.Raw] = list(self._pending.take())
+        if self._shared:
+            data.extend(shared.raw for shared in self._shared)
+            self._shared = []
         if self._notifies:
             data.append({"notify": self._notifies})
             self._notifies = {}
