@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from qaex.core.patch import merge_patch
 from qaex.protocol.diff import SharedPatch
-from qaex.protocol.session import MAX_SHARED_PENDING, DiffSession
+from qaex.protocol.session import MAX_RUNS, MAX_SHARED_PENDING, DiffSession
 
 keys = st.sampled_from(["a", "b", "c", "quotes"])
 scalars = st.one_of(st.integers(-3, 3), st.sampled_from(["x", "-"]), st.lists(st.integers(0, 2), max_size=2))
@@ -148,3 +148,50 @@ def test_a_shared_patch_cannot_carry_a_notify() -> None:
 def test_raw_bytes_are_the_json_of_the_patch() -> None:
     patch = {"quotes": {"A": {"p": 1.5, "s": "-", "l": [1, 2]}}}
     assert msgspec.json.decode(bytes(SharedPatch(patch).raw)) == patch
+
+
+def fresh() -> DiffSession:
+    session = DiffSession(1)
+    session.receive(PEEK)
+    session.data_to_send()  # the first rtn_data (mdhis_more_data)
+    session.receive(PEEK)
+    return session
+
+
+def test_a_private_patch_after_shared_ones_leaves_their_bytes_as_they_are() -> None:
+    session = fresh()
+    one, two = SharedPatch({"quotes": {"A": {"p": 1}}}), SharedPatch({"quotes": {"B": {"p": 2}}})
+    session.push_shared(one)
+    session.push({"trade": {"u": {"accounts": {"CNY": {"balance": 1.0}}}}})
+    session.push_shared(two)
+    frame = session.data_to_send()
+    assert frame == (
+        b'{"aid":"rtn_data","data":[' + bytes(one.raw) + b',{"trade":{"u":{"accounts":{"CNY":{"balance":1.0}}}}},'
+        + bytes(two.raw) + b"]}"
+    )
+
+
+def test_runs_past_the_limit_are_merged_into_one() -> None:
+    session = fresh()
+    tree: dict[str, Any] = {}
+    for n in range(3 * MAX_RUNS):
+        session.push_shared(SharedPatch({"quotes": {"A": {"n": n}}}))
+        session.push({"trade": {"u": {"n": n}}})
+    frame = session.data_to_send()
+    data = json.loads(frame or b"")["data"]
+    assert len(data) <= MAX_RUNS * (2 + MAX_SHARED_PENDING)
+    for patch in data:
+        merge_patch(tree, patch)
+    last = 3 * MAX_RUNS - 1
+    assert tree == {"quotes": {"A": {"n": last}}, "trade": {"u": {"n": last}}}
+
+
+def test_the_pending_bound_counts_the_private_patches_of_every_run() -> None:
+    session = DiffSession(1, max_pending=60)
+    for n in range(MAX_RUNS - 1):  # each run's private patch is under the bound, all together over it
+        session.push({"trade": {"u": {f"r{n}": {f"f{i}": i for i in range(20)}}}})
+        session.push_shared(SharedPatch({"quotes": {"A": {"n": n}}}))
+        assert not session.resync_needed
+    session.push({"trade": {"u": {"last": {f"f{i}": i for i in range(20)}}}})
+    session.push({"trade": {"u": {"more": 1}}})
+    assert session.resync_needed
