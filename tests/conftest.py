@@ -8,6 +8,7 @@ stderr goes to ``server.log`` in the data directory's parent and is printed when
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import shutil
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,27 @@ from qaex.core.instruments import InstrumentRegistry
 
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
+
+
+@pytest.fixture(autouse=True)
+def _qaex_logging_restored() -> Iterator[None]:
+    """``qaex.logconfig.configure`` (run by an app or a CLI command started in-process) stops the
+    ``qaex`` logger's propagation and sets levels, which would hide later tests' records from
+    ``caplog`` (tests failing or passing by the order they run in): put all of it back after each test."""
+    logger = logging.getLogger("qaex")
+    handlers, propagate, level = list(logger.handlers), logger.propagate, logger.level
+    levels = {
+        name: child.level
+        for name, child in logging.Logger.manager.loggerDict.items()
+        if name.startswith("qaex.") and isinstance(child, logging.Logger)
+    }
+    yield
+    logger.handlers[:] = handlers
+    logger.propagate = propagate
+    logger.setLevel(level)
+    for name, child in logging.Logger.manager.loggerDict.items():
+        if name.startswith("qaex.") and isinstance(child, logging.Logger):
+            child.setLevel(levels.get(name, logging.NOTSET))
 
 
 def free_port() -> int:
@@ -100,9 +122,11 @@ def launch(
     data_dir: Path | None = None,
     extra_env: dict[str, str] | None = None,
     serve: bool = False,
+    serve_args: Sequence[str] = (),
 ) -> Server:
     """Start a server process (without waiting for it to be ready): hypercorn's CLI as the README
-    says, or with `serve` ``qaex serve`` (hypercorn run programmatically in the same process)."""
+    says, or with `serve` ``qaex serve`` (hypercorn run programmatically in the same process) with
+    ``serve_args`` after its ``--bind``."""
     http_port, diff_port = free_port(), free_port()
     data_dir = data_dir or workdir / "data"
     admin_token = secrets.token_urlsafe(24)
@@ -123,7 +147,7 @@ def launch(
     env.update(extra_env or {})
     log_path = workdir / f"server-{http_port}.log"
     if serve:
-        command = [sys.executable, "-m", "qaex", "serve", "--bind", f"127.0.0.1:{http_port}"]
+        command = [sys.executable, "-m", "qaex", "serve", "--bind", f"127.0.0.1:{http_port}", *serve_args]
     else:
         command = [sys.executable, "-m", "hypercorn", "qaex.app:app", "--worker-class", "trio"]
         command += ["-b", f"127.0.0.1:{http_port}"]
@@ -182,18 +206,25 @@ class User:
         return self.client.post(path, json=json, **kwargs)
 
 
-def open_user(server: Server, *, init_cash: float | None = None, prefix: str = "u") -> User:
+def open_user(
+    server: Server, *, init_cash: float | None = None, prefix: str = "u", timeout: float = 5.0
+) -> User:
+    """A new account, logged in (``timeout``: per request; password hashing is slow on a busy machine)."""
     user_id = f"{prefix}{uuid.uuid4().hex[:10]}"
     password = secrets.token_hex(8)
     body: dict[str, Any] = {"user_id": user_id, "password": password}
     if init_cash is not None:
         body["init_cash"] = init_cash
-    opened = httpx.post(server.http_url + "/api/account/open", json=body)
+    opened = httpx.post(server.http_url + "/api/account/open", json=body, timeout=timeout)
     assert opened.status_code == 201, opened.text
-    login = httpx.post(server.http_url + "/api/auth/login", json={"user_id": user_id, "password": password})
+    login = httpx.post(
+        server.http_url + "/api/auth/login", json={"user_id": user_id, "password": password}, timeout=timeout
+    )
     assert login.status_code == 200, login.text
     token = login.json()["token"]
-    client = httpx.Client(base_url=server.http_url, headers={"Authorization": f"Bearer {token}"})
+    client = httpx.Client(
+        base_url=server.http_url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout
+    )
     server.clients.append(client)
     return User(user_id, password, token, client)
 

@@ -286,10 +286,16 @@ async def test_quotes_through_a_gateway_equal_the_cores(deployment: Deployment) 
         await a.wait_for(lambda c: c.tree["quotes"][CU].get("ask_price1") == 87000.0)
         await converge_quotes(a, embedded)
         assert a.tree["quotes"][CU]["bid_volume1"] == 3
-        # a chart is refused with a notify on a gateway (not served there yet)
-        await a.send({"aid": "set_chart", "chart_id": "c1", "ins_list": CU, "duration": 60_000_000_000,
-                      "view_width": 10})  # fmt: skip
-        await a.wait_for(lambda c: any("chart" in str(n.get("content")) for n in c.notifies))
+        # a chart through the gateway process (tests/test_gateway_charts.py compares them in depth)
+        for client in (a, embedded):
+            await client.send({"aid": "set_chart", "chart_id": "c1", "ins_list": CU,
+                               "duration": 60_000_000_000, "view_width": 10})  # fmt: skip
+        await a.wait_for(lambda c: c.tree.get("charts", {}).get("c1", {}).get("ready"))
+        await embedded.wait_for(lambda c: c.tree.get("charts", {}).get("c1", {}).get("ready"))
+        deadline = trio.current_time() + 10  # a bar may open between the two answers: both get it
+        while (a.tree["charts"], a.tree["klines"]) != (embedded.tree["charts"], embedded.tree["klines"]):
+            assert trio.current_time() < deadline, (a.tree["charts"], embedded.tree["charts"])
+            await trio.sleep(0.05)
 
 
 async def test_a_silent_core_gets_orders_refused_at_once_until_it_is_back(deployment: Deployment) -> None:

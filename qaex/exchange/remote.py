@@ -21,9 +21,10 @@ core's per-user subjects:
   is safe: a duplicate order id is refused).
 - **Broker lost**: sessions stay open; on reconnection every user is resynced.
 
-Quotes come from qaex.exchange.remote_market; ``ins_query`` is answered from the core's listing
-(``rpc.instruments``, kept in ``engine``: an Engine with no users, only read). Not here yet
-(docs/architecture.md, "Gateways"): charts (K-lines, ticks).
+Quotes and charts come from qaex.exchange.remote_market (and remote_charts); ``ins_query`` is
+answered from the core's listing (``rpc.instruments``, kept in ``engine``: an Engine with no users,
+only read). ``/ws`` notifications (qaex.api.notify_ws, with ``req_login``) come from a
+NotificationHub on this gateway's SnapshotManager, fed the same patches as its DIFF sessions.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from qaex.core.patch import merge_patch
 from qaex.core.throttle import AccessGuard, LoginThrottled
 from qaex.exchange.market import MarketData
 from qaex.exchange.nats_client import NatsClient, NatsError, NotConnected, Subscription
+from qaex.exchange.notifications import NotificationHub
 from qaex.exchange.remote_market import RemoteMarket
 from qaex.exchange.router import Request
 from qaex.exchange.snapshot import DEFAULT_MAX_SESSIONS_PER_USER, Patch, SessionLink, SnapshotManager
@@ -125,6 +127,8 @@ class RemoteSnapshots(SnapshotManager):
         self.announce((user_id,))
 
     def forget(self, user_id: str) -> None:
+        if self.notifications is not None:
+            self.notifications.drop(user_id)
         self.trees.pop(user_id, None)
         channel = self._channels.pop(user_id, None)
         if channel is not None:
@@ -151,12 +155,13 @@ class RemoteExchange:
         max_sessions_per_user: int = DEFAULT_MAX_SESSIONS_PER_USER,
         market: bool = True,
     ) -> None:
-        """`market`: serve quotes too (qaex.exchange.remote_market); False: trade data only."""
+        """`market`: serve quotes and charts too (qaex.exchange.remote_market); False: trade data only."""
         self.client = client
         self.exchange_id = exchange_id
         self.engine = engine if engine is not None else Engine()  # instruments for ins_query only
         self.guard = guard if guard is not None else AccessGuard()  # client addresses (the core throttles)
         self.snapshots = RemoteSnapshots(self, max_sessions_per_user)
+        self.notify_with(NotificationHub(self.snapshots, max_per_user=max_sessions_per_user))
         self.market: MarketData | RemoteMarket | None = RemoteMarket(client, exchange_id) if market else None
         self.feeds: dict[str, wire.UserFeed] = {}
         self._subscriptions: dict[str, Subscription] = {}
@@ -178,6 +183,8 @@ class RemoteExchange:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self.snapshots.run)
+            if self.snapshots.notifications is not None:
+                await nursery.start(self.snapshots.notifications.run)
             self.client.subscribe(self._subject("core.hb"), callback=self._heartbeat)
             self.client.on_connect.append(self._reconnected)
             self.client.on_disconnect.append(self._disconnected)
@@ -310,8 +317,18 @@ class RemoteExchange:
             self._apply(user_id, change)
         return True
 
+    def notify_with(self, hub: NotificationHub) -> None:
+        """Serve ``/ws`` here from `hub` (built on :attr:`snapshots`; qaex.api.notify_ws, req_login
+        only: no tokens here). A user a notification connection follows stays subscribed here as for
+        a DIFF session."""
+        hub.on_idle = self.forget_if_unused
+        self.snapshots.notifications = hub
+
     def forget_if_unused(self, user_id: str) -> None:
+        hub = self.snapshots.notifications
         if self._logins.get(user_id) or self.snapshots.sessions.get(user_id):
+            return
+        if hub is not None and hub.subscribers.get(user_id):
             return
         subscription = self._subscriptions.pop(user_id, None)
         if subscription is not None:

@@ -8,7 +8,9 @@ quote patches; ``core.hb`` the core's heartbeat (:class:`Heartbeat`, with the ep
 ``rpc.snapshot`` (a resync: the tree without a password check, for gateways only) and ``cmd``
 (:class:`CommandRequest` -> :class:`CommandReply`); ``static`` the contract fields of listed or
 changed instruments, ``rpc.market`` full quotes and the static patch (:class:`MarketRequest` ->
-:class:`MarketReply`). Everything is msgspec msgpack.
+:class:`MarketReply`); ``k.<symbol>.<duration ns>`` the patches of a series some gateway holds
+(``chart.hold``, :class:`SeriesHolds`), numbered per series, and ``rpc.chart`` its items in pages
+(:class:`SeriesRequest` -> :class:`SeriesReply`). Everything is msgspec msgpack.
 
 **Sequence numbers.** The core numbers each user's patches 1, 2, 3, ... within an *epoch*, a random
 id drawn at each core start (:class:`Sequencer`). A snapshot carries the number of the last patch
@@ -86,6 +88,37 @@ class MarketReply(msgspec.Struct):
     quotes: dict[str, QuoteSnapshot] = {}  # the symbols asked for that exist
 
 
+class SeriesRequest(msgspec.Struct):
+    """``rpc.chart``: one page of a series' items (``duration`` 0: ticks), the newest first
+    (``before_id`` None) then older ones (the items before ``before_id``). Asking holds the series on
+    the core (:class:`SeriesHolds`), as a ``chart.hold`` does."""
+
+    symbol: str
+    duration: int
+    before_id: int | None = None
+
+
+class SeriesReply(msgspec.Struct):
+    """A page: ``items`` are the ids ``start``, ``start + 1``, ...; ``seq`` the number of the last
+    ``k.<symbol>.<duration>`` patch the series includes (meaningful in the newest page);
+    ``first_id`` / ``last_id`` / ``max_len`` the series' own."""
+
+    epoch: str
+    seq: int = 0
+    first_id: int = 0
+    last_id: int = -1
+    max_len: int = 1
+    start: int = 0
+    items: list[dict[str, Any]] = []
+    error: ErrorInfo | None = None
+
+
+class SeriesHold(msgspec.Struct):
+    """``chart.hold``: the series a gateway mirrors, renewed every :data:`HOLD_RENEW` seconds."""
+
+    series: list[tuple[str, int]]
+
+
 class ErrorInfo(msgspec.Struct):
     message: str
     code: str
@@ -147,6 +180,68 @@ class Sequencer:
     def last(self, user_id: str) -> int:
         """The number of the user's latest patch (0: none yet in this epoch)."""
         return self._last.get(user_id, 0)
+
+
+SeriesKey = tuple[str, int]
+
+HOLD_LAPSE = 60.0
+"""Seconds a series stays held on the core after the last ``chart.hold`` or ``rpc.chart`` naming it."""
+HOLD_RENEW = 20.0
+"""Seconds between two ``chart.hold`` messages of a gateway."""
+MAX_HELD = 4096
+"""Series the core holds for gateways at most (past it ``rpc.chart`` is refused)."""
+
+
+def series_name(key: SeriesKey) -> str:
+    """``<symbol>.<duration ns>``: the subject's suffix after ``k.`` and the series' numbering key."""
+    return f"{key[0]}.{key[1]}"
+
+
+def series_body(patch: Patch, key: SeriesKey) -> Patch | None:
+    """The body (``{"last_id": N, "data": {...}}``) of one series' DIFF patch, or None."""
+    symbol, duration = key
+    if duration == 0:
+        body = (patch.get("ticks") or {}).get(symbol)
+    else:
+        body = ((patch.get("klines") or {}).get(symbol) or {}).get(str(duration))
+    return body if type(body) is dict else None
+
+
+@dataclass(slots=True)
+class SeriesHolds:
+    """The series the core keeps for gateways, each until ``lapse`` seconds after it was last named.
+
+    :meth:`hold` says whether a series is new (the caller starts it) and refuses past ``limit``;
+    :meth:`expired` hands out those that lapsed (the caller releases them)."""
+
+    lapse: float = HOLD_LAPSE
+    limit: int = MAX_HELD
+    _until: dict[SeriesKey, float] = field(default_factory=dict)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._until
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+    def hold(self, key: SeriesKey, now: float) -> bool | None:
+        """Renew or start holding: True when new, False when renewed, None when full (not held)."""
+        if key in self._until:
+            self._until[key] = now + self.lapse
+            return False
+        if len(self._until) >= self.limit:
+            return None
+        self._until[key] = now + self.lapse
+        return True
+
+    def drop(self, key: SeriesKey) -> None:
+        self._until.pop(key, None)
+
+    def expired(self, now: float) -> list[SeriesKey]:
+        gone = [key for key, until in self._until.items() if until <= now]
+        for key in gone:
+            del self._until[key]
+        return gone
 
 
 # -- gateway side ---------------------------------------------------------------------------------
