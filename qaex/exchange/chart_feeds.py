@@ -24,6 +24,7 @@ import msgspec
 from qaex.core.chart import Chart
 from qaex.core.market import ChartRefused, SeriesKey
 from qaex.exchange.snapshot import SessionLink
+from qaex.protocol.diff import SharedPatch
 
 Patch = dict[str, Any]
 
@@ -153,8 +154,12 @@ class ChartFeeds:
         moved: list[tuple[SessionLink, Chart]] = []
         seen: set[Chart] = set()
         for key, patch in changes:
-            for link, charts in self._feeds.get(key, {}).items():
-                link.session.push(patch)
+            feeds = self._feeds.get(key)
+            if not feeds:
+                continue
+            shared = SharedPatch(patch)  # encoded once for every session charting the series
+            for link, charts in feeds.items():
+                link.session.push_shared(shared)
                 woken[link] = None
                 for chart in charts:
                     if chart not in seen and chart in self._shown:

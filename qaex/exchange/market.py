@@ -12,10 +12,11 @@ service holds what needs trio or knows sessions:
   gateway's charts), with this service as its chart source;
 * pacing: after a run of batches (as many as are waiting, at most one publish per
   ``publish_interval``) or a timer tick, :meth:`MarketData.publish` takes the state's changes and pushes
-  **each patch dict itself** to every session subscribed to its object - one patch build per change
-  batch, whatever the number of subscribers; each session's PendingPatches coalesces what it has not
-  sent yet. The writers are woken a few per scheduler pass (:meth:`MarketData.wake_in_steps`,
-  qaex.exchange.pacing).
+  **each patch** to every session subscribed to its object as one
+  :class:`~qaex.protocol.diff.SharedPatch` - one patch build and at most one JSON encoding per change
+  batch, whatever the number of subscribers (``DiffSession.push_shared``: a session with nothing
+  else pending sends the encoded bytes; one with data of its own merges the patch in). The writers
+  are woken a few per scheduler pass (:meth:`MarketData.wake_in_steps`, qaex.exchange.pacing).
 
 Who sees what:
 
@@ -54,7 +55,7 @@ from qaex.exchange.history import HistoryStore, ImportRefused, check_import, sto
 from qaex.exchange.live_bars import LiveBarKeeper, LiveBarStore
 from qaex.exchange.pacing import WakePacer
 from qaex.exchange.snapshot import SessionLink
-from qaex.protocol.diff import market_patch
+from qaex.protocol.diff import SharedPatch, market_patch
 
 log = logging.getLogger("qaex.market")
 
@@ -135,8 +136,9 @@ class MarketData:
         self._quote_links: dict[str, set[SessionLink]] = {}
         self._subscribed: dict[SessionLink, set[str]] = {}
         self.charts = ChartFeeds(self, self._view_size)  # the sessions' charts (qaex.exchange.chart_feeds)
-        self._wire_static: tuple[Patch, Patch] | None = None  # (the state's static patch, as DIFF sends it)
-        self._wire_quotes: dict[str, tuple[Patch, Patch]] = {}  # likewise for each full quote
+        # (the state's static patch, as DIFF sends it), and likewise for each full quote
+        self._wire_static: tuple[Patch, SharedPatch] | None = None
+        self._wire_quotes: dict[str, tuple[Patch, SharedPatch]] = {}
         # A core with a broker (qaex.exchange.broker_core): every changed quote's patch, as DIFF sends it.
         self.on_quote: Callable[[str, Patch], None] | None = None
         self.on_static: Callable[[Patch], None] | None = None  # ... and every change of contract fields
@@ -354,8 +356,9 @@ class MarketData:
             static = market_patch(changes.static)
             if self.on_static is not None:
                 self.on_static(static)
+            shared = SharedPatch(static)
             for link in self._links:
-                link.session.push(static)
+                link.session.push_shared(shared)
                 woken[link] = None
         quote_links = self._quote_links
         on_quote = self.on_quote
@@ -369,9 +372,10 @@ class MarketData:
             elif not links:
                 continue
             else:
-                patch = market_patch(patch)  # once per change, shared by every subscriber
+                patch = market_patch(patch)
+            shared = SharedPatch(patch)  # once per change, shared by every subscriber
             for link in links:
-                link.session.push(patch)
+                link.session.push_shared(shared)
                 woken[link] = None
         on_series = self.on_series
         series: list[tuple[SeriesKey, Patch]] = []
@@ -389,17 +393,23 @@ class MarketData:
     # "-"); the state's patches hold real values. Shared patches are converted once and kept.
     def static_patch(self) -> Patch:
         """The contract fields of every instrument, one shared patch rebuilt only when a spec changes."""
+        return self._shared_static().patch
+
+    def _shared_static(self) -> SharedPatch:
         core = self.state.static_patch()
         if self._wire_static is None or self._wire_static[0] is not core:
-            self._wire_static = (core, market_patch(core))
+            self._wire_static = (core, SharedPatch(market_patch(core)))
         return self._wire_static[1]
 
     def full_quote(self, symbol: str) -> Patch:
         """``{"quotes": {symbol: every field}}``, shared by every session subscribing before it changes."""
+        return self._shared_quote(symbol).patch
+
+    def _shared_quote(self, symbol: str) -> SharedPatch:
         core = self.state.full_quote(symbol)
         kept = self._wire_quotes.get(symbol)
         if kept is None or kept[0] is not core:
-            kept = self._wire_quotes[symbol] = (core, market_patch(core))
+            kept = self._wire_quotes[symbol] = (core, SharedPatch(market_patch(core)))
         return kept[1]
 
     # -- charts: the ChartSource of self.charts (qaex.exchange.chart_feeds) ------------------------------
@@ -433,7 +443,7 @@ class MarketData:
     def add_session(self, link: SessionLink) -> None:
         """A new connection: it gets the static fields of every instrument in its first rtn_data."""
         self._links.add(link)
-        link.session.push(self.static_patch())
+        link.session.push_shared(self._shared_static())
         link.wake()
 
     def remove_session(self, link: SessionLink) -> None:
@@ -463,7 +473,7 @@ class MarketData:
         for symbol in ins_list:
             if symbol in now and symbol not in before:
                 self._quote_links.setdefault(symbol, set()).add(link)
-                link.session.push(self.full_quote(symbol))
+                link.session.push_shared(self._shared_quote(symbol))
         if now:
             self._subscribed[link] = now
         else:

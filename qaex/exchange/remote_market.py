@@ -32,6 +32,7 @@ from qaex.exchange.pacing import WakePacer
 from qaex.exchange.remote_charts import RemoteCharts
 from qaex.exchange.snapshot import SessionLink
 from qaex.protocol import broker as wire
+from qaex.protocol.diff import SharedPatch
 from qaex.protocol.nats import Msg
 
 log = logging.getLogger("qaex.remote.market")
@@ -170,8 +171,9 @@ class RemoteMarket:
         for change in result:
             merge_patch(self.static, change)
             self._shared.pop("", None)
+            shared = SharedPatch(change)  # encoded once for every session here
             for link in self._links:
-                link.session.push(change)
+                link.session.push_shared(shared)
                 self._woken[link] = None
         self._woke()
 
@@ -192,8 +194,9 @@ class RemoteMarket:
             if quote is not None:
                 merge_patch(quote, change)
                 self._shared.pop(symbol, None)
+            shared = SharedPatch(change)  # encoded once for every subscriber here
             for link in self._quote_links.get(symbol, ()):
-                link.session.push(change)
+                link.session.push_shared(shared)
                 self._woken[link] = None
         self._woke()
 
