@@ -33,10 +33,12 @@ from qaex.api.notify_ws import NOTIFY_PATH, NotificationSockets
 from qaex.api.ws_lifetime import websocket_lifetime
 from qaex.core.errors import QaexError
 from qaex.core.throttle import LoginThrottled
+from qaex.exchange.pacing import SendGate
 from qaex.exchange.router import Request
 from qaex.exchange.snapshot import SessionLink
 from qaex.protocol import diff as messages
 from qaex.protocol.diff import ClientEvent
+from qaex.protocol.liveness import Liveness, PongWait
 from qaex.protocol.session import CloseConnection, Deposit, DiffSession, Withdraw
 
 if TYPE_CHECKING:
@@ -79,11 +81,13 @@ class DiffServer:
         self._ids = itertools.count(1)
         self.active = 0
         self._sources: dict[int, str] = {}  # session id -> client address, for the login throttle
+        self.send_gate = SendGate()  # writers' turns when the fan-out is saturated (qaex.exchange.pacing)
 
     async def serve(
         self, host: str, port: int, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
     ) -> None:
         async with trio.open_nursery() as handler_nursery:
+            handler_nursery.start_soon(self.send_gate.run)
             if self.reuse_port:
                 listener = await _reuse_port_listener(host, port)
                 shared = WebSocketServer(
@@ -138,12 +142,14 @@ class DiffServer:
             async with websocket_lifetime(ws, log, f"session {link.session.session_id}"):
                 await ws.send_message(messages.RTN_BROKERS.decode())
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._until_closed, self._writer(ws, link), nursery.cancel_scope)
-                    last_heard = [trio.current_time()]  # when the reader last got a frame from the client
+                    liveness = Liveness(trio.current_time())  # what the heartbeat counts as silence
                     nursery.start_soon(
-                        self._until_closed, self._heartbeat(ws, last_heard), nursery.cancel_scope
+                        self._until_closed, self._writer(ws, link, liveness), nursery.cancel_scope
                     )
-                    await self._until_closed(self._reader(ws, link, last_heard), nursery.cancel_scope)
+                    nursery.start_soon(
+                        self._until_closed, self._heartbeat(ws, link, liveness), nursery.cancel_scope
+                    )
+                    await self._until_closed(self._reader(ws, link, liveness), nursery.cancel_scope)
         finally:
             self.active -= 1
             self._sources.pop(link.session.session_id, None)
@@ -162,10 +168,10 @@ class DiffServer:
         finally:
             scope.cancel()
 
-    async def _reader(self, ws: WebSocketConnection, link: SessionLink, last_heard: list[float]) -> None:
+    async def _reader(self, ws: WebSocketConnection, link: SessionLink, liveness: Liveness) -> None:
         while True:
             frame = await ws.get_message()
-            last_heard[0] = now = trio.current_time()
+            liveness.heard = now = trio.current_time()
             events = link.session.receive(frame, now)
             link.wake()
             for event in events:
@@ -212,6 +218,7 @@ class DiffServer:
             # confirm_settlement needs nothing from the exchange.
         except QaexError as exc:
             session.refused(exc)
+        link.urgent = True  # the answer to the client's own request
         link.wake()
 
     def origin_allowed(self, request: WebSocketRequest) -> bool:
@@ -273,15 +280,20 @@ class DiffServer:
         else:
             await self.exchange.withdraw(user_id, transfer.amount)
 
-    async def _writer(self, ws: WebSocketConnection, link: SessionLink) -> None:
+    async def _writer(self, ws: WebSocketConnection, link: SessionLink, liveness: Liveness) -> None:
         session = link.session
+        gate = self.send_gate
         while True:
             await link.wait()
+            if not link.urgent:
+                await gate.turn()  # market data waits its turn; a client's own answers do not
+            link.urgent = False
             if session.resync_needed:
                 session.reset(self._full_view(link))
             frame = session.data_to_send()
             if frame is not None:
                 await ws.send_message(frame.decode())
+                liveness.sent = trio.current_time()
 
     def _full_view(self, link: SessionLink) -> list[dict[str, Any]]:
         """Everything this session may see now (its trade tree, quotes and charts), for a resync."""
@@ -292,23 +304,44 @@ class DiffServer:
             view.extend(self.exchange.market.full_view(link))
         return view
 
-    async def _heartbeat(self, ws: WebSocketConnection, last_heard: list[float]) -> None:
+    async def _heartbeat(self, ws: WebSocketConnection, link: SessionLink, liveness: Liveness) -> None:
         """Ping a client that has been silent for a heartbeat interval; close it if no pong comes.
 
         A client that sent anything recently (every active DIFF client peeks after each rtn_data) is
         alive, so it is not pinged: with thousands of sessions, pings would otherwise be a steady
-        share of the server's frames.
+        share of the server's frames. Silence is the client's, not this server's backlog or lag
+        (qaex.protocol.liveness): no ping while the server owes the client data, the pong's timeout
+        counted in steps of the server's running time, and a client heard from meanwhile is alive.
         """
+        session = link.session
         while True:
             await trio.sleep(self.heartbeat_interval)
-            if trio.current_time() - last_heard[0] < self.heartbeat_interval:
+            if liveness.silent_for(trio.current_time(), session.wants_data()) < self.heartbeat_interval:
                 continue
-            with trio.move_on_after(self.heartbeat_timeout) as scope:
-                await ws.ping()
-            if scope.cancelled_caught:
+            if not await self._pong_within(ws, liveness):
                 log.info("no pong within %.0f s: closing %s", self.heartbeat_timeout, ws.remote)
                 await ws.aclose(1001, "heartbeat timeout")
                 return
+
+    async def _pong_within(self, ws: WebSocketConnection, liveness: Liveness) -> bool:
+        """Ping; True once the pong (or any frame) comes, False when the PongWait expired first."""
+        answered = trio.Event()
+
+        async def ping() -> None:
+            await ws.ping()
+            answered.set()
+
+        pinged_at = trio.current_time()
+        wait = PongWait(self.heartbeat_timeout)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ping)
+            while not answered.is_set() and liveness.heard <= pinged_at and not wait.expired:
+                began = trio.current_time()
+                with trio.move_on_after(wait.step):
+                    await answered.wait()
+                wait.waited(trio.current_time() - began)
+            nursery.cancel_scope.cancel()
+        return answered.is_set() or liveness.heard > pinged_at
 
 
 async def _reuse_port_listener(host: str, port: int) -> trio.SocketListener:
@@ -331,6 +364,7 @@ def _report_order_refusal(link: SessionLink, message: messages.InsertOrderMessag
     """Completion of a pipelined insert_order: one refused as a whole also finishes the client's order."""
     if request.error is not None and not link.closed:
         link.session.order_refused(message, request.error)
+        link.urgent = True
         link.wake()
 
 
@@ -338,6 +372,7 @@ def _report_refusal(link: SessionLink, request: Request) -> None:
     """Completion of a pipelined command: a refused one (duplicate id, unknown order) becomes a notify."""
     if request.error is not None and not link.closed:
         link.session.refused(request.error)
+        link.urgent = True
         link.wake()
 
 

@@ -47,10 +47,13 @@ Patch = dict[str, Any]
 class SessionLink:
     """One connected DIFF session as the exchange sees it: protocol state and a wake-up for its writer."""
 
-    __slots__ = ("_waiter", "_woken", "closed", "session")
+    __slots__ = ("_waiter", "_woken", "closed", "session", "urgent")
 
     def __init__(self, session: DiffSession) -> None:
         self.session = session
+        # An answer for this client is pending (its user's trade patches, a notify for its request): its
+        # writer sends without taking a turn at the DIFF server's SendGate (qaex.exchange.pacing).
+        self.urgent = False
         # A one-waiter event without the allocation of a trio.Event per wait (this is on the path of
         # every rtn_data): `_woken` remembers a wake-up that came while nobody waited.
         self._waiter: trio.lowlevel.Task | None = None
@@ -198,6 +201,7 @@ class SnapshotManager:
         patch = _without_trade_deletions(user_id, patch)
         for link in sessions:
             link.session.push(patch)
+            link.urgent = True
             if woken is None:
                 link.wake()
             else:
@@ -229,6 +233,7 @@ class SnapshotManager:
         link.session.logged_in(user_id)
         sessions.add(link)
         link.session.push({"trade": {user_id: copy_tree(self.tree(user_id))}})
+        link.urgent = True
         link.wake()
         log.info("session %s logged in as %s", link.session.session_id, user_id)
 
