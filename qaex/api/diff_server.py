@@ -51,6 +51,10 @@ log = logging.getLogger("qaex.diff")
 DIFF_PATH = "/ws/diff"
 HEARTBEAT_INTERVAL = 20.0
 HEARTBEAT_TIMEOUT = 15.0
+READ_AHEAD = 16
+"""Frames trio-websocket reads ahead of a session's reader (its default is 1). The reader waits on
+the exchange for a login or a transfer (on a gateway: a round trip to the core); meanwhile the
+connection keeps reading, so a pong behind the client's next frames is still seen (qaex.protocol.liveness)."""
 
 
 class DiffServer:
@@ -95,6 +99,7 @@ class DiffServer:
                     [listener],
                     handler_nursery=handler_nursery,
                     max_message_size=self.max_message_size,
+                    message_queue_size=READ_AHEAD,
                 )
                 server = await handler_nursery.start(shared.run)
                 log.info("DIFF listening on ws://%s:%d%s (SO_REUSEPORT)", host, server.port, DIFF_PATH)
@@ -108,6 +113,7 @@ class DiffServer:
                     None,
                     handler_nursery=handler_nursery,
                     max_message_size=self.max_message_size,
+                    message_queue_size=READ_AHEAD,
                     task_status=task_status,
                 )
             )
