@@ -384,6 +384,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for gateways in args.gateway_counts:
             for sessions in args.session_counts:
                 result["runs"][f"g{gateways}-s{sessions}"] = run_scenario(args, workdir, gateways, sessions)
+                result["summary"] = summarize(result)  # what is done so far, in case the rest never ends
+                c.write_outputs("scaleout-partial", result, report(result, args), args.out_dir)
     result["load_end"] = c.load()
     result["summary"] = summarize(result)
     markdown = report(result, args)

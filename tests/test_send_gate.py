@@ -26,7 +26,7 @@ async def take_turns(gate: SendGate, writers: int, passes: Passes) -> list[tuple
     turns: list[tuple[int, int]] = []
 
     async def writer(i: int) -> None:
-        await gate.turn()
+        await gate.turn(i)
         turns.append((i, passes.number))
 
     async with trio.open_nursery() as nursery:
@@ -38,20 +38,20 @@ async def take_turns(gate: SendGate, writers: int, passes: Passes) -> list[tuple
     return turns
 
 
-@pytest.mark.parametrize("writers", [1, 31, 32, 33, 500, 5000])
+@pytest.mark.parametrize("writers", [1, 63, 64, 65, 500, 5000])
 async def test_no_pass_holds_more_than_the_budget_and_every_writer_gets_a_turn(writers: int) -> None:
     passes = Passes()
     trio.lowlevel.add_instrument(passes)
     try:
         with trio.fail_after(30):
-            turns = await take_turns(SendGate(32), writers, passes)
+            turns = await take_turns(SendGate(64), writers, passes)
     finally:
         trio.lowlevel.remove_instrument(passes)
     assert sorted(i for i, _ in turns) == list(range(writers))
     per_pass = collections.Counter(p for _, p in turns)
-    assert max(per_pass.values()) <= 32
-    if writers > 32:  # the flood is spread: as few passes as the budget allows, not one per writer
-        assert len(per_pass) <= -(-writers // 32) * 2
+    assert max(per_pass.values()) <= 64
+    if writers > 64:  # the flood is spread: as few passes as the budget allows, not one per writer
+        assert len(per_pass) <= -(-writers // 64) * 2
 
 
 class Writers:
@@ -63,7 +63,7 @@ class Writers:
         self.all_done = trio.Event()
 
     async def writer(self, name: object) -> None:
-        await self.gate.turn()
+        await self.gate.turn(name)
         self.done.append(name)
         if len(self.done) == self.expected:
             self.all_done.set()
@@ -107,3 +107,24 @@ async def test_a_cancelled_waiter_leaves_the_queue_and_the_others_still_go() -> 
         assert gate.waiting == 0
         nursery.cancel_scope.cancel()
     assert writers.done == ["first", "second"]
+
+
+async def test_an_urgent_writer_leaves_the_queue_at_once() -> None:
+    gate = SendGate(1)
+    writers = Writers(gate, 3)
+    async with trio.open_nursery() as nursery:
+        await writers.writer("first")  # the pass's only turn (no pump: no new budget either)
+        nursery.start_soon(writers.writer, "market data")
+        nursery.start_soon(writers.writer, "an order's answer")
+        for _ in range(10):
+            await trio.lowlevel.checkpoint()
+        assert gate.waiting == 2
+        gate.hurry("an order's answer")
+        gate.hurry("not waiting")  # nothing happens
+        for _ in range(10):
+            await trio.lowlevel.checkpoint()
+        assert writers.done == ["first", "an order's answer"]
+        nursery.start_soon(gate.run)
+        with trio.fail_after(5):
+            await writers.all_done.wait()
+        nursery.cancel_scope.cancel()

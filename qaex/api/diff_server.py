@@ -137,7 +137,9 @@ class DiffServer:
             return
         ws = await request.accept()
         self.active += 1
-        link = SessionLink(DiffSession(next(self._ids), max_messages_per_second=self.max_messages_per_second))
+        link = SessionLink(
+            DiffSession(next(self._ids), max_messages_per_second=self.max_messages_per_second), self.send_gate
+        )
         self._sources[link.session.session_id] = self._source_of(request, ws)
         snapshots = self.exchange.snapshots
         snapshots.add(link)
@@ -224,7 +226,7 @@ class DiffServer:
             # confirm_settlement needs nothing from the exchange.
         except QaexError as exc:
             session.refused(exc)
-        link.urgent = True  # the answer to the client's own request
+        link.mark_urgent()  # the answer to the client's own request
         link.wake()
 
     def origin_allowed(self, request: WebSocketRequest) -> bool:
@@ -292,7 +294,7 @@ class DiffServer:
         while True:
             await link.wait()
             if not link.urgent:
-                await gate.turn()  # market data waits its turn; a client's own answers do not
+                await gate.turn(link)  # market data waits its turn; a client's own answers do not
             link.urgent = False
             if session.resync_needed:
                 session.reset(self._full_view(link))
@@ -370,7 +372,7 @@ def _report_order_refusal(link: SessionLink, message: messages.InsertOrderMessag
     """Completion of a pipelined insert_order: one refused as a whole also finishes the client's order."""
     if request.error is not None and not link.closed:
         link.session.order_refused(message, request.error)
-        link.urgent = True
+        link.mark_urgent()
         link.wake()
 
 
@@ -378,7 +380,7 @@ def _report_refusal(link: SessionLink, request: Request) -> None:
     """Completion of a pipelined command: a refused one (duplicate id, unknown order) becomes a notify."""
     if request.error is not None and not link.closed:
         link.session.refused(request.error)
-        link.urgent = True
+        link.mark_urgent()
         link.wake()
 
 

@@ -19,8 +19,7 @@ them (a DIFF server's writers take a turn there: see its docstring).
 
 from __future__ import annotations
 
-import collections
-from collections.abc import Collection
+from collections.abc import Collection, Hashable
 from typing import Generic, Protocol, TypeVar
 
 import trio
@@ -98,7 +97,7 @@ class WakePacer(Generic[L]):
         await trio.lowlevel.checkpoint()
 
 
-SEND_BUDGET = 32
+SEND_BUDGET = 64
 """Session writers a DIFF server lets send per scheduler pass when its fan-out is saturated (SendGate)."""
 
 
@@ -113,7 +112,8 @@ class SendGate:
     pong - moves one hop per pass. Writers take a turn here instead, so a pass holds at most
     ``per_pass`` sends and the command path keeps moving; pending patches coalesce meanwhile, so a
     saturated process sends fewer, larger frames. A writer with an answer for its own client (its
-    user's trade patches, a notify) is *urgent* and does not queue (its callers are paced already).
+    user's trade patches, a notify) is *urgent*: it does not queue, and one already waiting when its
+    answer arrives leaves the queue at once (:meth:`hurry`; the callers are paced already).
 
     :meth:`run` is the pump: one task per server, it starts a new pass's budget and lets the waiting
     writers through, oldest first.
@@ -126,7 +126,7 @@ class SendGate:
             raise ValueError("per_pass must be at least 1")
         self.per_pass = per_pass
         self._spent = 0  # turns given in the current pass
-        self._waiting: collections.deque[trio.lowlevel.Task] = collections.deque()
+        self._waiting: dict[Hashable, trio.lowlevel.Task] = {}  # ordered: oldest first
         self._kick = trio.Event()
 
     @property
@@ -134,21 +134,28 @@ class SendGate:
         """Writers waiting for a turn."""
         return len(self._waiting)
 
-    async def turn(self) -> None:
-        """Return when this writer may send: at once while the pass's budget lasts and nobody waits."""
+    async def turn(self, key: Hashable) -> None:
+        """Return when the writer `key` (its session) may send: at once while the pass's budget lasts
+        and nobody waits."""
         if self._spent < self.per_pass and not self._waiting:
             self._spent += 1
             self._kick.set()  # the pump starts the next pass's budget
             return
-        task = trio.lowlevel.current_task()
-        self._waiting.append(task)
+        self._waiting[key] = trio.lowlevel.current_task()
         self._kick.set()
 
         def abort(_: object) -> trio.lowlevel.Abort:
-            self._waiting.remove(task)
+            self._waiting.pop(key, None)
             return trio.lowlevel.Abort.SUCCEEDED
 
         await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def hurry(self, key: Hashable) -> None:
+        """The writer `key` became urgent: if it waits for a turn, it goes now."""
+        task = self._waiting.pop(key, None)
+        if task is not None:
+            self._spent += 1
+            trio.lowlevel.reschedule(task)
 
     async def run(self) -> None:
         """The pump: after each pass in which turns were taken, a new budget for the waiting writers."""
@@ -159,7 +166,8 @@ class SendGate:
             while True:  # one iteration per scheduler pass
                 self._spent = 0
                 while waiting and self._spent < self.per_pass:
-                    trio.lowlevel.reschedule(waiting.popleft())
+                    key = next(iter(waiting))
+                    trio.lowlevel.reschedule(waiting.pop(key))
                     self._spent += 1
                 if not waiting:
                     break  # turns taken from now on kick the pump again
