@@ -385,6 +385,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for sessions in args.session_counts:
                 result["runs"][f"g{gateways}-s{sessions}"] = run_scenario(args, workdir, gateways, sessions)
                 result["summary"] = summarize(result)  # what is done so far, in case the rest never ends
+                result["load_end"] = c.load()
                 c.write_outputs("scaleout-partial", result, report(result, args), args.out_dir)
     result["load_end"] = c.load()
     result["summary"] = summarize(result)
