@@ -25,6 +25,18 @@ def add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
     parser.add_argument("--bind", "-b", default="127.0.0.1:8000", help="HTTP address (default %(default)s)")
     parser.add_argument("--access-log", action="store_true", help="log every HTTP request to stderr")
     parser.add_argument("--broker", help="publish to DIFF gateways through this NATS URL (QAEX_BROKER)")
+    parser.add_argument(
+        "--replay",
+        metavar="FILES",
+        help="the market maker follows these recorded DataDownloader K-line or tick CSVs (comma-separated "
+        "files or directories) instead of its random walk, then walks on (QAEX_MARKET_REPLAY)",
+    )
+    parser.add_argument(
+        "--replay-speed",
+        type=float,
+        metavar="N",
+        help="replay speed, 1 = real time (QAEX_MARKET_REPLAY_SPEED, default 1)",
+    )
     parser.set_defaults(handler=serve)
 
 
@@ -36,9 +48,16 @@ def serve(args: argparse.Namespace) -> int:
     from qaex.config import Config, ConfigError
 
     try:
-        config = Config.load()
-        if args.broker:
-            config = _with(config, broker=args.broker)
+        changes = {
+            name: value
+            for name, value in (
+                ("broker", args.broker),
+                ("market_replay", args.replay),
+                ("market_replay_speed", args.replay_speed),
+            )
+            if value is not None
+        }
+        config = _with(Config.load(), **changes) if changes else Config.load()
     except ConfigError as exc:
         print(f"qaex cannot start: {exc}", file=sys.stderr)
         return EXIT_CANNOT_START
@@ -255,12 +274,20 @@ def journal_truncate(args: argparse.Namespace) -> int:
 
 
 def add_import_history(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    text = "replace contracts' kept history with TqSdk DataDownloader K-line CSVs (server must be stopped)"
+    text = (
+        "replace contracts' kept history with TqSdk DataDownloader K-line or tick CSVs (server must be "
+        "stopped; a running one imports with POST /api/admin/history/import). A tick file replaces its "
+        "contract's history wholesale: its ticks, and 1-minute and daily bars built from them"
+    )
     parser = subparsers.add_parser("import-history", help=text, description=text)
-    parser.add_argument("files", nargs="+", metavar="FILE", help="DataDownloader K-line CSV files")
+    parser.add_argument("files", nargs="+", metavar="FILE", help="DataDownloader K-line or tick CSV files")
     parser.add_argument("--symbol", help="the contract of header-less (appended) files")
     parser.add_argument(
-        "--duration", type=int, choices=(60, 86400), help="bar seconds (default: from the rows)"
+        "--duration",
+        type=int,
+        metavar="S",
+        help="K-line seconds, any K-line duration (60 and 86400 replace the kept bars, others are kept "
+        "as their own file and served for that duration; default: from the rows)",
     )
     parser.add_argument("--data-dir", help="data directory (default: QAEX_DATA_DIR or ./qaex-data)")
     parser.set_defaults(handler=import_history)
@@ -307,9 +334,13 @@ def import_history(args: argparse.Namespace) -> int:
             return 1
     finally:
         data_dir.unlock()
-    for symbol, seconds, bars in done:
-        print(f"imported {symbol}: {bars} bars of {seconds} s")
+    for symbol, seconds, rows in done:
+        print(f"imported {symbol}: {rows} {f'bars of {seconds} s' if seconds else 'ticks'}")
     return 0
+
+
+FLAGS = {"market_replay": "--replay", "market_replay_speed": "--replay-speed"}
+"""Command-line options not named like their setting (the others are ``--`` + the setting's name)."""
 
 
 def _with(config: Any, **changes: Any) -> Any:
@@ -317,7 +348,7 @@ def _with(config: Any, **changes: Any) -> Any:
     import msgspec
 
     changed = msgspec.structs.replace(config, **changes)
-    changed.check(lambda name: f"--{name.replace('_', '-')}")
+    changed.check(lambda name: FLAGS.get(name, f"--{name.replace('_', '-')}"))
     return changed
 
 

@@ -44,6 +44,7 @@ from qaex.core.replay import ReplayTrack
 from qaex.datadir import DataDir, DataDirLocked
 from qaex.exchange.exchange import Exchange
 from qaex.exchange.history import HistoryStore, load_replay
+from qaex.exchange.live_bars import LiveBarStore
 from qaex.exchange.market import MarketData
 from qaex.exchange.notifications import NotificationHub
 from qaex.exchange.recovery import open_journal
@@ -58,13 +59,13 @@ SHUTDOWN_TIMEOUT = 10.0
 
 
 def _replay(config: Config) -> dict[str, ReplayTrack]:
-    """QAEX_MARKET_REPLAY's recordings, or a ConfigError naming the file."""
+    """QAEX_MARKET_REPLAY's (``qaex serve --replay``) recordings, or a ConfigError naming the file."""
     if not config.market_replay:
         return {}
     try:
         return load_replay(config.market_replay)
     except ValueError as exc:
-        raise ConfigError(f"QAEX_MARKET_REPLAY: {exc}") from None
+        raise ConfigError(f"QAEX_MARKET_REPLAY (--replay): {exc}") from None
 
 
 def build_exchange(config: Config, data_dir: DataDir) -> Exchange:
@@ -86,6 +87,11 @@ def build_exchange(config: Config, data_dir: DataDir) -> Exchange:
         publish_interval=config.quote_interval,
         history_store=(
             HistoryStore(data_dir.path / "history", seed=config.seed, calendar=calendar)
+            if config.market_backfill
+            else None
+        ),
+        live_bars=(
+            LiveBarStore(data_dir.path / "history" / "live", keep=config.market_history)
             if config.market_backfill
             else None
         ),

@@ -219,6 +219,11 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
         )
         need(1 <= self.market_history <= 1_000_000, "market_history", "an integer 1-1000000")
         need(0 < self.market_replay_speed <= 1e6, "market_replay_speed", "a number > 0 (1 = real time)")
+        need(
+            not self.market_replay or self.market_maker,
+            "market_replay",
+            "no recording while the market maker, which plays it, is off (QAEX_MARKET_MAKER=0)",
+        )
         need(0 <= self.keep_expired_days <= 3660, "keep_expired_days", "a number of days 0-3660")
         need(not (self.instruments and self.products), "products", "empty when QAEX_INSTRUMENTS is set")
         need(self.admin_token == "" or len(self.admin_token) >= 16, "admin_token", "at least 16 characters")

@@ -29,6 +29,34 @@ def test_help_lists_the_subcommands() -> None:
     assert "serve" in done.stdout and "journal" in done.stdout
 
 
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--replay-speed", "-2"], {}, "--replay-speed: expected a number > 0 (1 = real time), got -2.0"),
+        (["--replay-speed", "0"], {}, "--replay-speed: expected a number > 0 (1 = real time), got 0.0"),
+        (["--replay", "rb.csv"], {"QAEX_MARKET_MAKER": "0"}, "--replay: expected no recording while the"),
+        (
+            ["--replay", "missing.csv"],
+            {"QAEX_MARKET_MAKER": "1"},
+            "QAEX_MARKET_REPLAY (--replay): missing.csv: cannot",
+        ),
+    ],
+)
+def test_serve_refuses_a_bad_replay_with_one_line(
+    tmp_path: Path, args: list[str], env: dict[str, str], message: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "qaex", "serve", "--bind", f"127.0.0.1:{free_port()}", *args],
+        env=serve_env(tmp_path / "data") | env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 78, done.stderr[-2000:]
+    assert message in done.stderr, done.stderr[-2000:]
+
+
 def serve_env(data_dir: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update(

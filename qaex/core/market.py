@@ -32,13 +32,21 @@ from typing import Any
 from qaex.core.calendar import MarketHours
 from qaex.core.chart import Chart, ChartRequest, SeriesView
 from qaex.core.engine import Batch, Depth
-from qaex.core.history import ContractHistory
+from qaex.core.history import BarColumns, ContractHistory
 from qaex.core.instruments import Instrument
-from qaex.core.kline import DEFAULT_MAX_LEN, NS_PER_DAY, NS_PER_SECOND, KlineSeries, TickSeries
+from qaex.core.kline import (
+    DEFAULT_MAX_LEN,
+    NS_PER_DAY,
+    NS_PER_SECOND,
+    KlineSeries,
+    TickSeries,
+    check_duration,
+)
 from qaex.core.main_contracts import cont_symbol
 from qaex.core.notify_codes import NOTIFY_BAD_CHART as NOTIFY_BAD_CHART  # a bad set_chart
 from qaex.core.notify_codes import NOTIFY_BAD_INSTRUMENT as NOTIFY_BAD_INSTRUMENT  # a symbol not listed
 from qaex.core.quote import ContQuote, QuoteBook
+from qaex.core.tick_file import traded
 
 Patch = dict[str, Any]
 AnyQuote = QuoteBook | ContQuote
@@ -59,6 +67,20 @@ class ChartRefused(ValueError):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+def chart_of(message: Mapping[str, Any]) -> Chart:
+    """The chart a set_chart message asks for, its fields checked (the one place: the core's
+    MarketState and a DIFF gateway's charts both call it): ChartRefused (:data:`NOTIFY_BAD_CHART`) for
+    bad fields or a K-line duration no series can have. Whether its symbols are listed is
+    :meth:`MarketState.check_listed`'s (a gateway asks the core)."""
+    try:
+        chart = Chart(ChartRequest.from_message(message))
+        if chart.duration:
+            check_duration(chart.duration)
+    except (ValueError, TypeError) as exc:
+        raise ChartRefused(NOTIFY_BAD_CHART, f"set_chart refused: {exc}") from exc
+    return chart
 
 
 @dataclass(slots=True)
@@ -99,6 +121,7 @@ class MarketState:
         """
         self.with_history = with_history
         self._history_pending: dict[str, None] = {}  # listed, history not attached yet (listing order)
+        self._imported: dict[SeriesKey, BarColumns] = {}  # imported bars of a duration not kept live
         self.instruments = instruments
         self.market_hours = market_hours
         self.history = history
@@ -194,6 +217,14 @@ class MarketState:
             series = self.klines.get((symbol, duration))
             if series is not None and series.attach_history(bars):
                 self._dirty_series.add((symbol, duration))
+        ticks, recorded = self.ticks.get(symbol), history.ticks
+        if recorded is not None and ticks is not None:
+            if len(recorded) > ticks.max_len:  # hold only what the series can show, not a month of ticks
+                recorded = recorded.slice(len(recorded) - ticks.max_len, len(recorded))
+            if ticks.attach_history(recorded):
+                self._dirty_series.add((symbol, 0))
+        for seconds, bars in history.others.items():
+            self._imported[(symbol, seconds * NS_PER_SECOND)] = bars
 
     def apply(self, batch: Batch, now_ns: int) -> None:
         """Fold one engine batch into the quotes and series (changes wait for :meth:`take_changes`)."""
@@ -382,30 +413,39 @@ class MarketState:
 
         A K-line series not kept yet is created, filled from history (see :meth:`kline_history`),
         and kept until the last chart using it is closed. Raises :class:`ChartRefused`: bad fields or a
-        duration TqSdk refuses (over a day but not whole days) with :data:`NOTIFY_BAD_CHART`, a symbol
-        not listed with :data:`NOTIFY_BAD_INSTRUMENT`.
+        duration TqSdk refuses (over a day but not whole days) with :data:`NOTIFY_BAD_CHART`
+        (:func:`chart_of`), a symbol not listed with :data:`NOTIFY_BAD_INSTRUMENT`.
         """
-        try:
-            chart = Chart(ChartRequest.from_message(message))
-        except (ValueError, TypeError) as exc:
-            raise ChartRefused(NOTIFY_BAD_CHART, f"set_chart refused: {exc}") from exc
-        unknown = [symbol for symbol in chart.symbols if symbol not in self.quotes]
+        chart = chart_of(message)
+        self.check_listed(chart.symbols)
+        for key in chart.series_keys():  # cannot fail now: fields and symbols are checked
+            self.hold(key, now_ns)
+        return chart
+
+    def check_listed(self, symbols: list[str]) -> None:
+        """ChartRefused (:data:`NOTIFY_BAD_INSTRUMENT`) unless every symbol has series (main-contract
+        series ``KQ.m@`` have none)."""
+        unknown = [symbol for symbol in symbols if symbol not in self.quotes]
         if unknown:
             raise ChartRefused(NOTIFY_BAD_INSTRUMENT, f"set_chart: 不支持的合约代码: {', '.join(unknown)}")
-        started: list[SeriesKey] = []
-        try:
-            for key in chart.series_keys():
-                symbol, duration = key
-                if duration and key not in self.klines:
-                    self.klines[key] = self._backfilled(symbol, duration, self._now(now_ns))
-                    self._durations[symbol].append(duration)
-                self._charted[key] = self._charted.get(key, 0) + 1
-                started.append(key)
-        except ValueError as exc:  # a duration KlineSeries refuses
-            for key in started:
-                self._release(key)
-            raise ChartRefused(NOTIFY_BAD_CHART, f"set_chart refused: {exc}") from exc
-        return chart
+
+    def hold(self, key: SeriesKey, now_ns: int) -> None:
+        """Keep a series (a chart's, or one a DIFF gateway mirrors): start it if it is not kept yet
+        (filled from history), until as many :meth:`release` calls. ChartRefused as :meth:`open_chart`."""
+        symbol, duration = key
+        self.check_listed([symbol])
+        if duration and key not in self.klines:
+            try:
+                check_duration(duration)
+            except ValueError as exc:
+                raise ChartRefused(NOTIFY_BAD_CHART, f"set_chart refused: {exc}") from exc
+            self.klines[key] = self._backfilled(symbol, duration, self._now(now_ns))
+            self._durations[symbol].append(duration)
+        self._charted[key] = self._charted.get(key, 0) + 1
+
+    def release(self, key: SeriesKey) -> None:
+        """One :meth:`hold` ends: a series no longer held by anyone, and not kept, is dropped."""
+        self._release(key)
 
     def close_chart(self, chart: Chart) -> None:
         """A chart from :meth:`open_chart` is gone: drop the series no open chart uses and none keeps."""
@@ -443,8 +483,13 @@ class MarketState:
     def _backfilled(self, symbol: str, duration: int, now: int) -> KlineSeries:
         """A new series of ``duration``, filled from the kept history so that a chart has bars at once:
         from the 1-day bars for whole days, the 1-minute bars for whole minutes, else from the ticks;
-        gap bars up to ``now``. Its next patch carries only what changes after this."""
+        gap bars up to ``now``. Bars imported for this duration (``history.others``) come first, and
+        only what starts after them is built. Its next patch carries only what changes after this."""
         series = KlineSeries(symbol, duration, self.history)
+        imported = self._imported.get((symbol, duration))
+        after = -1  # bars starting at or before this come from an import of this duration
+        if imported is not None and series.attach_history(imported):
+            after = imported.datetime[len(imported) - 1]
         if duration % NS_PER_DAY == 0:
             kept: KlineSeries | None = self.klines[(symbol, NS_PER_DAY)]
         elif duration % MINUTE_NS == 0:
@@ -453,7 +498,9 @@ class MarketState:
             kept = None
         if kept is not None:
             # Bar by bar: no flat bars where the source has none (session breaks in history).
-            series.fill_from(_bars(kept), resuming=kept.resuming)
+            bars = [bar for bar in _bars(kept) if series.bar_start(bar["datetime"]) > after]
+            if bars:
+                series.fill_from(bars, resuming=kept.resuming)
         else:
             ticks = self.ticks[symbol]
             previous_volume = 0
@@ -461,9 +508,11 @@ class MarketState:
                 tick = ticks.get(tick_id)
                 assert tick is not None
                 volume = tick["volume"]
-                traded = volume - previous_volume if volume >= previous_volume else volume  # new day: reset
+                lots = traded(previous_volume, volume)
                 previous_volume = volume
-                series.on_trade(tick["last_price"], traded, tick["datetime"], tick["open_interest"])
+                if tick["last_price"] != tick["last_price"] or series.bar_start(tick["datetime"]) <= after:
+                    continue  # no price (an imported tick), or within the imported bars
+                series.on_trade(tick["last_price"], lots, tick["datetime"], tick["open_interest"])
         series.on_time(now)
         series.take_patch()  # a chart's initial patch carries these bars; later patches only news
         return series

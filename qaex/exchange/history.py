@@ -3,7 +3,10 @@
 One pair of TqSdk DataDownloader CSV files per contract, ``{symbol}.60.csv`` (1-minute bars) and
 ``{symbol}.86400.csv`` (daily bars), written once, the first time the contract's history is needed (the
 market-data service builds every listed contract's in the background after a start, and any contract a
-client asks for at once), and loaded from there afterwards. ``meta.json`` keeps the seed the synthetic
+client asks for at once), and loaded from there afterwards. Imports (``qaex import-history``,
+``POST /api/admin/history/import``) may add ``{symbol}.0.csv`` (recorded ticks, a DataDownloader tick
+file; the two bar files are then built from them) and ``{symbol}.{S}.csv`` (bars of any other duration
+``S``, served as they are). ``meta.json`` keeps the seed the synthetic
 history was drawn with (``QAEX_SEED``, else :data:`DEFAULT_SEED`), so that contracts built after a restart
 agree with those built before. The generator is :mod:`qaex.core.history` (pure); this module only does the
 file IO and picks each contract's figures to end on.
@@ -19,6 +22,7 @@ from pathlib import Path
 
 from qaex.core.calendar import HolidayCalendar, parse_day, previous_trading_date
 from qaex.core.history import (
+    BAR_FIELDS,
     MAIN_MINUTE_BARS,
     OTHER_MINUTE_BARS,
     BarColumns,
@@ -30,13 +34,24 @@ from qaex.core.history import (
     to_csv,
 )
 from qaex.core.instruments import Instrument
-from qaex.core.replay import ReplayTrack, track_from_bars
+from qaex.core.kline import KlineSeries
+from qaex.core.replay import ReplayTrack, track_from_bars, track_from_ticks
+from qaex.core.tick_file import (
+    TickColumns,
+    bars_from_ticks,
+    is_tick_header,
+    parse_ticks,
+    tick_levels,
+    ticks_to_csv,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SEED = 16
 """The history seed when ``QAEX_SEED`` is not set: fixed, so that every data directory agrees."""
 FORMAT = 1
+TICKS = 0
+"""The duration of ticks, as TqSdk's DataDownloader (``dur_sec=0``) and the kept file (``SYM.0.csv``) say."""
 MINUTE = 60
 DAY = 86400
 
@@ -66,7 +81,7 @@ class HistoryStore:
             )
         self.seed = stored if stored is not None else (seed if seed is not None else DEFAULT_SEED)
         if stored is None:
-            _write_atomic(meta_path, json.dumps({"format": FORMAT, "seed": self.seed}) + "\n")
+            write_atomic(meta_path, json.dumps({"format": FORMAT, "seed": self.seed}) + "\n")
         self.built = 0
         self.loaded = 0
 
@@ -76,14 +91,31 @@ class HistoryStore:
     def has(self, symbol: str) -> bool:
         return self.path(symbol, MINUTE).exists() and self.path(symbol, DAY).exists()
 
+    def kept(self, symbol: str) -> dict[int, Path]:
+        """Every kept file of ``symbol``, by duration in seconds (0: its imported ticks)."""
+        found: dict[int, Path] = {}
+        for path in self.directory.glob(f"{symbol}.*.csv"):
+            middle = path.name[len(symbol) + 1 : -len(".csv")]
+            if middle.isdigit():
+                found[int(middle)] = path
+        return found
+
     def load(self, symbol: str) -> ContractHistory | None:
-        """The kept history of ``symbol``, or None if there is none yet."""
+        """The kept history of ``symbol`` (with its imported ticks and bars of other durations), or
+        None if there is none yet."""
         if not self.has(symbol):
             return None
-        minutes = self._read(symbol, MINUTE)
-        days = self._read(symbol, DAY)
+        history = ContractHistory(symbol, self._read(symbol, MINUTE), self._read(symbol, DAY), [], [])
+        self._load_extras(history)
         self.loaded += 1
-        return ContractHistory(symbol, minutes, days, [], [])
+        return history
+
+    def _load_extras(self, history: ContractHistory) -> None:
+        for seconds, path in sorted(self.kept(history.symbol).items()):
+            if seconds == TICKS:
+                history.ticks = parse_ticks(path.read_text(), str(path), symbol=history.symbol)[1]
+            elif seconds not in (MINUTE, DAY):
+                history.others[seconds] = self._read(history.symbol, seconds)
 
     def _read(self, symbol: str, duration: int) -> BarColumns:
         path = self.path(symbol, duration)
@@ -92,8 +124,8 @@ class HistoryStore:
 
     def save(self, history: ContractHistory, price_decs: int) -> None:
         """Write a contract's history (each file atomically: a crash leaves the old file or the new)."""
-        _write_atomic(self.path(history.symbol, MINUTE), to_csv(history.symbol, history.minutes, price_decs))
-        _write_atomic(self.path(history.symbol, DAY), to_csv(history.symbol, history.days, price_decs))
+        write_atomic(self.path(history.symbol, MINUTE), to_csv(history.symbol, history.minutes, price_decs))
+        write_atomic(self.path(history.symbol, DAY), to_csv(history.symbol, history.days, price_decs))
 
     def spec(
         self, instrument: Instrument, instruments: Mapping[str, Instrument], *, trading_day: str, main: bool
@@ -146,14 +178,15 @@ class HistoryStore:
             return self.build(spec, price_decs)
         built = generate(spec, self.seed, self.calendar)
         self.built += 1
+        self._load_extras(built)
         if minute_path.exists():
             built.minutes = self._read(spec.symbol, MINUTE)
         else:
-            _write_atomic(minute_path, to_csv(spec.symbol, built.minutes, price_decs))
+            write_atomic(minute_path, to_csv(spec.symbol, built.minutes, price_decs))
         if day_path.exists():
             built.days = self._read(spec.symbol, DAY)
         else:
-            _write_atomic(day_path, to_csv(spec.symbol, built.days, price_decs))
+            write_atomic(day_path, to_csv(spec.symbol, built.days, price_decs))
         return built
 
 
@@ -161,10 +194,14 @@ class ImportRefused(ValueError):
     """``qaex import-history`` refused its files: nothing was imported."""
 
 
+Imported = tuple[str, int, "BarColumns | TickColumns"]
+"""One checked import: (symbol, duration in seconds (0: ticks), its bars or ticks)."""
+
+
 def read_import(
     path: Path, *, symbol: str | None, duration: int | None, ticks: Mapping[str, float]
-) -> tuple[str, int, BarColumns]:
-    """One DataDownloader K-line file, checked: (symbol, duration in seconds, bars) (see check_import)."""
+) -> Imported:
+    """One DataDownloader K-line or tick file, checked (see check_import)."""
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
@@ -174,24 +211,42 @@ def read_import(
 
 def check_import(
     text: str, name: str, *, symbol: str | None, duration: int | None, ticks: Mapping[str, float]
-) -> tuple[str, int, BarColumns]:
-    """One DataDownloader K-line file's text, checked: (symbol, duration in seconds, bars). ``ticks``:
-    the listed contracts' price ticks. Raises :class:`HistoryFileError` or :class:`ImportRefused`."""
-    first = text.split("\n", 1)[0]
-    if ".last_price" in first or ".bid_price1" in first:
-        raise ImportRefused(f"{name}:1: a tick file: only K-line files (60 s and 86400 s bars) are imported")
-    found, _ = parse_csv(text, name, symbol=symbol) if first.startswith("datetime") else (symbol, None)
+) -> Imported:
+    """One DataDownloader file's text, checked: (symbol, duration in seconds, bars), or (symbol, 0,
+    ticks) for a tick file (told by its header, or for a header-less file by its number of cells).
+    ``ticks``: the listed contracts' price ticks; ``duration``: the bars' seconds (any K-line duration;
+    default: from the rows). Raises :class:`HistoryFileError` or :class:`ImportRefused`."""
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    has_header = first.startswith("datetime")
+    cells = len(first.split(","))
+    is_ticks = is_tick_header(first) if has_header else cells != len(BAR_FIELDS) + 2
+    if not has_header and is_ticks and tick_levels(cells) is None:
+        raise HistoryFileError(
+            name, 1, "-", f"{cells} cells: neither a K-line row (9 cells) nor a tick row (13 or 29)"
+        )
+    found = symbol
+    if has_header:  # the header's symbol (checked), so that an unknown one is named before the rows
+        found = (parse_ticks if is_ticks else parse_csv)(first, name, symbol=symbol)[0]
     if found is None:
         raise HistoryFileError(name, 1, "header", "no header line: give the symbol (--symbol)")
     if found not in ticks:
         raise HistoryFileError(name, 1, "3", f"unknown symbol {found}: not listed in this data directory")
-    found, bars = parse_csv(text, name, symbol=found, price_tick=ticks[found])
-    if not len(bars):
+    if is_ticks:
+        found, tick_rows = parse_ticks(text, name, symbol=found, price_tick=ticks[found])
+        if not len(tick_rows):
+            raise ImportRefused(f"{name}: no ticks")
+        if duration:
+            raise ImportRefused(f"{name}: a tick file: --duration {duration} does not apply")
+        return found, TICKS, tick_rows
+    found, rows = parse_csv(text, name, symbol=found, price_tick=ticks[found])
+    if not len(rows):
         raise ImportRefused(f"{name}: no bars")
-    seconds = duration if duration is not None else _guess_duration(bars)
-    if seconds not in (MINUTE, DAY):
-        raise ImportRefused(f"{name}: {seconds} s bars: only 60 s and 86400 s bars are kept (--duration)")
-    return found, seconds, bars
+    seconds = duration if duration else _guess_duration(rows)
+    try:
+        KlineSeries(found, seconds * 1_000_000_000, 1)  # the one rule of what a K-line duration is
+    except ValueError as exc:
+        raise ImportRefused(f"{name}: --duration {seconds}: {exc}") from None
+    return found, seconds, rows
 
 
 def _guess_duration(bars: BarColumns) -> int:
@@ -219,30 +274,57 @@ def import_history(
 
 
 def store_imported(
-    store: HistoryStore, read: list[tuple[str, tuple[str, int, BarColumns]]], price_decs: Mapping[str, int]
+    store: HistoryStore, read: list[tuple[str, Imported]], price_decs: Mapping[str, int]
 ) -> list[tuple[str, int, int]]:
-    """Write checked imports (name, (symbol, duration, bars)); refuse two for one contract and duration."""
+    """Write checked imports (name, (symbol, duration, rows)), all or nothing; refuse two for one
+    contract and duration, and a tick file together with K-line files of its contract. A tick file
+    replaces its contract's history wholesale: its ticks, and 1-minute and daily bars built from them;
+    kept bars of other durations are removed. Returns (symbol, duration, rows) per file written."""
     seen: dict[tuple[str, int], str] = {}
     for name, (found, seconds, _) in read:
         if (found, seconds) in seen:
-            raise ImportRefused(f"{name}: {found} {seconds} s bars are also in {seen[(found, seconds)]}")
+            raise ImportRefused(f"{name}: {found} {_what(seconds)} are also in {seen[(found, seconds)]}")
         seen[(found, seconds)] = name
+    for (found, seconds), name in seen.items():
+        if seconds != TICKS and (found, TICKS) in seen:
+            raise ImportRefused(
+                f"{name}: {found} K-lines with its tick file {seen[(found, TICKS)]}: a tick file is the "
+                "contract's whole history (its bars are built from the ticks)"
+            )
+    writes: list[tuple[str, int, str, int]] = []  # symbol, duration, text, rows
+    removes: list[Path] = []
+    for _, (found, seconds, rows) in read:
+        decs = price_decs.get(found, 2)
+        if isinstance(rows, TickColumns):
+            writes.append((found, TICKS, ticks_to_csv(found, rows, decs), len(rows)))
+            for built_seconds in (MINUTE, DAY):
+                bars = bars_from_ticks(rows, built_seconds)
+                writes.append((found, built_seconds, to_csv(found, bars, decs), len(bars)))
+            removes.extend(p for s, p in store.kept(found).items() if s not in (TICKS, MINUTE, DAY))
+        else:
+            writes.append((found, seconds, to_csv(found, rows, decs), len(rows)))
     staged = []
-    for _, (found, seconds, bars) in read:
+    for found, seconds, text, _ in writes:
         target = store.path(found, seconds)
         temporary = target.with_name(f".{target.name}.{os.urandom(4).hex()}.import.tmp")
-        temporary.write_text(to_csv(found, bars, price_decs.get(found, 2)))
+        temporary.write_text(text)
         staged.append((temporary, target))
     for temporary, target in staged:
         os.replace(temporary, target)
-    return [(found, seconds, len(bars)) for _, (found, seconds, bars) in read]
+    for path in removes:
+        path.unlink(missing_ok=True)
+    return [(found, seconds, count) for found, seconds, _, count in writes]
+
+
+def _what(seconds: int) -> str:
+    return "ticks" if seconds == TICKS else f"{seconds} s bars"
 
 
 def load_replay(spec: str) -> dict[str, ReplayTrack]:
-    """``QAEX_MARKET_REPLAY``: comma-separated DataDownloader K-line files or directories (every
-    ``*.csv`` in them) -> a track per symbol (any symbol: the contracts may be listed after the start;
-    a recording of one never listed is simply not played). Raises HistoryFileError / ImportRefused
-    naming the file."""
+    """``QAEX_MARKET_REPLAY`` / ``qaex serve --replay``: comma-separated DataDownloader K-line or tick
+    files or directories (every ``*.csv`` in them; the header tells a tick file from a K-line file) -> a
+    track per symbol (any symbol: the contracts may be listed after the start; a recording of one never
+    listed is simply not played). Raises HistoryFileError / ImportRefused naming the file."""
     paths: list[Path] = []
     for part in (p.strip() for p in spec.split(",")):
         if not part:
@@ -255,18 +337,23 @@ def load_replay(spec: str) -> dict[str, ReplayTrack]:
             text = path.read_text()
         except (OSError, UnicodeDecodeError) as exc:
             raise ImportRefused(f"{path}: cannot read: {exc}") from None
-        if ".last_price" in text.split("\n", 1)[0]:
-            raise ImportRefused(f"{path}:1: a tick file: only K-line files are replayed")
-        symbol, bars = parse_csv(text, str(path))
-        if not len(bars):
-            raise ImportRefused(f"{path}: no bars")
+        if is_tick_header(text.split("\n", 1)[0]):
+            symbol, ticks = parse_ticks(text, str(path))
+            track = track_from_ticks(ticks)
+            if not track.prices:
+                raise ImportRefused(f"{path}: no tick with a last price")
+        else:
+            symbol, bars = parse_csv(text, str(path))
+            if not len(bars):
+                raise ImportRefused(f"{path}: no bars")
+            track = track_from_bars(bars)
         if symbol in tracks:
             raise ImportRefused(f"{path}: a second recording of {symbol}")
-        tracks[symbol] = track_from_bars(bars)
+        tracks[symbol] = track
     return tracks
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     temporary.write_text(text)
     os.replace(temporary, path)

@@ -90,6 +90,11 @@ CROWDING_EVERY = 30.0
 """Seconds between two computations of the simulator's crowding factor (_crowded)."""
 MIN_ACTIVITY = 0.05
 """The slowest a listed contract's ladder steps, relative to its product's main contract (_activity)."""
+REPLAY_STEP_MIN = 0.1
+"""Seconds (trio time) between two steps of a replaying ladder at the least: it re-quotes at each
+recorded price change, at most this often (faster changes are skipped to the latest)."""
+REPLAY_LATE = 1e-6
+"""Seconds a replaying ladder wakes after the change it waits for (the float sum lands at or past it)."""
 
 
 class ThrottledLog:
@@ -369,7 +374,7 @@ class LiquiditySimulator:
                 await trio.sleep(backoff(ladder.failures))
             else:
                 pause = ladder.rng.uniform(0.4, 1.6) * self.interval * self._slowdown() * self._crowded()
-                await trio.sleep(pause / self._activity(ladder))
+                await trio.sleep(self._replay_pause(ladder, pause / self._activity(ladder)))
             await self._supervised(ladder, self.step)
         self.ladders.pop(symbol, None)
         self._stepping.pop(symbol, None)
@@ -456,12 +461,28 @@ class LiquiditySimulator:
             await self._take(ladder)
         await self._reconcile(ladder)
 
+    def _replay_elapsed_ns(self, ladder: Ladder) -> float:
+        """Recorded ns played so far by the ladder's replay."""
+        return (trio.current_time() - ladder.replay_start) * self.replay_speed * 1e9
+
+    def _replay_pause(self, ladder: Ladder, pause: float) -> float:
+        """While a replay plays: the seconds until its next recorded change (at least REPLAY_STEP_MIN,
+        at most ``pause``, the walk's pause), so the ladder re-quotes around each change; else ``pause``."""
+        track = ladder.track
+        if track is None:
+            return pause
+        elapsed = self._replay_elapsed_ns(ladder)
+        change = track.next_change(elapsed)
+        if change is None:  # past the last point: the next step goes back to the walk
+            return pause
+        wait = (change - elapsed) / 1e9 / self.replay_speed + REPLAY_LATE
+        return min(pause, max(REPLAY_STEP_MIN, wait))
+
     def _move(self, ladder: Ladder) -> None:
         """The recorded price if a replay is playing, else one random-walk step."""
         track = ladder.track
         if track is not None:
-            elapsed_ns = (trio.current_time() - ladder.replay_start) * self.replay_speed * 1e9
-            price = track.price_at(elapsed_ns)
+            price = track.price_at(self._replay_elapsed_ns(ladder))
             if price is not None:
                 ladder.reference = round(price / ladder.instrument.price_tick)
                 ladder.clamp()

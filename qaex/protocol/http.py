@@ -19,6 +19,7 @@ from qaex.core.account import ACCOUNT_FIELDS, Position
 from qaex.core.calendar import MarketHours
 from qaex.core.instruments import Instrument
 from qaex.core.limits import (
+    MAX_DURATION_NS,
     Amount,
     Cash,
     ExchangeCode,
@@ -97,7 +98,8 @@ class HistoryFile(Body, kw_only=True):
 class HistoryImportRequest(Body, kw_only=True):
     files: Annotated[list[HistoryFile], msgspec.Meta(min_length=1, max_length=100)]
     symbol: Symbol | None = None  # the contract of header-less files
-    duration: Literal[60, 86400] | None = None  # bar seconds; default: from the rows
+    # Bar seconds, any K-line duration (0 or absent for a tick file); default: from the rows.
+    duration: Annotated[int, msgspec.Meta(ge=0, le=MAX_DURATION_NS // 1_000_000_000)] | None = None
 
 
 class AdminDepositRequest(Body, kw_only=True):

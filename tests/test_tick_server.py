@@ -1,0 +1,201 @@
+"""Recorded ticks on a real server (hypercorn, DIFF, the CLI): import and replay.
+
+* ``qaex import-history`` of a DataDownloader tick file on a stopped server's data directory replaces
+  the contract's synthetic history wholesale: after a start, ``GET /api/market/ticks`` serves the
+  recorded ticks and ``GET /api/market/klines`` (and a DIFF chart) the 1-minute and daily bars built
+  from them; bars of another duration (``--duration 300``) are served as imported; the admin route
+  imports a tick file on the running server.
+* ``qaex serve --replay FILE --replay-speed N`` with a tick recording: the market maker's quote climbs
+  with the recorded prices, its trades are journaled (a restart comes back at the last one's price),
+  and when the recording ends it walks on from the last price.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+from conftest import Server, launch, open_user, wait_ready
+from test_history_server import import_history, klines
+
+from qaex.client import DiffClient
+from qaex.core.history import to_csv
+from qaex.core.tick_file import TickColumns, bars_from_ticks, tick_fields, ticks_to_csv
+
+S = 1_000_000_000
+T0 = 1_763_946_000 * S  # 2025-11-24 09:00 China time
+RB = "SHFE.rb2601"  # price tick 1, pre_settlement 3100 (tests/pinned_instruments.toml)
+CU = "SHFE.cu2601"  # price tick 10, pre_settlement 86000
+
+
+def recorded_ticks(count: int, start: float, *, step: float, every_ns: int, tick: float = 1.0) -> TickColumns:
+    ticks = TickColumns(5)
+    for index in range(count):
+        price = start + step * index
+        values: dict[str, float] = {}
+        for name, kind in tick_fields(5):
+            values[name] = 4.0 if kind == "count" else price
+        values.update(
+            volume=10 + 3 * index,
+            open_interest=20_000 + index % 5,
+            amount=price * (10 + 3 * index) * 10,
+            bid_price1=price - tick,
+            ask_price1=price + tick,
+        )
+        ticks.append(T0 + index * every_ns, values)
+    return ticks
+
+
+def wait_for_file(path: Path, within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert path.exists(), path
+
+
+def no_nan(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: (None if isinstance(value, float) and math.isnan(value) else value) for key, value in row.items()
+    }
+
+
+def test_an_imported_tick_file_is_the_contracts_history(tmp_path: Path) -> None:
+    first = launch(tmp_path)
+    try:
+        wait_ready(first)
+        wait_for_file(first.data_dir / "history" / f"{RB}.60.csv")  # the synthetic history, replaced below
+    finally:
+        first.stop()
+    # 600 ticks 2 s apart (20 minutes), rising and falling a tick at a time around 3100.
+    ticks = TickColumns(5)
+    for index, base in enumerate(recorded_ticks(600, 3100.0, step=0.0, every_ns=2 * S).ticks()):
+        price = 3100.0 + (index % 40 if index % 80 < 40 else 40 - index % 40)
+        values = {name: base[name] for name, _ in tick_fields(5)}
+        values.update(last_price=price, bid_price1=price - 1, ask_price1=price + 1)
+        ticks.append(base["datetime"], values)
+    source = tmp_path / "rb-ticks.csv"
+    source.write_text(ticks_to_csv(RB, ticks, 0))
+    five = bars_from_ticks(recorded_ticks(300, 86000.0, step=10.0, every_ns=5 * S, tick=10.0), 300)
+    five_path = tmp_path / "cu-5min.csv"
+    five_path.write_text(to_csv(CU, five, 0))
+    done = import_history(first.env, str(source))
+    assert done.returncode == 0, done.stderr
+    minutes, days = bars_from_ticks(ticks, 60), bars_from_ticks(ticks, 86400)
+    assert done.stdout.splitlines() == [
+        f"imported {RB}: 600 ticks",
+        f"imported {RB}: {len(minutes)} bars of 60 s",
+        f"imported {RB}: 1 bars of 86400 s",
+    ]
+    done = import_history(first.env, "--duration", "300", str(five_path))
+    assert done.returncode == 0 and f"imported {CU}: {len(five)} bars of 300 s" in done.stdout, done.stderr
+    server = launch(tmp_path, data_dir=first.data_dir)
+    try:
+        wait_ready(server)
+        served_minutes = klines(server.http_url, RB, 60, 100)
+        assert [
+            {k: v for k, v in bar.items() if k != "id"} for bar in served_minutes[: len(minutes)]
+        ] == list(minutes.bars())
+        assert len(served_minutes) <= len(minutes) + 1  # then at most the live bar at the clock
+        served_days = klines(server.http_url, RB, 86400, 10)
+        assert {k: v for k, v in served_days[0].items() if k != "id"} == days.bar(0)
+        response = httpx.get(f"{server.http_url}/api/market/ticks/{RB}", params={"count": 1000})
+        assert response.status_code == 200, response.text
+        rows = response.json()["ticks"]
+        assert [{k: v for k, v in row.items() if k != "id"} for row in rows] == [
+            no_nan(t) for t in ticks.ticks()
+        ]
+        served_five = klines(server.http_url, CU, 300, 10_000)  # then bars from the 1-minute ones
+        assert [{k: v for k, v in bar.items() if k != "id"} for bar in served_five[: len(five)]] == list(
+            five.bars()
+        )
+        chart = trio.run(diff_chart, server, RB)
+        imported = [(bar["datetime"], bar["close"]) for bar in minutes.bars()]
+        assert [bar for bar in chart if bar[0] <= minutes.datetime[-1]] == imported  # then a live bar or none
+        assert len(chart) <= len(imported) + 1
+        # A running server imports over the admin route (served already: it applies at the next start).
+        admin = {"Authorization": f"Bearer {server.admin_token}"}
+        again = {"name": "again.csv", "text": ticks_to_csv(RB, ticks.slice(0, 300), 0)}
+        answer = httpx.post(
+            f"{server.http_url}/api/admin/history/import", json={"files": [again]}, headers=admin
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {
+            "imported": [
+                {"symbol": RB, "duration": 0, "bars": 300},
+                {"symbol": RB, "duration": 60, "bars": len(bars_from_ticks(ticks.slice(0, 300), 60))},
+                {"symbol": RB, "duration": 86400, "bars": 1},
+            ],
+            "next_start": [RB],
+        }
+    finally:
+        server.stop()
+    assert (server.data_dir / "history" / f"{RB}.0.csv").read_text() == again["text"]
+
+
+async def diff_chart(server: Server, symbol: str) -> list[tuple[int, float]]:
+    """(datetime, close) of the bars a DIFF chart of 60 bars shows (TqSdk's set_chart, as
+    get_kline_serial sends it)."""
+    user = open_user(server)
+    async with DiffClient.connect(server.diff_url) as client:
+        assert await client.login(user.user_id, user.password)
+        await client.send(
+            {"aid": "set_chart", "chart_id": "c", "ins_list": symbol, "duration": 60 * S, "view_width": 60}
+        )
+
+        def bars(c: DiffClient) -> list[tuple[int, float]] | None:
+            series = c.tree.get("klines", {}).get(symbol, {}).get(str(60 * S), {})
+            chart = c.tree.get("charts", {}).get("c", {})
+            if not chart.get("ready") or series.get("last_id", -1) < 0:
+                return None
+            data = series["data"]
+            left, right = chart["left_id"], chart["right_id"]
+            bars = [data[str(i)] for i in range(left, right + 1) if str(i) in data]
+            return [(bar["datetime"], bar["close"]) for bar in bars]
+
+        return await client.wait_for(bars)
+
+
+def test_serve_replays_a_tick_recording(tmp_path: Path) -> None:
+    # 60 ticks 1 s apart, 2 ticks up each: 3100 .. 3218, played 4 times faster (15 s).
+    ticks = recorded_ticks(60, 3100.0, step=2.0, every_ns=S)
+    recording = tmp_path / "rb-day.csv"
+    recording.write_text(ticks_to_csv(RB, ticks, 0))
+    env = {"QAEX_MARKET_MAKER": "1", "QAEX_MARKET_MAKER_SYMBOLS": RB, "QAEX_SEED": "3"}
+    server = launch(
+        tmp_path, extra_env=env, serve=True, serve_args=["--replay", str(recording), "--replay-speed", "4"]
+    )
+    bids: list[float] = []
+    try:
+        wait_ready(server)
+        started = time.monotonic()
+        while time.monotonic() - started < 14.0:
+            quote = httpx.get(f"{server.http_url}/api/market/quote/{RB}").json()
+            if quote["bid_price1"] is not None:
+                bids.append(quote["bid_price1"])
+            time.sleep(0.25)
+        time.sleep(4.0)  # the recording has ended: the walk again, from the last price
+        after = httpx.get(f"{server.http_url}/api/market/quote/{RB}").json()["bid_price1"]
+        trades = httpx.get(f"{server.http_url}/api/market/ticks/{RB}", params={"count": 10000}).json()[
+            "ticks"
+        ]
+        last_trade = trades[-1]["last_price"]
+    finally:
+        server.stop()
+    assert len(bids) >= 20, bids  # a quote every ~0.25 s for 14 s, fewer on a busy machine
+    assert all(3098 <= bid <= 3220 for bid in bids), bids
+    assert all(later >= earlier - 2 for earlier, later in itertools.pairwise(bids)), bids  # it climbs
+    assert bids[0] <= 3160 and max(bids) >= 3190, bids
+    assert abs(after - 3218) <= 12, after
+    assert len(trades) >= 5 and all(3095 <= t["last_price"] <= 3235 for t in trades), trades
+    # The replay's trades are ordinary trades: journaled, so a restart (no replay) comes back at the last.
+    again = launch(tmp_path, data_dir=server.data_dir)
+    try:
+        wait_ready(again)
+        assert httpx.get(f"{again.http_url}/api/market/quote/{RB}").json()["last_price"] == last_trade
+    finally:
+        again.stop()
