@@ -351,6 +351,7 @@ def start_gateway(
     log_path = workdir / f"gateway-{port}.log"
     command = [sys.executable, "-m", "qaex", "gateway", "--broker", broker_url, "--diff-port", str(port)]
     env = dict(core_server.env)
+    env["QAEX_LOG"] = "info"  # the gateway's closes (heartbeat timeouts) and resyncs, for the report
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
             _wrapped(command, core, nofile), env=env, cwd=workdir, stdout=log_file, stderr=subprocess.STDOUT
@@ -825,7 +826,7 @@ def workers_command(handles: list[WorkerHandle], line: str, timeout: float = 600
 
 def _sessions_main(args: argparse.Namespace) -> None:
     import trio
-    from trio_websocket import open_websocket_url
+    from trio_websocket import ConnectionClosed, open_websocket_url
 
     spec = json.loads(Path(args.spec).read_text())
     raise_nofile(args.nofile)
@@ -919,18 +920,24 @@ def _sessions_main(args: argparse.Namespace) -> None:
                     params = json.loads(rest_text)
                     sent = 0
                     seen_users: set[str] = set()
+                    unsendable: list[str] = []
                     for c in conns:
-                        if c.user in seen_users or c.user is None:
+                        # from an open session of each user (a closed one would end this process)
+                        if c.user in seen_users or c.user is None or c.closed is not None:
                             continue
-                        seen_users.add(c.user)
                         message = insert_order_message(
                             c.user, f"chk-{c.user}", params["direction"], params["price"]
                         )
-                        await c.ws.send_message(message)
+                        try:
+                            await c.ws.send_message(message)
+                        except ConnectionClosed as exc:
+                            unsendable.append(f"{c.user}: {exc.reason}")
+                            continue
+                        seen_users.add(c.user)
                         sent += 1
                         if sent % 50 == 0:
                             await trio.sleep(0.05)
-                    answer({"sent": sent})
+                    answer({"sent": sent, "unsendable": unsendable[:5]})
                 elif verb == "CHECK":
                     expected = json.loads(rest_text)
                     ok = await wait_until(
@@ -969,6 +976,8 @@ def _check(conns: list[DiffConn], expected: dict[str, Any]) -> tuple[int, list[s
     order_prefix = expected.get("order_prefix")
     for c in conns:
         why = []
+        if c.closed is not None:
+            why.append(f"closed by the server: {c.closed}")
         if not c.account_seen:
             why.append("no account snapshot")
         for symbol, volume in volumes.items():

@@ -273,6 +273,7 @@ async def check_sessions(dep: Deployment, result: dict[str, Any]) -> None:
         lambda: c.workers_command(
             dep.workers,
             'ORDERS {"direction": "BUY", "price": %r}' % lat.CROSS_PRICE,  # noqa: UP031
+            timeout=180,  # starved session processes: fail the scenario rather than wait 10 min
         )
     )
     result["user_orders_sent"] = sum(s["sent"] for s in sent)
@@ -384,6 +385,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for gateways in args.gateway_counts:
             for sessions in args.session_counts:
                 result["runs"][f"g{gateways}-s{sessions}"] = run_scenario(args, workdir, gateways, sessions)
+                result["summary"] = summarize(result)  # what is done so far, in case the rest never ends
+                result["load_end"] = c.load()
+                c.write_outputs("scaleout-partial", result, report(result, args), args.out_dir)
     result["load_end"] = c.load()
     result["summary"] = summarize(result)
     markdown = report(result, args)

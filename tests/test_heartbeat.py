@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import os
+import socket
+import threading
+import time
 
 import trio
 import trio.testing
@@ -141,3 +144,53 @@ async def test_a_diff_session_costs_the_server_three_tasks(nursery: trio.Nursery
                 await trio.sleep(0.005)
             assert (tasks_under(server_nursery) - idle) / SESSIONS == 3
         server_nursery.cancel_scope.cancel()
+
+
+def answer_pings_in_a_thread(
+    port: int, token: trio.lowlevel.TrioToken, stall: float, stop: threading.Event, pongs: list[float]
+) -> None:
+    """A blocking WebSocket client on /ws/diff that answers every ping. Before it answers the first, it
+    blocks the server's event loop for `stall` seconds and sends the pong meanwhile: the pong then
+    waits, unread, in the server's socket past the pong deadline, as on a server whose scheduler pass
+    took that long."""
+    ws = WSConnection(ConnectionType.CLIENT)
+    with socket.create_connection(("127.0.0.1", port), timeout=0.1) as sock:
+        sock.sendall(ws.send(Request(host="127.0.0.1", target="/ws/diff")))
+        while not stop.is_set():
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                continue
+            if not data:
+                return
+            ws.receive_data(data)
+            for event in ws.events():
+                if isinstance(event, Ping):
+                    if not pongs:
+                        stalled = threading.Event()
+
+                        def stall_the_loop(stalled: threading.Event = stalled) -> None:
+                            stalled.set()
+                            time.sleep(stall)
+
+                        token.run_sync_soon(stall_the_loop)
+                        stalled.wait(5)
+                    sock.sendall(ws.send(event.response()))
+                    pongs.append(time.monotonic())
+
+
+async def test_a_server_that_fell_behind_does_not_close_a_client_whose_pong_it_has_not_read(
+    nursery: trio.Nursery,
+) -> None:
+    server, port = await start(nursery)  # pings after 0.3 s of silence, gives up 0.5 s after a ping
+    stop, pongs = threading.Event(), list[float]()
+    token = trio.lowlevel.current_trio_token()
+    async with trio.open_nursery() as client:
+        client.start_soon(trio.to_thread.run_sync, answer_pings_in_a_thread, port, token, 1.0, stop, pongs)
+        for _ in range(200):  # 10 s at most: pinged twice more after the stall, or closed
+            if len(pongs) >= 3 or (pongs and not server.active):
+                break
+            await trio.sleep(0.05)
+        assert len(pongs) >= 3
+        assert server.active == 1
+        stop.set()

@@ -34,6 +34,7 @@ from qaex.api.notify_ws import NOTIFY_PATH, NotificationSockets
 from qaex.api.ws_lifetime import websocket_lifetime
 from qaex.core.errors import QaexError
 from qaex.core.throttle import LoginThrottled
+from qaex.exchange.pacing import SendGate
 from qaex.exchange.router import Request
 from qaex.exchange.snapshot import SessionLink
 from qaex.protocol import diff as messages
@@ -52,6 +53,10 @@ HEARTBEAT_INTERVAL = 20.0
 HEARTBEAT_TIMEOUT = 15.0
 CLOSE_TIMEOUT = 1.0
 """Seconds a close after a heartbeat timeout waits for the peer's close frame (it is silent anyway)."""
+READ_AHEAD = 16
+"""Frames trio-websocket reads ahead of a session's reader (its default is 1). The reader waits on
+the exchange for a login or a transfer (on a gateway: a round trip to the core); meanwhile the
+connection keeps reading, so a pong behind the client's next frames is still seen (qaex.protocol.liveness)."""
 
 
 class DiffServer:
@@ -83,12 +88,14 @@ class DiffServer:
         self._ids = itertools.count(1)
         self.active = 0
         self._sources: dict[int, str] = {}  # session id -> client address, for the login throttle
+        self.send_gate = SendGate()  # writers' turns when the fan-out is saturated (qaex.exchange.pacing)
 
     async def serve(
         self, host: str, port: int, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
     ) -> None:
         async with trio.open_nursery() as handler_nursery:
             await handler_nursery.start(self.heartbeat.run)
+            handler_nursery.start_soon(self.send_gate.run)
             if self.reuse_port:
                 listener = await _reuse_port_listener(host, port)
                 shared = WebSocketServer(
@@ -96,6 +103,7 @@ class DiffServer:
                     [listener],
                     handler_nursery=handler_nursery,
                     max_message_size=self.max_message_size,
+                    message_queue_size=READ_AHEAD,
                 )
                 server = await handler_nursery.start(shared.run)
                 log.info("DIFF listening on ws://%s:%d%s (SO_REUSEPORT)", host, server.port, DIFF_PATH)
@@ -109,6 +117,7 @@ class DiffServer:
                     None,
                     handler_nursery=handler_nursery,
                     max_message_size=self.max_message_size,
+                    message_queue_size=READ_AHEAD,
                     task_status=task_status,
                 )
             )
@@ -132,7 +141,9 @@ class DiffServer:
             return
         ws = await request.accept()
         self.active += 1
-        link = SessionLink(DiffSession(next(self._ids), max_messages_per_second=self.max_messages_per_second))
+        link = SessionLink(
+            DiffSession(next(self._ids), max_messages_per_second=self.max_messages_per_second), self.send_gate
+        )
         self._sources[link.session.session_id] = self._source_of(request, ws)
         snapshots = self.exchange.snapshots
         snapshots.add(link)
@@ -145,8 +156,9 @@ class DiffServer:
                 await ws.send_message(messages.RTN_BROKERS.decode())
                 async with trio.open_nursery() as nursery:
                     # No pong in time: the heartbeat ends the reader and the writer, then we close.
-                    watch = self.heartbeat.watch(ws, nursery.cancel_scope.cancel)
-                    nursery.start_soon(self._until_closed, self._writer(ws, link), nursery.cancel_scope)
+                    watch = self.heartbeat.watch(ws, nursery.cancel_scope.cancel, link.session.wants_data)
+                    writer = self._writer(ws, link, watch)
+                    nursery.start_soon(self._until_closed, writer, nursery.cancel_scope)
                     await self._until_closed(self._reader(ws, link, watch), nursery.cancel_scope)
                 if watch.timed_out:
                     with trio.move_on_after(CLOSE_TIMEOUT):
@@ -222,6 +234,7 @@ class DiffServer:
             # confirm_settlement needs nothing from the exchange.
         except QaexError as exc:
             session.refused(exc)
+        link.mark_urgent()  # the answer to the client's own request
         link.wake()
 
     def origin_allowed(self, request: WebSocketRequest) -> bool:
@@ -283,15 +296,20 @@ class DiffServer:
         else:
             await self.exchange.withdraw(user_id, transfer.amount)
 
-    async def _writer(self, ws: WebSocketConnection, link: SessionLink) -> None:
+    async def _writer(self, ws: WebSocketConnection, link: SessionLink, watch: Watch) -> None:
         session = link.session
+        gate = self.send_gate
         while True:
             await link.wait()
+            if not link.urgent:
+                await gate.turn(link)  # market data waits its turn; a client's own answers do not
+            link.urgent = False
             if session.resync_needed:
                 session.reset(self._full_view(link))
             frame = session.data_to_send()
             if frame is not None:
                 await ws.send_message(frame.decode())
+                watch.sent(trio.current_time())  # the client owes a peek: not silent till then
 
     def _full_view(self, link: SessionLink) -> list[dict[str, Any]]:
         """Everything this session may see now (its trade tree, quotes and charts), for a resync."""
@@ -323,6 +341,7 @@ def _report_order_refusal(link: SessionLink, message: messages.InsertOrderMessag
     """Completion of a pipelined insert_order: one refused as a whole also finishes the client's order."""
     if request.error is not None and not link.closed:
         link.session.order_refused(message, request.error)
+        link.mark_urgent()
         link.wake()
 
 
@@ -330,6 +349,7 @@ def _report_refusal(link: SessionLink, request: Request) -> None:
     """Completion of a pipelined command: a refused one (duplicate id, unknown order) becomes a notify."""
     if request.error is not None and not link.closed:
         link.session.refused(request.error)
+        link.mark_urgent()
         link.wake()
 
 

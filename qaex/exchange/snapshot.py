@@ -27,7 +27,7 @@ import trio
 from qaex.core.errors import Conflict
 from qaex.core.notify_codes import NOTIFY_TOO_MANY_SESSIONS
 from qaex.core.patch import copy_tree
-from qaex.exchange.pacing import WakePacer
+from qaex.exchange.pacing import SendGate, WakePacer
 from qaex.protocol.session import DiffSession
 
 if TYPE_CHECKING:
@@ -47,15 +47,25 @@ Patch = dict[str, Any]
 class SessionLink:
     """One connected DIFF session as the exchange sees it: protocol state and a wake-up for its writer."""
 
-    __slots__ = ("_waiter", "_woken", "closed", "session")
+    __slots__ = ("_waiter", "_woken", "closed", "gate", "session", "urgent")
 
-    def __init__(self, session: DiffSession) -> None:
+    def __init__(self, session: DiffSession, gate: SendGate | None = None) -> None:
         self.session = session
+        # An answer for this client is pending (its user's trade patches, a notify for its request): its
+        # writer sends without taking a turn at the DIFF server's SendGate (qaex.exchange.pacing).
+        self.urgent = False
+        self.gate = gate
         # A one-waiter event without the allocation of a trio.Event per wait (this is on the path of
         # every rtn_data): `_woken` remembers a wake-up that came while nobody waited.
         self._waiter: trio.lowlevel.Task | None = None
         self._woken = False
         self.closed = False
+
+    def mark_urgent(self) -> None:
+        """An answer for this client is pending: its writer does not wait for a turn (see `urgent`)."""
+        self.urgent = True
+        if self.gate is not None:
+            self.gate.hurry(self)
 
     def wake(self) -> None:
         """Tell the writer there is something to send: a peek is waiting and data is pending.
@@ -198,6 +208,7 @@ class SnapshotManager:
         patch = _without_trade_deletions(user_id, patch)
         for link in sessions:
             link.session.push(patch)
+            link.mark_urgent()
             if woken is None:
                 link.wake()
             else:
@@ -229,6 +240,7 @@ class SnapshotManager:
         link.session.logged_in(user_id)
         sessions.add(link)
         link.session.push({"trade": {user_id: copy_tree(self.tree(user_id))}})
+        link.mark_urgent()
         link.wake()
         log.info("session %s logged in as %s", link.session.session_id, user_id)
 
