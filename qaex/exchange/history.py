@@ -20,6 +20,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from qaex.atomic_write import write_atomic
 from qaex.core.calendar import HolidayCalendar, parse_day, previous_trading_date
 from qaex.core.history import (
     BAR_FIELDS,
@@ -81,7 +82,7 @@ class HistoryStore:
             )
         self.seed = stored if stored is not None else (seed if seed is not None else DEFAULT_SEED)
         if stored is None:
-            _write_atomic(meta_path, json.dumps({"format": FORMAT, "seed": self.seed}) + "\n")
+            write_atomic(meta_path, json.dumps({"format": FORMAT, "seed": self.seed}) + "\n")
         self.built = 0
         self.loaded = 0
 
@@ -124,8 +125,8 @@ class HistoryStore:
 
     def save(self, history: ContractHistory, price_decs: int) -> None:
         """Write a contract's history (each file atomically: a crash leaves the old file or the new)."""
-        _write_atomic(self.path(history.symbol, MINUTE), to_csv(history.symbol, history.minutes, price_decs))
-        _write_atomic(self.path(history.symbol, DAY), to_csv(history.symbol, history.days, price_decs))
+        write_atomic(self.path(history.symbol, MINUTE), to_csv(history.symbol, history.minutes, price_decs))
+        write_atomic(self.path(history.symbol, DAY), to_csv(history.symbol, history.days, price_decs))
 
     def spec(
         self, instrument: Instrument, instruments: Mapping[str, Instrument], *, trading_day: str, main: bool
@@ -182,11 +183,11 @@ class HistoryStore:
         if minute_path.exists():
             built.minutes = self._read(spec.symbol, MINUTE)
         else:
-            _write_atomic(minute_path, to_csv(spec.symbol, built.minutes, price_decs))
+            write_atomic(minute_path, to_csv(spec.symbol, built.minutes, price_decs))
         if day_path.exists():
             built.days = self._read(spec.symbol, DAY)
         else:
-            _write_atomic(day_path, to_csv(spec.symbol, built.days, price_decs))
+            write_atomic(day_path, to_csv(spec.symbol, built.days, price_decs))
         return built
 
 
@@ -351,9 +352,3 @@ def load_replay(spec: str) -> dict[str, ReplayTrack]:
             raise ImportRefused(f"{path}: a second recording of {symbol}")
         tracks[symbol] = track
     return tracks
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
