@@ -8,6 +8,9 @@
 * ``qaex serve --replay FILE --replay-speed N`` with a tick recording: the market maker's quote climbs
   with the recorded prices, its trades are journaled (a restart comes back at the last one's price),
   and when the recording ends it walks on from the last price.
+* a replay survives restarts: stopped (SIGTERM) or killed (``kill -9``) mid-replay, the server started
+  again with the same recording and speed quotes on from where the recording was (``replay.json``), not
+  from its start.
 """
 
 from __future__ import annotations
@@ -199,3 +202,68 @@ def test_serve_replays_a_tick_recording(tmp_path: Path) -> None:
         assert httpx.get(f"{again.http_url}/api/market/quote/{RB}").json()["last_price"] == last_trade
     finally:
         again.stop()
+
+
+def bids_for(server: Server, seconds: float) -> list[float]:
+    """The quote's best bid, sampled for ``seconds``."""
+    bids: list[float] = []
+    ends = time.monotonic() + seconds
+    while time.monotonic() < ends:
+        bid = httpx.get(f"{server.http_url}/api/market/quote/{RB}").json()["bid_price1"]
+        if bid is not None:
+            bids.append(bid)
+        time.sleep(0.1)
+    return bids
+
+
+def bid_reaching(server: Server, at_least: float, within: float = 60.0) -> float:
+    """Wait until the best bid is at least ``at_least``; the bid then."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        bid = httpx.get(f"{server.http_url}/api/market/quote/{RB}").json()["bid_price1"]
+        if bid is not None and bid >= at_least:
+            return float(bid)
+        time.sleep(0.1)
+    raise AssertionError(f"bid below {at_least} after {within} s:\n{server.log()[-3000:]}")
+
+
+def test_a_replay_goes_on_after_a_stop_and_a_kill(tmp_path: Path) -> None:
+    # 170 ticks 0.5 s apart, a tick up each: 3100 .. 3269 over 85 s, played at 2x (4 ticks a second).
+    recording = tmp_path / "rb-day.csv"
+    recording.write_text(ticks_to_csv(RB, recorded_ticks(170, 3100.0, step=1.0, every_ns=S // 2), 0))
+    env = {"QAEX_MARKET_MAKER": "1", "QAEX_MARKET_MAKER_SYMBOLS": RB, "QAEX_SEED": "3"}
+    args = ["--replay", str(recording), "--replay-speed", "2"]
+    data_dir = tmp_path / "data"
+
+    def start() -> Server:
+        server = launch(tmp_path, data_dir=data_dir, extra_env=env, serve=True, serve_args=args)
+        wait_ready(server, timeout=60.0)
+        return server
+
+    server = start()
+    try:
+        stopped_at = bid_reaching(server, 3130)
+    finally:
+        assert server.stop() == 0
+    kept = (data_dir / "replay.json").read_text()
+    server = start()
+    try:
+        after_stop = bids_for(server, 2.0)
+        # Back at the start, the bid would be ~3100; it goes on near where it stopped, then climbs on.
+        assert after_stop and all(stopped_at - 3 <= bid <= stopped_at + 40 for bid in after_stop), (
+            stopped_at,
+            after_stop,
+        )
+        killed_at = bid_reaching(server, 3190)
+        server.process.kill()  # kill -9: the position kept up to a second (4 ticks) before
+        server.process.wait()
+    finally:
+        server.stop()
+    assert "replay of SHFE.rb2601 resumed at" in server.log(), server.log()[-3000:]
+    server = start()
+    try:
+        after_kill = bids_for(server, 2.0)
+    finally:
+        server.stop()
+    assert '"recording":' in kept and f'"{RB}":' in kept, kept
+    assert after_kill and all(killed_at - 12 <= bid <= killed_at + 40 for bid in after_kill), (killed_at, after_kill)
