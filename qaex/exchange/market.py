@@ -97,12 +97,14 @@ class MarketData:
 
         ``history_store``: the kept market history (:mod:`qaex.exchange.history`). With one, every
         listed contract gets its past bars: built (or loaded) in the background after the start, one
-        contract at a time in a worker thread, and at once for a contract a client asks for first.
+        contract at a time in a worker thread, and at once (in a worker thread too, the client waiting)
+        for a contract a client asks for first (:meth:`ensure_history`).
         """
         self.history_store = history_store
         self._engine = engine  # for its trading day only, when a contract's history is built
         self.publish_interval = publish_interval
         self._rotation = 0
+        self._loading: dict[str, trio.Event] = {}  # symbol -> set when its history load (a thread) ends
         self._pacer = WakePacer[SessionLink](WAKE_STEP)
         self._last_publish = -math.inf
         self._clock = clock
@@ -217,9 +219,8 @@ class MarketData:
                 await self.publish_in_steps()
 
     async def _history_builder(self) -> None:
-        """Give every listed contract its history, one at a time: loaded from the data directory, or
-        generated and written there, in a worker thread (the loop keeps serving meanwhile), then
-        attached on the loop. Looks for contracts listed later every few seconds."""
+        """Give every listed contract its history, one at a time (:meth:`_attach_history`). Looks for
+        contracts listed later every few seconds."""
         store = self.history_store
         assert store is not None
         await trio.sleep(HISTORY_START_DELAY)  # the start's listing and main contracts first
@@ -231,14 +232,7 @@ class MarketData:
                 if symbol not in self.state.instruments:  # delisted meanwhile
                     self.state.attach_history(symbol, None)
                     continue
-                spec, decs = self._history_spec(symbol)
-                try:
-                    history = await trio.to_thread.run_sync(store.load_or_build, spec, decs)
-                except (OSError, ValueError) as exc:  # a damaged or hand-edited file: no history, not a crash
-                    log.error("market history of %s not loaded: %s", symbol, exc)
-                    history = None
-                if self.state.needs_history(symbol):
-                    self.state.attach_history(symbol, history)
+                await self._attach_history(symbol)
                 await trio.sleep(HISTORY_PAUSE)  # a background job: leave the loop and the GIL alone
             if pending:
                 log.info("market history ready: %d contracts (%d built, %d loaded)",
@@ -275,20 +269,36 @@ class MarketData:
         later = sorted({s for s, _, _ in done if not self.state.needs_history(s)})
         return done, later
 
-    def ensure_history(self, symbols: Iterable[str]) -> None:
-        """Attach now the history of these symbols if it is not yet (a client is asking for it): a
-        load, or at most a generation of ~50 ms per main contract."""
+    async def ensure_history(self, symbols: Iterable[str]) -> None:
+        """Attach the history of these symbols if it is not yet (a client is asking for it): a load
+        (a kept tick file: only its last ticks, see HistoryStore.load), or at most a generation of ~50
+        ms per main contract, in a worker thread; the loop serves everyone else meanwhile."""
         if self.history_store is None:
             return
         for symbol in symbols:
-            if self.state.needs_history(symbol) and symbol in self.state.instruments:
+            await self._attach_history(symbol)
+
+    async def _attach_history(self, symbol: str) -> None:
+        """Load (or build) ``symbol``'s history in a worker thread, then attach it on the loop; a load
+        already under way (the background builder's, another client's) is waited for, not repeated."""
+        store = self.history_store
+        assert store is not None
+        while self.state.needs_history(symbol) and symbol in self.state.instruments:
+            loading = self._loading.get(symbol)
+            if loading is not None:
+                await loading.wait()
+                continue
+            loading = self._loading[symbol] = trio.Event()
+            try:
                 spec, decs = self._history_spec(symbol)
-                try:
-                    history = self.history_store.load_or_build(spec, decs)
-                except (OSError, ValueError) as exc:
-                    log.error("market history of %s not loaded: %s", symbol, exc)
-                    history = None
-                self.state.attach_history(symbol, history)
+                history = await trio.to_thread.run_sync(store.load_or_build, spec, decs, self.state.history)
+            except (OSError, ValueError) as exc:  # a damaged or hand-edited file: no history, not a crash
+                log.error("market history of %s not loaded: %s", symbol, exc)
+                history = None
+            finally:
+                del self._loading[symbol]
+                loading.set()
+            self.state.attach_history(symbol, history)  # (nothing if attached meanwhile)
 
     # -- inputs ------------------------------------------------------------------------------------
     def apply(self, batch: Batch) -> None:
@@ -448,7 +458,7 @@ class MarketData:
             built.pop(chart_id, None)
             if old is not None:
                 self._unfeed(link, old)
-            self.ensure_history(str(getattr(message, "ins_list", "")).split(","))
+            # Its symbols' history is attached already: the DIFF server awaits ensure_history first.
             try:
                 chart = self.state.open_chart(msgspec.structs.asdict(message), self._clock())
             except ChartRefused as refused:
@@ -496,13 +506,13 @@ class MarketData:
             size += 20 + 12 * chart.view_width * len(chart.symbols)
         return size
 
-    def series(self, symbol: str, duration_ns: int) -> KlineSeries | TickSeries | None:
+    async def series(self, symbol: str, duration_ns: int) -> KlineSeries | TickSeries | None:
         """A series that exists (``duration_ns`` 0: ticks), or None; for the HTTP API."""
-        self.ensure_history([symbol])
+        await self.ensure_history([symbol])
         return self.state.series(symbol, duration_ns)
 
-    def kline_history(self, symbol: str, duration_ns: int) -> KlineSeries:
+    async def kline_history(self, symbol: str, duration_ns: int) -> KlineSeries:
         """The K-lines of any duration: the series if it exists, else one built from history (not
         kept). ValueError for a duration TqSdk would refuse (over a day but not whole days)."""
-        self.ensure_history([symbol])
+        await self.ensure_history([symbol])
         return self.state.kline_history(symbol, duration_ns, self._clock())
