@@ -767,7 +767,7 @@ async def import_history() -> Response:
     if market is None:
         raise HttpError(503, "no_market_data", "this server runs without the market data service")
     try:
-        done, later = market.import_history(
+        done, later = await market.import_history(
             [(f.name, f.text) for f in body.files], symbol=body.symbol, duration=body.duration
         )
     except ValueError as exc:  # HistoryFileError, ImportRefused: names the file, line and column

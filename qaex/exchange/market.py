@@ -105,6 +105,7 @@ class MarketData:
         self.publish_interval = publish_interval
         self._rotation = 0
         self._loading: dict[str, trio.Event] = {}  # symbol -> set when its history load (a thread) ends
+        self._importing = trio.Lock()  # one history import at a time (its files replaced all or nothing)
         self._pacer = WakePacer[SessionLink](WAKE_STEP)
         self._last_publish = -math.inf
         self._clock = clock
@@ -248,24 +249,31 @@ class MarketData:
         )
         return spec, instrument.price_decs
 
-    def import_history(
+    async def import_history(
         self, files: list[tuple[str, str]], *, symbol: str | None, duration: int | None
     ) -> tuple[list[tuple[str, int, int]], list[str]]:
         """``POST /api/admin/history/import``: check every (name, CSV text), then replace the kept
-        files, all or nothing (HistoryFileError / ImportRefused). A contract whose history is not
-        attached yet serves the import at once; one already attached keeps serving the bars its
-        clients hold (their ids cannot change under them) until the next start. Returns the imports
-        and the symbols that apply at the next start."""
+        files, all or nothing (HistoryFileError / ImportRefused), in a worker thread (a big tick file
+        takes seconds to check), one import at a time. A contract whose history is not attached yet
+        serves the import at once; one already attached keeps serving the bars its clients hold
+        (their ids cannot change under them) until the next start. Returns the imports and the
+        symbols that apply at the next start."""
         store = self.history_store
         if store is None:
             raise ImportRefused("market history is off (QAEX_MARKET_BACKFILL=0)")
         instruments = self.state.instruments
         ticks = {s: i.price_tick for s, i in instruments.items()}
-        read = [
-            (name, check_import(text, name, symbol=symbol, duration=duration, ticks=ticks))
-            for name, text in files
-        ]
-        done = store_imported(store, read, {s: i.price_decs for s, i in instruments.items()})
+        decs = {s: i.price_decs for s, i in instruments.items()}
+
+        def check_and_store() -> list[tuple[str, int, int]]:
+            read = [
+                (name, check_import(text, name, symbol=symbol, duration=duration, ticks=ticks))
+                for name, text in files
+            ]
+            return store_imported(store, read, decs)
+
+        async with self._importing:
+            done = await trio.to_thread.run_sync(check_and_store)
         later = sorted({s for s, _, _ in done if not self.state.needs_history(s)})
         return done, later
 
