@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from qaex.core.history import BarColumns, HistoryFileError, to_csv
 from qaex.core.orders import InsertOrder
 from qaex.core.replay import MAX_TICK_GAP_NS, RESUME_GAP_NS, ReplayTrack, track_from_bars, track_from_ticks
 from qaex.core.tick_file import TickColumns, tick_fields, ticks_to_csv
+from qaex.exchange import replay_keeper
 from qaex.exchange.exchange import Exchange
 from qaex.exchange.history import ImportRefused, load_replay
 from qaex.exchange.market import MarketData
@@ -288,19 +290,40 @@ async def test_a_replay_goes_on_where_the_kept_position_is(autojump_clock: trio.
     assert walking.reports[-1] == {CU: ended}
 
 
-def test_the_keeper_resumes_the_same_recording_and_speed_only(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def replay_log() -> Iterator[Records]:
+    """The records of the keeper's logger, on the logger object itself (not caplog's root handler, nor
+    ``logging.getLogger``: importing tqsdk, as other test modules do, swaps in its own logger manager)."""
+    logger = replay_keeper.log
+    handler, level = Records(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def test_the_keeper_resumes_the_same_recording_and_speed_only(tmp_path: Path, replay_log: Records) -> None:
     track = track_from_bars(recording(86000.0))
     keeper = ReplayKeeper(tmp_path, {CU: track}, 4.0)
     assert keeper.load() == {}  # nothing kept yet
     keeper.save({CU: 5 * S})
     assert ReplayKeeper(tmp_path, {CU: track}, 4.0).load() == {CU: 5 * S}
-    caplog.set_level(logging.INFO, "qaex.replay")
     assert ReplayKeeper(tmp_path, {CU: track}, 2.0).load() == {}
     other = track_from_bars(recording(86010.0))
     assert ReplayKeeper(tmp_path, {CU: other}, 4.0).load() == {}
-    fresh = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    fresh = [r.getMessage() for r in replay_log.records if r.levelno == logging.INFO]
     assert len(fresh) == 2 and all("starts from the beginning" in m for m in fresh), fresh
     assert "speed 2" in fresh[0] and "another recording" in fresh[1]
 
@@ -315,7 +338,7 @@ def test_the_keeper_resumes_the_same_recording_and_speed_only(
     ],
 )
 def test_a_damaged_progress_file_is_ignored_with_a_warning(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: object
+    tmp_path: Path, replay_log: Records, damage: object
 ) -> None:
     track = track_from_bars(recording(86000.0))
     keeper = ReplayKeeper(tmp_path, {CU: track}, 4.0)
@@ -323,9 +346,8 @@ def test_a_damaged_progress_file_is_ignored_with_a_warning(
     path = tmp_path / FILE_NAME
     assert callable(damage)
     path.write_bytes(damage(path.read_bytes()))
-    caplog.set_level(logging.INFO, "qaex.replay")
     assert keeper.load() == {}
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = [r.getMessage() for r in replay_log.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "ignored" in warnings[0], warnings
     keeper.save({CU: 6 * S})  # the next save replaces it
     assert keeper.load() == {CU: 6 * S}
