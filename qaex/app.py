@@ -44,6 +44,7 @@ from qaex.core.replay import ReplayTrack
 from qaex.datadir import DataDir, DataDirLocked
 from qaex.exchange.exchange import Exchange
 from qaex.exchange.history import HistoryStore, load_replay
+from qaex.exchange.live_bars import LiveBarStore
 from qaex.exchange.market import MarketData
 from qaex.exchange.notifications import NotificationHub
 from qaex.exchange.recovery import open_journal
@@ -87,6 +88,11 @@ def build_exchange(config: Config, data_dir: DataDir) -> Exchange:
         publish_interval=config.quote_interval,
         history_store=(
             HistoryStore(data_dir.path / "history", seed=config.seed, calendar=calendar)
+            if config.market_backfill
+            else None
+        ),
+        live_bars=(
+            LiveBarStore(data_dir.path / "history" / "live", keep=config.market_history)
             if config.market_backfill
             else None
         ),

@@ -7,7 +7,8 @@ restarted anywhere; its clients reconnect and get a snapshot.
 
 ```
 run_gateway
-├── RemoteExchange.run        NATS client (reconnect, keepalive), heartbeats, per-user feeds
+├── RemoteExchange.run        NATS client (reconnect, keepalive), heartbeats, per-user feeds, the
+│                             quote and chart mirrors, the /ws NotificationHub
 └── serve_diff                trio-websocket listener, one nursery per session
 ```
 """
@@ -23,6 +24,7 @@ from qaex.api.diff_server import serve_diff
 from qaex.config import Config, access_guard, load_instruments
 from qaex.core.engine import Engine
 from qaex.exchange.nats_client import NatsClient
+from qaex.exchange.notifications import NotificationHub
 from qaex.exchange.remote import RemoteExchange
 
 log = logging.getLogger("qaex.gateway")
@@ -32,13 +34,24 @@ def build_gateway(config: Config) -> RemoteExchange:
     if not config.broker:
         raise ValueError("a gateway needs a broker (--broker nats://host:port or QAEX_BROKER)")
     client = NatsClient(config.broker, name="qaex-gateway")
-    return RemoteExchange(
+    remote = RemoteExchange(
         client,
         config.exchange_id,
         engine=Engine(load_instruments(config)),
         guard=access_guard(config),
         max_sessions_per_user=config.max_sessions_per_user,
     )
+    remote.notify_with(
+        NotificationHub(
+            remote.snapshots,
+            buffer=config.notify_buffer,
+            max_lag=config.notify_max_lag,
+            mark_interval=config.notify_mark_interval,
+            retain_seconds=config.notify_retain_seconds,
+            max_per_user=config.max_sessions_per_user,
+        )
+    )
+    return remote
 
 
 async def run_gateway(

@@ -8,7 +8,9 @@ stderr goes to ``server.log`` in the data directory's parent and is printed when
 
 from __future__ import annotations
 
+import logging
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -18,6 +20,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,17 +28,76 @@ from typing import Any
 import httpx
 import pytest
 
+# TqSdk's logging package replaces logging.Logger.manager when it is imported (by a test module that
+# imports tqsdk): imported here first, before any qaex module makes its logger, so every logger of the
+# test process lives in one manager (records of loggers made before it would miss caplog otherwise).
+import shinny_structlog  # noqa: F401
+
 from qaex.core.instruments import InstrumentRegistry
 
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 
 
+@pytest.fixture(autouse=True)
+def _qaex_logging_restored() -> Iterator[None]:
+    """``qaex.logconfig.configure`` (run by an app or a CLI command started in-process) stops the
+    ``qaex`` logger's propagation and sets levels, which would hide later tests' records from
+    ``caplog`` (tests failing or passing by the order they run in): put all of it back after each test."""
+    logger = logging.getLogger("qaex")
+    handlers, propagate, level = list(logger.handlers), logger.propagate, logger.level
+    levels = {
+        name: child.level
+        for name, child in logging.Logger.manager.loggerDict.items()
+        if name.startswith("qaex.") and isinstance(child, logging.Logger)
+    }
+    yield
+    logger.handlers[:] = handlers
+    logger.propagate = propagate
+    logger.setLevel(level)
+    for name, child in logging.Logger.manager.loggerDict.items():
+        if name.startswith("qaex.") and isinstance(child, logging.Logger):
+            child.setLevel(levels.get(name, logging.NOTSET))
+
+
+@contextmanager
+def records_of(name: str, level: int = logging.DEBUG) -> Iterator[list[logging.LogRecord]]:
+    """What logger ``name`` logs at ``level`` and above meanwhile, by a handler of its own (not
+    ``caplog``, whose root handler misses records when something stopped the propagation)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(level)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(before)
+
+
+LISTEN_PORTS = range(20_000, 32_000)
+"""Where tests' servers listen: below Linux's ephemeral range (32768-60999), so that a port found free
+here is not taken, before the server binds it, by the local end of some client's connection."""
+
+
 def free_port() -> int:
+    """A port of LISTEN_PORTS that is free now (the OS's choice if 50 random tries are not)."""
+    rng = random.Random()
+    for _ in range(50):
+        port = rng.choice(LISTEN_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        chosen: int = sock.getsockname()[1]
+        return chosen
 
 
 @dataclass
@@ -184,18 +246,25 @@ class User:
         return self.client.post(path, json=json, **kwargs)
 
 
-def open_user(server: Server, *, init_cash: float | None = None, prefix: str = "u") -> User:
+def open_user(
+    server: Server, *, init_cash: float | None = None, prefix: str = "u", timeout: float = 5.0
+) -> User:
+    """A new account, logged in (``timeout``: per request; password hashing is slow on a busy machine)."""
     user_id = f"{prefix}{uuid.uuid4().hex[:10]}"
     password = secrets.token_hex(8)
     body: dict[str, Any] = {"user_id": user_id, "password": password}
     if init_cash is not None:
         body["init_cash"] = init_cash
-    opened = httpx.post(server.http_url + "/api/account/open", json=body)
+    opened = httpx.post(server.http_url + "/api/account/open", json=body, timeout=timeout)
     assert opened.status_code == 201, opened.text
-    login = httpx.post(server.http_url + "/api/auth/login", json={"user_id": user_id, "password": password})
+    login = httpx.post(
+        server.http_url + "/api/auth/login", json={"user_id": user_id, "password": password}, timeout=timeout
+    )
     assert login.status_code == 200, login.text
     token = login.json()["token"]
-    client = httpx.Client(base_url=server.http_url, headers={"Authorization": f"Bearer {token}"})
+    client = httpx.Client(
+        base_url=server.http_url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout
+    )
     server.clients.append(client)
     return User(user_id, password, token, client)
 

@@ -8,11 +8,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qaex.core.patch import copy_tree, merge_patch
-from qaex.protocol.broker import Resync, Sequencer, UserFeed, UserPatch, split_patch
+from qaex.protocol.broker import (
+    LoginReply,
+    Resync,
+    Sequencer,
+    SnapshotAssembly,
+    UserFeed,
+    UserPatch,
+    snapshot_parts,
+    split_patch,
+)
 
 
 @dataclass
@@ -196,6 +206,43 @@ def test_split_patches_merge_to_the_same_change(
         assert fits(part) or len(msgspec.msgpack.encode(part)) <= len(msgspec.msgpack.encode(patch))
 
 
+tree_leaf = st.integers(-5, 5) | st.text("pq", max_size=40)  # a tree holds no None (merge_patch drops it)
+tree_objects = st.dictionaries(st.sampled_from("abcdef"), tree_leaf, max_size=4)
+trees = st.dictionaries(
+    kinds | st.just("user_id"),
+    st.dictionaries(st.text("xyzwv", min_size=1, max_size=3), tree_objects, max_size=12) | tree_leaf,
+    max_size=5,
+)
+
+
+@settings(max_examples=300)
+@given(trees, st.integers(300, 2000))
+def test_a_snapshot_in_parts_assembles_to_the_tree(tree: dict[str, Any], limit: int) -> None:
+    """Whatever its size, a snapshot crosses a broker of `limit` bytes a message in parts that each
+    fit and assemble, in order, to the tree; parts out of order are refused."""
+    reply = LoginReply(True, "e1", 7, copy_tree(tree))
+    parts = snapshot_parts(reply, limit)
+    assert parts is not None  # every object here fits alone
+    assert all(len(msgspec.msgpack.encode(part)) <= limit for part in parts)
+    assert [p.part for p in parts] == list(range(len(parts))) and {p.parts for p in parts} == {len(parts)}
+    decoded = [msgspec.msgpack.decode(msgspec.msgpack.encode(p), type=LoginReply) for p in parts]
+    assembly = SnapshotAssembly()
+    assert [assembly.add(p) for p in decoded] == [False] * (len(parts) - 1) + [True]
+    whole = assembly.reply()
+    assert (whole.ok, whole.epoch, whole.seq, whole.tree) == (True, "e1", 7, tree)
+    if len(parts) > 1:
+        with pytest.raises(msgspec.ValidationError):
+            SnapshotAssembly().add(decoded[1])
+
+
+def test_a_snapshot_with_one_object_above_the_limit_cannot_be_split() -> None:
+    tree = {"orders": {"o1": {"text": "x" * 1000}, "o2": {"text": "y"}}}
+    assert snapshot_parts(LoginReply(True, "e1", 1, tree), 1500) == [LoginReply(True, "e1", 1, tree)]
+    assert snapshot_parts(LoginReply(True, "e1", 1, tree), 600) is None
+    refusal = LoginReply(ok=False)
+    assert snapshot_parts(refusal, 10) == [refusal]
+
+
 class FakeClient:
     """What BrokerCore asks of its NATS client, as an in-memory bus that can be switched off."""
 
@@ -276,3 +323,44 @@ async def test_a_lost_answer_is_an_outcome_unknown_refusal_and_a_down_broker_ref
     client.up = False  # broker down: refused before anything is sent
     await remote.submit_cancel_order("u", "o1", outcomes.append)
     assert outcomes[1].error.code == "broker_unavailable" and len(client.sent) == 1
+
+
+class RefusingClient(FakeClient):
+    """A broker connection on which the core answers every snapshot with a refusal."""
+
+    def __init__(self, refusal: LoginReply) -> None:
+        super().__init__()
+        self.refusal = refusal
+
+    async def wait_connected(self) -> None:
+        return None
+
+    async def request_many(self, subject: str, payload: bytes, last: Any, within: float) -> list[Any]:
+        from qaex.protocol.nats import Msg
+
+        self.sent.append((subject, payload))
+        answer = Msg(subject="_INBOX.x.1", sid="0", reply=None, payload=msgspec.msgpack.encode(self.refusal))
+        assert last(answer)
+        return [answer]
+
+
+async def test_a_resync_the_core_refuses_is_told_to_the_users_sessions() -> None:
+    """A snapshot the core cannot send (one object above max_payload): the user's sessions on the
+    gateway get an ERROR notify instead of a view that silently stays stale."""
+    from qaex.exchange.broker_core import TOO_LARGE
+    from qaex.exchange.remote import RemoteExchange
+    from qaex.exchange.snapshot import SessionLink
+    from qaex.protocol.session import DiffSession
+
+    client = RefusingClient(LoginReply(ok=False, error=TOO_LARGE))
+    remote = RemoteExchange(client, "x", market=False)  # type: ignore[arg-type]
+    remote.feeds["u"] = UserFeed("u")
+    link = SessionLink(DiffSession(1))
+    remote.snapshots.sessions["u"] = {link}
+    await remote._fetch_snapshot("u")
+    [(subject, _)] = client.sent
+    assert subject == "qaex.x.rpc.snapshot"
+    [note] = link.session._notifies.values()
+    assert note["level"] == "ERROR" and "not resynchronized" in note["content"]
+    assert "max_payload" in note["content"] and note["code"] == TOO_LARGE.diff_code
+    assert not remote.feeds["u"].live and "u" not in remote._resyncing

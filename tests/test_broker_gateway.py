@@ -18,6 +18,7 @@ import trio
 from conftest import NatsServer, Server, free_port, launch, open_user, wait_ready
 
 from qaex.client import DiffClient
+from qaex.exchange.nats_client import NatsClient
 
 CU = "SHFE.cu2601"
 EXCHANGE_ID = "t1"
@@ -286,10 +287,110 @@ async def test_quotes_through_a_gateway_equal_the_cores(deployment: Deployment) 
         await a.wait_for(lambda c: c.tree["quotes"][CU].get("ask_price1") == 87000.0)
         await converge_quotes(a, embedded)
         assert a.tree["quotes"][CU]["bid_volume1"] == 3
-        # a chart is refused with a notify on a gateway (not served there yet)
-        await a.send({"aid": "set_chart", "chart_id": "c1", "ins_list": CU, "duration": 60_000_000_000,
-                      "view_width": 10})  # fmt: skip
-        await a.wait_for(lambda c: any("chart" in str(n.get("content")) for n in c.notifies))
+        # a chart through the gateway process (tests/test_gateway_charts.py compares them in depth)
+        for client in (a, embedded):
+            await client.send({"aid": "set_chart", "chart_id": "c1", "ins_list": CU,
+                               "duration": 60_000_000_000, "view_width": 10})  # fmt: skip
+        await a.wait_for(lambda c: c.tree.get("charts", {}).get("c1", {}).get("ready"))
+        await embedded.wait_for(lambda c: c.tree.get("charts", {}).get("c1", {}).get("ready"))
+        deadline = trio.current_time() + 10  # a bar may open between the two answers: both get it
+        while (a.tree["charts"], a.tree["klines"]) != (embedded.tree["charts"], embedded.tree["klines"]):
+            assert trio.current_time() < deadline, (a.tree["charts"], embedded.tree["charts"])
+            await trio.sleep(0.05)
+
+
+async def test_a_slow_gateway_is_cut_off_by_the_broker_and_recovers(tmp_path: Path) -> None:
+    """A gateway that stops reading (SIGSTOP): nats-server cuts it off as a slow consumer
+    (max_pending 64 KB, write deadline 0.5 s); the core then trades for its user, whose patches the
+    gateway never gets. Resumed, the gateway reconnects, resyncs, and its session ends with the
+    embedded tree — nothing the core acknowledged is lost."""
+    broker = NatsServer(
+        free_port(), tmp_path, config='max_pending: 65536\nmax_payload: 65536\nwrite_deadline: "500ms"\n'
+    )
+    broker.start()
+    broker_log = tmp_path / f"nats-{broker.port}.log"
+    env = {"QAEX_BROKER": broker.url, "QAEX_EXCHANGE_ID": EXCHANGE_ID, "QAEX_MAX_MESSAGES_PER_SECOND": "5000"}
+    core = launch(tmp_path, extra_env=env)
+    gateway = None
+    try:
+        wait_ready(core)
+        gateway = start_gateway(tmp_path, core, broker)
+        alice = open_user(core, init_cash=50_000_000.0)  # 300 resting orders' margin
+        async with (
+            DiffClient.connect(gateway.diff_url) as a,
+            DiffClient.connect(core.diff_url) as embedded,
+        ):
+            assert await a.login(alice.user_id, alice.password)
+            assert await embedded.login(alice.user_id, alice.password)
+            await embedded.insert_order("before", CU, "BUY", "OPEN", 1, 80000.0)
+            await converge(a, embedded)
+            os.kill(gateway.process.pid, signal.SIGSTOP)
+            try:
+                # More than the loopback socket buffers hold, on a subject the gateway reads (and
+                # ignores: not a heartbeat), so that the broker's own buffer for it fills up and
+                # the broker cuts it off.
+                flood = NatsClient(broker.url)
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(flood.run)
+                    for i in range(2_000):
+                        flood.publish(f"qaex.{EXCHANGE_ID}.core.hb", b"\xc1" * 60_000)
+                        if i % 50 == 49:
+                            await flood.flush()
+                            if "Slow Consumer" in broker_log.read_text():
+                                break
+                    nursery.cancel_scope.cancel()
+                assert "Slow Consumer" in broker_log.read_text()
+                # Patches the cut-off gateway never receives: only a resync brings them.
+                for i in range(300):
+                    await embedded.insert_order(f"o{i}", CU, "BUY", "OPEN", 1, 80000.0 + 10 * (i % 50))
+                await embedded.wait_for(lambda c: c.order("o299").get("status") == "ALIVE", within=30)
+            finally:
+                os.kill(gateway.process.pid, signal.SIGCONT)
+            await converge(a, embedded, within=60)  # reconnect + resync on a loaded machine
+            assert len(a.trade()["orders"]) == 301
+        assert "connection 2)" in gateway.log()  # it was cut off and came back
+    finally:
+        if gateway is not None:
+            assert gateway.stop() == 0, gateway.log()
+        core.stop()
+        broker.stop()
+
+
+async def test_a_tree_above_max_payload_logs_in_and_resyncs_in_parts(tmp_path: Path) -> None:
+    """A user whose tree is larger than the broker's max_payload: the login's snapshot and the
+    resync's after a broker restart cross it in parts (they used to be refused: snapshot_too_large,
+    and the resynced session stayed stale for ever)."""
+    broker = NatsServer(free_port(), tmp_path, config="max_pending: 16384\nmax_payload: 16384\n")
+    broker.start()
+    env = {"QAEX_BROKER": broker.url, "QAEX_EXCHANGE_ID": EXCHANGE_ID}
+    core = launch(tmp_path, extra_env=env)
+    gateway = None
+    try:
+        wait_ready(core)
+        gateway = start_gateway(tmp_path, core, broker)
+        alice = open_user(core, init_cash=50_000_000.0)
+        async with DiffClient.connect(core.diff_url) as embedded:
+            assert await embedded.login(alice.user_id, alice.password)
+            for i in range(80):  # a tree of ~25 KB, each patch small
+                await embedded.insert_order(f"o{i}", CU, "BUY", "OPEN", 1, 80000.0 + 10 * (i % 50))
+            await embedded.wait_for(lambda c: c.order("o79").get("status") == "ALIVE")
+            async with DiffClient.connect(gateway.diff_url) as a:
+                assert await a.login(alice.user_id, alice.password)  # rpc.login in parts
+                await converge(a, embedded, within=30)
+                await trio.to_thread.run_sync(broker.stop)
+                await embedded.insert_order("while_down", CU, "BUY", "OPEN", 1, 80000.0)
+                await embedded.wait_for(lambda c: c.order("while_down").get("status") == "ALIVE")
+                await trio.to_thread.run_sync(broker.start)
+                await converge(a, embedded, within=30)  # rpc.snapshot in parts
+                assert len(a.trade()["orders"]) == 81
+        log = gateway.log()
+        assert "connection 2)" in log and "resync refused" not in log
+        assert "ERROR qaex.broker" not in core.log()  # nothing too large to publish
+    finally:
+        if gateway is not None:
+            assert gateway.stop() == 0, gateway.log()
+        core.stop()
+        broker.stop()
 
 
 async def test_a_silent_core_gets_orders_refused_at_once_until_it_is_back(deployment: Deployment) -> None:

@@ -99,3 +99,45 @@ async def test_a_silent_client_is_pinged_each_interval_and_stays_open_while_it_a
         while client.pings < 3:  # past the 0.5 s heartbeat timeout: answered pings keep it open
             await client.pinged.wait()
     assert client.ws.state is ConnectionState.OPEN
+
+
+def tasks_under(nursery: trio.Nursery) -> int:
+    """Every task below ``nursery``, at any depth."""
+    count, stack = 0, list(nursery.child_tasks)
+    while stack:
+        task = stack.pop()
+        count += 1
+        for child in task.child_nurseries:
+            stack.extend(child.child_tasks)
+    return count
+
+
+SESSIONS = 20
+
+
+async def test_a_diff_session_costs_the_server_three_tasks(nursery: trio.Nursery) -> None:
+    """trio-websocket's connection task (our reader) and its frame reader, and our writer: one
+    heartbeat timer serves every session, so a session has no heartbeat task of its own."""
+    exchange = Exchange(Engine())
+    await nursery.start(exchange.run)
+    server = DiffServer(exchange, heartbeat_interval=0.2, heartbeat_timeout=2)
+    async with trio.open_nursery() as server_nursery:
+        listener = await server_nursery.start(server.serve, "127.0.0.1", 0)
+        idle = tasks_under(server_nursery)
+        port = listener.port
+        clients = [PingCounter(await trio.open_tcp_stream("127.0.0.1", port)) for _ in range(SESSIONS)]
+        with trio.fail_after(10):
+            for client in clients:
+                await nursery.start(client.run)
+                await client.say('{"aid":"peek_message"}')
+            # Silent sessions are pinged each interval (a task waits for each pong); between two
+            # rounds of pings every session is down to its three tasks.
+            for client in clients:
+                while client.pings < 2:
+                    await client.pinged.wait()
+            for _ in range(2000):
+                if (tasks_under(server_nursery) - idle) / SESSIONS == 3:
+                    break
+                await trio.sleep(0.005)
+            assert (tasks_under(server_nursery) - idle) / SESSIONS == 3
+        server_nursery.cancel_scope.cancel()

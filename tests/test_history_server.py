@@ -23,9 +23,13 @@ EXAMPLE = HERE.parent / "examples" / "tqsdk_ma_crossover.py"
 SYMBOL = "SHFE.rb2601"  # one of tests/pinned_instruments.toml
 
 
-def klines(http_url: str, symbol: str, duration: int, count: int) -> list[dict[str, object]]:
+def klines(
+    http_url: str, symbol: str, duration: int, count: int, *, timeout: float = 5.0
+) -> list[dict[str, object]]:
     response = httpx.get(
-        f"{http_url}/api/market/klines/{symbol}", params={"duration": duration, "count": count}
+        f"{http_url}/api/market/klines/{symbol}",
+        params={"duration": duration, "count": count},
+        timeout=timeout,
     )
     assert response.status_code == 200, response.text
     body = response.json()

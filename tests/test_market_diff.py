@@ -26,6 +26,7 @@ from qaex.core.orders import InsertOrder
 from qaex.core.patch import merge_patch
 from qaex.exchange.exchange import Exchange
 from qaex.exchange.market import MarketData
+from qaex.protocol.session import MAX_SHARED_PENDING
 
 S = 1_000_000_000
 MINUTE = 60 * S
@@ -147,6 +148,34 @@ async def test_subscribe_quote_gets_the_full_quote_then_trades_move_it(
         assert [quote[f"ask_price{n}"] for n in range(1, 6)] == [86100.0 + 10 * n for n in range(5)]
         assert [quote[f"bid_price{n}"] for n in range(1, 6)] == [85900.0 - 10 * n for n in range(5)]
         assert quote["datetime"].startswith("2025-11-24 09:00:")
+
+
+async def test_subscribers_at_every_pace_end_with_the_quote_a_new_subscriber_gets(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Quote patches are shared (encoded once per publish, DiffSession.push_shared): a subscriber
+    that peeks after every trade, one that peeks once at the end (more shared patches pending than
+    a session keeps as they are: merged), and one with private patches between the shared ones all
+    hold what a fresh subscription's full quote says."""
+    trades = 3 * MAX_SHARED_PENDING
+    async with venue() as market, connect(market.url) as eager, connect(market.url) as lazy:
+        async with connect(market.url) as busy:
+            for client in (eager, lazy, busy):
+                await client.send(aid="subscribe_quote", ins_list=CU)
+                await client.until(lambda tree: "datetime" in tree["quotes"][CU])
+            for n in range(trades):
+                await market.trade(86000.0 + 10 * (n % 7))
+                await eager.until(lambda tree, n=n: tree["quotes"][CU]["volume"] == n + 1)
+                await busy.send(aid="ins_query", query_id=f"q{n}", query="")  # a private patch
+                if n % 4 == 0:
+                    await busy.rtn_data()
+            for client in (eager, lazy, busy):
+                await client.until(lambda tree: tree["quotes"][CU]["volume"] == trades)
+            async with connect(market.url) as fresh:
+                await fresh.send(aid="subscribe_quote", ins_list=CU)
+                await fresh.until(lambda tree: "datetime" in tree["quotes"][CU])
+                assert eager.quote() == lazy.quote() == busy.quote() == fresh.quote()
+                assert fresh.quote()["volume"] == trades
 
 
 async def test_unsubscribing_stops_the_quote_flow(autojump_clock: trio.abc.Clock) -> None:

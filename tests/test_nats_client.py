@@ -114,6 +114,45 @@ async def test_reconnect_resubscribes_after_a_broker_restart(nats_server: NatsSe
         nursery.cancel_scope.cancel()
 
 
+async def test_waiters_wake_when_the_broker_is_back_after_failed_reconnect_attempts(
+    nats_server: NatsServer,
+) -> None:
+    """Tasks waiting for the connection while the broker is down for many reconnect attempts all
+    wake when it is back (each failed attempt once replaced the event they waited on), and the
+    subscriptions deliver again."""
+    async with trio.open_nursery() as nursery:
+        client = NatsClient(nats_server.url, reconnect_wait=0.05, connect_timeout=0.5)
+        pub = NatsClient(nats_server.url, reconnect_wait=0.05)
+        await nursery.start(client.run)
+        await nursery.start(pub.run)
+        sub = client.subscribe("q.back")
+        await client.flush()
+        await trio.to_thread.run_sync(nats_server.stop)
+        with trio.fail_after(5):
+            await client.wait_disconnected()
+        woken: list[int] = []
+
+        async def waiter(i: int) -> None:
+            await client.wait_connected()
+            woken.append(i)
+
+        with trio.fail_after(15):  # the waiters' nursery ends when every waiter woke
+            async with trio.open_nursery() as waiters:
+                for i in range(5):  # waiting from the first failed attempt on ...
+                    waiters.start_soon(waiter, i)
+                    await trio.sleep(0.2)  # ... and after several more (reconnect_wait 0.05 s)
+                assert woken == [] and not client.is_connected and client.generation == 1
+                await trio.to_thread.run_sync(nats_server.start)
+        assert sorted(woken) == list(range(5)) and client.generation == 2
+        with trio.fail_after(10):
+            await pub.wait_connected()
+        await client.flush()
+        pub.publish("q.back", b"again")
+        with trio.fail_after(5):
+            assert (await sub.receive()).payload == b"again"
+        nursery.cancel_scope.cancel()
+
+
 async def test_bounded_subscription_drops_and_counts(nats_server: NatsServer) -> None:
     async with trio.open_nursery() as nursery:
         client = NatsClient(nats_server.url)

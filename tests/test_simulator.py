@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
-from conftest import launch, open_user, wait_ready
+from conftest import launch, open_user, records_of, wait_ready
 
 from qaex.core.commands import OpenAccount
 from qaex.core.engine import Engine
@@ -235,19 +235,9 @@ async def lone_user_trades_everything(exchange: Exchange, tag: str) -> None:
 
 @pytest.fixture
 def simulator_log() -> Iterator[list[logging.LogRecord]]:
-    """What ``qaex.simulator`` logs (a handler of its own: ``qaex.logconfig`` may stop propagation)."""
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.DEBUG)
-    handler.emit = records.append  # type: ignore[method-assign]
-    logger = logging.getLogger("qaex.simulator")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    try:
+    """What ``qaex.simulator`` logs."""
+    with records_of("qaex.simulator") as records:
         yield records
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

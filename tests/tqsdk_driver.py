@@ -4,7 +4,8 @@ Run by tests/test_tqsdk.py in a subprocess (TqApi is synchronous and runs its ow
 
     python tests/tqsdk_driver.py SCENARIO --http=URL --diff=URL --admin=TOKEN \
         --user-a=ID --password-a=PASSWORD [--user-b=ID --password-b=PASSWORD] [--quiet=SYMBOL] \
-        [--td=URL]   # trade through another DIFF server (a gateway); market data stays on --diff
+        [--td=URL] [--md=URL]   # trade / take market data through another DIFF server (a gateway)
+        [--long-bars=N]   # also a get_kline_serial of N minute bars, checked against the HTTP API
 
 (use the ``--opt=value`` form: an admin token may start with "-").
 
@@ -324,6 +325,30 @@ def scenario_market(api: TqApi, a: TqAccount, http: str, out: dict[str, Any]) ->
     }
 
 
+def scenario_long_serial(api: TqApi, http: str, bars: int, out: dict[str, Any]) -> None:
+    """``get_kline_serial`` of ``bars`` minute bars (history included), then the same bars from the
+    HTTP API: every closed bar TqSdk shows is the server's (the newest may still change)."""
+    serial = api.get_kline_serial(MARKET_SYMBOL, 60, bars)
+    wait_until(api, lambda: bool((serial["datetime"] > 0).all()), 30, f"{bars} minute bars")
+    idle(api, 0.2)
+    answer = httpx.get(f"{http}/api/market/klines/{MARKET_SYMBOL}", params={"duration": 60, "count": bars})
+    served = {bar["datetime"]: bar for bar in answer.json()["klines"]}
+    rows = serial.to_dict("records")
+    fields = ("open", "high", "low", "close", "volume", "open_oi", "close_oi")
+    closed = rows[:-1]
+    out["long_serial"] = {
+        "rows": len(rows),
+        "ids": [int(row["id"]) for row in rows],
+        "closed": len(closed),
+        "matched": sum(
+            1
+            for row in closed
+            if int(row["datetime"]) in served
+            and all(num(row[key]) == served[int(row["datetime"])][key] for key in fields)
+        ),
+    }
+
+
 def scenario_trading(
     api: TqApi, a: TqAccount, b: TqAccount, args: argparse.Namespace, out: dict[str, Any]
 ) -> None:
@@ -432,19 +457,21 @@ def scenario_trading(
 
 def run_main(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"timings": {}}
-    td = args.td or args.diff  # trading through a DIFF gateway (qaex gateway), market data from the core
+    td = args.td or args.diff  # trading through a DIFF gateway (qaex gateway)
     a = TqAccount("qaex", args.user_a[0], args.user_a[1], td_url=td)
     b = TqAccount("qaex", args.user_b[0], args.user_b[1], td_url=td)
     started = time.monotonic()
     api = TqApi(
         TqMultiAccount([a, b]),
         auth=LocalAuth([args.user_a[0], args.user_b[0]]),
-        _md_url=args.diff,
+        _md_url=args.md or args.diff,  # market data through a gateway too
         disable_print=True,
     )
     out["timings"]["init"] = time.monotonic() - started
     try:
         scenario_market(api, a, args.http, out)
+        if args.long_bars:
+            scenario_long_serial(api, args.http, args.long_bars, out)
         out["timings"]["market"] = time.monotonic() - started
         scenario_trading(api, a, b, args, out)
         out["timings"]["trading"] = time.monotonic() - started
@@ -539,6 +566,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--http", required=True)
     parser.add_argument("--diff", required=True)
     parser.add_argument("--td", default="", help="trade server URL (default: --diff)")
+    parser.add_argument("--md", default="", help="market data server URL (default: --diff)")
+    parser.add_argument("--long-bars", type=int, default=0, help="also a serial of this many minute bars")
     parser.add_argument("--admin", default="")
     parser.add_argument("--user-a", required=True)
     parser.add_argument("--password-a", required=True)

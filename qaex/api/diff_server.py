@@ -1,13 +1,13 @@
 """The DIFF WebSocket server: trio-websocket in, DiffSession state, the exchange out.
 
-One nursery per connection runs a reader (frames -> DiffSession -> exchange calls), a writer (waits
-until the session has a peek and pending data, then sends one rtn_data) and a heartbeat (WebSocket
-pings). The protocol decisions all live in the sans-IO `DiffSession` (the message rate limit, what a
-transfer asks for, every notify's code and text); this module is a pump: it reads frames, calls the
-exchange for the events the session returns (logins and password checks under the exchange's
-throttle included), tells the session each outcome, sends its frames and closes the connection when
-the session says so. A failure inside one session closes that session (1011) and nothing else;
-shutdown closes every session with 1001.
+One nursery per connection runs a reader (frames -> DiffSession -> exchange calls) and a writer (waits
+until the session has a peek and pending data, then sends one rtn_data); one heartbeat timer for the
+whole listener (qaex.api.heartbeat) pings the connections that went silent. The protocol decisions all
+live in the sans-IO `DiffSession` (the message rate limit, what a transfer asks for, every notify's code
+and text); this module is a pump: it reads frames, calls the exchange for the events the session returns
+(logins and password checks under the exchange's throttle included), tells the session each outcome,
+sends its frames and closes the connection when the session says so. A failure inside one session closes
+that session (1011) and nothing else; shutdown closes every session with 1001.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from trio_websocket import (
 )
 
 from qaex.api.auth import TokenSigner
+from qaex.api.heartbeat import Heartbeat, Watch
 from qaex.api.notify_ws import NOTIFY_PATH, NotificationSockets
 from qaex.api.ws_lifetime import websocket_lifetime
 from qaex.core.errors import QaexError
@@ -49,6 +50,8 @@ log = logging.getLogger("qaex.diff")
 DIFF_PATH = "/ws/diff"
 HEARTBEAT_INTERVAL = 20.0
 HEARTBEAT_TIMEOUT = 15.0
+CLOSE_TIMEOUT = 1.0
+"""Seconds a close after a heartbeat timeout waits for the peer's close frame (it is silent anyway)."""
 
 
 class DiffServer:
@@ -75,6 +78,7 @@ class DiffServer:
         self.max_messages_per_second = max_messages_per_second
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
+        self.heartbeat = Heartbeat(heartbeat_interval, heartbeat_timeout)  # /ws/diff and /ws, run by serve
         self.allowed_origins = frozenset(allowed_origins)  # empty: any Origin (QAEX_ALLOWED_ORIGINS)
         self._ids = itertools.count(1)
         self.active = 0
@@ -84,6 +88,7 @@ class DiffServer:
         self, host: str, port: int, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
     ) -> None:
         async with trio.open_nursery() as handler_nursery:
+            await handler_nursery.start(self.heartbeat.run)
             if self.reuse_port:
                 listener = await _reuse_port_listener(host, port)
                 shared = WebSocketServer(
@@ -134,17 +139,21 @@ class DiffServer:
         if self.exchange.market is not None:
             self.exchange.market.add_session(link)
         log.debug("session %s connected from %s", link.session.session_id, ws.remote)
+        watch: Watch | None = None
         try:
             async with websocket_lifetime(ws, log, f"session {link.session.session_id}"):
                 await ws.send_message(messages.RTN_BROKERS.decode())
                 async with trio.open_nursery() as nursery:
+                    # No pong in time: the heartbeat ends the reader and the writer, then we close.
+                    watch = self.heartbeat.watch(ws, nursery.cancel_scope.cancel)
                     nursery.start_soon(self._until_closed, self._writer(ws, link), nursery.cancel_scope)
-                    last_heard = [trio.current_time()]  # when the reader last got a frame from the client
-                    nursery.start_soon(
-                        self._until_closed, self._heartbeat(ws, last_heard), nursery.cancel_scope
-                    )
-                    await self._until_closed(self._reader(ws, link, last_heard), nursery.cancel_scope)
+                    await self._until_closed(self._reader(ws, link, watch), nursery.cancel_scope)
+                if watch.timed_out:
+                    with trio.move_on_after(CLOSE_TIMEOUT):
+                        await ws.aclose(1001, "heartbeat timeout")
         finally:
+            if watch is not None:
+                self.heartbeat.forget(watch)
             self.active -= 1
             self._sources.pop(link.session.session_id, None)
             snapshots.remove(link)
@@ -162,10 +171,11 @@ class DiffServer:
         finally:
             scope.cancel()
 
-    async def _reader(self, ws: WebSocketConnection, link: SessionLink, last_heard: list[float]) -> None:
+    async def _reader(self, ws: WebSocketConnection, link: SessionLink, watch: Watch) -> None:
         while True:
             frame = await ws.get_message()
-            last_heard[0] = now = trio.current_time()
+            now = trio.current_time()
+            watch.heard(now)  # a client that talks is alive: it is not pinged
             events = link.session.receive(frame, now)
             link.wake()
             for event in events:
@@ -293,24 +303,6 @@ class DiffServer:
         if self.exchange.market is not None:
             view.extend(self.exchange.market.full_view(link))
         return view
-
-    async def _heartbeat(self, ws: WebSocketConnection, last_heard: list[float]) -> None:
-        """Ping a client that has been silent for a heartbeat interval; close it if no pong comes.
-
-        A client that sent anything recently (every active DIFF client peeks after each rtn_data) is
-        alive, so it is not pinged: with thousands of sessions, pings would otherwise be a steady
-        share of the server's frames.
-        """
-        while True:
-            await trio.sleep(self.heartbeat_interval)
-            if trio.current_time() - last_heard[0] < self.heartbeat_interval:
-                continue
-            with trio.move_on_after(self.heartbeat_timeout) as scope:
-                await ws.ping()
-            if scope.cancelled_caught:
-                log.info("no pong within %.0f s: closing %s", self.heartbeat_timeout, ws.remote)
-                await ws.aclose(1001, "heartbeat timeout")
-                return
 
 
 async def _reuse_port_listener(host: str, port: int) -> trio.SocketListener:

@@ -97,6 +97,8 @@ class NotificationSockets:
             await ws.send_message(json.dumps(error, ensure_ascii=False))
             await ws.aclose(POLICY_VIOLATION, code)
             return
+        # Pinged every heartbeat interval (what the client sends is ignored, not heard).
+        watch = self.server.heartbeat.watch(ws, lambda: subscriber.cut(HEARTBEAT_TIMEOUT, grace=0))
         try:
             await ws.send_message(events.encode(events.ready_event(user_id, time.time_ns())).decode())
             if gap is not None:
@@ -104,10 +106,10 @@ class NotificationSockets:
             async with trio.open_nursery() as nursery:
                 subscriber.scope = nursery.cancel_scope
                 nursery.start_soon(self._ignore_messages, ws, nursery.cancel_scope)
-                nursery.start_soon(self._heartbeat, ws, subscriber)
                 await self._write(ws, subscriber)
                 nursery.cancel_scope.cancel()
         finally:
+            self.server.heartbeat.forget(watch)
             subscriber.close()
         reason = subscriber.reason
         if reason is not None and ws.closed is None:
@@ -170,13 +172,3 @@ class NotificationSockets:
                 await ws.get_message()
         except ConnectionClosed:
             scope.cancel()
-
-    async def _heartbeat(self, ws: WebSocketConnection, subscriber: Subscriber) -> None:
-        while True:
-            await trio.sleep(self.server.heartbeat_interval)
-            with trio.move_on_after(self.server.heartbeat_timeout) as waited:
-                await ws.ping()
-            if waited.cancelled_caught:
-                log.info("no pong within %.0f s: closing %s", self.server.heartbeat_timeout, ws.remote)
-                subscriber.cut(HEARTBEAT_TIMEOUT, grace=0)
-                return

@@ -38,7 +38,7 @@ import functools
 import math
 import random
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -483,16 +483,17 @@ def _date_text(days: int) -> str:
 
 def to_csv(symbol: str, bars: BarColumns, price_decs: int) -> str:
     """The bars as a DataDownloader K-line CSV (header line included)."""
-    lines = [csv_header(symbol)]
-    fmt = f"{{:.{price_decs}f}}"
-    for i in range(len(bars)):
-        ns = bars.datetime[i]
-        lines.append(
-            f"{format_datetime(ns)},{ns},{fmt.format(bars.open[i])},{fmt.format(bars.high[i])},"
-            f"{fmt.format(bars.low[i])},{fmt.format(bars.close[i])},{bars.volume[i]},"
-            f"{bars.open_oi[i]},{bars.close_oi[i]}"
-        )
-    return "\n".join(lines) + "\n"
+    return "\n".join([csv_header(symbol), *csv_rows(bars.bars(), price_decs)]) + "\n"
+
+
+def csv_rows(bars: Iterable[Mapping[str, Any]], price_decs: int) -> list[str]:
+    """DataDownloader K-line rows (no header, no line ends) of wire bar dicts."""
+    fmt = f"{{:.{price_decs}f}}".format
+    return [
+        f"{format_datetime(bar['datetime'])},{bar['datetime']},{fmt(bar['open'])},{fmt(bar['high'])},"
+        f"{fmt(bar['low'])},{fmt(bar['close'])},{bar['volume']},{bar['open_oi']},{bar['close_oi']}"
+        for bar in bars
+    ]
 
 
 class HistoryFileError(ValueError):
@@ -541,43 +542,62 @@ def parse_csv(
     for number, line in enumerate(lines[start:], start=start + 1):
         if not line.strip():
             continue
-        cells = [cell.strip() for cell in line.split(",")]
-        if len(cells) != 9:
-            raise HistoryFileError(name, number, "-", f"{len(cells)} cells, expected 9")
-        try:
-            ns = int(cells[1])
-        except ValueError:
-            raise HistoryFileError(name, number, columns[1], f"not an integer: {cells[1]!r}") from None
-        if previous_ns is not None and ns <= previous_ns:
+        row = parse_row(line, name, number, columns, last_close=last_close, price_tick=price_tick)
+        if previous_ns is not None and row[0] <= previous_ns:
             raise HistoryFileError(name, number, columns[1], "rows not sorted by time (or repeated)")
-        values: list[float] = []
-        for position in range(2, 9):
-            cell = cells[position]
-            if cell in ("#N/A", "", "nan", "NaN"):
-                value = last_close if position < 6 else 0.0
-            else:
-                try:
-                    value = float(cell)
-                except ValueError:
-                    raise HistoryFileError(
-                        name, number, columns[position], f"not a number: {cell!r}"
-                    ) from None
-            if position < 6:
-                if not math.isfinite(value) or value <= 0:
-                    raise HistoryFileError(name, number, columns[position], f"not a price: {cell!r}")
-                if price_tick and abs(value / price_tick - round(value / price_tick)) > 1e-6:
-                    raise HistoryFileError(
-                        name, number, columns[position], f"{cell} is off the tick grid ({price_tick})"
-                    )
-            elif value < 0 or value != int(value):
-                raise HistoryFileError(name, number, columns[position], f"not a count >= 0: {cell!r}")
-            values.append(value)
-        open_, high, low, close = values[:4]
-        if high < max(open_, close):
-            raise HistoryFileError(name, number, columns[3], f"high {high} below open/close")
-        if low > min(open_, close):
-            raise HistoryFileError(name, number, columns[4], f"low {low} above open/close")
-        bars.append(ns, open_, high, low, close, int(values[4]), int(values[5]), int(values[6]))
-        previous_ns = ns
-        last_close = close
+        bars.append(*row)
+        previous_ns = row[0]
+        last_close = row[4]
     return the_symbol, bars
+
+
+Row = tuple[int, float, float, float, float, int, int, int]
+"""One K-line row: datetime (epoch ns) and :data:`BAR_FIELDS`."""
+
+
+def parse_row(
+    line: str,
+    name: str,
+    number: int,
+    columns: Sequence[str],
+    *,
+    last_close: float = math.nan,
+    price_tick: float | None = None,
+) -> Row:
+    """One DataDownloader K-line row, checked (see :func:`parse_csv`; the order of rows is the caller's).
+    ``columns``: the header's nine names, for the messages. Raises :class:`HistoryFileError`."""
+    cells = [cell.strip() for cell in line.split(",")]
+    if len(cells) != 9:
+        raise HistoryFileError(name, number, "-", f"{len(cells)} cells, expected 9")
+    try:
+        ns = int(cells[1])
+    except ValueError:
+        raise HistoryFileError(name, number, columns[1], f"not an integer: {cells[1]!r}") from None
+    if not 0 <= ns < 1 << 63:
+        raise HistoryFileError(name, number, columns[1], f"not a time: {cells[1]!r}")
+    values: list[float] = []
+    for position in range(2, 9):
+        cell = cells[position]
+        if cell in ("#N/A", "", "nan", "NaN"):
+            value = last_close if position < 6 else 0.0
+        else:
+            try:
+                value = float(cell)
+            except ValueError:
+                raise HistoryFileError(name, number, columns[position], f"not a number: {cell!r}") from None
+        if position < 6:
+            if not math.isfinite(value) or value <= 0:
+                raise HistoryFileError(name, number, columns[position], f"not a price: {cell!r}")
+            if price_tick and abs(value / price_tick - round(value / price_tick)) > 1e-6:
+                raise HistoryFileError(
+                    name, number, columns[position], f"{cell} is off the tick grid ({price_tick})"
+                )
+        elif not 0 <= value < 1 << 63 or value != int(value):
+            raise HistoryFileError(name, number, columns[position], f"not a count >= 0: {cell!r}")
+        values.append(value)
+    open_, high, low, close = values[:4]
+    if high < max(open_, close):
+        raise HistoryFileError(name, number, columns[3], f"high {high} below open/close")
+    if low > min(open_, close):
+        raise HistoryFileError(name, number, columns[4], f"low {low} above open/close")
+    return ns, open_, high, low, close, int(values[4]), int(values[5]), int(values[6])

@@ -256,14 +256,20 @@ class TickSeries(_Series):
         return None if body is None else {"ticks": {self.symbol: body}}
 
 
+def check_duration(duration_ns: int) -> None:
+    """ValueError for a K-line duration no series can have (TqSdk refuses those over a day that are
+    not whole days)."""
+    if duration_ns <= 0 or duration_ns % NS_PER_SECOND:
+        raise ValueError(f"a K-line duration is a positive whole number of seconds, got {duration_ns} ns")
+    if duration_ns > NS_PER_DAY and duration_ns % NS_PER_DAY:
+        raise ValueError(f"a K-line duration over a day must be whole days, got {duration_ns} ns")
+
+
 class KlineSeries(_Series):
     """One instrument's bars of one duration, as ``klines/{symbol}/{duration_ns}`` in the DIFF tree."""
 
     def __init__(self, symbol: str, duration_ns: int, max_len: int = DEFAULT_MAX_LEN) -> None:
-        if duration_ns <= 0 or duration_ns % NS_PER_SECOND:
-            raise ValueError(f"a K-line duration is a positive whole number of seconds, got {duration_ns} ns")
-        if duration_ns > NS_PER_DAY and duration_ns % NS_PER_DAY:
-            raise ValueError(f"a K-line duration over a day must be whole days, got {duration_ns} ns")
+        check_duration(duration_ns)
         super().__init__(symbol, max_len)
         self.duration_ns = duration_ns
         self._days = duration_ns // NS_PER_DAY if duration_ns % NS_PER_DAY == 0 else 0
@@ -276,12 +282,19 @@ class KlineSeries(_Series):
     # -- history -----------------------------------------------------------------------------------
     def attach_history(self, bars: BarColumns) -> int:
         """Put ``bars`` (this duration's, oldest first) before the live bars, and return how many were
-        kept: those older than the first live bar, at most ``max_len`` in all.
+        kept: those older than the first live bar, at most ``max_len`` in all. A bar of ``bars`` at the
+        first live bar's time is joined into it (:func:`join_bar`: kept live bars of a run before a
+        restart, and the new run's first trades in the same bar).
 
         The live bars are renumbered after them, so call this before anyone has seen this series' ids
         (the market state does it before a chart or a reader gets the series). The live bars that follow
         open at the clock: there are no flat bars between history's last bar and the first live one.
         """
+        if self.first_id == 0 and self._archive is None and len(bars) and self._items:
+            first = self._items[0]
+            end = bisect.bisect_left(bars.datetime, first["datetime"])
+            if end < len(bars) and bars.datetime[end] == first["datetime"]:
+                self._items[0] = join_bar(bars.bar(end), first)
         count = self._attach(bars)
         if count and not self._items:
             self._resume = True
@@ -295,11 +308,7 @@ class KlineSeries(_Series):
         for bar in bars:
             start = self.bar_start(bar["datetime"])
             if current is not None and current["datetime"] == start:
-                current["high"] = max(current["high"], bar["high"])
-                current["low"] = min(current["low"], bar["low"])
-                current["close"] = bar["close"]
-                current["volume"] += bar["volume"]
-                current["close_oi"] = bar["close_oi"]
+                fold_bar(current, bar)
                 continue
             if current is not None and start < current["datetime"]:
                 continue  # out of order: never rewrite
@@ -335,6 +344,7 @@ class KlineSeries(_Series):
         else:
             self.on_time(ts_ns)
         bar = self._newest()
+        self._resume = False  # a trade in the attached bars' last bar (a restart within it): live from here
         if bar["volume"] == 0:  # a gap bar, or the bar just opened: the first trade sets the prices
             bar["open"] = bar["high"] = bar["low"] = price
         else:
@@ -401,3 +411,111 @@ def _bar(start_ns: int, price: float, open_interest: int, volume: int = 0) -> di
         "open_oi": open_interest,
         "close_oi": open_interest,
     }
+
+
+class MirrorSeries:
+    """A copy of another process's series (a DIFF gateway's, of the core's; qaex.exchange.remote_charts),
+    built from a snapshot of its items and kept current by its patches' bodies
+    (``{"last_id": N, "data": {id: item}}``, as :meth:`KlineSeries.take_patch` makes them).
+
+    It answers what a chart asks of a series (:class:`qaex.core.chart.SeriesView`) exactly as the
+    original does for the same items. Items are kept as received and never changed (a patch replaces an
+    item whole), so they may be shared with the patches handed to sessions. At most ``max_len`` items
+    are kept: the oldest go first, as in the original.
+    """
+
+    def __init__(self, symbol: str, duration_ns: int, max_len: int = DEFAULT_MAX_LEN) -> None:
+        if max_len < 1:
+            raise ValueError(f"max_len must be >= 1, got {max_len}")
+        self.symbol = symbol
+        self.duration_ns = duration_ns
+        self.max_len = max_len
+        self._items: dict[int, dict[str, Any]] = {}
+        self._ids: list[int] = []  # the kept ids, ascending (contiguous unless a snapshot had holes)
+        self._last_id = -1
+
+    def load(self, last_id: int, items: Mapping[int, dict[str, Any]]) -> None:
+        """Replace everything by a snapshot: the series' ``last_id`` and its items by id."""
+        self._items = {}
+        self._ids = []
+        self._last_id = -1
+        self.apply({"last_id": last_id, "data": {str(item_id): item for item_id, item in items.items()}})
+
+    def apply(self, body: Mapping[str, Any]) -> None:
+        """Merge one patch body: new and changed items (each whole), and the new ``last_id``."""
+        data = body.get("data")
+        if isinstance(data, Mapping):
+            for key, item in data.items():
+                item_id = int(key)
+                if not isinstance(item, dict):
+                    continue
+                if item_id not in self._items:
+                    if self._ids and item_id < self._ids[-1]:
+                        bisect.insort(self._ids, item_id)
+                    else:
+                        self._ids.append(item_id)
+                self._items[item_id] = item
+        last_id = body.get("last_id")
+        if isinstance(last_id, int):
+            self._last_id = max(self._last_id, last_id)
+        floor = self._last_id - self.max_len + 1
+        if self._ids and self._ids[0] < floor:
+            cut = bisect.bisect_left(self._ids, floor)
+            for item_id in self._ids[:cut]:
+                del self._items[item_id]
+            del self._ids[:cut]
+
+    @property
+    def last_id(self) -> int:
+        return self._last_id
+
+    @property
+    def first_id(self) -> int:
+        return self._ids[0] if self._ids else self._last_id + 1
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def get(self, item_id: int) -> dict[str, Any] | None:
+        item = self._items.get(item_id)
+        return None if item is None else dict(item)
+
+    def window(self, left_id: int, right_id: int) -> dict[str, dict[str, Any]]:
+        start = bisect.bisect_left(self._ids, left_id)
+        stop = bisect.bisect_right(self._ids, right_id)
+        return {str(item_id): dict(self._items[item_id]) for item_id in self._ids[start:stop]}
+
+    def lower_bound(self, datetime_ns: int) -> int:
+        items = self._items
+        index = bisect.bisect_left(self._ids, datetime_ns, key=lambda item_id: items[item_id]["datetime"])
+        return self._ids[index] if index < len(self._ids) else self._last_id + 1
+
+    def find(self, datetime_ns: int) -> int | None:
+        item_id = self.lower_bound(datetime_ns)
+        item = self._items.get(item_id)
+        return item_id if item is not None and item["datetime"] == datetime_ns else None
+
+    def last_datetime(self) -> int | None:
+        if not self._ids:
+            return None
+        return self._items[self._ids[-1]]["datetime"]  # type: ignore[no-any-return]
+
+
+def fold_bar(into: dict[str, Any], bar: Mapping[str, Any]) -> None:
+    """Fold ``bar`` (later, same bar start) into ``into``: high, low, close, volume, closing open interest."""
+    into["high"] = max(into["high"], bar["high"])
+    into["low"] = min(into["low"], bar["low"])
+    into["close"] = bar["close"]
+    into["volume"] += bar["volume"]
+    into["close_oi"] = bar["close_oi"]
+
+
+def join_bar(earlier: Mapping[str, Any], later: dict[str, Any]) -> dict[str, Any]:
+    """One bar of two parts of the same bar (``earlier`` kept before a restart, ``later`` live): the
+    earlier's open and opening open interest, then :func:`fold_bar`. A flat earlier part (no volume)
+    carries nothing: the later part is the bar, as a gap bar's first trade sets its prices."""
+    if not earlier["volume"]:
+        return later
+    joined = dict(earlier)
+    fold_bar(joined, later)
+    return joined

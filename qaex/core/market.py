@@ -34,7 +34,14 @@ from qaex.core.chart import Chart, ChartRequest, SeriesView
 from qaex.core.engine import Batch, Depth
 from qaex.core.history import BarColumns, ContractHistory
 from qaex.core.instruments import Instrument
-from qaex.core.kline import DEFAULT_MAX_LEN, NS_PER_DAY, NS_PER_SECOND, KlineSeries, TickSeries
+from qaex.core.kline import (
+    DEFAULT_MAX_LEN,
+    NS_PER_DAY,
+    NS_PER_SECOND,
+    KlineSeries,
+    TickSeries,
+    check_duration,
+)
 from qaex.core.main_contracts import cont_symbol
 from qaex.core.notify_codes import NOTIFY_BAD_CHART as NOTIFY_BAD_CHART  # a bad set_chart
 from qaex.core.notify_codes import NOTIFY_BAD_INSTRUMENT as NOTIFY_BAD_INSTRUMENT  # a symbol not listed
@@ -60,6 +67,20 @@ class ChartRefused(ValueError):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+def chart_of(message: Mapping[str, Any]) -> Chart:
+    """The chart a set_chart message asks for, its fields checked (the one place: the core's
+    MarketState and a DIFF gateway's charts both call it): ChartRefused (:data:`NOTIFY_BAD_CHART`) for
+    bad fields or a K-line duration no series can have. Whether its symbols are listed is
+    :meth:`MarketState.check_listed`'s (a gateway asks the core)."""
+    try:
+        chart = Chart(ChartRequest.from_message(message))
+        if chart.duration:
+            check_duration(chart.duration)
+    except (ValueError, TypeError) as exc:
+        raise ChartRefused(NOTIFY_BAD_CHART, f"set_chart refused: {exc}") from exc
+    return chart
 
 
 @dataclass(slots=True)
@@ -392,30 +413,39 @@ class MarketState:
 
         A K-line series not kept yet is created, filled from history (see :meth:`kline_history`),
         and kept until the last chart using it is closed. Raises :class:`ChartRefused`: bad fields or a
-        duration TqSdk refuses (over a day but not whole days) with :data:`NOTIFY_BAD_CHART`, a symbol
-        not listed with :data:`NOTIFY_BAD_INSTRUMENT`.
+        duration TqSdk refuses (over a day but not whole days) with :data:`NOTIFY_BAD_CHART`
+        (:func:`chart_of`), a symbol not listed with :data:`NOTIFY_BAD_INSTRUMENT`.
         """
-        try:
-            chart = Chart(ChartRequest.from_message(message))
-        except (ValueError, TypeError) as exc:
-            raise ChartRefused(NOTIFY_BAD_CHART, f"set_chart refused: {exc}") from exc
-        unknown = [symbol for symbol in chart.symbols if symbol not in self.quotes]
+        chart = chart_of(message)
+        self.check_listed(chart.symbols)
+        for key in chart.series_keys():  # cannot fail now: fields and symbols are checked
+            self.hold(key, now_ns)
+        return chart
+
+    def check_listed(self, symbols: list[str]) -> None:
+        """ChartRefused (:data:`NOTIFY_BAD_INSTRUMENT`) unless every symbol has series (main-contract
+        series ``KQ.m@`` have none)."""
+        unknown = [symbol for symbol in symbols if symbol not in self.quotes]
         if unknown:
             raise ChartRefused(NOTIFY_BAD_INSTRUMENT, f"set_chart: 不支持的合约代码: {', '.join(unknown)}")
-        started: list[SeriesKey] = []
-        try:
-            for key in chart.series_keys():
-                symbol, duration = key
-                if duration and key not in self.klines:
-                    self.klines[key] = self._backfilled(symbol, duration, self._now(now_ns))
-                    self._durations[symbol].append(duration)
-                self._charted[key] = self._charted.get(key, 0) + 1
-                started.append(key)
-        except ValueError as exc:  # a duration KlineSeries refuses
-            for key in started:
-                self._release(key)
-            raise ChartRefused(NOTIFY_BAD_CHART, f"set_chart refused: {exc}") from exc
-        return chart
+
+    def hold(self, key: SeriesKey, now_ns: int) -> None:
+        """Keep a series (a chart's, or one a DIFF gateway mirrors): start it if it is not kept yet
+        (filled from history), until as many :meth:`release` calls. ChartRefused as :meth:`open_chart`."""
+        symbol, duration = key
+        self.check_listed([symbol])
+        if duration and key not in self.klines:
+            try:
+                check_duration(duration)
+            except ValueError as exc:
+                raise ChartRefused(NOTIFY_BAD_CHART, f"set_chart refused: {exc}") from exc
+            self.klines[key] = self._backfilled(symbol, duration, self._now(now_ns))
+            self._durations[symbol].append(duration)
+        self._charted[key] = self._charted.get(key, 0) + 1
+
+    def release(self, key: SeriesKey) -> None:
+        """One :meth:`hold` ends: a series no longer held by anyone, and not kept, is dropped."""
+        self._release(key)
 
     def close_chart(self, chart: Chart) -> None:
         """A chart from :meth:`open_chart` is gone: drop the series no open chart uses and none keeps."""

@@ -10,11 +10,17 @@ service hangs off it:
   write, and never makes the core wait: when the broker is slow or away, messages are dropped,
   counted, and the gateways notice the gap and resynchronize;
 - quote patches (``MarketData.on_quote``) on ``q.<symbol>``, numbered per symbol;
+- the patches of every series a gateway holds (``MarketData.on_series``) on
+  ``k.<symbol>.<duration ns>``, numbered per series; ``rpc.chart`` answers a series' items in pages
+  and holds it (started if it is not kept, as a chart would), ``chart.hold`` renews the holds; a
+  series not named for ``hold_lapse`` seconds is released, and its numbering skips one (a gateway
+  still listening sees a gap and fetches it again, holding it anew);
 - ``core.hb`` every ``heartbeat_interval`` with the epoch (new at every core start): a gateway
   seeing another epoch resynchronizes everyone;
 - request/reply, each answered on the requester's inbox: ``rpc.login`` (the password checked by
   ``Exchange.check_password`` under its throttle, with the client's address the gateway passes; the
-  answer holds the user's trade tree and the number of the last patch it includes), ``rpc.snapshot``
+  answer holds the user's trade tree — in parts when larger than max_payload, ``wire.snapshot_parts`` —
+  and the number of the last patch it includes), ``rpc.snapshot``
   (the same without a password: a gateway's resync of a user already logged in there) and ``cmd``
   (insert, cancel, deposit, withdraw, password). Inserts and cancels are submitted to the router in
   the order they arrive, like a DIFF session's (pipelined); the answer goes out when the router is
@@ -33,12 +39,13 @@ import msgspec
 import trio
 
 from qaex.core.errors import QaexError
+from qaex.core.market import NOTIFY_BAD_CHART, ChartRefused, SeriesKey
 from qaex.core.patch import copy_tree
 from qaex.core.throttle import LoginThrottled
 from qaex.exchange.nats_client import NatsClient, redacted
 from qaex.exchange.router import Request
 from qaex.protocol import broker as wire
-from qaex.protocol.diff import InsertOrderMessage
+from qaex.protocol.diff import InsertOrderMessage, wire_fields
 from qaex.protocol.nats import Msg
 
 if TYPE_CHECKING:
@@ -48,11 +55,14 @@ log = logging.getLogger("qaex.broker")
 
 HEARTBEAT_INTERVAL = 1.0
 TOO_LARGE = wire.ErrorInfo(
-    message="the snapshot exceeds the broker's max_payload: raise max_payload in nats-server's configuration",
+    message="the snapshot cannot be split below the broker's max_payload: raise max_payload in nats-server's "
+    "configuration",
     code="snapshot_too_large",
     diff_code=500,
 )
 MAX_SYMBOLS_PER_REQUEST = 2000
+SERIES_PAGE = 2000
+"""Items per rpc.chart page at most (fewer when they would exceed the broker's max_payload)."""
 CONNECT_WAIT = 5.0
 """Seconds the core waits at start for the broker before it serves without it (and connects later)."""
 MAX_CONCURRENT_RPC = 64
@@ -78,6 +88,8 @@ class BrokerCore:
         exchange_id: str,
         *,
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        hold_lapse: float = wire.HOLD_LAPSE,
+        max_held: int = wire.MAX_HELD,
     ) -> None:
         self.exchange = exchange
         self.client = client
@@ -86,10 +98,14 @@ class BrokerCore:
         self.epoch = secrets.token_hex(8)
         self.sequencer = wire.Sequencer(self.epoch)
         self._quote_seq = wire.Sequencer(self.epoch)
+        self._series_seq = wire.Sequencer(self.epoch)
+        self.holds = wire.SeriesHolds(lapse=hold_lapse, limit=max_held)
+        self._series_prefix = wire.subject(exchange_id, "k.")
         self._encode = msgspec.msgpack.Encoder().encode
         self._user_prefix = wire.subject(exchange_id, "u.")
         self._quote_prefix = wire.subject(exchange_id, "q.")
         self._static_subject = wire.subject(exchange_id, "static")
+        self._heartbeat_subject = wire.subject(exchange_id, "core.hb")
         # Password checks and transfers in flight: a slot is taken before the task starts, so that a
         # flood of requests waits in the (bounded) subscription, not as thousands of tasks.
         self._slots = trio.Semaphore(MAX_CONCURRENT_RPC)
@@ -104,6 +120,7 @@ class BrokerCore:
         if self.exchange.market is not None:
             self.exchange.market.on_quote = self.quote_patch
             self.exchange.market.on_static = self.static_patch
+            self.exchange.market.on_series = self.series_patch
 
     # -- publishing (synchronous: called in the SnapshotManager's and MarketData's tasks) ----------
     def user_patch(self, user_id: str, patch: dict[str, Any]) -> None:
@@ -157,6 +174,63 @@ class BrokerCore:
         seq = self._quote_seq.next("")  # "" is no symbol: the static patch's own numbering
         self._publish(self._static_subject, wire.QuotePatch(self.epoch, seq, patch))
 
+    def series_patch(self, key: SeriesKey, patch: dict[str, Any]) -> None:
+        if key in self.holds:
+            name = wire.series_name(key)
+            message = wire.QuotePatch(self.epoch, self._series_seq.next(name), patch)
+            self._publish(self._series_prefix + name, message)
+
+    def hold(self, key: SeriesKey) -> None:
+        """Hold a series for the gateways (started in the market if new); ChartRefused if it cannot
+        be (no such contract, a duration no series can have, :data:`MAX_HELD` held)."""
+        market = self.exchange.market
+        if market is None:
+            raise ChartRefused(NOTIFY_BAD_CHART, "set_chart refused: this exchange has no market data")
+        started = self.holds.hold(key, trio.current_time())
+        if started is None:
+            raise ChartRefused(
+                NOTIFY_BAD_CHART, f"set_chart refused: the core holds {len(self.holds)} series for gateways"
+            )
+        if started:
+            try:
+                market.hold_series(key)
+            except ChartRefused:
+                self.holds.drop(key)
+                raise
+
+    def release_lapsed(self) -> None:
+        """Release the series no gateway named for ``hold_lapse`` seconds."""
+        market = self.exchange.market
+        for key in self.holds.expired(trio.current_time()):
+            self._series_seq.next(wire.series_name(key))  # a gap for a gateway still listening
+            if market is not None:
+                market.release_series(key)
+            log.info("series %s %d no longer held by a gateway", *key)
+
+    def series_page(self, request: wire.SeriesRequest) -> wire.SeriesReply:
+        """One page of a series' items (rpc.chart), the series held (:meth:`hold`)."""
+        key = (request.symbol, request.duration)
+        reply = wire.SeriesReply(epoch=self.epoch)
+        try:
+            self.hold(key)
+        except ChartRefused as exc:
+            reply.error = wire.ErrorInfo(message=exc.message, code="chart_refused", diff_code=exc.code)
+            return reply
+        market = self.exchange.market
+        assert market is not None
+        series = market.state.series(*key)
+        assert series is not None
+        stop = series.last_id if request.before_id is None else min(request.before_id - 1, series.last_id)
+        reply.seq = self._series_seq.last(wire.series_name(key))
+        reply.first_id, reply.last_id, reply.max_len = series.first_id, series.last_id, series.max_len
+        size = SERIES_PAGE
+        while True:  # bounded: the page halves each time
+            reply.start = max(series.first_id, stop - size + 1)
+            reply.items = [wire_fields(item) for item in series.window(reply.start, stop).values()]
+            if size <= 1 or len(self._encode(reply)) <= self.client.max_payload:
+                return reply
+            size //= 2
+
     def market_snapshot(self, request: wire.MarketRequest) -> wire.MarketReply:
         """Full quotes (and the static patch) with the number of the last patch each includes.
 
@@ -187,11 +261,16 @@ class BrokerCore:
             command = self.client.subscribe(wire.subject(self.exchange_id, "cmd"), queue)
             market = self.client.subscribe(wire.subject(self.exchange_id, "rpc.market"), queue)
             nursery.start_soon(self._serve_market, market)
+            charts = self.client.subscribe(wire.subject(self.exchange_id, "rpc.chart"), queue)
+            nursery.start_soon(self._serve_charts, charts)
+            holds = self.client.subscribe(wire.subject(self.exchange_id, "chart.hold"), queue)
+            nursery.start_soon(self._serve_holds, holds)
             instruments = self.client.subscribe(wire.subject(self.exchange_id, "rpc.instruments"), queue)
             nursery.start_soon(self._serve_instruments, instruments)
             nursery.start_soon(self._serve_logins, login)
             nursery.start_soon(self._serve_snapshots, snapshot)
             nursery.start_soon(self._serve_commands, command)
+            self.client.on_connect.append(self._beat)
             nursery.start_soon(self._heartbeat)
             self.attach()
             with trio.move_on_after(CONNECT_WAIT):
@@ -206,16 +285,35 @@ class BrokerCore:
             task_status.started()
 
     async def _heartbeat(self) -> None:
-        subject = wire.subject(self.exchange_id, "core.hb")
         while True:
             self._mark_gaps()
-            self.client.publish(subject, self._encode(wire.Heartbeat(self.epoch, time.time_ns())))
+            self.release_lapsed()
+            self._beat()
             await trio.sleep(self.heartbeat_interval)
 
+    def _beat(self) -> None:
+        """One heartbeat; also at each (re)connection, so that gateways know at once that this core
+        (and its epoch) is there, not up to a heartbeat interval later."""
+        self.client.publish(self._heartbeat_subject, self._encode(wire.Heartbeat(self.epoch, time.time_ns())))
+
     def _reply(self, message: Msg, answer: msgspec.Struct) -> None:
-        if message.reply is not None:
-            if not self._publish(message.reply, answer) and isinstance(answer, wire.LoginReply):
-                self._publish(message.reply, wire.LoginReply(ok=False, error=TOO_LARGE))
+        if message.reply is None:
+            return
+        if not isinstance(answer, wire.LoginReply):
+            self._publish(message.reply, answer)
+            return
+        parts = wire.snapshot_parts(answer, self.client.max_payload)  # a big tree: several messages
+        if parts is None:
+            self.too_large += 1
+            log.error(
+                "%s: a snapshot cannot be split below max_payload (%d)",
+                message.reply,
+                self.client.max_payload,
+            )
+            self._publish(message.reply, wire.LoginReply(ok=False, error=TOO_LARGE))
+            return
+        for part in parts:
+            self._publish(message.reply, part)
 
     def snapshot_of(self, user_id: str) -> wire.LoginReply:
         """The user's tree with every patch published so far in it, and the number of the last one."""
@@ -271,6 +369,28 @@ class BrokerCore:
                 log.warning("bad rpc.market: %s", exc)
                 continue
             self._reply(message, self.market_snapshot(request))
+
+    async def _serve_charts(self, subscription: Any) -> None:
+        async for message in subscription:
+            try:
+                request = msgspec.msgpack.decode(message.payload, type=wire.SeriesRequest)
+            except msgspec.DecodeError as exc:
+                log.warning("bad rpc.chart: %s", exc)
+                continue
+            self._reply(message, self.series_page(request))
+
+    async def _serve_holds(self, subscription: Any) -> None:
+        async for message in subscription:
+            try:
+                request = msgspec.msgpack.decode(message.payload, type=wire.SeriesHold)
+            except msgspec.DecodeError as exc:
+                log.warning("bad chart.hold: %s", exc)
+                continue
+            for key in request.series[: self.holds.limit]:
+                try:
+                    self.hold(key)
+                except ChartRefused:
+                    continue  # the gateway learns it from rpc.chart
 
     async def _serve_instruments(self, subscription: Any) -> None:
         engine = self.exchange.engine

@@ -7,14 +7,16 @@ service holds what needs trio or knows sessions:
 * inputs: the TradeGateway sends every engine batch with market effects over :attr:`MarketData.batches`
   (trades, changed books with their depth, instrument changes, settlement); a bar timer wakes at every
   bar boundary of the shortest series, so charts advance with no trades;
-* subscriptions: which session wants which quote, the charts of each session, and which sessions'
-  charts each series feeds;
+* subscriptions: which session wants which quote; the charts of each session, and which sessions'
+  charts each series feeds, are :class:`qaex.exchange.chart_feeds.ChartFeeds`' (shared with a DIFF
+  gateway's charts), with this service as its chart source;
 * pacing: after a run of batches (as many as are waiting, at most one publish per
   ``publish_interval``) or a timer tick, :meth:`MarketData.publish` takes the state's changes and pushes
-  **each patch dict itself** to every session subscribed to its object - one patch build per change
-  batch, whatever the number of subscribers; each session's PendingPatches coalesces what it has not
-  sent yet. The writers are woken a few per scheduler pass (:meth:`MarketData.wake_in_steps`,
-  qaex.exchange.pacing).
+  **each patch** to every session subscribed to its object as one
+  :class:`~qaex.protocol.diff.SharedPatch` - one patch build and at most one JSON encoding per change
+  batch, whatever the number of subscribers (``DiffSession.push_shared``: a session with nothing
+  else pending sends the encoded bytes; one with data of its own merges the patch in). The writers
+  are woken a few per scheduler pass (:meth:`MarketData.wake_in_steps`, qaex.exchange.pacing).
 
 Who sees what:
 
@@ -35,24 +37,25 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import msgspec
 import trio
 
 from qaex.core.calendar import default_holiday_calendar, next_opening, trading_day_of
 from qaex.core.chart import Chart
 from qaex.core.engine import Batch, Engine
-from qaex.core.history import HistorySpec
+from qaex.core.history import ContractHistory, HistorySpec
 from qaex.core.kline import DEFAULT_MAX_LEN, NS_PER_SECOND, KlineSeries, TickSeries
-from qaex.core.market import ChartRefused, MarketState, SeriesKey
+from qaex.core.market import MarketState, SeriesKey
 from qaex.core.notify_codes import NOTIFY_BAD_INSTRUMENT
 from qaex.core.quote import DEPTH_LEVELS, QuoteBook
+from qaex.exchange.chart_feeds import ChartFeeds
 from qaex.exchange.history import HistoryStore, ImportRefused, check_import, store_imported
+from qaex.exchange.live_bars import LiveBarKeeper, LiveBarStore
 from qaex.exchange.pacing import WakePacer
 from qaex.exchange.snapshot import SessionLink
-from qaex.protocol.diff import market_patch
+from qaex.protocol.diff import SharedPatch, market_patch
 
 log = logging.getLogger("qaex.market")
 
@@ -82,6 +85,7 @@ class MarketData:
         channel_size: int = 4096,
         publish_interval: float = 0.0,
         history_store: HistoryStore | None = None,
+        live_bars: LiveBarStore | None = None,
     ) -> None:
         """``engine``: the state the market starts from (e.g. rebuilt by a journal replay). Its last
         prices, open interest and books are read here, and only here: every later change arrives in
@@ -99,6 +103,10 @@ class MarketData:
         listed contract gets its past bars: built (or loaded) in the background after the start, one
         contract at a time in a worker thread, and at once (in a worker thread too, the client waiting)
         for a contract a client asks for first (:meth:`ensure_history`).
+
+        ``live_bars``: with a history store, the live 1-minute and 1-day bars kept across a restart
+        (:mod:`qaex.exchange.live_bars`): joined onto each contract's history when it is attached, and
+        written by a task of this service from then on.
         """
         self.history_store = history_store
         self._engine = engine  # for its trading day only, when a contract's history is built
@@ -130,14 +138,18 @@ class MarketData:
         self._links: set[SessionLink] = set()
         self._quote_links: dict[str, set[SessionLink]] = {}
         self._subscribed: dict[SessionLink, set[str]] = {}
-        self._charts: dict[SessionLink, dict[str, Chart]] = {}
-        self._chart_messages: dict[SessionLink, dict[str, Any]] = {}  # the SetChart each chart was built from
-        self._feeds: dict[SeriesKey, dict[SessionLink, list[Chart]]] = {}  # charts per series, per session
-        self._wire_static: tuple[Patch, Patch] | None = None  # (the state's static patch, as DIFF sends it)
-        self._wire_quotes: dict[str, tuple[Patch, Patch]] = {}  # likewise for each full quote
+        self.charts = ChartFeeds(self, self._view_size)  # the sessions' charts (qaex.exchange.chart_feeds)
+        # (the state's static patch, as DIFF sends it), and likewise for each full quote
+        self._wire_static: tuple[Patch, SharedPatch] | None = None
+        self._wire_quotes: dict[str, tuple[Patch, SharedPatch]] = {}
         # A core with a broker (qaex.exchange.broker_core): every changed quote's patch, as DIFF sends it.
         self.on_quote: Callable[[str, Patch], None] | None = None
         self.on_static: Callable[[Patch], None] | None = None  # ... and every change of contract fields
+        self.on_series: Callable[[SeriesKey, Patch], None] | None = None  # ... and of every series
+        self.live_bars = live_bars if history_store is not None else None
+        self.keeper = (
+            LiveBarKeeper(self.live_bars, self.state, clock=clock) if self.live_bars is not None else None
+        )
 
     @property
     def quotes(self) -> dict[str, QuoteBook]:
@@ -165,6 +177,8 @@ class MarketData:
                 nursery.start_soon(self._session_timer, name="market:session-timer")
             if self.history_store is not None:
                 nursery.start_soon(self._history_builder, name="market:history")
+            if self.keeper is not None:
+                await nursery.start(self.keeper.run, name="market:live-bars")
             task_status.started()
             log.info("market data ready: %d instruments", len(self.state.quotes))
             async with self._receive:
@@ -299,19 +313,47 @@ class MarketData:
             loading = self._loading[symbol] = trio.Event()
             try:
                 spec, decs = self._history_spec(symbol)
-                history = await trio.to_thread.run_sync(store.load_or_build, spec, decs, self.state.history)
-            except (OSError, ValueError) as exc:  # a damaged or hand-edited file: no history, not a crash
-                log.error("market history of %s not loaded: %s", symbol, exc)
-                history = None
+                history = await trio.to_thread.run_sync(self._load_history, symbol, spec, decs)
             finally:
                 del self._loading[symbol]
                 loading.set()
-            self.state.attach_history(symbol, history)  # (nothing if attached meanwhile)
+            if self.state.needs_history(symbol):
+                self._attach(symbol, history)
+
+    def ensure_history_now(self, symbols: Iterable[str]) -> None:
+        """:meth:`ensure_history` on the loop, for the synchronous paths (a chart opened by
+        ChartFeeds, a series a gateway holds: BrokerCore); the DIFF server and the HTTP routes await
+        :meth:`ensure_history` first, so these find the history attached. A load here is cheap too (a
+        kept tick file: only its last ticks)."""
+        if self.history_store is None:
+            return
+        for symbol in symbols:
+            if self.state.needs_history(symbol) and symbol in self.state.instruments:
+                spec, decs = self._history_spec(symbol)
+                self._attach(symbol, self._load_history(symbol, spec, decs))
+
+    def _load_history(self, symbol: str, spec: HistorySpec, decs: int) -> ContractHistory | None:
+        """A contract's kept (or new) history with its kept live bars after it; None if it cannot be
+        read (a damaged or hand-edited file: no history, not a crash). Safe in a worker thread."""
+        assert self.history_store is not None
+        try:
+            history = self.history_store.load_or_build(spec, decs, self.state.history)
+        except (OSError, ValueError) as exc:
+            log.error("market history of %s not loaded: %s", symbol, exc)
+            return None
+        return history if self.live_bars is None else self.live_bars.join(history)
+
+    def _attach(self, symbol: str, history: ContractHistory | None) -> None:
+        self.state.attach_history(symbol, history)
+        if self.keeper is not None:
+            self.keeper.started(symbol, history)
 
     # -- inputs ------------------------------------------------------------------------------------
     def apply(self, batch: Batch) -> None:
         """Fold one engine batch into the state (nothing is pushed until :meth:`publish`)."""
         self.state.apply(batch, self._clock())
+        if batch.settled and self.keeper is not None:
+            self.keeper.settled()
 
     def advance_time(self, ts_ns: int) -> None:
         """Open gap bars up to ``ts_ns`` in every K-line series (the bar timer calls this)."""
@@ -351,8 +393,9 @@ class MarketData:
             static = market_patch(changes.static)
             if self.on_static is not None:
                 self.on_static(static)
+            shared = SharedPatch(static)
             for link in self._links:
-                link.session.push(static)
+                link.session.push_shared(shared)
                 woken[link] = None
         quote_links = self._quote_links
         on_quote = self.on_quote
@@ -366,56 +409,78 @@ class MarketData:
             elif not links:
                 continue
             else:
-                patch = market_patch(patch)  # once per change, shared by every subscriber
+                patch = market_patch(patch)
+            shared = SharedPatch(patch)  # once per change, shared by every subscriber
             for link in links:
-                link.session.push(patch)
+                link.session.push_shared(shared)
                 woken[link] = None
-        moved: list[tuple[SessionLink, Chart]] = []
-        seen: set[int] = set()
+        on_series = self.on_series
+        series: list[tuple[SeriesKey, Patch]] = []
         for key, patch in changes.series:
-            feeds = self._feeds.get(key)
-            if not feeds:
-                continue
-            patch = market_patch(patch)
-            for link, charts in feeds.items():
-                link.session.push(patch)
-                woken[link] = None
-                for chart in charts:
-                    if id(chart) not in seen:
-                        seen.add(id(chart))
-                        moved.append((link, chart))
-        for link, chart in moved:  # after the bars, so that a window never points past them
-            update = self.state.chart_moves(chart)
-            if update is not None:
-                link.session.push(market_patch(update))
+            if on_series is not None:
+                patch = market_patch(patch)
+                on_series(key, patch)
+                series.append((key, patch))
+            elif self.charts.charted(key):
+                series.append((key, market_patch(patch)))  # once per change, shared by every chart
+        self.charts.push_series(series, woken)
         return list(woken)
 
     # What leaves here for a session is DIFF's rendering (qaex.protocol.diff.market_patch: NaN as
     # "-"); the state's patches hold real values. Shared patches are converted once and kept.
     def static_patch(self) -> Patch:
         """The contract fields of every instrument, one shared patch rebuilt only when a spec changes."""
+        return self._shared_static().patch
+
+    def _shared_static(self) -> SharedPatch:
         core = self.state.static_patch()
         if self._wire_static is None or self._wire_static[0] is not core:
-            self._wire_static = (core, market_patch(core))
+            self._wire_static = (core, SharedPatch(market_patch(core)))
         return self._wire_static[1]
 
     def full_quote(self, symbol: str) -> Patch:
         """``{"quotes": {symbol: every field}}``, shared by every session subscribing before it changes."""
+        return self._shared_quote(symbol).patch
+
+    def _shared_quote(self, symbol: str) -> SharedPatch:
         core = self.state.full_quote(symbol)
         kept = self._wire_quotes.get(symbol)
         if kept is None or kept[0] is not core:
-            kept = self._wire_quotes[symbol] = (core, market_patch(core))
+            kept = self._wire_quotes[symbol] = (core, SharedPatch(market_patch(core)))
         return kept[1]
+
+    # -- charts: the ChartSource of self.charts (qaex.exchange.chart_feeds) ------------------------------
+    def open_chart(self, message: Mapping[str, Any]) -> Chart:
+        self.ensure_history_now(str(message.get("ins_list", "")).split(","))
+        return self.state.open_chart(message, self._clock())
+
+    def close_chart(self, chart: Chart) -> None:
+        self.state.close_chart(chart)
+
+    def chart_ready(self, chart: Chart) -> bool:
+        return True  # the series are here: open_chart started them
 
     def chart_patch(self, chart: Chart) -> Patch:
         """A chart's whole window (its initial patch, or its part of a resync)."""
         return market_patch(self.state.chart_patch(chart))
 
+    def chart_moves(self, chart: Chart) -> Patch | None:
+        update = self.state.chart_moves(chart)
+        return None if update is None else market_patch(update)
+
+    def hold_series(self, key: SeriesKey) -> None:
+        """Keep a series for a DIFF gateway that mirrors it (MarketState.hold; ChartRefused)."""
+        self.ensure_history_now([key[0]])
+        self.state.hold(key, self._clock())
+
+    def release_series(self, key: SeriesKey) -> None:
+        self.state.release(key)
+
     # -- sessions (called by the DIFF server) --------------------------------------------------------
     def add_session(self, link: SessionLink) -> None:
         """A new connection: it gets the static fields of every instrument in its first rtn_data."""
         self._links.add(link)
-        link.session.push(self.static_patch())
+        link.session.push_shared(self._shared_static())
         link.wake()
 
     def remove_session(self, link: SessionLink) -> None:
@@ -423,15 +488,13 @@ class MarketData:
         self._pacer.discard(link)
         for symbol in self._subscribed.pop(link, set()):
             self._quote_links[symbol].discard(link)
-        for chart in self._charts.pop(link, {}).values():
-            self._unfeed(link, chart)
-        self._chart_messages.pop(link, None)
+        self.charts.remove(link)
 
     def subscription_changed(self, link: SessionLink) -> None:
         """After a subscribe_quote or set_chart: start and stop feeds to match the session's state."""
         session = link.session
         self._update_quotes(link, session.ins_list)
-        self._update_charts(link, session.charts)
+        self.charts.update(link, session.charts)
         link.wake()
 
     def _update_quotes(self, link: SessionLink, ins_list: list[str]) -> None:
@@ -447,72 +510,24 @@ class MarketData:
         for symbol in ins_list:
             if symbol in now and symbol not in before:
                 self._quote_links.setdefault(symbol, set()).add(link)
-                link.session.push(self.full_quote(symbol))
+                link.session.push_shared(self._shared_quote(symbol))
         if now:
             self._subscribed[link] = now
         else:
             self._subscribed.pop(link, None)
-
-    def _update_charts(self, link: SessionLink, messages: dict[str, Any]) -> None:
-        charts = self._charts.setdefault(link, {})
-        built = self._chart_messages.setdefault(link, {})
-        for chart_id in [chart_id for chart_id in charts if chart_id not in messages]:
-            self._unfeed(link, charts.pop(chart_id))  # deleted: the session already queued charts/{id}: null
-            built.pop(chart_id, None)
-        for chart_id, message in list(messages.items()):
-            if built.get(chart_id) is message:
-                continue
-            old = charts.pop(chart_id, None)
-            built.pop(chart_id, None)
-            if old is not None:
-                self._unfeed(link, old)
-            # Its symbols' history is attached already: the DIFF server awaits ensure_history first.
-            try:
-                chart = self.state.open_chart(msgspec.structs.asdict(message), self._clock())
-            except ChartRefused as refused:
-                link.session.notify(refused.code, "ERROR", refused.message)
-                del messages[chart_id]  # refused: not part of this session's view any more
-                continue
-            for key in chart.series_keys():
-                self._feeds.setdefault(key, {}).setdefault(link, []).append(chart)
-            charts[chart_id] = chart
-            built[chart_id] = message
-            # Before the push: a 10,000-bar answer must fit the session's pending bound.
-            link.session.view_size = max(link.session.view_size, self._view_size(link))
-            link.session.push(self.chart_patch(chart))
-        if not charts:
-            self._charts.pop(link, None)
-            self._chart_messages.pop(link, None)
-
-    def _unfeed(self, link: SessionLink, chart: Chart) -> None:
-        """Stop feeding ``chart`` to ``link`` and close it in the state."""
-        for key in chart.series_keys():
-            feeds = self._feeds.get(key)
-            if feeds is None:
-                continue
-            charts = feeds.get(link, [])
-            if chart in charts:
-                charts.remove(chart)
-            if not charts:
-                feeds.pop(link, None)
-            if not feeds:
-                del self._feeds[key]
-        self.state.close_chart(chart)
 
     # -- views -------------------------------------------------------------------------------------
     def full_view(self, link: SessionLink) -> list[Patch]:
         """Everything market data this session should hold, for a resync (DiffSession.reset)."""
         view = [self.static_patch()]
         view.extend(self.full_quote(symbol) for symbol in sorted(self._subscribed.get(link, ())))
-        view.extend(self.chart_patch(chart) for chart in self._charts.get(link, {}).values())
+        view.extend(self.charts.view(link))
         return view
 
     def _view_size(self, link: SessionLink) -> int:
         """Rough size in keys of :meth:`full_view`, so the session's pending bound fits a chart answer."""
-        size = 25 * len(self.state.quotes) + 70 * len(self._subscribed.get(link, ()))
-        for chart in self._charts.get(link, {}).values():
-            size += 20 + 12 * chart.view_width * len(chart.symbols)
-        return size
+        quotes = 25 * len(self.state.quotes) + 70 * len(self._subscribed.get(link, ()))
+        return quotes + self.charts.view_size(link)
 
     async def series(self, symbol: str, duration_ns: int) -> KlineSeries | TickSeries | None:
         """A series that exists (``duration_ns`` 0: ticks), or None; for the HTTP API."""

@@ -18,7 +18,8 @@ protocol object parses and encodes, this module moves bytes.
   with ``async for`` or ``receive``; a message that finds it full is dropped and counted (again a gap).
 - ``request`` publishes with a reply subject under the client's inbox (one wildcard subscription
   for all requests) and waits for the first answer, ``within`` seconds at most
-  (:class:`RequestTimeout`; :class:`NoResponders` when the server says nobody listens).
+  (:class:`RequestTimeout`; :class:`NoResponders` when the server says nobody listens);
+  ``request_many`` takes the answers that come in several messages (a snapshot in parts).
 - keepalive: a PING every ``ping_interval``; ``max_outstanding_pings`` unanswered ones mean a dead
   connection (closed and reconnected). The server's PINGs get a PONG.
 """
@@ -44,6 +45,8 @@ log = logging.getLogger("qaex.nats")
 
 DEFAULT_MAX_PENDING_BYTES = 64 << 20
 DEFAULT_MAX_PENDING_MSGS = 65_536
+MAX_ANSWERS = 4096
+"""Answers of one request_many buffered before its task takes them (a snapshot's parts come in a burst)."""
 
 
 class NatsError(Exception):
@@ -241,7 +244,10 @@ class NatsClient:
     def _lost(self) -> None:
         was = self.is_connected
         self.is_connected = False
-        self._connected_event = trio.Event()
+        if self._connected_event.is_set():
+            # A new event only once per lost connection: a failed attempt must not replace the one
+            # wait_connected() callers are waiting on (they would never wake).
+            self._connected_event = trio.Event()
         self._disconnected_event.set()
         self._stream = None
         self._out.clear()
@@ -379,7 +385,7 @@ class NatsClient:
                     NoResponders(f"nobody answers on {message.subject}") if message.status == 503 else message
                 )
                 return
-            reply = self._requests.pop(token, None)
+            reply = self._requests.get(token)  # request_many takes it out when it has its answers
             if reply is not None:
                 answer: Msg | BaseException = message
                 if message.status == 503:
@@ -517,19 +523,37 @@ class NatsClient:
         headers: Sequence[tuple[str, str]] | None = None,
     ) -> Msg:
         """The first answer to a request on `subject`, waited for `within` seconds at most."""
+        [answer] = await self.request_many(subject, payload, lambda _: True, within, headers)
+        return answer
+
+    async def request_many(
+        self,
+        subject: str,
+        payload: bytes,
+        last: Callable[[Msg], bool],
+        within: float = 5.0,
+        headers: Sequence[tuple[str, str]] | None = None,
+    ) -> list[Msg]:
+        """The answers to one request, in order, up to the first for which `last` is true (an answer
+        in several messages), all within `within` seconds (:class:`RequestTimeout`); at most
+        MAX_ANSWERS are kept waiting (beyond, answers are dropped and the request times out)."""
         if not self.is_connected:
             raise NotConnected("not connected to the broker")
         token = str(next(self._request_ids))
-        send, receive = trio.open_memory_channel[Msg | BaseException](1)
+        send, receive = trio.open_memory_channel[Msg | BaseException](MAX_ANSWERS)
         self._requests[token] = send
+        answers: list[Msg] = []
         try:
             if not self.publish(subject, payload, f"{self._inbox}.{token}", headers):
                 raise NotConnected("the broker connection cannot take the request now")
             with trio.move_on_after(within if math.isfinite(within) else math.inf):
-                answer = await receive.receive()
-                if isinstance(answer, BaseException):
-                    raise answer
-                return answer
+                while True:
+                    answer = await receive.receive()
+                    if isinstance(answer, BaseException):
+                        raise answer
+                    answers.append(answer)
+                    if last(answer):
+                        return answers
             raise RequestTimeout(f"no answer on {subject} within {within} s")
         finally:
             self._requests.pop(token, None)

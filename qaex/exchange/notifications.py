@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -129,6 +130,9 @@ class NotificationHub:
         self._marks: set[str] = set()  # users with a coalesced mark waiting
         self._wakeup = trio.Event()
         self.cut_off = 0  # subscribers cut off for lagging, ever
+        # Called with a user whose last subscriber left (a DIFF gateway then forgets the user if no
+        # session holds it either: qaex.exchange.remote).
+        self.on_idle: Callable[[str], None] | None = None
 
     # -- fed by the SnapshotManager ------------------------------------------------------------------
     def patch(self, user_id: str, patch: Patch) -> None:
@@ -191,6 +195,15 @@ class NotificationHub:
         if not subscribers:
             del self.subscribers[subscriber.user_id]
             self._idle_since[subscriber.user_id] = trio.current_time()
+            if self.on_idle is not None:
+                self.on_idle(subscriber.user_id)
+
+    def drop(self, user_id: str) -> None:
+        """Forget a user's feed now (a gateway that no longer follows the user: its tree is gone)."""
+        if user_id not in self.subscribers:
+            self.feeds.pop(user_id, None)
+            self._idle_since.pop(user_id, None)
+            self._marks.discard(user_id)
 
     @property
     def connections(self) -> int:

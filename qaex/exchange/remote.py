@@ -9,7 +9,8 @@ core's per-user subjects:
 - **Login**: subscribe to ``u.<user_id>`` first, then ``rpc.login`` (the core checks the password
   under its throttle, with the client's address); the answer's tree becomes the user's tree, the
   patches buffered meanwhile at or below its sequence number are dropped, the rest applied
-  (qaex.protocol.broker.UserFeed). A second session of a user already live here uses the local tree.
+  (qaex.protocol.broker.UserFeed); a tree larger than the broker's max_payload comes in parts,
+  assembled before it is used. A second session of a user already live here uses the local tree.
 - **Patches**: each arriving patch is merged into the user's tree and pushed to the user's sessions.
   A gap or a new epoch (patches lost, the core restarted; also the heartbeat's epoch) makes the
   feed ask ``rpc.snapshot``; when it comes, every session of the user is marked for resync, so its
@@ -21,9 +22,10 @@ core's per-user subjects:
   is safe: a duplicate order id is refused).
 - **Broker lost**: sessions stay open; on reconnection every user is resynced.
 
-Quotes come from qaex.exchange.remote_market; ``ins_query`` is answered from the core's listing
-(``rpc.instruments``, kept in ``engine``: an Engine with no users, only read). Not here yet
-(docs/architecture.md, "Gateways"): charts (K-lines, ticks).
+Quotes and charts come from qaex.exchange.remote_market (and remote_charts); ``ins_query`` is
+answered from the core's listing (``rpc.instruments``, kept in ``engine``: an Engine with no users,
+only read). ``/ws`` notifications (qaex.api.notify_ws, with ``req_login``) come from a
+NotificationHub on this gateway's SnapshotManager, fed the same patches as its DIFF sessions.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from qaex.core.patch import merge_patch
 from qaex.core.throttle import AccessGuard, LoginThrottled
 from qaex.exchange.market import MarketData
 from qaex.exchange.nats_client import NatsClient, NatsError, NotConnected, Subscription
+from qaex.exchange.notifications import NotificationHub
 from qaex.exchange.remote_market import RemoteMarket
 from qaex.exchange.router import Request
 from qaex.exchange.snapshot import DEFAULT_MAX_SESSIONS_PER_USER, Patch, SessionLink, SnapshotManager
@@ -125,6 +128,8 @@ class RemoteSnapshots(SnapshotManager):
         self.announce((user_id,))
 
     def forget(self, user_id: str) -> None:
+        if self.notifications is not None:
+            self.notifications.drop(user_id)
         self.trees.pop(user_id, None)
         channel = self._channels.pop(user_id, None)
         if channel is not None:
@@ -151,12 +156,13 @@ class RemoteExchange:
         max_sessions_per_user: int = DEFAULT_MAX_SESSIONS_PER_USER,
         market: bool = True,
     ) -> None:
-        """`market`: serve quotes too (qaex.exchange.remote_market); False: trade data only."""
+        """`market`: serve quotes and charts too (qaex.exchange.remote_market); False: trade data only."""
         self.client = client
         self.exchange_id = exchange_id
         self.engine = engine if engine is not None else Engine()  # instruments for ins_query only
         self.guard = guard if guard is not None else AccessGuard()  # client addresses (the core throttles)
         self.snapshots = RemoteSnapshots(self, max_sessions_per_user)
+        self.notify_with(NotificationHub(self.snapshots, max_per_user=max_sessions_per_user))
         self.market: MarketData | RemoteMarket | None = RemoteMarket(client, exchange_id) if market else None
         self.feeds: dict[str, wire.UserFeed] = {}
         self._subscriptions: dict[str, Subscription] = {}
@@ -166,6 +172,7 @@ class RemoteExchange:
         self._nursery: trio.Nursery | None = None
         self._encode = msgspec.msgpack.Encoder().encode
         self._patch_decoder = msgspec.msgpack.Decoder(wire.UserPatch)
+        self._reply_decoder = msgspec.msgpack.Decoder(wire.LoginReply)
         self._core_epoch: str | None = None
         self._last_beat: float | None = None  # trio time of the core's latest heartbeat
         self._first_beat = trio.Event()
@@ -178,6 +185,8 @@ class RemoteExchange:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self.snapshots.run)
+            if self.snapshots.notifications is not None:
+                await nursery.start(self.snapshots.notifications.run)
             self.client.subscribe(self._subject("core.hb"), callback=self._heartbeat)
             self.client.on_connect.append(self._reconnected)
             self.client.on_disconnect.append(self._disconnected)
@@ -275,12 +284,7 @@ class RemoteExchange:
                 await self.client.wait_connected()
                 try:
                     async with self._snapshot_slots:
-                        answer = await self.client.request(
-                            self._subject("rpc.snapshot"),
-                            self._encode(wire.SnapshotRequest(user_id)),
-                            within=RPC_TIMEOUT,
-                        )
-                    reply = msgspec.msgpack.decode(answer.payload, type=wire.LoginReply)
+                        reply = await self._snapshot("rpc.snapshot", wire.SnapshotRequest(user_id))
                 except (NatsError, msgspec.DecodeError) as exc:
                     log.warning("user %s: snapshot failed (%s); retrying", user_id, exc)
                     await trio.sleep(0.5)
@@ -292,9 +296,35 @@ class RemoteExchange:
                         link.wake()
                     return
                 if not reply.ok:
+                    self._resync_refused(user_id, reply.error)
                     return
         finally:
             self._resyncing.discard(user_id)
+
+    def _resync_refused(self, user_id: str, error: wire.ErrorInfo | None) -> None:
+        """The core would not send the user's snapshot (e.g. larger than the broker's max_payload):
+        the user's view here is stale from now on, so say so to the log and to its sessions."""
+        if error is None:
+            return  # no such user any more
+        log.error("user %s: resync refused by the core: %s", user_id, error.message)
+        for link in self.snapshots.sessions.get(user_id, ()):
+            link.session.notify(
+                error.diff_code,
+                "ERROR",
+                f"账户数据未能同步 / account view not resynchronized: {error.message}",
+            )
+            link.wake()
+
+    async def _snapshot(self, rpc: str, request: msgspec.Struct) -> wire.LoginReply:
+        """A user's tree from the core (``rpc.login`` or ``rpc.snapshot``), in one or several parts."""
+        assembly = wire.SnapshotAssembly()
+        await self.client.request_many(
+            self._subject(rpc),
+            self._encode(request),
+            lambda answer: assembly.add(self._reply_decoder.decode(answer.payload)),
+            within=RPC_TIMEOUT,
+        )
+        return assembly.reply()
 
     def _install(self, user_id: str, reply: wire.LoginReply) -> bool:
         """Make a snapshot the user's tree (unless the feed is live already); False: ask again."""
@@ -310,8 +340,18 @@ class RemoteExchange:
             self._apply(user_id, change)
         return True
 
+    def notify_with(self, hub: NotificationHub) -> None:
+        """Serve ``/ws`` here from `hub` (built on :attr:`snapshots`; qaex.api.notify_ws, req_login
+        only: no tokens here). A user a notification connection follows stays subscribed here as for
+        a DIFF session."""
+        hub.on_idle = self.forget_if_unused
+        self.snapshots.notifications = hub
+
     def forget_if_unused(self, user_id: str) -> None:
+        hub = self.snapshots.notifications
         if self._logins.get(user_id) or self.snapshots.sessions.get(user_id):
+            return
+        if hub is not None and hub.subscribers.get(user_id):
             return
         subscription = self._subscriptions.pop(user_id, None)
         if subscription is not None:
@@ -343,12 +383,7 @@ class RemoteExchange:
         ok = False
         try:
             try:
-                answer = await self.client.request(
-                    self._subject("rpc.login"),
-                    self._encode(wire.LoginRequest(user_id, password, source)),
-                    within=RPC_TIMEOUT,
-                )
-                reply = msgspec.msgpack.decode(answer.payload, type=wire.LoginReply)
+                reply = await self._snapshot("rpc.login", wire.LoginRequest(user_id, password, source))
             except (NatsError, msgspec.DecodeError) as exc:
                 raise broker_unavailable() from exc
             if reply.error is not None:

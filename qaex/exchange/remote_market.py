@@ -12,7 +12,7 @@ The part of MarketData's interface the DIFF server uses (``add_session``, ``remo
   symbol's sessions (a full quote merged over the old one: nothing to delete in a quote).
 
 One full quote per symbol per gateway, shared by its sessions, as in MarketData. Charts (K-lines,
-ticks: ``set_chart``) are not served by gateways yet: a session asking for one gets an ERROR notify.
+ticks: ``set_chart``) are qaex.exchange.remote_charts'.
 """
 
 from __future__ import annotations
@@ -25,13 +25,15 @@ from typing import Any
 import msgspec
 import trio
 
-from qaex.core.notify_codes import NOTIFY_BAD_INSTRUMENT, NOTIFY_REFUSED
+from qaex.core.notify_codes import NOTIFY_BAD_INSTRUMENT
 from qaex.core.patch import copy_tree, merge_patch
 from qaex.exchange.market import WAKE_STEP
 from qaex.exchange.nats_client import NatsClient, NatsError, Subscription
 from qaex.exchange.pacing import WakePacer
+from qaex.exchange.remote_charts import RemoteCharts
 from qaex.exchange.snapshot import SessionLink
 from qaex.protocol import broker as wire
+from qaex.protocol.diff import SharedPatch
 from qaex.protocol.nats import Msg
 
 log = logging.getLogger("qaex.remote.market")
@@ -53,7 +55,6 @@ class RemoteMarket:
         self._links: set[SessionLink] = set()
         self._quote_links: dict[str, set[SessionLink]] = {}
         self._subscribed: dict[SessionLink, set[str]] = {}
-        self._charts_refused: dict[SessionLink, set[str]] = {}
         self._wanted: set[str] = set()  # symbols to fetch (and the static patch: "")
         self._fetch = trio.Event()
         # Writers to wake after broker messages, woken WAKE_STEP per scheduler pass (qaex.exchange.pacing,
@@ -63,6 +64,9 @@ class RemoteMarket:
         self._pacer = WakePacer[SessionLink](WAKE_STEP)
         self._decode = msgspec.msgpack.Decoder(wire.UserPatch).decode
         self._encode = msgspec.msgpack.Encoder().encode
+        self.charts = RemoteCharts(
+            client, exchange_id, view_size=self._view_size, woken=self._mark_woken, wake=self._woke
+        )
 
     def _subject(self, suffix: str) -> str:
         return wire.subject(self.exchange_id, suffix)
@@ -72,6 +76,7 @@ class RemoteMarket:
         static patch is here."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._waker)
+            await nursery.start(self.charts.run)
             await nursery.start(self._fetcher)
             task_status.started()
 
@@ -81,6 +86,9 @@ class RemoteMarket:
             self._wake = trio.Event()
             links, self._woken = list(self._woken), {}
             await self._pacer.wake_all(links)
+
+    def _mark_woken(self, link: SessionLink) -> None:
+        self._woken[link] = None
 
     def _woke(self) -> None:
         if self._woken:
@@ -164,8 +172,9 @@ class RemoteMarket:
         for change in result:
             merge_patch(self.static, change)
             self._shared.pop("", None)
+            shared = SharedPatch(change)  # encoded once for every session here
             for link in self._links:
-                link.session.push(change)
+                link.session.push_shared(shared)
                 self._woken[link] = None
         self._woke()
 
@@ -186,8 +195,9 @@ class RemoteMarket:
             if quote is not None:
                 merge_patch(quote, change)
                 self._shared.pop(symbol, None)
+            shared = SharedPatch(change)  # encoded once for every subscriber here
             for link in self._quote_links.get(symbol, ()):
-                link.session.push(change)
+                link.session.push_shared(shared)
                 self._woken[link] = None
         self._woke()
 
@@ -211,16 +221,19 @@ class RemoteMarket:
         for symbol, feed in self._feeds.items():
             if feed.heartbeat(epoch) is not None:
                 self._want(symbol)
+        self.charts.heartbeat(epoch)
 
     def disconnected(self) -> None:
         self._static_feed.disconnected()
         for feed in self._feeds.values():
             feed.disconnected()
+        self.charts.disconnected()
 
     def reconnected(self) -> None:
         self._want("")
         for symbol in self._feeds:
             self._want(symbol)
+        self.charts.reconnected()
 
     # -- sessions (called by the DIFF server) -----------------------------------------------------
     def add_session(self, link: SessionLink) -> None:
@@ -232,7 +245,7 @@ class RemoteMarket:
         self._links.discard(link)
         self._woken.pop(link, None)
         self._pacer.discard(link)
-        self._charts_refused.pop(link, None)
+        self.charts.feeds.remove(link)
         for symbol in self._subscribed.pop(link, set()):
             self._unlink(link, symbol)
 
@@ -282,13 +295,7 @@ class RemoteMarket:
             self._subscribed[link] = now
         else:
             self._subscribed.pop(link, None)
-        refused = self._charts_refused.setdefault(link, set())
-        for chart_id in session.charts:
-            if chart_id not in refused:
-                refused.add(chart_id)
-                session.notify(
-                    NOTIFY_REFUSED, "ERROR", f"图表 {chart_id}: this DIFF gateway serves no charts yet"
-                )
+        self.charts.feeds.update(link, session.charts)
         link.wake()
 
     def full_view(self, link: SessionLink) -> list[Patch]:
@@ -298,4 +305,10 @@ class RemoteMarket:
             for symbol in sorted(self._subscribed.get(link, ()))
             if symbol in self.quotes
         )
+        view.extend(self.charts.feeds.view(link))
         return view
+
+    def _view_size(self, link: SessionLink) -> int:
+        """Rough size in keys of :meth:`full_view` (as MarketData's), so a chart answer fits."""
+        quotes = 25 * len(self.static["quotes"]) + 70 * len(self._subscribed.get(link, ()))
+        return quotes + self.charts.feeds.view_size(link)

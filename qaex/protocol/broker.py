@@ -4,11 +4,15 @@ user's trade tree exact from a stream of numbered patches. Sans-IO: no trio, no 
 Subjects (prefix ``qaex.<exchange id>.``): ``u.<user_id>`` per-user trade patches
 (:class:`UserPatch`: the core's epoch, the user's sequence number, the merge patch); ``q.<symbol>``
 quote patches; ``core.hb`` the core's heartbeat (:class:`Heartbeat`, with the epoch); ``rpc.login``
-(:class:`LoginRequest` -> :class:`LoginReply`, the user's tree and its sequence number),
+(:class:`LoginRequest` -> :class:`LoginReply`, the user's tree and its sequence number; a tree
+larger than the broker's max_payload in several replies, :func:`snapshot_parts` and
+:class:`SnapshotAssembly`),
 ``rpc.snapshot`` (a resync: the tree without a password check, for gateways only) and ``cmd``
 (:class:`CommandRequest` -> :class:`CommandReply`); ``static`` the contract fields of listed or
 changed instruments, ``rpc.market`` full quotes and the static patch (:class:`MarketRequest` ->
-:class:`MarketReply`). Everything is msgspec msgpack.
+:class:`MarketReply`); ``k.<symbol>.<duration ns>`` the patches of a series some gateway holds
+(``chart.hold``, :class:`SeriesHolds`), numbered per series, and ``rpc.chart`` its items in pages
+(:class:`SeriesRequest` -> :class:`SeriesReply`). Everything is msgspec msgpack.
 
 **Sequence numbers.** The core numbers each user's patches 1, 2, 3, ... within an *epoch*, a random
 id drawn at each core start (:class:`Sequencer`). A snapshot carries the number of the last patch
@@ -23,11 +27,13 @@ new snapshot and buffer until it comes. The heartbeat's epoch catches a restart 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import msgspec
+
+from qaex.core.patch import merge_patch
 
 Patch = dict[str, Any]
 
@@ -86,6 +92,37 @@ class MarketReply(msgspec.Struct):
     quotes: dict[str, QuoteSnapshot] = {}  # the symbols asked for that exist
 
 
+class SeriesRequest(msgspec.Struct):
+    """``rpc.chart``: one page of a series' items (``duration`` 0: ticks), the newest first
+    (``before_id`` None) then older ones (the items before ``before_id``). Asking holds the series on
+    the core (:class:`SeriesHolds`), as a ``chart.hold`` does."""
+
+    symbol: str
+    duration: int
+    before_id: int | None = None
+
+
+class SeriesReply(msgspec.Struct):
+    """A page: ``items`` are the ids ``start``, ``start + 1``, ...; ``seq`` the number of the last
+    ``k.<symbol>.<duration>`` patch the series includes (meaningful in the newest page);
+    ``first_id`` / ``last_id`` / ``max_len`` the series' own."""
+
+    epoch: str
+    seq: int = 0
+    first_id: int = 0
+    last_id: int = -1
+    max_len: int = 1
+    start: int = 0
+    items: list[dict[str, Any]] = []
+    error: ErrorInfo | None = None
+
+
+class SeriesHold(msgspec.Struct):
+    """``chart.hold``: the series a gateway mirrors, renewed every :data:`HOLD_RENEW` seconds."""
+
+    series: list[tuple[str, int]]
+
+
 class ErrorInfo(msgspec.Struct):
     message: str
     code: str
@@ -110,6 +147,8 @@ class LoginReply(msgspec.Struct):
     seq: int = 0
     tree: Patch | None = None  # the user's trade tree (without the ``trade/<user_id>`` root)
     error: ErrorInfo | None = None
+    part: int = 0  # a tree too big for one message comes as `parts` replies (snapshot_parts)
+    parts: int = 1
 
 
 CommandKind = Literal["insert", "cancel", "deposit", "withdraw", "password"]
@@ -147,6 +186,68 @@ class Sequencer:
     def last(self, user_id: str) -> int:
         """The number of the user's latest patch (0: none yet in this epoch)."""
         return self._last.get(user_id, 0)
+
+
+SeriesKey = tuple[str, int]
+
+HOLD_LAPSE = 60.0
+"""Seconds a series stays held on the core after the last ``chart.hold`` or ``rpc.chart`` naming it."""
+HOLD_RENEW = 20.0
+"""Seconds between two ``chart.hold`` messages of a gateway."""
+MAX_HELD = 4096
+"""Series the core holds for gateways at most (past it ``rpc.chart`` is refused)."""
+
+
+def series_name(key: SeriesKey) -> str:
+    """``<symbol>.<duration ns>``: the subject's suffix after ``k.`` and the series' numbering key."""
+    return f"{key[0]}.{key[1]}"
+
+
+def series_body(patch: Patch, key: SeriesKey) -> Patch | None:
+    """The body (``{"last_id": N, "data": {...}}``) of one series' DIFF patch, or None."""
+    symbol, duration = key
+    if duration == 0:
+        body = (patch.get("ticks") or {}).get(symbol)
+    else:
+        body = ((patch.get("klines") or {}).get(symbol) or {}).get(str(duration))
+    return body if type(body) is dict else None
+
+
+@dataclass(slots=True)
+class SeriesHolds:
+    """The series the core keeps for gateways, each until ``lapse`` seconds after it was last named.
+
+    :meth:`hold` says whether a series is new (the caller starts it) and refuses past ``limit``;
+    :meth:`expired` hands out those that lapsed (the caller releases them)."""
+
+    lapse: float = HOLD_LAPSE
+    limit: int = MAX_HELD
+    _until: dict[SeriesKey, float] = field(default_factory=dict)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._until
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+    def hold(self, key: SeriesKey, now: float) -> bool | None:
+        """Renew or start holding: True when new, False when renewed, None when full (not held)."""
+        if key in self._until:
+            self._until[key] = now + self.lapse
+            return False
+        if len(self._until) >= self.limit:
+            return None
+        self._until[key] = now + self.lapse
+        return True
+
+    def drop(self, key: SeriesKey) -> None:
+        self._until.pop(key, None)
+
+    def expired(self, now: float) -> list[SeriesKey]:
+        gone = [key for key, until in self._until.items() if until <= now]
+        for key in gone:
+            del self._until[key]
+        return gone
 
 
 # -- gateway side ---------------------------------------------------------------------------------
@@ -246,11 +347,7 @@ def split_patch(patch: Patch, user_id: str, fits: Callable[[Patch], bool]) -> li
     user = trade.get(user_id) if type(trade) is dict else None
     for top, value in patch.items():
         if top == "trade" and type(trade) is dict and type(user) is dict:
-            for kind, objects in user.items():
-                if type(objects) is dict and objects:
-                    items.extend({"trade": {user_id: {kind: {key: obj}}}} for key, obj in objects.items())
-                else:
-                    items.append({"trade": {user_id: {kind: objects}}})
+            items.extend({"trade": {user_id: path}} for path in _paths(user))
             others = {k: v for k, v in trade.items() if k != user_id}
             if others:
                 items.append({"trade": others})
@@ -272,6 +369,17 @@ def split_patch(patch: Patch, user_id: str, fits: Callable[[Patch], bool]) -> li
     return chunks
 
 
+def _paths(tree: Patch) -> Iterator[Patch]:
+    """A user's tree (or patch) as one-path patches: each object under ``<kind>/<key>`` alone, any
+    other member whole; merged in order they make `tree`."""
+    for kind, objects in tree.items():
+        if type(objects) is dict and objects:
+            for key, obj in objects.items():
+                yield {kind: {key: obj}}
+        else:
+            yield {kind: objects}
+
+
 def _merged(a: Patch, b: Patch) -> Patch:
     """Two patches with disjoint paths as one (copies the dicts along the way, never the leaves)."""
     out = dict(a)
@@ -279,3 +387,80 @@ def _merged(a: Patch, b: Patch) -> Patch:
         mine = out.get(key)
         out[key] = _merged(mine, value) if type(mine) is dict and type(value) is dict else value
     return out
+
+
+# -- snapshots in parts ---------------------------------------------------------------------------
+MAX_SNAPSHOT_PARTS = 4096
+"""Messages one snapshot may take: a tree of at most this many times the broker's max_payload."""
+SNAPSHOT_PART_MARGIN = 256
+"""Bytes kept free in each part for the reply's own fields and the map headers its objects share."""
+
+_encode = msgspec.msgpack.Encoder().encode
+
+
+def snapshot_parts(reply: LoginReply, limit: int) -> list[LoginReply] | None:
+    """``reply`` as the messages that carry it through a broker taking `limit` bytes a message:
+    itself when it fits, else its tree in ``parts`` replies that merged in order make the tree (the
+    objects under ``<kind>/<key>`` packed greedily, each encoded once: linear in the tree's size);
+    None when one object alone does not fit or it would take more than MAX_SNAPSHOT_PARTS."""
+    if reply.tree is None or len(_encode(reply)) <= limit:
+        return [reply]
+    pieces: list[Patch] = []
+    current: Patch = {}
+    size = 0
+    for path in _paths(reply.tree):
+        path_size = len(_encode(path))
+        if current and size + path_size + SNAPSHOT_PART_MARGIN > limit:
+            pieces.append(current)
+            current, size = {}, 0
+        _add_path(current, path)
+        size += path_size
+    if current:
+        pieces.append(current)
+    if len(pieces) > MAX_SNAPSHOT_PARTS:
+        return None
+    parts = [
+        LoginReply(True, reply.epoch, reply.seq, piece, part=i, parts=len(pieces))
+        for i, piece in enumerate(pieces)
+    ]
+    return parts if all(len(_encode(part)) <= limit for part in parts) else None
+
+
+def _add_path(target: Patch, path: Patch) -> None:
+    """Merge a one-path patch of :func:`_paths` into `target` in place (paths are disjoint, so only
+    the wrapping dicts `_paths` made are written into, never the tree's objects)."""
+    for kind, objects in path.items():
+        mine = target.get(kind)
+        if type(mine) is dict and type(objects) is dict:
+            mine.update(objects)
+        else:
+            target[kind] = dict(objects) if type(objects) is dict else objects
+
+
+@dataclass(slots=True)
+class SnapshotAssembly:
+    """The replies to one ``rpc.login`` / ``rpc.snapshot``: one, or the ``parts`` of a tree too big
+    for one message (:func:`snapshot_parts`), which arrive in order (one publisher, one subscriber)."""
+
+    _parts: list[LoginReply] = field(default_factory=list)
+
+    def add(self, reply: LoginReply) -> bool:
+        """Take the next reply; True once the answer is complete (then :meth:`reply`)."""
+        first = self._parts[0] if self._parts else reply
+        if (
+            reply.part != len(self._parts)
+            or not 1 <= reply.parts <= MAX_SNAPSHOT_PARTS
+            or (reply.epoch, reply.seq, reply.parts) != (first.epoch, first.seq, first.parts)
+        ):
+            raise msgspec.ValidationError(f"snapshot part {reply.part} of {reply.parts} out of order")
+        self._parts.append(reply)
+        return len(self._parts) == reply.parts
+
+    def reply(self) -> LoginReply:
+        first = self._parts[0]
+        if first.parts == 1:
+            return first
+        tree: Patch = {}
+        for part in self._parts:
+            merge_patch(tree, part.tree or {})
+        return LoginReply(True, first.epoch, first.seq, tree)

@@ -210,8 +210,37 @@ def _explain(frame: bytes | str, exc: msgspec.ValidationError) -> DiffProtocolEr
 _JSON_KINDS: Final = {"[": "array", '"': "str", "t": "bool", "f": "bool", "n": "NoneType"}
 
 
-def encode_rtn_data(data: list[dict[str, Any]]) -> bytes:
-    """The ``rtn_data`` frame for ``data`` (merge patches applied in order by the client).
+class SharedPatch:
+    """A merge patch many sessions receive as it is (a market-data publish): JSON-encoded once.
+
+    A :class:`~qaex.protocol.session.DiffSession` whose pending data at its next rtn_data is only
+    shared patches sends their bytes (:attr:`raw`) as they are, and one that also has data of its own
+    pending merges the shared patch in as it merges any other (``DiffSession.push_shared``). So a
+    quote patch published to 1,000 subscribers is encoded once, not 1,000 times. ``patch`` must not
+    change after it was pushed (the bytes are kept), and holds no ``notify`` (notifies are per
+    session: ValueError).
+    """
+
+    __slots__ = ("_raw", "patch")
+
+    def __init__(self, patch: dict[str, Any]) -> None:
+        if "notify" in patch:
+            raise ValueError("a shared patch carries no notify")
+        self.patch = patch
+        self._raw: msgspec.Raw | None = None
+
+    @property
+    def raw(self) -> msgspec.Raw:
+        """The patch as JSON, encoded at the first use (:func:`encode_rtn_data` copies it as is)."""
+        raw = self._raw
+        if raw is None:
+            raw = self._raw = msgspec.Raw(_encoder.encode(self.patch))
+        return raw
+
+
+def encode_rtn_data(data: list[dict[str, Any] | msgspec.Raw]) -> bytes:
+    """The ``rtn_data`` frame for ``data`` (merge patches applied in order by the client; a
+    :class:`msgspec.Raw` one, e.g. :attr:`SharedPatch.raw`, is copied into the frame as it is).
 
     Float NaN/inf are encoded as ``null`` (msgspec's choice, kept): market data reaches this encoder
     already through :func:`market_patch` (NaN as ``"-"``); in the trade tree null *deletes* the field, so

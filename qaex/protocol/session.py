@@ -26,6 +26,16 @@ trade of the day stays in it), and a resync costs a full view anyway, so pending
 the full view are kept before falling back to it. Resyncs are thus rare even for a growing view (the limit
 doubles with it) and each costs O(view): amortised O(1) per pushed key.
 
+Shared patches (:meth:`DiffSession.push_shared`, a market-data publish that every subscriber receives
+alike) are kept by reference, in order, and sent as their pre-encoded bytes
+(:class:`~qaex.protocol.diff.SharedPatch`): they cost a session no merge and no encoding. The pending
+data is a sequence of runs - private patches coalesced in a PendingPatches, then the shared patches
+pushed after them, then the next private run, ... - and the rtn_data lists them in that order, so the
+client applies the same patches in the same order as if each had been merged. The runs are bounded:
+past :data:`MAX_SHARED_PENDING` shared patches in a run they are merged into the run's private
+patches, and past :data:`MAX_RUNS` runs all are merged into one, as every patch was before shared
+patches existed. The pending bound counts the private patches of every run.
+
 Notifies are not part of any snapshot, so they are kept apart, survive a resync, and are bounded by
 count (:data:`MAX_PENDING_NOTIFIES`, the oldest dropped first).
 """
@@ -68,6 +78,7 @@ from qaex.protocol.diff import (
     ReqLogin,
     ReqTransfer,
     SetChart,
+    SharedPatch,
     SubscribeQuote,
     decode_client_message,
     encode_rtn_data,
@@ -109,6 +120,11 @@ DEFAULT_MAX_PENDING: Final = 20_000
 
 VIEW_SIZE_FACTOR: Final = 2
 MAX_PENDING_NOTIFIES: Final = 100
+MAX_SHARED_PENDING: Final = 16
+"""Shared patches kept as they are in one run (see :meth:`DiffSession.push_shared`); a publish
+pushes one per changed subscribed quote, so this covers a session watching a dozen symbols."""
+MAX_RUNS: Final = 4
+"""Runs of private then shared patches kept between two rtn_data before all are merged into one."""
 MAX_NOTIFY_TEXT: Final = 1_000
 """Characters of one notify's content (longer ones are cut): pending notifies cost at most ~100 KB."""
 MAX_CHARTS: Final = 256
@@ -150,6 +166,12 @@ class DiffSession:
         self._rate_window: int | None = None  # the whole second of the owner's clock being counted
         self._rate_count = 0
         self._pending = PendingPatches()
+        self._shared: list[SharedPatch] = []  # after the pending patches, in order, not merged yet
+        # Earlier runs, closed when a private patch followed their shared ones: patches as taken
+        # from their PendingPatches, and shared patches, in order; their private patches' size.
+        self._earlier: list[Patch | SharedPatch] = []
+        self._earlier_runs = 0
+        self._earlier_size = 0
         # TqApi blocks until it sees mdhis_more_data == false: the first peek is answered at once.
         self._pending.add({"mdhis_more_data": False})
 
@@ -160,8 +182,9 @@ class DiffSession:
 
     @property
     def pending_size(self) -> int:
-        """Estimated size of the pending patches, in keys (:attr:`PendingPatches.size`)."""
-        return self._pending.size
+        """Estimated size of the pending private patches, in keys (:attr:`PendingPatches.size`);
+        shared patches are held by reference and not counted."""
+        return self._earlier_size + self._pending.size
 
     # -- client → server -------------------------------------------------------------------------------
 
@@ -356,11 +379,58 @@ class DiffSession:
             patch = {key: value for key, value in patch.items() if key != "notify"}
         if self.resync_needed:
             return  # the full view the owner will pass to reset() includes this change
+        if self._shared:
+            self._close_run()
+        self._add(patch)
+
+    def push_shared(self, shared: SharedPatch) -> None:
+        """Queue a patch many sessions get alike (``shared.patch`` is never mutated, nor merged into
+        while it is kept). It is kept by reference and sent as its encoded bytes, after what was
+        pushed before it; past :data:`MAX_SHARED_PENDING` in a run, the run's shared patches are
+        merged into its private ones like any patch (see the module docstring)."""
+        if self.resync_needed or not shared.patch:
+            return
+        if len(self._shared) >= MAX_SHARED_PENDING:
+            shared_run, self._shared = self._shared, []
+            for one in shared_run:
+                self._add(one.patch)
+                if self.resync_needed:
+                    return
+        self._shared.append(shared)
+
+    def _close_run(self) -> None:
+        """A private patch follows shared ones: keep this run as it is and start the next one, or,
+        past :data:`MAX_RUNS`, merge every run into one (in order)."""
+        pending, shared = self._pending, self._shared
+        self._shared = []
+        if self._earlier_runs + 1 < MAX_RUNS:
+            self._earlier_size += pending.size  # a borrowed patch counts too: several may be kept
+            self._earlier.extend(pending.take())
+            self._earlier.extend(shared)
+            self._earlier_runs += 1
+            if self._earlier_size > self.pending_limit:
+                self._drop_pending()
+                self.resync_needed = True
+            return
+        earlier = self._earlier
+        self._earlier, self._earlier_runs, self._earlier_size = [], 0, 0
+        self._pending = PendingPatches()
+        for item in (*earlier, *pending.take(), *shared):
+            self._add(item.patch if isinstance(item, SharedPatch) else item)
+            if self.resync_needed:
+                return
+
+    def _add(self, patch: Patch) -> None:
         pending = self._pending
         pending.add(patch)
-        if not pending.borrowing and pending.size > self.pending_limit:
-            self._pending = PendingPatches()
+        if not pending.borrowing and self._earlier_size + pending.size > self.pending_limit:
+            self._drop_pending()
             self.resync_needed = True
+
+    def _drop_pending(self) -> None:
+        self._pending = PendingPatches()
+        self._shared = []
+        self._earlier, self._earlier_runs, self._earlier_size = [], 0, 0
 
     def notify(self, code: int, level: NotifyLevel, content: str) -> None:
         """Show a message to this connection's user, under a key no client has seen before."""
@@ -384,7 +454,7 @@ class DiffSession:
         (``api.get_account()``, K-line serials): prefer full objects merged over the old ones. Chart
         deletions dropped with the pending patches are not repeated; a stale chart entry is harmless.
         """
-        self._pending = PendingPatches()
+        self._drop_pending()
         self._pending.add({"mdhis_more_data": False})
         if self._ins_list_echo is not None:
             self._pending.add({"ins_list": self._ins_list_echo})
@@ -400,7 +470,13 @@ class DiffSession:
 
         Also true when :attr:`resync_needed`: the owner must then :meth:`reset` before :meth:`data_to_send`.
         """
-        return self._peeked and (bool(self._pending) or bool(self._notifies) or self.resync_needed)
+        return self._peeked and (
+            bool(self._pending)
+            or bool(self._shared)
+            or bool(self._earlier)
+            or bool(self._notifies)
+            or self.resync_needed
+        )
 
     def data_to_send(self) -> bytes | None:
         """The rtn_data frame answering the pending peek, or ``None`` if there is no peek or nothing to send.
@@ -409,7 +485,14 @@ class DiffSession:
         """
         if not self._peeked or self.resync_needed:
             return None
-        data = self._pending.take()
+        data: list[Patch | msgspec.Raw] = []
+        if self._earlier:
+            data.extend(item.raw if isinstance(item, SharedPatch) else item for item in self._earlier)
+            self._earlier, self._earlier_runs, self._earlier_size = [], 0, 0
+        data.extend(self._pending.take())
+        if self._shared:
+            data.extend(shared.raw for shared in self._shared)
+            self._shared = []
         if self._notifies:
             data.append({"notify": self._notifies})
             self._notifies = {}
