@@ -48,6 +48,7 @@ from qaex.exchange.live_bars import LiveBarStore
 from qaex.exchange.market import MarketData
 from qaex.exchange.notifications import NotificationHub
 from qaex.exchange.recovery import open_journal
+from qaex.exchange.replay_keeper import ReplayKeeper
 from qaex.exchange.simulator import LiquiditySimulator
 from qaex.stalls import StallReporter
 
@@ -122,9 +123,12 @@ def build_exchange(config: Config, data_dir: DataDir) -> Exchange:
     exchange.seed_from_engine()
     if config.market_maker:
         symbols = [s.strip() for s in config.market_maker_symbols.split(",") if s.strip()]
+        replay = _replay(config)
+        keeper = ReplayKeeper(data_dir.path, replay, config.market_replay_speed) if replay else None
         exchange.simulator = LiquiditySimulator(
             exchange, seed=config.seed, interval=config.market_maker_interval, symbols=symbols or None,
-            replay=_replay(config), replay_speed=config.market_replay_speed,
+            replay=replay, replay_speed=config.market_replay_speed,
+            replay_from=keeper.load() if keeper else None, on_replay_progress=keeper.save if keeper else None,
         )  # fmt: skip
     return exchange
 

@@ -390,7 +390,7 @@ def test_the_market_service_joins_kept_bars_at_attach_and_skips_a_hostile_file(
     live.path(SYMBOL, 86400).write_bytes(os.urandom(50_000))
     market = MarketData(engine, clock=clock, history_store=history_store, live_bars=live)
     with caplog.at_level(logging.WARNING, "qaex.market.live"):
-        series = market.kline_history(SYMBOL, MINUTE)  # a client asks first: loaded at once
+        series = trio.run(market.kline_history, SYMBOL, MINUTE)  # a client asks first: loaded at once
     assert "rows skipped" in caplog.text
     window = list(series.window(series.first_id, series.last_id).values())
     assert [bar["datetime"] for bar in window[-2:]] == datetimes(kept)

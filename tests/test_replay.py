@@ -4,11 +4,18 @@ Recordings replayed faster than real time under trio's mock clock: the quote's b
 ticks of the recorded price after at least 90 % of the recorded changes, a user's market order fills
 near the recorded price, a replay with one file and seed trades and quotes exactly alike twice, and when
 the recording ends the maker goes back to its random walk from the last price.
+
+Resumption: the simulator reports how far the replay has played (every REPLAY_KEEP_EVERY seconds and
+when it stops); a simulator given those positions goes on from there, and one whose recording had ended
+walks from the last price. The keeper of ``replay.json`` (qaex.exchange.replay_keeper) gives them back
+for the same recording and speed only, and ignores a damaged file with a WARNING.
 """
 
 from __future__ import annotations
 
+import logging
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,10 +29,12 @@ from qaex.core.history import BarColumns, HistoryFileError, to_csv
 from qaex.core.orders import InsertOrder
 from qaex.core.replay import MAX_TICK_GAP_NS, RESUME_GAP_NS, ReplayTrack, track_from_bars, track_from_ticks
 from qaex.core.tick_file import TickColumns, tick_fields, ticks_to_csv
+from qaex.exchange import replay_keeper
 from qaex.exchange.exchange import Exchange
 from qaex.exchange.history import ImportRefused, load_replay
 from qaex.exchange.market import MarketData
-from qaex.exchange.simulator import MAKER, REPLAY_STEP_MIN, TAKER, LiquiditySimulator
+from qaex.exchange.replay_keeper import FILE_NAME, ReplayKeeper
+from qaex.exchange.simulator import MAKER, REPLAY_KEEP_EVERY, REPLAY_STEP_MIN, TAKER, LiquiditySimulator
 
 S = 1_000_000_000
 MINUTE = 60 * S
@@ -218,3 +227,127 @@ def test_a_replay_is_deterministic_for_a_file_and_seed() -> None:
     assert first.trades and first.samples
     assert (first.trades, first.samples, first.after_end) == (second.trades, second.samples, second.after_end)
     assert once(4).trades != first.trades  # the seed matters (the taker's choices)
+
+
+@dataclass
+class Played:
+    reference: int  # the ladder's reference (ticks) when it was put up
+    replaying: bool  # whether it was put up following the recording
+    reports: list[dict[str, int]]  # on_replay_progress, in order
+
+
+async def play_for(
+    track: ReplayTrack,
+    speed: float,
+    seconds: float,
+    replay_from: dict[str, int],
+    last_price: float | None = None,
+) -> Played:
+    """Run the simulator on cu2601 for ``seconds`` (mock clock), resuming at ``replay_from``, then stop."""
+    engine = Engine()
+    if last_price is not None:
+        engine.last_price[CU] = last_price  # what the journal brings back: the last trade's price
+    exchange = Exchange(engine, clock=wall_clock, market=MarketData(engine, clock=wall_clock))
+    reports: list[dict[str, int]] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(exchange.run)
+        for user_id in (MAKER, TAKER):
+            await exchange.router.execute(
+                OpenAccount(ts=0, user_id=user_id, password_hash="-", init_cash=1e8)
+            )
+        simulator = LiquiditySimulator(
+            exchange, seed=3, symbols=[CU], interval=0.25, replay={CU: track}, replay_speed=speed,
+            replay_from=replay_from, on_replay_progress=reports.append,
+        )  # fmt: skip
+        exchange.simulator = simulator
+        await nursery.start(simulator.run)
+        ladder = simulator.ladders[CU]
+        played = Played(ladder.reference, ladder.track is not None, reports)
+        await trio.sleep(seconds)
+        nursery.cancel_scope.cancel()
+    return played
+
+
+async def test_a_replay_goes_on_where_the_kept_position_is(autojump_clock: trio.abc.Clock) -> None:
+    start = Engine().instruments[CU].pre_settlement
+    track = track_from_bars(recording(start))  # 20 minutes recorded, 20 s at 60x
+    first = await play_for(track, 60.0, 8.0, {})
+    assert first.replaying and first.reference * CU_TICK == start
+    assert len(first.reports) >= 8 / REPLAY_KEEP_EVERY  # every second, and at the stop
+    kept = first.reports[-1][CU]
+    assert abs(kept - 8 * 60 * S) <= 60 * S, kept  # 8 s at 60x: 8 recorded minutes
+    resumed = await play_for(track, 60.0, 3.0, {CU: kept})
+    recorded = track.price_at(kept)
+    assert recorded is not None and recorded >= start + 6 * 20.0
+    assert resumed.replaying and resumed.reference * CU_TICK == recorded  # not the recording's start
+    assert [report[CU] for report in resumed.reports] == sorted(report[CU] for report in resumed.reports)
+    assert abs(resumed.reports[-1][CU] - (kept + 3 * 60 * S)) <= 60 * S
+    # A simulator that stops after the end reports it ended; the next start walks from the last price.
+    ended = (await play_for(track, 60.0, 15.0, {CU: kept})).reports[-1][CU]
+    assert ended == track.length_ns + 1
+    walking = await play_for(track, 60.0, 1.0, {CU: ended}, last_price=start + 300.0)
+    assert not walking.replaying and walking.reference * CU_TICK == start + 300.0
+    assert walking.reports[-1] == {CU: ended}
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def replay_log() -> Iterator[Records]:
+    """The records of the keeper's logger, on the logger object itself (not caplog's root handler, nor
+    ``logging.getLogger``: importing tqsdk, as other test modules do, swaps in its own logger manager)."""
+    logger = replay_keeper.log
+    handler, level = Records(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def test_the_keeper_resumes_the_same_recording_and_speed_only(tmp_path: Path, replay_log: Records) -> None:
+    track = track_from_bars(recording(86000.0))
+    keeper = ReplayKeeper(tmp_path, {CU: track}, 4.0)
+    assert keeper.load() == {}  # nothing kept yet
+    keeper.save({CU: 5 * S})
+    assert ReplayKeeper(tmp_path, {CU: track}, 4.0).load() == {CU: 5 * S}
+    assert ReplayKeeper(tmp_path, {CU: track}, 2.0).load() == {}
+    other = track_from_bars(recording(86010.0))
+    assert ReplayKeeper(tmp_path, {CU: other}, 4.0).load() == {}
+    fresh = [r.getMessage() for r in replay_log.records if r.levelno == logging.INFO]
+    assert len(fresh) == 2 and all("starts from the beginning" in m for m in fresh), fresh
+    assert "speed 2" in fresh[0] and "another recording" in fresh[1]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda raw: raw[: len(raw) // 2],  # torn
+        lambda raw: raw.replace(b"5000000000", b"-5"),  # hostile
+        lambda raw: b" " * (2 << 20) + raw,  # bounded: too large
+        lambda raw: b"[" * 200_000,  # nested deep
+    ],
+)
+def test_a_damaged_progress_file_is_ignored_with_a_warning(
+    tmp_path: Path, replay_log: Records, damage: object
+) -> None:
+    track = track_from_bars(recording(86000.0))
+    keeper = ReplayKeeper(tmp_path, {CU: track}, 4.0)
+    keeper.save({CU: 5 * S})
+    path = tmp_path / FILE_NAME
+    assert callable(damage)
+    path.write_bytes(damage(path.read_bytes()))
+    assert keeper.load() == {}
+    warnings = [r.getMessage() for r in replay_log.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "ignored" in warnings[0], warnings
+    keeper.save({CU: 6 * S})  # the next save replaces it
+    assert keeper.load() == {CU: 6 * S}

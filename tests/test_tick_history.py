@@ -31,6 +31,7 @@ from qaex.core.tick_file import (
     ticks_to_csv,
     traded,
 )
+from qaex.exchange import history as history_store
 from qaex.exchange.history import HistoryStore, ImportRefused, import_history
 
 S = 1_000_000_000
@@ -284,6 +285,33 @@ def test_a_tick_file_replaces_the_contracts_history_wholesale(tmp_path: Path) ->
     assert loaded is not None and loaded.ticks == ticks
     assert (loaded.minutes, loaded.days, loaded.others) == (minutes, days, {})
     assert len(minutes) == 14 and sum(minutes.volume) == ticks.columns["volume"][-1]
+
+
+@pytest.mark.parametrize("chunk", [7, 300, 1 << 16])
+@pytest.mark.parametrize("keep", [0, 1, 57, 399, 400, 5000])
+def test_a_load_reads_only_the_last_ticks_the_series_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int, keep: int
+) -> None:
+    monkeypatch.setattr(history_store, "TAIL_CHUNK", chunk)  # chunk boundaries inside rows
+    store = HistoryStore(tmp_path / "history", seed=1)
+    ticks = day_of_ticks()
+    source = tmp_path / "rb-ticks.csv"
+    source.write_text(ticks_to_csv(RB, ticks, 0))
+    import_history(store, [source], symbol=None, duration=None, ticks=LISTED, price_decs=DECS)
+    loaded = store.load(RB, keep)
+    assert loaded is not None and loaded.ticks == ticks.slice(max(len(ticks) - keep, 0), len(ticks))
+    assert history_store.tail_text(store.path(RB, 0), keep).splitlines()[0] == tick_header(RB, 5)
+
+
+def test_the_tail_of_a_file_is_read_within_its_bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(history_store, "TAIL_CHUNK", 7)
+    path = tmp_path / "long.csv"
+    path.write_text("header\n" + "x" * (3 * MAX_LINE) + "\nlast\n")
+    assert history_store.tail_text(path, 1) == "header\nlast\n"
+    # Bounded: a row longer than any tick row is not read whole (nor returned), the rows after it are.
+    assert history_store.tail_text(path, 2) == "header\nlast\n"
+    (tmp_path / "header.csv").write_text("header\n")
+    assert history_store.tail_text(tmp_path / "header.csv", 10).splitlines() == ["header"]
 
 
 def test_a_header_less_tick_file_needs_its_symbol(tmp_path: Path) -> None:

@@ -8,12 +8,19 @@
 * ``qaex serve --replay FILE --replay-speed N`` with a tick recording: the market maker's quote climbs
   with the recorded prices, its trades are journaled (a restart comes back at the last one's price),
   and when the recording ends it walks on from the last price.
+* a big kept tick file (100,000 ticks) never holds the server up: while a client's first ask loads
+  it, ``/health`` answers within a second, and the ticks come back in a few seconds (only the last
+  ones the series holds are read).
+* a replay survives restarts: stopped (SIGTERM) or killed (``kill -9``) mid-replay, the server started
+  again with the same recording and speed quotes on from where the recording was (``replay.json``), not
+  from its start.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -24,8 +31,8 @@ from conftest import Server, launch, open_user, wait_ready
 from test_history_server import import_history, klines
 
 from qaex.client import DiffClient
-from qaex.core.history import to_csv
-from qaex.core.tick_file import TickColumns, bars_from_ticks, tick_fields, ticks_to_csv
+from qaex.core.history import format_datetime, to_csv
+from qaex.core.tick_file import TickColumns, bars_from_ticks, tick_fields, tick_header, ticks_to_csv
 
 S = 1_000_000_000
 T0 = 1_763_946_000 * S  # 2025-11-24 09:00 China time
@@ -199,3 +206,117 @@ def test_serve_replays_a_tick_recording(tmp_path: Path) -> None:
         assert httpx.get(f"{again.http_url}/api/market/quote/{RB}").json()["last_price"] == last_trade
     finally:
         again.stop()
+
+
+def bids_for(server: Server, seconds: float) -> list[float]:
+    """The quote's best bid, sampled for ``seconds``."""
+    bids: list[float] = []
+    ends = time.monotonic() + seconds
+    while time.monotonic() < ends:
+        bid = httpx.get(f"{server.http_url}/api/market/quote/{RB}").json()["bid_price1"]
+        if bid is not None:
+            bids.append(bid)
+        time.sleep(0.1)
+    return bids
+
+
+def bid_reaching(server: Server, at_least: float, within: float = 60.0) -> float:
+    """Wait until the best bid is at least ``at_least``; the bid then."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        bid = httpx.get(f"{server.http_url}/api/market/quote/{RB}").json()["bid_price1"]
+        if bid is not None and bid >= at_least:
+            return float(bid)
+        time.sleep(0.1)
+    raise AssertionError(f"bid below {at_least} after {within} s:\n{server.log()[-3000:]}")
+
+
+def test_a_replay_goes_on_after_a_stop_and_a_kill(tmp_path: Path) -> None:
+    # 170 ticks 0.5 s apart, a tick up each: 3100 .. 3269 over 85 s, played at 2x (4 ticks a second).
+    recording = tmp_path / "rb-day.csv"
+    recording.write_text(ticks_to_csv(RB, recorded_ticks(170, 3100.0, step=1.0, every_ns=S // 2), 0))
+    env = {"QAEX_MARKET_MAKER": "1", "QAEX_MARKET_MAKER_SYMBOLS": RB, "QAEX_SEED": "3"}
+    args = ["--replay", str(recording), "--replay-speed", "2"]
+    data_dir = tmp_path / "data"
+
+    def start() -> Server:
+        server = launch(tmp_path, data_dir=data_dir, extra_env=env, serve=True, serve_args=args)
+        wait_ready(server, timeout=60.0)
+        return server
+
+    server = start()
+    try:
+        stopped_at = bid_reaching(server, 3130)
+    finally:
+        assert server.stop() == 0
+    kept = (data_dir / "replay.json").read_text()
+    server = start()
+    try:
+        after_stop = bids_for(server, 2.0)
+        # Back at the start, the bid would be ~3100; it goes on near where it stopped, then climbs on.
+        assert after_stop and all(stopped_at - 3 <= bid <= stopped_at + 40 for bid in after_stop), (
+            stopped_at,
+            after_stop,
+        )
+        killed_at = bid_reaching(server, 3190)
+        server.process.kill()  # kill -9: the position kept up to a second (4 ticks) before
+        server.process.wait()
+    finally:
+        server.stop()
+    assert "replay of SHFE.rb2601 resumed at" in server.log(), server.log()[-3000:]
+    server = start()
+    try:
+        after_kill = bids_for(server, 2.0)
+    finally:
+        server.stop()
+    assert '"recording":' in kept and f'"{RB}":' in kept, kept
+    assert after_kill and all(killed_at - 12 <= bid <= killed_at + 40 for bid in after_kill), (killed_at, after_kill)
+
+
+def test_a_big_kept_tick_file_never_holds_up_the_server(tmp_path: Path) -> None:
+    # What an import of 100,000 ticks leaves in the data directory (the rows alike but for their time:
+    # the size is what matters here; the import's checks and writer are tested in test_tick_history).
+    count = 100_000
+    history = tmp_path / "data" / "history"
+    history.mkdir(parents=True)
+    few = recorded_ticks(2, 3100.0, step=0.0, every_ns=S)
+    cells = ticks_to_csv(RB, few, 0).splitlines()[1].split(",", 2)[2]
+    times = [T0 + index * (S // 2) for index in range(count)]
+    rows = "".join(f"{format_datetime(ns)},{ns},{cells}\n" for ns in times)
+    (history / f"{RB}.0.csv").write_text(tick_header(RB, 5) + "\n" + rows)
+    (history / f"{RB}.60.csv").write_text(to_csv(RB, bars_from_ticks(few, 60), 0))
+    (history / f"{RB}.86400.csv").write_text(to_csv(RB, bars_from_ticks(few, 86400), 0))
+    server = launch(tmp_path, data_dir=tmp_path / "data")
+    waits: list[float] = []
+    done = threading.Event()
+
+    def health() -> None:
+        with httpx.Client(timeout=30.0) as client:
+            while not done.is_set():
+                asked = time.monotonic()
+                assert client.get(f"{server.http_url}/health").status_code == 200
+                waits.append(time.monotonic() - asked)
+                time.sleep(0.05)
+
+    try:
+        wait_ready(server, timeout=60.0)
+        poller = threading.Thread(target=health)
+        poller.start()
+        try:
+            time.sleep(0.3)
+            asked = time.monotonic()
+            response = httpx.get(
+                f"{server.http_url}/api/market/ticks/{RB}", params={"count": 10_000}, timeout=60.0
+            )
+            took = time.monotonic() - asked
+            time.sleep(0.5)
+        finally:
+            done.set()
+            poller.join(60.0)
+    finally:
+        server.stop()
+    assert response.status_code == 200, response.text
+    served = response.json()["ticks"]
+    assert len(served) == 10_000 and [t["datetime"] for t in served] == times[-10_000:]
+    assert took < 5.0, took  # ~0.3 s on an idle machine; a parse of every row takes ~10 s here
+    assert len(waits) >= 5 and max(waits) < 1.0, sorted(waits)[-5:]

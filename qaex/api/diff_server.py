@@ -225,6 +225,8 @@ class DiffServer:
                 session.password_changed()
             elif isinstance(event, (messages.SubscribeQuote, messages.SetChart)):
                 if exchange.market is not None:
+                    if isinstance(event, messages.SetChart):  # its history first, loaded off the loop
+                        await exchange.market.ensure_history(str(event.ins_list).split(","))
                     exchange.market.subscription_changed(link)
             elif isinstance(event, messages.InsQuery):
                 engine = exchange.engine

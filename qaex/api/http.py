@@ -670,7 +670,7 @@ async def klines(symbol: str) -> Response:
     count = query_int("count", 200, 1, MAX_VIEW_WIDTH)
     duration = query_int("duration", 60, 1, limits.MAX_DURATION_NS // 1_000_000_000)
     try:
-        series = market.kline_history(symbol, duration * 1_000_000_000)
+        series = await market.kline_history(symbol, duration * 1_000_000_000)
     except ValueError as exc:
         raise HttpError(400, "bad_request", str(exc)) from None
     bars = series.window(series.last_id - count + 1, series.last_id)
@@ -689,7 +689,7 @@ async def klines(symbol: str) -> Response:
 async def ticks(symbol: str) -> Response:
     market = _market_data(symbol)
     count = query_int("count", 200, 1, MAX_VIEW_WIDTH)
-    series = market.series(symbol, 0)
+    series = await market.series(symbol, 0)
     if series is None:  # listed a moment ago: the market service has not seen it yet
         raise HttpError(404, "unknown_instrument", f"no ticks for {symbol!r} yet")
     window = series.window(series.last_id - count + 1, series.last_id)
@@ -767,7 +767,7 @@ async def import_history() -> Response:
     if market is None:
         raise HttpError(503, "no_market_data", "this server runs without the market data service")
     try:
-        done, later = market.import_history(
+        done, later = await market.import_history(
             [(f.name, f.text) for f in body.files], symbol=body.symbol, duration=body.duration
         )
     except ValueError as exc:  # HistoryFileError, ImportRefused: names the file, line and column

@@ -20,6 +20,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from qaex.atomic_write import write_atomic
 from qaex.core.calendar import HolidayCalendar, parse_day, previous_trading_date
 from qaex.core.history import (
     BAR_FIELDS,
@@ -37,6 +38,7 @@ from qaex.core.instruments import Instrument
 from qaex.core.kline import KlineSeries
 from qaex.core.replay import ReplayTrack, track_from_bars, track_from_ticks
 from qaex.core.tick_file import (
+    MAX_LINE,
     TickColumns,
     bars_from_ticks,
     is_tick_header,
@@ -100,20 +102,23 @@ class HistoryStore:
                 found[int(middle)] = path
         return found
 
-    def load(self, symbol: str) -> ContractHistory | None:
+    def load(self, symbol: str, keep_ticks: int | None = None) -> ContractHistory | None:
         """The kept history of ``symbol`` (with its imported ticks and bars of other durations), or
-        None if there is none yet."""
+        None if there is none yet. ``keep_ticks``: read only the last that many of its kept ticks (the
+        tick series holds no more), from the end of the file: a load takes the same time for a tick
+        file of two million rows as for one of ``keep_ticks``."""
         if not self.has(symbol):
             return None
         history = ContractHistory(symbol, self._read(symbol, MINUTE), self._read(symbol, DAY), [], [])
-        self._load_extras(history)
+        self._load_extras(history, keep_ticks)
         self.loaded += 1
         return history
 
-    def _load_extras(self, history: ContractHistory) -> None:
+    def _load_extras(self, history: ContractHistory, keep_ticks: int | None) -> None:
         for seconds, path in sorted(self.kept(history.symbol).items()):
             if seconds == TICKS:
-                history.ticks = parse_ticks(path.read_text(), str(path), symbol=history.symbol)[1]
+                text = path.read_text() if keep_ticks is None else tail_text(path, keep_ticks)
+                history.ticks = parse_ticks(text, str(path), symbol=history.symbol)[1]
             elif seconds not in (MINUTE, DAY):
                 history.others[seconds] = self._read(history.symbol, seconds)
 
@@ -167,10 +172,13 @@ class HistoryStore:
         self.built += 1
         return history
 
-    def load_or_build(self, spec: HistorySpec, price_decs: int) -> ContractHistory:
+    def load_or_build(
+        self, spec: HistorySpec, price_decs: int, keep_ticks: int | None = None
+    ) -> ContractHistory:
         """The kept history, else a new one (kept). A contract with only one of its two files (an
-        import of one duration) keeps it and gets the other generated."""
-        history = self.load(spec.symbol)
+        import of one duration) keeps it and gets the other generated. File IO and CPU only: run it in
+        a worker thread."""
+        history = self.load(spec.symbol, keep_ticks)
         if history is not None:
             return history
         minute_path, day_path = self.path(spec.symbol, MINUTE), self.path(spec.symbol, DAY)
@@ -178,7 +186,7 @@ class HistoryStore:
             return self.build(spec, price_decs)
         built = generate(spec, self.seed, self.calendar)
         self.built += 1
-        self._load_extras(built)
+        self._load_extras(built, keep_ticks)
         if minute_path.exists():
             built.minutes = self._read(spec.symbol, MINUTE)
         else:
@@ -188,6 +196,32 @@ class HistoryStore:
         else:
             write_atomic(day_path, to_csv(spec.symbol, built.days, price_decs))
         return built
+
+
+TAIL_CHUNK = 1 << 16
+
+
+def tail_text(path: Path, lines: int) -> str:
+    """A CSV's first line (its header) and its last ``lines`` lines, read from the end of the file in
+    chunks: at most ``lines`` × :data:`qaex.core.tick_file.MAX_LINE` bytes whatever the file's size."""
+    with open(path, "rb") as file:
+        header = file.readline()
+        start = file.tell()
+        end = file.seek(0, os.SEEK_END)
+        bound = max(lines, 1) * (MAX_LINE + 1)
+        at, chunks, newlines = end, [], 0
+        while at > start and newlines <= lines and end - at < bound:
+            step = min(TAIL_CHUNK, at - start)
+            at -= step
+            file.seek(at)
+            chunk = file.read(step)
+            chunks.append(chunk)
+            newlines += chunk.count(b"\n")
+    rows = b"".join(reversed(chunks)).splitlines()
+    if at > start:  # the first row may be cut: drop it (and keep the last ``lines``)
+        rows = rows[1:]
+    kept = rows[-lines:] if lines else []
+    return (header + b"".join(row + b"\n" for row in kept)).decode()
 
 
 class ImportRefused(ValueError):
@@ -351,9 +385,3 @@ def load_replay(spec: str) -> dict[str, ReplayTrack]:
             raise ImportRefused(f"{path}: a second recording of {symbol}")
         tracks[symbol] = track
     return tracks
-
-
-def write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import trio
 
+from qaex.atomic_write import write_atomic
 from qaex.core.history import BarColumns, ContractHistory
 from qaex.core.kline import NS_PER_SECOND
 from qaex.core.live_bars import (
@@ -37,7 +38,6 @@ from qaex.core.live_bars import (
     read_limit,
 )
 from qaex.core.market import MINUTE_NS, MarketState
-from qaex.exchange.history import write_atomic
 
 log = logging.getLogger("qaex.market.live")
 

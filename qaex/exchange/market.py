@@ -101,7 +101,8 @@ class MarketData:
 
         ``history_store``: the kept market history (:mod:`qaex.exchange.history`). With one, every
         listed contract gets its past bars: built (or loaded) in the background after the start, one
-        contract at a time in a worker thread, and at once for a contract a client asks for first.
+        contract at a time in a worker thread, and at once (in a worker thread too, the client waiting)
+        for a contract a client asks for first (:meth:`ensure_history`).
 
         ``live_bars``: with a history store, the live 1-minute and 1-day bars kept across a restart
         (:mod:`qaex.exchange.live_bars`): joined onto each contract's history when it is attached, and
@@ -111,6 +112,8 @@ class MarketData:
         self._engine = engine  # for its trading day only, when a contract's history is built
         self.publish_interval = publish_interval
         self._rotation = 0
+        self._loading: dict[str, trio.Event] = {}  # symbol -> set when its history load (a thread) ends
+        self._importing = trio.Lock()  # one history import at a time (its files replaced all or nothing)
         self._pacer = WakePacer[SessionLink](WAKE_STEP)
         self._last_publish = -math.inf
         self._clock = clock
@@ -231,9 +234,8 @@ class MarketData:
                 await self.publish_in_steps()
 
     async def _history_builder(self) -> None:
-        """Give every listed contract its history, one at a time: loaded from the data directory, or
-        generated and written there, in a worker thread (the loop keeps serving meanwhile), then
-        attached on the loop. Looks for contracts listed later every few seconds."""
+        """Give every listed contract its history, one at a time (:meth:`_attach_history`). Looks for
+        contracts listed later every few seconds."""
         store = self.history_store
         assert store is not None
         await trio.sleep(HISTORY_START_DELAY)  # the start's listing and main contracts first
@@ -245,10 +247,7 @@ class MarketData:
                 if symbol not in self.state.instruments:  # delisted meanwhile
                     self.state.attach_history(symbol, None)
                     continue
-                spec, decs = self._history_spec(symbol)
-                history = await trio.to_thread.run_sync(self._load_history, symbol, spec, decs)
-                if self.state.needs_history(symbol):
-                    self._attach_history(symbol, history)
+                await self._attach_history(symbol)
                 await trio.sleep(HISTORY_PAUSE)  # a background job: leave the loop and the GIL alone
             if pending:
                 log.info("market history ready: %d contracts (%d built, %d loaded)",
@@ -264,49 +263,87 @@ class MarketData:
         )
         return spec, instrument.price_decs
 
-    def import_history(
+    async def import_history(
         self, files: list[tuple[str, str]], *, symbol: str | None, duration: int | None
     ) -> tuple[list[tuple[str, int, int]], list[str]]:
         """``POST /api/admin/history/import``: check every (name, CSV text), then replace the kept
-        files, all or nothing (HistoryFileError / ImportRefused). A contract whose history is not
-        attached yet serves the import at once; one already attached keeps serving the bars its
-        clients hold (their ids cannot change under them) until the next start. Returns the imports
-        and the symbols that apply at the next start."""
+        files, all or nothing (HistoryFileError / ImportRefused), in a worker thread (a big tick file
+        takes seconds to check), one import at a time. A contract whose history is not attached yet
+        serves the import at once; one already attached keeps serving the bars its clients hold
+        (their ids cannot change under them) until the next start. Returns the imports and the
+        symbols that apply at the next start."""
         store = self.history_store
         if store is None:
             raise ImportRefused("market history is off (QAEX_MARKET_BACKFILL=0)")
         instruments = self.state.instruments
         ticks = {s: i.price_tick for s, i in instruments.items()}
-        read = [
-            (name, check_import(text, name, symbol=symbol, duration=duration, ticks=ticks))
-            for name, text in files
-        ]
-        done = store_imported(store, read, {s: i.price_decs for s, i in instruments.items()})
+        decs = {s: i.price_decs for s, i in instruments.items()}
+
+        def check_and_store() -> list[tuple[str, int, int]]:
+            read = [
+                (name, check_import(text, name, symbol=symbol, duration=duration, ticks=ticks))
+                for name, text in files
+            ]
+            return store_imported(store, read, decs)
+
+        async with self._importing:
+            done = await trio.to_thread.run_sync(check_and_store)
         later = sorted({s for s, _, _ in done if not self.state.needs_history(s)})
         return done, later
 
-    def ensure_history(self, symbols: Iterable[str]) -> None:
-        """Attach now the history of these symbols if it is not yet (a client is asking for it): a
-        load, or at most a generation of ~50 ms per main contract."""
+    async def ensure_history(self, symbols: Iterable[str]) -> None:
+        """Attach the history of these symbols if it is not yet (a client is asking for it): a load
+        (a kept tick file: only its last ticks, see HistoryStore.load), or at most a generation of ~50
+        ms per main contract, in a worker thread; the loop serves everyone else meanwhile."""
+        if self.history_store is None:
+            return
+        for symbol in symbols:
+            await self._attach_history(symbol)
+
+    async def _attach_history(self, symbol: str) -> None:
+        """Load (or build) ``symbol``'s history in a worker thread, then attach it on the loop; a load
+        already under way (the background builder's, another client's) is waited for, not repeated."""
+        store = self.history_store
+        assert store is not None
+        while self.state.needs_history(symbol) and symbol in self.state.instruments:
+            loading = self._loading.get(symbol)
+            if loading is not None:
+                await loading.wait()
+                continue
+            loading = self._loading[symbol] = trio.Event()
+            try:
+                spec, decs = self._history_spec(symbol)
+                history = await trio.to_thread.run_sync(self._load_history, symbol, spec, decs)
+            finally:
+                del self._loading[symbol]
+                loading.set()
+            if self.state.needs_history(symbol):
+                self._attach(symbol, history)
+
+    def ensure_history_now(self, symbols: Iterable[str]) -> None:
+        """:meth:`ensure_history` on the loop, for the synchronous paths (a chart opened by
+        ChartFeeds, a series a gateway holds: BrokerCore); the DIFF server and the HTTP routes await
+        :meth:`ensure_history` first, so these find the history attached. A load here is cheap too (a
+        kept tick file: only its last ticks)."""
         if self.history_store is None:
             return
         for symbol in symbols:
             if self.state.needs_history(symbol) and symbol in self.state.instruments:
                 spec, decs = self._history_spec(symbol)
-                self._attach_history(symbol, self._load_history(symbol, spec, decs))
+                self._attach(symbol, self._load_history(symbol, spec, decs))
 
     def _load_history(self, symbol: str, spec: HistorySpec, decs: int) -> ContractHistory | None:
         """A contract's kept (or new) history with its kept live bars after it; None if it cannot be
         read (a damaged or hand-edited file: no history, not a crash). Safe in a worker thread."""
         assert self.history_store is not None
         try:
-            history = self.history_store.load_or_build(spec, decs)
+            history = self.history_store.load_or_build(spec, decs, self.state.history)
         except (OSError, ValueError) as exc:
             log.error("market history of %s not loaded: %s", symbol, exc)
             return None
         return history if self.live_bars is None else self.live_bars.join(history)
 
-    def _attach_history(self, symbol: str, history: ContractHistory | None) -> None:
+    def _attach(self, symbol: str, history: ContractHistory | None) -> None:
         self.state.attach_history(symbol, history)
         if self.keeper is not None:
             self.keeper.started(symbol, history)
@@ -414,7 +451,7 @@ class MarketData:
 
     # -- charts: the ChartSource of self.charts (qaex.exchange.chart_feeds) ------------------------------
     def open_chart(self, message: Mapping[str, Any]) -> Chart:
-        self.ensure_history(str(message.get("ins_list", "")).split(","))
+        self.ensure_history_now(str(message.get("ins_list", "")).split(","))
         return self.state.open_chart(message, self._clock())
 
     def close_chart(self, chart: Chart) -> None:
@@ -433,7 +470,7 @@ class MarketData:
 
     def hold_series(self, key: SeriesKey) -> None:
         """Keep a series for a DIFF gateway that mirrors it (MarketState.hold; ChartRefused)."""
-        self.ensure_history([key[0]])
+        self.ensure_history_now([key[0]])
         self.state.hold(key, self._clock())
 
     def release_series(self, key: SeriesKey) -> None:
@@ -492,13 +529,13 @@ class MarketData:
         quotes = 25 * len(self.state.quotes) + 70 * len(self._subscribed.get(link, ()))
         return quotes + self.charts.view_size(link)
 
-    def series(self, symbol: str, duration_ns: int) -> KlineSeries | TickSeries | None:
+    async def series(self, symbol: str, duration_ns: int) -> KlineSeries | TickSeries | None:
         """A series that exists (``duration_ns`` 0: ticks), or None; for the HTTP API."""
-        self.ensure_history([symbol])
+        await self.ensure_history([symbol])
         return self.state.series(symbol, duration_ns)
 
-    def kline_history(self, symbol: str, duration_ns: int) -> KlineSeries:
+    async def kline_history(self, symbol: str, duration_ns: int) -> KlineSeries:
         """The K-lines of any duration: the series if it exists, else one built from history (not
         kept). ValueError for a duration TqSdk would refuse (over a day but not whole days)."""
-        self.ensure_history([symbol])
+        await self.ensure_history([symbol])
         return self.state.kline_history(symbol, duration_ns, self._clock())

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -263,6 +264,9 @@ class RemoteMarket:
         subscription = self._subscriptions.pop(symbol, None)
         if subscription is not None:
             subscription.unsubscribe()
+
+    async def ensure_history(self, symbols: Iterable[str]) -> None:
+        """Nothing: a gateway serves no charts (the module docstring), so it needs no history."""
 
     def subscription_changed(self, link: SessionLink) -> None:
         session = link.session

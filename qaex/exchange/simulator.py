@@ -95,6 +95,9 @@ REPLAY_STEP_MIN = 0.1
 recorded price change, at most this often (faster changes are skipped to the latest)."""
 REPLAY_LATE = 1e-6
 """Seconds a replaying ladder wakes after the change it waits for (the float sum lands at or past it)."""
+REPLAY_KEEP_EVERY = 1.0
+"""Seconds (trio time) between two reports of the replay's progress (``on_replay_progress``), also
+reported when the simulator stops: a ``kill -9`` loses at most this much wall time of the replay."""
 
 
 class ThrottledLog:
@@ -213,6 +216,8 @@ class LiquiditySimulator:
         steps_per_second: float = 8.0,
         replay: Mapping[str, ReplayTrack] | None = None,
         replay_speed: float = 1.0,
+        replay_from: Mapping[str, int] | None = None,
+        on_replay_progress: Callable[[dict[str, int]], None] | None = None,
     ) -> None:
         """``interval``: mean seconds between two steps of one instrument (each step waits 0.4-1.6 ×
         ``interval``); ``taker_chance``: probability that a step also sends a taker order;
@@ -221,11 +226,16 @@ class LiquiditySimulator:
         few hundred contracts is slowed to it: CPU and journal stay small with nobody trading).
         ``replay``: recorded reference prices per symbol (qaex.core.replay), played ``replay_speed``
         times real time from the ladder's start instead of the random walk, which takes over when
-        the recording ends."""
+        the recording ends; ``replay_from``: recorded ns already played per symbol (a restart resumes
+        there; past a track's end: the maker walks from the last price); ``on_replay_progress``:
+        called with :meth:`replay_positions` every REPLAY_KEEP_EVERY seconds and when the simulator
+        stops (qaex.exchange.replay_keeper keeps it)."""
         if replay_speed <= 0:
             raise ValueError("replay_speed > 0")
         self.replay = dict(replay or {})
         self.replay_speed = replay_speed
+        self.replay_from = dict(replay_from or {})
+        self.on_replay_progress = on_replay_progress
         if interval <= 0 or levels < 1 or max_lots < 1 or not 0 <= taker_chance <= 1 or day_order_budget < 1:
             raise ValueError(
                 "interval > 0, levels >= 1, max_lots >= 1, 0 <= taker_chance <= 1 and day_order_budget >= 1"
@@ -265,6 +275,8 @@ class LiquiditySimulator:
                     task_status.started()
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
+                    if self.on_replay_progress is not None and self.replay:
+                        nursery.start_soon(self._keep_replay_progress, name="simulator:replay-progress")
                     for ladder in self.ladders.values():
                         nursery.start_soon(self._loop, ladder, name=f"simulator:{ladder.instrument.symbol}")
                     await trio.sleep_forever()  # also with no ladder yet: contracts may be listed later
@@ -277,10 +289,12 @@ class LiquiditySimulator:
                 await trio.sleep(backoff(failures))
             finally:
                 self._nursery = None
+                self._report_replay_progress()  # also when stopping: the next start goes on from here
 
     async def _put_up(self) -> None:
         """Open (or reuse) the two accounts, take up today's orders, put up every ladder once."""
         engine = self.exchange.engine
+        self.replay_from = self.replay_positions()  # a restart of the simulator goes on where it was
         for user_id in (MAKER, TAKER):
             self.exchange.gateway.silent_users.add(user_id)
             if user_id not in engine.users:  # after a restart the journal already holds them
@@ -332,12 +346,43 @@ class LiquiditySimulator:
         last_price = engine.last_price.get(symbol, instrument.pre_settlement)
         ladder.reference = round(last_price / instrument.price_tick)
         track = self.replay.get(symbol)
-        if track is not None:
-            ladder.track, ladder.replay_start = track, trio.current_time()
-            if track.prices:
-                ladder.reference = round(track.prices[0] / instrument.price_tick)
+        played = self.replay_from.get(symbol, 0)
+        price = track.price_at(played) if track is not None else None
+        if track is not None and price is not None:
+            ladder.track = track
+            ladder.replay_start = trio.current_time() - played / self.replay_speed / 1e9
+            ladder.reference = round(price / instrument.price_tick)
+            if played:
+                log.info("replay of %s resumed at %.1f s of %.1f s recorded", symbol, played / 1e9,
+                         track.length_ns / 1e9)  # fmt: skip
+        elif track is not None:
+            log.info("replay of %s ended before this start: the random walk from the last price", symbol)
         ladder.clamp()
         return ladder
+
+    def replay_positions(self) -> dict[str, int]:
+        """Recorded ns each recording has played: a quoted ladder's so far (its track's length + 1
+        once ended), the kept one of a symbol not quoted (yet)."""
+        positions = {symbol: self.replay_from[symbol] for symbol in self.replay if symbol in self.replay_from}
+        for symbol, ladder in self.ladders.items():
+            track = self.replay.get(symbol)
+            if track is None:
+                continue
+            ended = track.length_ns + 1
+            if ladder.track is None:
+                positions[symbol] = ended
+            else:
+                positions[symbol] = min(int(self._replay_elapsed_ns(ladder)), ended)
+        return positions
+
+    def _report_replay_progress(self) -> None:
+        if self.on_replay_progress is not None and self.replay:
+            self.on_replay_progress(self.replay_positions())
+
+    async def _keep_replay_progress(self) -> None:
+        while True:
+            await trio.sleep(REPLAY_KEEP_EVERY)
+            self._report_replay_progress()
 
     def _resync(self, ladders: Iterable[Ladder]) -> None:
         """Make the ladders agree with the engine (after a restart, after a failure).
