@@ -8,7 +8,7 @@ orders one at a time.
 
 The measure is relative, so it holds on a slow or loaded machine: an order's round trip through the
 saturated gateway (insert_order in, to the core over the broker, the order's patch back) must take
-less than a tenth of the time between two rtn_data of a market-data session. When every session's
+less than a quarter of the time between two rtn_data of a market-data session (the median of each). When every session's
 writer sends as soon as its peek arrives, all of them share each scheduler pass, and an order, which
 crosses several passes, takes a large part of an interval (measured before SendGate: 41 ms and 467 ms
 against intervals of 703 ms and 937 ms). With the writers taking turns (qaex.exchange.pacing.SendGate)
@@ -82,7 +82,7 @@ async def churn_quote(maker: DiffClient, stop: trio.Event) -> None:
         await trio.sleep(0.01)
 
 
-async def test_orders_cross_a_saturated_gateway_within_one_market_data_interval(
+async def test_orders_cross_a_saturated_gateway_within_a_quarter_of_a_market_data_interval(
     deployment: Deployment,  # noqa: F811 - the fixture imported above
 ) -> None:
     maker_user, taker_user = open_user(deployment.core), open_user(deployment.core)
@@ -115,4 +115,4 @@ async def test_orders_cross_a_saturated_gateway_within_one_market_data_interval(
         f"order round trip median {order * 1e3:.1f} ms; market-data interval median {interval * 1e3:.1f} ms"
     )
     assert not sessions.closed, sessions.closed[:5]
-    assert order < interval, (order, interval)
+    assert order < interval / 4, (order, interval)
