@@ -28,12 +28,17 @@ from typing import Any
 import httpx
 import pytest
 
-# TqSdk's logging package replaces logging.Logger.manager when it is imported (by a test module that
-# imports tqsdk): imported here first, before any qaex module makes its logger, so every logger of the
-# test process lives in one manager (records of loggers made before it would miss caplog otherwise).
+# TqSdk's logging package replaces logging.Logger.manager and the root logger when it is imported (by
+# a test module that imports tqsdk): imported here first, before any qaex module makes its logger, so
+# every logger of the test process lives in one manager (records of loggers made before it would miss
+# caplog otherwise). Its root logger's level is NOTSET (it passes WARNING as the name), which would let
+# every DEBUG record through to pytest's capture (tens of MB in a long in-process test): WARNING, as
+# logging's own root has.
 import shinny_structlog  # noqa: F401
 
 from qaex.core.instruments import InstrumentRegistry
+
+logging.getLogger().setLevel(logging.WARNING)
 
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
