@@ -173,14 +173,7 @@ class Server:
         gc_policy.tune(config.gc_threshold)
         gc_policy.freeze_loaded_state()
         self.app.config["MAX_CONTENT_LENGTH"] = config.max_message_size
-        exchange.snapshots.notifications = NotificationHub(
-            exchange.snapshots,
-            buffer=config.notify_buffer,
-            max_lag=config.notify_max_lag,
-            mark_interval=config.notify_mark_interval,
-            retain_seconds=config.notify_retain_seconds,
-            max_per_user=config.max_sessions_per_user,
-        )
+        exchange.snapshots.notifications = NotificationHub.for_config(exchange.snapshots, config)
         self.app.extensions["qaex"] = Services(
             config=config,
             exchange=exchange,

@@ -41,16 +41,7 @@ def build_gateway(config: Config) -> RemoteExchange:
         guard=access_guard(config),
         max_sessions_per_user=config.max_sessions_per_user,
     )
-    remote.notify_with(
-        NotificationHub(
-            remote.snapshots,
-            buffer=config.notify_buffer,
-            max_lag=config.notify_max_lag,
-            mark_interval=config.notify_mark_interval,
-            retain_seconds=config.notify_retain_seconds,
-            max_per_user=config.max_sessions_per_user,
-        )
-    )
+    remote.notify_with(NotificationHub.for_config(remote.snapshots, config))
     return remote
 
 

@@ -33,7 +33,7 @@ import functools
 import logging
 import secrets
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 import trio
@@ -52,6 +52,18 @@ if TYPE_CHECKING:
     from qaex.exchange.exchange import Exchange
 
 log = logging.getLogger("qaex.broker")
+
+R = TypeVar("R")
+
+
+def _request(message: Msg, kind: type[R], subject: str) -> R | None:
+    """A request's payload decoded as ``kind``; None (and a WARNING) when it is not one."""
+    try:
+        return msgspec.msgpack.decode(message.payload, type=kind)
+    except msgspec.DecodeError as exc:
+        log.warning("bad %s: %s", subject, exc)
+        return None
+
 
 HEARTBEAT_INTERVAL = 1.0
 TOO_LARGE = wire.ErrorInfo(
@@ -330,10 +342,8 @@ class BrokerCore:
 
     async def _login(self, message: Msg) -> None:
         try:
-            try:
-                request = msgspec.msgpack.decode(message.payload, type=wire.LoginRequest)
-            except msgspec.DecodeError as exc:
-                log.warning("bad rpc.login: %s", exc)
+            request = _request(message, wire.LoginRequest, "rpc.login")
+            if request is None:
                 return
             try:
                 ok = await self.exchange.check_password(
@@ -351,10 +361,8 @@ class BrokerCore:
 
     async def _serve_snapshots(self, subscription: Any) -> None:
         async for message in subscription:
-            try:
-                request = msgspec.msgpack.decode(message.payload, type=wire.SnapshotRequest)
-            except msgspec.DecodeError as exc:
-                log.warning("bad rpc.snapshot: %s", exc)
+            request = _request(message, wire.SnapshotRequest, "rpc.snapshot")
+            if request is None:
                 continue
             if request.user_id in self.exchange.engine.users:
                 self._reply(message, self.snapshot_of(request.user_id))
@@ -363,28 +371,22 @@ class BrokerCore:
 
     async def _serve_market(self, subscription: Any) -> None:
         async for message in subscription:
-            try:
-                request = msgspec.msgpack.decode(message.payload, type=wire.MarketRequest)
-            except msgspec.DecodeError as exc:
-                log.warning("bad rpc.market: %s", exc)
+            request = _request(message, wire.MarketRequest, "rpc.market")
+            if request is None:
                 continue
             self._reply(message, self.market_snapshot(request))
 
     async def _serve_charts(self, subscription: Any) -> None:
         async for message in subscription:
-            try:
-                request = msgspec.msgpack.decode(message.payload, type=wire.SeriesRequest)
-            except msgspec.DecodeError as exc:
-                log.warning("bad rpc.chart: %s", exc)
+            request = _request(message, wire.SeriesRequest, "rpc.chart")
+            if request is None:
                 continue
             self._reply(message, self.series_page(request))
 
     async def _serve_holds(self, subscription: Any) -> None:
         async for message in subscription:
-            try:
-                request = msgspec.msgpack.decode(message.payload, type=wire.SeriesHold)
-            except msgspec.DecodeError as exc:
-                log.warning("bad chart.hold: %s", exc)
+            request = _request(message, wire.SeriesHold, "chart.hold")
+            if request is None:
                 continue
             for key in request.series[: self.holds.limit]:
                 try:

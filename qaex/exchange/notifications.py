@@ -31,6 +31,7 @@ from qaex.core.errors import Conflict
 from qaex.protocol.notifications import Gap, UserFeed
 
 if TYPE_CHECKING:
+    from qaex.config import Config
     from qaex.exchange.snapshot import SnapshotManager
 
 log = logging.getLogger("qaex.notifications")
@@ -133,6 +134,18 @@ class NotificationHub:
         # Called with a user whose last subscriber left (a DIFF gateway then forgets the user if no
         # session holds it either: qaex.exchange.remote).
         self.on_idle: Callable[[str], None] | None = None
+
+    @classmethod
+    def for_config(cls, snapshots: SnapshotManager, config: Config) -> NotificationHub:
+        """The hub a server (the core's app or a DIFF gateway) runs with ``config``'s notify limits."""
+        return cls(
+            snapshots,
+            buffer=config.notify_buffer,
+            max_lag=config.notify_max_lag,
+            mark_interval=config.notify_mark_interval,
+            retain_seconds=config.notify_retain_seconds,
+            max_per_user=config.max_sessions_per_user,
+        )
 
     # -- fed by the SnapshotManager ------------------------------------------------------------------
     def patch(self, user_id: str, patch: Patch) -> None:
