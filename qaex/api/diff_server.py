@@ -1,13 +1,17 @@
-"""The DIFF WebSocket server: trio-websocket in, DiffSession state, the exchange out.
+"""The DIFF WebSocket server: frames in, DiffSession state, the exchange out, one writer for all frames.
 
-One nursery per connection runs a reader (frames -> DiffSession -> exchange calls) and a writer (waits
-until the session has a peek and pending data, then sends one rtn_data); one heartbeat timer for the
-whole listener (qaex.api.heartbeat) pings the connections that went silent. The protocol decisions all
-live in the sans-IO `DiffSession` (the message rate limit, what a transfer asks for, every notify's code
-and text); this module is a pump: it reads frames, calls the exchange for the events the session returns
-(logins and password checks under the exchange's throttle included), tells the session each outcome,
-sends its frames and closes the connection when the session says so. A failure inside one session closes
-that session (1011) and nothing else; shutdown closes every session with 1001.
+Each connection is read by one task (qaex.api.ws_server: wsproto over a trio socket, no reader task
+of its own): frames -> DiffSession -> exchange calls. Every session's rtn_data is sent by the one
+DiffWriter of the listener (qaex.api.diff_writer), woken through ``SessionLink.wake``; one heartbeat
+timer for the whole listener (qaex.api.heartbeat) pings the connections that went silent. The
+protocol decisions all live in the sans-IO `DiffSession` (the message rate limit, what a transfer asks
+for, every notify's code and text); this module is a pump: it reads frames, calls the exchange for the
+events the session returns (logins and password checks under the exchange's throttle included), tells
+the session each outcome and closes the connection when the session says so. A request that waits on
+something slow (a login's password check - on a gateway a round trip to the core -, a transfer, a
+password change, a chart's history) is run beside the reader, which goes on reading meanwhile (pongs
+are seen; the frames behind it wait, in order, at most READ_AHEAD of them). A failure inside one
+session closes that session (1011) and nothing else; shutdown closes every session with 1001.
 """
 
 from __future__ import annotations
@@ -15,26 +19,26 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-from collections.abc import Awaitable, Sequence
+from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import trio
-from trio_websocket import (
-    ConnectionClosed,
-    Endpoint,
-    WebSocketConnection,
-    WebSocketRequest,
-    WebSocketServer,
-    serve_websocket,
-)
 
 from qaex.api.auth import TokenSigner
+from qaex.api.diff_writer import DiffWriter
 from qaex.api.heartbeat import Heartbeat, Watch
 from qaex.api.notify_ws import NOTIFY_PATH, NotificationSockets
 from qaex.api.ws_lifetime import websocket_lifetime
+from qaex.api.ws_server import (
+    ConnectionClosed,
+    Listening,
+    WebSocketConnection,
+    WebSocketRequest,
+    serve_websockets,
+)
 from qaex.core.errors import QaexError
 from qaex.core.throttle import LoginThrottled
-from qaex.exchange.pacing import SendGate
 from qaex.exchange.router import Request
 from qaex.exchange.snapshot import SessionLink
 from qaex.protocol import diff as messages
@@ -54,9 +58,24 @@ HEARTBEAT_TIMEOUT = 15.0
 CLOSE_TIMEOUT = 1.0
 """Seconds a close after a heartbeat timeout waits for the peer's close frame (it is silent anyway)."""
 READ_AHEAD = 16
-"""Frames trio-websocket reads ahead of a session's reader (its default is 1). The reader waits on
-the exchange for a login or a transfer (on a gateway: a round trip to the core); meanwhile the
-connection keeps reading, so a pong behind the client's next frames is still seen (qaex.protocol.liveness)."""
+"""Frames read while a slow request of the session is being answered, before the reader stops
+reading (TCP backpressure): meanwhile a pong behind the client's next frames is still seen
+(qaex.protocol.liveness)."""
+SLOW = (messages.ReqLogin, messages.ReqTransfer, messages.ChangePassword, messages.SetChart)
+"""Requests whose answer may take long (a password hash, a round trip to the core, a history load)."""
+
+Event = ClientEvent | CloseConnection
+
+
+class _Inbox:
+    """A session's requests while a slow one is answered: the frames behind it, in order."""
+
+    __slots__ = ("frames", "idle")
+
+    def __init__(self) -> None:
+        self.frames: deque[tuple[str | bytes, float]] = deque()
+        self.idle = trio.Event()
+        self.idle.set()
 
 
 class DiffServer:
@@ -88,41 +107,27 @@ class DiffServer:
         self._ids = itertools.count(1)
         self.active = 0
         self._sources: dict[int, str] = {}  # session id -> client address, for the login throttle
-        self.send_gate = SendGate()  # writers' turns when the fan-out is saturated (qaex.exchange.pacing)
+        self.writer = DiffWriter(self._full_view)  # every session's rtn_data (qaex.api.diff_writer)
 
     async def serve(
         self, host: str, port: int, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
     ) -> None:
         async with trio.open_nursery() as handler_nursery:
             await handler_nursery.start(self.heartbeat.run)
-            handler_nursery.start_soon(self.send_gate.run)
-            if self.reuse_port:
-                listener = await _reuse_port_listener(host, port)
-                shared = WebSocketServer(
-                    self.handle,
-                    [listener],
-                    handler_nursery=handler_nursery,
-                    max_message_size=self.max_message_size,
-                    message_queue_size=READ_AHEAD,
-                )
-                server = await handler_nursery.start(shared.run)
-                log.info("DIFF listening on ws://%s:%d%s (SO_REUSEPORT)", host, server.port, DIFF_PATH)
-                task_status.started(server)
-                return
-            server = await handler_nursery.start(
-                lambda task_status: serve_websocket(
+            handler_nursery.start_soon(self.writer.run)
+            listening: Listening = await handler_nursery.start(
+                functools.partial(
+                    serve_websockets,
                     self.handle,
                     host,
                     port,
-                    None,
-                    handler_nursery=handler_nursery,
                     max_message_size=self.max_message_size,
-                    message_queue_size=READ_AHEAD,
-                    task_status=task_status,
+                    reuse_port=self.reuse_port,
                 )
             )
-            log.info("DIFF listening on ws://%s:%d%s", host, server.port, DIFF_PATH)
-            task_status.started(server)
+            shared = " (SO_REUSEPORT)" if self.reuse_port else ""
+            log.info("DIFF listening on ws://%s:%d%s%s", host, listening.port, DIFF_PATH, shared)
+            task_status.started(listening)
 
     async def handle(self, request: WebSocketRequest) -> None:
         path = request.path.split("?", 1)[0]
@@ -142,9 +147,9 @@ class DiffServer:
         ws = await request.accept()
         self.active += 1
         link = SessionLink(
-            DiffSession(next(self._ids), max_messages_per_second=self.max_messages_per_second), self.send_gate
+            DiffSession(next(self._ids), max_messages_per_second=self.max_messages_per_second), self.writer
         )
-        self._sources[link.session.session_id] = self._source_of(request, ws)
+        self._sources[link.session.session_id] = self._source_of(request)
         snapshots = self.exchange.snapshots
         snapshots.add(link)
         if self.exchange.market is not None:
@@ -153,17 +158,21 @@ class DiffServer:
         watch: Watch | None = None
         try:
             async with websocket_lifetime(ws, log, f"session {link.session.session_id}"):
-                await ws.send_message(messages.RTN_BROKERS.decode())
+                ws.text(messages.RTN_BROKERS)
                 async with trio.open_nursery() as nursery:
-                    # No pong in time: the heartbeat ends the reader and the writer, then we close.
+                    # No pong in time: the heartbeat ends the reader (and a slow request), then we close.
                     watch = self.heartbeat.watch(ws, nursery.cancel_scope.cancel, link.session.wants_data)
-                    writer = self._writer(ws, link, watch)
-                    nursery.start_soon(self._until_closed, writer, nursery.cancel_scope)
-                    await self._until_closed(self._reader(ws, link, watch), nursery.cancel_scope)
+                    self.writer.add(link, ws, watch)
+                    try:
+                        await self._reader(ws, link, watch, nursery)
+                    except ConnectionClosed:
+                        pass
+                    nursery.cancel_scope.cancel()
                 if watch.timed_out:
                     with trio.move_on_after(CLOSE_TIMEOUT):
                         await ws.aclose(1001, "heartbeat timeout")
         finally:
+            self.writer.remove(link)
             if watch is not None:
                 self.heartbeat.forget(watch)
             self.active -= 1
@@ -173,28 +182,62 @@ class DiffServer:
                 self.exchange.market.remove_session(link)
             log.debug("session %s closed", link.session.session_id)
 
-    @staticmethod
-    async def _until_closed(work: Awaitable[None], scope: trio.CancelScope) -> None:
-        """Run one of the session's tasks; when it ends (the peer closed, or it returned), end the others."""
-        try:
-            await work
-        except ConnectionClosed:
-            pass
-        finally:
-            scope.cancel()
+    def _receive(self, link: SessionLink, frame: str | bytes, now: float) -> list[Event]:
+        events = link.session.receive(frame, now)
+        link.wake()  # a peek: the writer may send now
+        return events
 
-    async def _reader(self, ws: WebSocketConnection, link: SessionLink, watch: Watch) -> None:
+    async def _reader(
+        self, ws: WebSocketConnection, link: SessionLink, watch: Watch, nursery: trio.Nursery
+    ) -> None:
+        """Read frames and answer them in order; a slow request is answered beside the reader (see
+        the module docstring). Returns when the session closes the connection."""
+        inbox = _Inbox()
         while True:
-            frame = await ws.get_message()
+            if len(inbox.frames) >= READ_AHEAD:
+                await inbox.idle.wait()
+                if ws.closed is not None:
+                    return
+            frames = await ws.receive_messages()
             now = trio.current_time()
             watch.heard(now)  # a client that talks is alive: it is not pinged
-            events = link.session.receive(frame, now)
-            link.wake()
-            for event in events:
+            for frame in frames:
+                if not inbox.idle.is_set():
+                    inbox.frames.append((frame, now))
+                    continue
+                events = self._receive(link, frame, now)
+                for i, event in enumerate(events):
+                    if isinstance(event, CloseConnection):
+                        await ws.aclose(event.code, event.reason)
+                        return
+                    if isinstance(event, SLOW):
+                        inbox.idle = trio.Event()
+                        nursery.start_soon(self._answer_slowly, ws, link, deque(events[i:]), inbox, nursery)
+                        break
+                    await self._dispatch(link, event)
+
+    async def _answer_slowly(
+        self,
+        ws: WebSocketConnection,
+        link: SessionLink,
+        events: deque[Event],
+        inbox: _Inbox,
+        nursery: trio.Nursery,
+    ) -> None:
+        """Answer ``events`` (a slow one first), then the frames that came meanwhile, in order."""
+        while True:
+            while events:
+                event = events.popleft()
                 if isinstance(event, CloseConnection):
                     await ws.aclose(event.code, event.reason)
+                    nursery.cancel_scope.cancel()
                     return
                 await self._dispatch(link, event)
+            if not inbox.frames:
+                break
+            frame, now = inbox.frames.popleft()
+            events.extend(self._receive(link, frame, now))
+        inbox.idle.set()
 
     async def _dispatch(self, link: SessionLink, event: ClientEvent) -> None:
         session = link.session
@@ -246,14 +289,12 @@ class DiffServer:
         origins = [value for name, value in request.headers if name.lower() == b"origin"]
         return not origins or all(o.decode("latin-1").rstrip("/") in self.allowed_origins for o in origins)
 
-    def _source_of(self, request: WebSocketRequest, ws: WebSocketConnection) -> str:
+    def _source_of(self, request: WebSocketRequest) -> str:
         """The client's address as the throttles key it (a trusted proxy's X-Forwarded-For, or the peer)."""
-        remote = ws.remote
-        peer = remote.address if isinstance(remote, Endpoint) else str(remote)
         forwarded = ",".join(
             value.decode("latin-1") for name, value in request.headers if name.lower() == b"x-forwarded-for"
         )
-        return self.exchange.guard.source(str(peer), forwarded or None)
+        return self.exchange.guard.source(request.remote.address, forwarded or None)
 
     def _source(self, link: SessionLink) -> str:
         return self._sources.get(link.session.session_id, "unknown")
@@ -298,21 +339,6 @@ class DiffServer:
         else:
             await self.exchange.withdraw(user_id, transfer.amount)
 
-    async def _writer(self, ws: WebSocketConnection, link: SessionLink, watch: Watch) -> None:
-        session = link.session
-        gate = self.send_gate
-        while True:
-            await link.wait()
-            if not link.urgent:
-                await gate.turn(link)  # market data waits its turn; a client's own answers do not
-            link.urgent = False
-            if session.resync_needed:
-                session.reset(self._full_view(link))
-            frame = session.data_to_send()
-            if frame is not None:
-                await ws.send_message(frame.decode())
-                watch.sent(trio.current_time())  # the client owes a peek: not silent till then
-
     def _full_view(self, link: SessionLink) -> list[dict[str, Any]]:
         """Everything this session may see now (its trade tree, quotes and charts), for a resync."""
         view = []
@@ -321,22 +347,6 @@ class DiffServer:
         if self.exchange.market is not None:
             view.extend(self.exchange.market.full_view(link))
         return view
-
-
-async def _reuse_port_listener(host: str, port: int) -> trio.SocketListener:
-    """A listening socket with SO_REUSEPORT: the kernel spreads connections over every process
-    listening on the same address and port (several DIFF gateways on one host)."""
-    family = trio.socket.AF_INET6 if ":" in host else trio.socket.AF_INET
-    sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
-        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
-        await sock.bind((host, port))
-        sock.listen(4096)
-    except BaseException:
-        sock.close()
-        raise
-    return trio.SocketListener(sock)
 
 
 def _report_order_refusal(link: SessionLink, message: messages.InsertOrderMessage, request: Request) -> None:

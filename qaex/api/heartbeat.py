@@ -20,8 +20,8 @@ from collections.abc import Callable
 from typing import Any
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
 
+from qaex.api.ws_server import ConnectionClosed, WebSocketConnection
 from qaex.protocol.liveness import Liveness, PongWait
 
 log = logging.getLogger("qaex.heartbeat")

@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 
 from qaex.api.auth import TokenError, TokenSigner
 from qaex.api.ws_lifetime import websocket_lifetime
+from qaex.api.ws_server import ConnectionClosed, WebSocketConnection, WebSocketRequest
 from qaex.core.errors import QaexError
 from qaex.core.throttle import LoginThrottled
 from qaex.exchange.notifications import NotificationHub, Subscriber, SubscriberClosed
@@ -73,7 +73,7 @@ class NotificationSockets:
         last_event_id = query["last_event_id"][0] if "last_event_id" in query else None
         ws = await request.accept()
         server.active += 1
-        source = server._source_of(request, ws)
+        source = server._source_of(request)
         try:
             async with websocket_lifetime(ws, log, f"notification connection from {ws.remote}"):
                 await self._serve(ws, hub, source, token, last_event_id)

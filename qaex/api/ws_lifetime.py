@@ -8,7 +8,8 @@ import logging
 from collections.abc import AsyncIterator
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from qaex.api.ws_server import ConnectionClosed, WebSocketConnection
 
 
 @contextlib.asynccontextmanager

@@ -13,13 +13,13 @@ that becomes ready meanwhile waits behind the whole burst. A :class:`WakePacer` 
 
 The SnapshotManager spends one budget per pass of its consumer loop (:meth:`WakePacer.wake`);
 MarketData drains a publish completely, spreading the passes over part of its publish interval
-(:meth:`WakePacer.wake_all`). A :class:`SendGate` bounds the writers that *send* per pass, whoever woke
-them (a DIFF server's writers take a turn there: see its docstring).
+(:meth:`WakePacer.wake_all`). What a woken session costs is one entry in the DIFF writer's queue
+(qaex.api.diff_writer), which in turn sends at most a budget of frames per pass.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Hashable
+from collections.abc import Collection
 from typing import Generic, Protocol, TypeVar
 
 import trio
@@ -95,80 +95,3 @@ class WakePacer(Generic[L]):
                 await trio.lowlevel.checkpoint()
             self.wake()
         await trio.lowlevel.checkpoint()
-
-
-SEND_BUDGET = 64
-"""Session writers a DIFF server lets send per scheduler pass when its fan-out is saturated (SendGate)."""
-
-
-class SendGate:
-    """At most ``per_pass`` session writers send per scheduler pass; the others wait their turn, in order.
-
-    The pacers above bound the writers *woken* by a publish or a round of patches, but a client's peek
-    wakes its writer directly, and once a DIFF process's fan-out is saturated every peek finds data
-    pending: every pass then runs a writer for each session that peeked during the last one. The pass
-    grows with the number of sessions (seconds with thousands), and everything else on the process -
-    a client's insert_order on its way to the router or the broker, an order's acknowledgement, a
-    pong - moves one hop per pass. Writers take a turn here instead, so a pass holds at most
-    ``per_pass`` sends and the command path keeps moving; pending patches coalesce meanwhile, so a
-    saturated process sends fewer, larger frames. A writer with an answer for its own client (its
-    user's trade patches, a notify) is *urgent*: it does not queue, and one already waiting when its
-    answer arrives leaves the queue at once (:meth:`hurry`; the callers are paced already).
-
-    :meth:`run` is the pump: one task per server, it starts a new pass's budget and lets the waiting
-    writers through, oldest first.
-    """
-
-    __slots__ = ("_kick", "_spent", "_waiting", "per_pass")
-
-    def __init__(self, per_pass: int = SEND_BUDGET) -> None:
-        if per_pass < 1:
-            raise ValueError("per_pass must be at least 1")
-        self.per_pass = per_pass
-        self._spent = 0  # turns given in the current pass
-        self._waiting: dict[Hashable, trio.lowlevel.Task] = {}  # ordered: oldest first
-        self._kick = trio.Event()
-
-    @property
-    def waiting(self) -> int:
-        """Writers waiting for a turn."""
-        return len(self._waiting)
-
-    async def turn(self, key: Hashable) -> None:
-        """Return when the writer `key` (its session) may send: at once while the pass's budget lasts
-        and nobody waits."""
-        if self._spent < self.per_pass and not self._waiting:
-            self._spent += 1
-            self._kick.set()  # the pump starts the next pass's budget
-            return
-        self._waiting[key] = trio.lowlevel.current_task()
-        self._kick.set()
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            self._waiting.pop(key, None)
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
-
-    def hurry(self, key: Hashable) -> None:
-        """The writer `key` became urgent: if it waits for a turn, it goes now."""
-        task = self._waiting.pop(key, None)
-        if task is not None:
-            self._spent += 1
-            trio.lowlevel.reschedule(task)
-
-    async def run(self) -> None:
-        """The pump: after each pass in which turns were taken, a new budget for the waiting writers."""
-        waiting = self._waiting
-        while True:
-            await self._kick.wait()  # woken in the pass after a turn was taken or asked for
-            self._kick = trio.Event()
-            while True:  # one iteration per scheduler pass
-                self._spent = 0
-                while waiting and self._spent < self.per_pass:
-                    key = next(iter(waiting))
-                    trio.lowlevel.reschedule(waiting.pop(key))
-                    self._spent += 1
-                if not waiting:
-                    break  # turns taken from now on kick the pump again
-                await trio.lowlevel.checkpoint()

@@ -13,28 +13,29 @@ order. Pending buffers coalesce and are bounded (see qaex.protocol.session): a s
 peeking costs about one snapshot, never an unbounded queue.
 
 Sessions also receive market data (quotes, charts): `SessionLink` is the trio side of one
-connection, a DiffSession plus the event its writer task waits on.
+connection, a DiffSession plus the wake-up of what sends its frames (the DIFF server's one writer,
+qaex.api.diff_writer; or a task waiting on it).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
 from qaex.core.errors import Conflict
 from qaex.core.notify_codes import NOTIFY_TOO_MANY_SESSIONS
 from qaex.core.patch import copy_tree
-from qaex.exchange.pacing import SendGate, WakePacer
+from qaex.exchange.pacing import WakePacer
 from qaex.protocol.session import DiffSession
 
 if TYPE_CHECKING:
     from qaex.exchange.notifications import NotificationHub
 
 DEFAULT_MAX_SESSIONS_PER_USER = 32
-"""Sessions one user may be logged in on at once: every one costs a writer task and a copy of each patch."""
+"""Sessions one user may be logged in on at once: every one costs a copy of each patch and a frame each."""
 
 log = logging.getLogger("qaex.snapshot")
 
@@ -44,17 +45,28 @@ WAKE_BUDGET = 128
 Patch = dict[str, Any]
 
 
+class SessionWriter(Protocol):
+    """What sends a DIFF server's frames (qaex.api.diff_writer.DiffWriter)."""
+
+    def ready(self, link: SessionLink) -> None:
+        """``link`` has a peek waiting and data pending."""
+
+    def hurry(self, link: SessionLink) -> None:
+        """``link`` became urgent (see SessionLink.urgent)."""
+
+
 class SessionLink:
     """One connected DIFF session as the exchange sees it: protocol state and a wake-up for its writer."""
 
-    __slots__ = ("_waiter", "_woken", "closed", "gate", "session", "urgent")
+    __slots__ = ("_waiter", "_woken", "closed", "session", "urgent", "writer")
 
-    def __init__(self, session: DiffSession, gate: SendGate | None = None) -> None:
+    def __init__(self, session: DiffSession, writer: SessionWriter | None = None) -> None:
         self.session = session
-        # An answer for this client is pending (its user's trade patches, a notify for its request): its
-        # writer sends without taking a turn at the DIFF server's SendGate (qaex.exchange.pacing).
+        # An answer for this client is pending (its user's trade patches, a notify for its request): the
+        # DIFF writer sends it before the sessions that only have market data (qaex.api.diff_writer).
         self.urgent = False
-        self.gate = gate
+        self.writer = writer
+        """The DIFF server's writer; without one, a task waits on :meth:`wait` (tests, benches)."""
         # A one-waiter event without the allocation of a trio.Event per wait (this is on the path of
         # every rtn_data): `_woken` remembers a wake-up that came while nobody waited.
         self._waiter: trio.lowlevel.Task | None = None
@@ -64,8 +76,8 @@ class SessionLink:
     def mark_urgent(self) -> None:
         """An answer for this client is pending: its writer does not wait for a turn (see `urgent`)."""
         self.urgent = True
-        if self.gate is not None:
-            self.gate.hurry(self)
+        if self.writer is not None:
+            self.writer.hurry(self)
 
     def wake(self) -> None:
         """Tell the writer there is something to send: a peek is waiting and data is pending.
@@ -74,6 +86,9 @@ class SessionLink:
         patch saved); the peek's arrival wakes it later.
         """
         if self.session.wants_data():
+            if self.writer is not None:
+                self.writer.ready(self)
+                return
             self._woken = True
             waiter = self._waiter
             if waiter is not None:
