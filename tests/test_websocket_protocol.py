@@ -192,3 +192,103 @@ def test_the_server_closes_first_and_the_peer_answers() -> None:
 def test_eof_without_a_close_frame_is_1006() -> None:
     server, _client = open_pair()
     assert server.receive(b"") == [Closed(1006, "the peer closed the TCP connection")]
+
+
+frame_specs = st.lists(
+    st.one_of(
+        st.tuples(st.just("text"), st.text(max_size=200)),
+        st.tuples(st.just("bytes"), st.binary(max_size=200)),
+        st.tuples(st.just("fragmented"), st.text(min_size=2, max_size=50)),
+        st.tuples(st.just("ping"), st.binary(max_size=20)),
+        st.tuples(st.just("pong"), st.binary(max_size=20)),
+        st.tuples(st.just("long"), st.integers(min_value=65_000, max_value=70_000)),
+    ),
+    max_size=12,
+)
+
+
+def opened_client() -> tuple[WSConnection, bytes]:
+    """A client past its handshake (with a scratch server) and the upgrade request it sent."""
+    client, upgrade = client_and_upgrade()
+    scratch = ServerWebSocket(1 << 20)
+    scratch.receive(upgrade)
+    scratch.accept()
+    client.receive_data(bytes(scratch.outgoing))
+    list(client.events())
+    return client, upgrade
+
+
+def client_frames(client: WSConnection, specs: list[tuple[str, Any]]) -> bytes:
+    wire = bytearray()
+    for kind, value in specs:
+        if kind == "text":
+            wire += client.send(TextMessage(data=value))
+        elif kind == "bytes":
+            wire += client.send(BytesMessage(data=value))
+        elif kind == "fragmented":
+            wire += client.send(TextMessage(data=value[:1], message_finished=False))
+            wire += client.send(Ping(payload=b"mid"))  # a control frame between two fragments
+            wire += client.send(TextMessage(data=value[1:], message_finished=True))
+        elif kind == "ping":
+            wire += client.send(Ping(payload=value))
+        elif kind == "pong":
+            wire += client.send(Pong(payload=value))
+        else:
+            wire += client.send(TextMessage(data="L" * value))
+    return bytes(wire)
+
+
+def run_server(wire: bytes, cuts: list[int], fast: bool) -> tuple[list[Any], bytes]:
+    """Upgrade + frames in one byte string (frames right behind the request), cut at ``cuts``."""
+    server = ServerWebSocket(100_000)
+    if not fast:
+        server._fast = False  # the reference: wsproto for every frame
+    events: list[Any] = []
+    bounds = sorted({c % (len(wire) + 1) for c in cuts} | {0, len(wire)})
+    accepted = False
+    for start, end in itertools.pairwise(bounds):
+        events.extend(server.receive(wire[start:end]))
+        if not accepted and any(isinstance(e, RequestReceived) for e in events):
+            accepted = True
+            server.accept()
+            events.extend(server.receive_early())
+    return events, bytes(server.outgoing)
+
+
+@settings(max_examples=300, deadline=None)
+@given(specs=frame_specs, cuts=st.lists(st.integers(min_value=0, max_value=200_000), max_size=30))
+def test_the_fast_path_and_wsproto_give_the_same_events_and_answers(
+    specs: list[tuple[str, Any]], cuts: list[int]
+) -> None:
+    client, upgrade = opened_client()
+    wire = upgrade + client_frames(client, specs) + client.send(CloseConnection(code=1000, reason="end"))
+    fast = run_server(wire, cuts, fast=True)
+    reference = run_server(wire, cuts, fast=False)
+    assert fast == reference
+    assert fast[0][-1] == Closed(1000, "end")
+    assert sum(isinstance(e, MessageReceived) for e in fast[0]) == sum(
+        kind in ("text", "bytes", "fragmented", "long") for kind, _ in specs
+    )
+
+
+def test_frames_behind_the_upgrade_request_are_read_once_it_is_accepted() -> None:
+    client, upgrade = opened_client()
+    server = ServerWebSocket(1 << 20)
+    events = server.receive(upgrade + client.send(TextMessage(data='{"aid":"peek_message"}')))
+    assert [type(e) for e in events] == [RequestReceived]
+    server.accept()
+    assert server.receive_early() == [MessageReceived('{"aid":"peek_message"}')]
+    assert server.receive_early() == []
+
+
+def test_a_fast_path_text_frame_with_invalid_utf8_or_over_the_limit_closes() -> None:
+    server, client = open_pair(max_message_size=10)
+    [closed] = server.receive(client.send(BytesMessage(data=b"01234567890")))
+    assert closed == Closed(1009, "message over 10 bytes")
+    server, client = open_pair()
+    frame = bytearray(client.send(TextMessage(data="ab")))
+    frame[0] = 0x81
+    masked = frame[2:6]
+    frame[6], frame[7] = 0xFF ^ masked[0], 0xFE ^ masked[1]
+    [closed] = server.receive(bytes(frame))
+    assert isinstance(closed, Closed) and closed.code == 1007

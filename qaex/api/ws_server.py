@@ -348,6 +348,7 @@ class WebSocketRequest:
         connection.path, connection.headers = self.path, self.headers
         connection.protocol.accept()
         connection._write_owed()
+        connection._messages.extend(connection._handle(connection.protocol.receive_early()))
         await trio.lowlevel.checkpoint()
         return connection
 

@@ -7,6 +7,11 @@ close codes); this object adds what a server needs on top of it and what wsproto
   bytes (binary) each: a larger one closes the connection with 1009, whatever its frames declared;
 * the answers the protocol owes the peer without being asked (a pong for each ping, the close
   reply) queued in :attr:`outgoing` for the transport to send, in order, before anything else;
+* a fast path for what a DIFF client sends nearly always, a small message in one masked frame:
+  its header is read and its payload unmasked here (one big-integer XOR) instead of through
+  wsproto's generators (about 25 µs a frame); control frames still go through wsproto, one whole
+  frame at a time, and a fragmented message or a frame over FAST_FRAME_MAX hands the rest of the
+  connection to wsproto, which streams it. Both paths give the same events (tests/test_websocket_protocol.py);
 * a text frame built straight from encoded bytes (:meth:`text`): a DIFF rtn_data is JSON bytes
   already, and a server frame is a header and the payload (no mask, no extension is negotiated), so
   it is neither decoded to ``str`` nor encoded back as wsproto's ``Message`` would.
@@ -36,6 +41,9 @@ from wsproto.events import (
 from wsproto.utilities import RemoteProtocolError
 
 MESSAGE_TOO_BIG = 1009
+INVALID_DATA = 1007
+FAST_FRAME_MAX = 1 << 16
+"""Frames up to this size are decoded by the fast path (see ServerWebSocket._frames)."""
 ABNORMAL = 1006  # no close frame: the peer went away (never sent on the wire)
 MAX_CLOSE_REASON = 120  # bytes of a close reason (a control frame's payload is at most 125)
 EOF_REASON = "the peer closed the TCP connection"
@@ -87,7 +95,18 @@ def text_frame(payload: bytes) -> bytes:
 class ServerWebSocket:
     """The protocol state of one accepted TCP connection (see the module docstring)."""
 
-    __slots__ = ("_parts", "_size", "_ws", "closed", "max_message_size", "outgoing")
+    __slots__ = (
+        "_buffer",
+        "_early",
+        "_fast",
+        "_head_tail",
+        "_parts",
+        "_size",
+        "_ws",
+        "closed",
+        "max_message_size",
+        "outgoing",
+    )
 
     def __init__(self, max_message_size: int) -> None:
         self._ws = WSConnection(ConnectionType.SERVER)
@@ -97,6 +116,10 @@ class ServerWebSocket:
         self.closed: Closed | None = None
         self._parts: list[str | bytes] = []
         self._size = 0
+        self._fast = True  # see _frames
+        self._buffer = bytearray()  # the start of a frame the fast path has not all of yet
+        self._early = b""  # bytes behind the upgrade request, read before it was accepted
+        self._head_tail = b""  # the last bytes of the request head so far (its end may be split)
 
     @property
     def open(self) -> bool:
@@ -107,6 +130,96 @@ class ServerWebSocket:
         """Feed bytes from the socket (``b""``: the peer closed its side) and return what they meant."""
         if self.closed is not None:
             return []
+        if self._ws.state is ConnectionState.CONNECTING:
+            return self._handshake(data)
+        if self._fast and data:
+            return self._frames(data)
+        return self._through_wsproto(data)
+
+    def receive_early(self) -> list[Event]:
+        """What came right behind the upgrade request, before it was accepted (call after accept)."""
+        early, self._early = self._early, b""
+        return self.receive(early) if early and self.open else []
+
+    def _handshake(self, data: bytes) -> list[Event]:
+        """Give wsproto the request head only; frames behind it wait in ``_early`` for the fast path."""
+        if data:
+            joined = self._head_tail + data
+            end = joined.find(b"\r\n\r\n")
+            if end >= 0:
+                cut = end + 4 - len(self._head_tail)
+                data, self._early = data[:cut], data[cut:]
+            else:
+                self._head_tail = joined[-3:]
+        return self._through_wsproto(data)
+
+    def _frames(self, data: bytes) -> list[Event]:
+        """The fast path (see the module docstring): whole single-frame data messages are decoded
+        here; control frames go to wsproto one whole frame at a time (its buffer stays empty, so its
+        state stays right); a fragmented message or a frame over FAST_FRAME_MAX hands the connection
+        to wsproto for good."""
+        if self._buffer:
+            self._buffer += data
+            data = bytes(self._buffer)
+            self._buffer.clear()
+        events: list[Event] = []
+        size, i = len(data), 0
+        while size - i >= 2:
+            b0, b1 = data[i], data[i + 1]
+            length, head = b1 & 0x7F, 2
+            if length == 126:
+                if size - i < 4:
+                    break
+                length, head = int.from_bytes(data[i + 2 : i + 4], "big"), 4
+            elif length == 127:
+                if size - i < 10:
+                    break
+                length, head = int.from_bytes(data[i + 2 : i + 10], "big"), 10
+            if length > FAST_FRAME_MAX or (b0 & 0x0F) == 0 or ((b0 & 0x80) == 0 and (b0 & 0x0F) < 8):
+                self._fast = False  # fragments or a long frame: wsproto from here on, streaming
+                events += self._through_wsproto(data[i:])
+                return events
+            masked = b1 & 0x80
+            if masked:
+                head += 4
+            end = i + head + length
+            if end > size:
+                break
+            if masked and (b0 == 0x81 or b0 == 0x82):
+                payload = _unmask(data[i + head : end], data[i + head - 4 : i + head])
+                message = self._whole_message(b0 == 0x81, payload)
+                events.append(message)
+                if isinstance(message, Closed):
+                    return events
+            else:  # control frames, and whatever wsproto must refuse (no mask, RSV bits, opcodes)
+                events += self._through_wsproto(data[i:end])
+                if self.closed is not None or not self._fast:
+                    return events
+            i = end
+        if i < size:
+            self._buffer += data[i:]
+        return events
+
+    def _whole_message(self, text: bool, payload: bytes) -> MessageReceived | Closed:
+        message: str | bytes = payload
+        if text:
+            try:
+                message = payload.decode("utf-8")
+            except UnicodeDecodeError:
+                reason = "invalid UTF-8 in a text message"
+                self._send_raw(CloseConnection(code=INVALID_DATA, reason=reason))
+                return self._close_now(INVALID_DATA, reason)
+        if len(message) > self.max_message_size:
+            return self._too_big()
+        return MessageReceived(message)
+
+    def _too_big(self) -> Closed:
+        self._parts, self._size = [], 0
+        reason = f"message over {self.max_message_size} bytes"
+        self._send_raw(CloseConnection(code=MESSAGE_TOO_BIG, reason=reason))
+        return self._close_now(MESSAGE_TOO_BIG, reason)
+
+    def _through_wsproto(self, data: bytes) -> list[Event]:
         ws = self._ws
         try:
             ws.receive_data(data or None)
@@ -148,10 +261,7 @@ class ServerWebSocket:
         data = event.data if isinstance(event.data, str) else bytes(event.data)
         self._size += len(data)
         if self._size > self.max_message_size:
-            self._parts = []
-            reason = f"message over {self.max_message_size} bytes"
-            self._send_raw(CloseConnection(code=MESSAGE_TOO_BIG, reason=reason))
-            return self._close_now(MESSAGE_TOO_BIG, reason)
+            return self._too_big()
         if not event.message_finished:
             self._parts.append(data)
             return None
@@ -207,6 +317,15 @@ class ServerWebSocket:
     def close_sent(self) -> bool:
         """The server sent its close frame and waits for the peer's."""
         return self._ws.state is ConnectionState.LOCAL_CLOSING
+
+
+def _unmask(payload: bytes, mask: bytes) -> bytes:
+    """A client frame's payload XOR its 4-byte mask, as one big-integer XOR (linear, in C)."""
+    size = len(payload)
+    if not size:
+        return b""
+    key = (mask * (size // 4 + 1))[:size]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(size, "little")
 
 
 def _reason(reason: str | None) -> str:
