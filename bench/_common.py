@@ -229,8 +229,10 @@ def start_qaex(
     extra_env: dict[str, str] | None = None,
     nofile: int = 0,
     timeout: float = 30.0,
+    wait_history: bool = True,
 ) -> ServerProc:
-    """The real server, as the README starts it, pinned to `core`; waits for /health and the DIFF port."""
+    """The real server, as the README starts it, pinned to `core`; waits for /health and the DIFF port,
+    and (`wait_history`) until the market history of every contract is loaded."""
     workdir.mkdir(parents=True, exist_ok=True)
     http_port, diff_port = free_port(), free_port()
     admin_token = secrets.token_urlsafe(24)
@@ -270,7 +272,29 @@ def start_qaex(
         env,
     )
     _wait_ready(server, http_port, diff_port, timeout)
+    if wait_history:
+        _wait_history(server, HISTORY_TIMEOUT)
     return server
+
+
+HISTORY_TIMEOUT = 180.0
+
+
+def _wait_history(server: ServerProc, timeout: float) -> None:
+    """Until every contract's history is loaded: a fresh data directory builds it in the background
+    (a worker thread holding the GIL for seconds), which is a start-up cost, not the steady state the
+    benchmarks measure."""
+    import httpx
+
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        text = httpx.get(server.http_url + "/metrics", timeout=5.0).text
+        pending = [line for line in text.splitlines() if line.startswith("qaex_market_history_pending ")]
+        if not pending or float(pending[0].split()[1]) == 0:
+            say(f"market history ready after {time.monotonic() - started:.1f} s")
+            return
+        time.sleep(0.25)
+    raise RuntimeError(f"market history still loading after {timeout:.0f} s")
 
 
 def start_echo(workdir: Path, *, core: int, nofile: int = 0, timeout: float = 20.0) -> ServerProc:

@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.lowlevel
 
-from qaex.api.diff_writer import DiffWriter
+from qaex.api.diff_writer import INLINE_BUDGET, DiffWriter
 from qaex.api.heartbeat import Watch
 from qaex.exchange.snapshot import SessionLink
 from qaex.protocol.session import DiffSession
@@ -104,12 +104,13 @@ async def test_an_urgent_session_goes_before_every_market_data_session() -> None
     answer.session.push({"trade": {"u": {"orders": {"o1": {"status": "ALIVE"}}}}})
     answer.mark_urgent()
     answer.wake()
+    assert bench.names() == ["an order's answer"]  # sent at once, in the waker's step
     queued = bench.links["quotes 50"]  # queued behind market data, then its user's patch arrives
     queued.session.push({"trade": {"v": {"orders": {"o2": {"status": "ALIVE"}}}}})
     queued.mark_urgent()
     await run_until(bench, 101)
     assert bench.names()[:2] == ["an order's answer", "quotes 50"]
-    assert bench.log[0][1] == bench.log[1][1]  # in the first pass
+    assert bench.log[1][1] == bench.log[2][1]  # queued behind market data, it still went first
     assert not answer.urgent  # sent: its next frame is market data again
 
 
@@ -158,3 +159,21 @@ async def test_a_removed_session_is_forgotten() -> None:
     assert bench.writer.waiting == 1
     await run_until(bench, 1)
     assert bench.names() == ["kept"]
+
+
+async def test_at_most_the_inline_budget_of_answers_goes_out_between_two_passes() -> None:
+    bench = Bench()
+    links = [bench.session(i) for i in range(INLINE_BUDGET + 4)]
+    for link in links:
+        link.session.push({"trade": {"u": {"orders": {"o": {"status": "ALIVE"}}}}})
+        link.mark_urgent()
+        link.wake()
+    assert bench.names() == list(range(INLINE_BUDGET))  # the rest wait for the writer's pass
+    assert bench.writer.waiting == 4
+    await run_until(bench, INLINE_BUDGET + 4)
+    assert bench.names() == list(range(INLINE_BUDGET + 4))
+    late = bench.session("after the pass")  # the pass renewed the budget
+    late.session.push({"trade": {"u": {"orders": {"o": {"status": "FINISHED"}}}}})
+    late.mark_urgent()
+    late.wake()
+    assert bench.names()[-1] == "after the pass"

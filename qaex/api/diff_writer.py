@@ -38,12 +38,23 @@ log = logging.getLogger("qaex.diff")
 
 SEND_BUDGET = 64
 """Frames the writer sends per scheduler pass before it lets the other tasks run."""
+INLINE_BUDGET = 16
+"""Answers sent at once by whoever made them ready, between two passes of the writer (see ready)."""
 
 
 class DiffWriter:
     """Sends the rtn_data of every session of one DIFF listener (see the module docstring)."""
 
-    __slots__ = ("_full_view", "_kick", "_ready", "_sessions", "_urgent", "frames", "per_pass")
+    __slots__ = (
+        "_full_view",
+        "_inline_left",
+        "_kick",
+        "_ready",
+        "_sessions",
+        "_urgent",
+        "frames",
+        "per_pass",
+    )
 
     def __init__(
         self, full_view: Callable[[SessionLink], list[dict[str, Any]]], per_pass: int = SEND_BUDGET
@@ -56,6 +67,7 @@ class DiffWriter:
         self._urgent: dict[SessionLink, None] = {}  # ordered: oldest first
         self._ready: dict[SessionLink, None] = {}
         self._kick = trio.Event()
+        self._inline_left = INLINE_BUDGET
         self.frames = 0
         """rtn_data frames written so far."""
 
@@ -74,9 +86,20 @@ class DiffWriter:
         self._ready.pop(link, None)
 
     def ready(self, link: SessionLink) -> None:
-        """``link`` wants data (SessionLink.wake): queue it, urgent ones first."""
+        """``link`` wants data (SessionLink.wake): queue it, urgent ones first.
+
+        An urgent one (an answer for the client) is sent at once, in the caller's step, while the
+        inline budget lasts: the writer's next pass is one scheduler pass later, and under load a
+        pass takes milliseconds. At most INLINE_BUDGET go this way between two passes of the writer
+        (which each renew it), so no caller's step grows by more than that many frames."""
         if link.urgent:
             self._ready.pop(link, None)
+            if self._inline_left > 0 and link not in self._urgent and not link.session.resync_needed:
+                self._inline_left -= 1
+                self._send(link, trio.current_time())
+                if self._inline_left == 0:
+                    self._kick.set()  # the writer's pass renews the budget
+                return
             self._urgent[link] = None
         elif link not in self._urgent:
             self._ready[link] = None
@@ -92,7 +115,9 @@ class DiffWriter:
         while True:
             await self._kick.wait()
             self._kick = trio.Event()
+            self._inline_left = INLINE_BUDGET
             while urgent or ready:
+                self._inline_left = INLINE_BUDGET
                 now = trio.current_time()
                 for _ in range(self.per_pass):
                     if urgent:

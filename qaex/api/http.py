@@ -327,6 +327,7 @@ async def metrics() -> Response:
             sample("qaex_sessions", "gauge", "Connected DIFF sessions", len(exchange.snapshots.links)),
             sample("qaex_users", "gauge", "Accounts", len(engine.users)),
             *_notification_samples(exchange),
+            *_market_samples(exchange),
             # The engine numbers orders and trades from 1, so the last number is the count ever made.
             sample("qaex_orders_total", "counter", "Orders inserted", engine.orders_inserted),
             sample("qaex_trades_total", "counter", "Trades (fills)", engine.trades_made),
@@ -358,6 +359,15 @@ async def metrics() -> Response:
         ]
     )
     return Response(text, content_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def _market_samples(exchange: Exchange) -> list[str]:
+    market = exchange.market
+    if market is None or market.history_store is None:
+        return []
+    pending = len(market.state.pending_history())
+    help_text = "Contracts whose history is still to load"
+    return [sample("qaex_market_history_pending", "gauge", help_text, pending)]
 
 
 def _notification_samples(exchange: Exchange) -> list[str]:
