@@ -9,7 +9,7 @@ restarted anywhere; its clients reconnect and get a snapshot.
 run_gateway
 ├── RemoteExchange.run        NATS client (reconnect, keepalive), heartbeats, per-user feeds, the
 │                             quote and chart mirrors, the /ws NotificationHub
-└── serve_diff                trio-websocket listener, one nursery per session
+└── serve_diff                the DIFF listener (qaex/api/ws_server.py), one task per connection
 ```
 """
 

@@ -31,6 +31,7 @@ from qaex.api.heartbeat import Heartbeat, Watch
 from qaex.api.notify_ws import NOTIFY_PATH, NotificationSockets
 from qaex.api.ws_lifetime import websocket_lifetime
 from qaex.api.ws_server import (
+    SEND_TIMEOUT,
     ConnectionClosed,
     Listening,
     WebSocketConnection,
@@ -93,8 +94,10 @@ class DiffServer:
         allowed_origins: Sequence[str] = (),
         tokens: TokenSigner | None = None,
         reuse_port: bool = False,
+        send_timeout: float = SEND_TIMEOUT,
     ) -> None:
         self.exchange = exchange
+        self.send_timeout = send_timeout  # a client that stops reading is cut off (qaex.api.ws_server)
         self.reuse_port = reuse_port  # SO_REUSEPORT: several gateways share the port (QAEX_DIFF_REUSE_PORT)
         self.notify = NotificationSockets(self, tokens)  # /ws: the per-event stream (qaex.api.notify_ws)
         self.max_sessions = max_sessions
@@ -123,6 +126,7 @@ class DiffServer:
                     port,
                     max_message_size=self.max_message_size,
                     reuse_port=self.reuse_port,
+                    send_timeout=self.send_timeout,
                 )
             )
             shared = " (SO_REUSEPORT)" if self.reuse_port else ""

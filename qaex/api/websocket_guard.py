@@ -1,6 +1,7 @@
 """Keep WebSocket upgrades on the HTTP port out of hypercorn's WebSocket code (hypercorn issue #225).
 
-qaex serves DIFF on its own trio-websocket listener, so the hypercorn port has no WebSocket routes.
+qaex serves DIFF on its own WebSocket listener (qaex.api.ws_server), so the hypercorn port has no
+WebSocket routes.
 Hypercorn 0.17-0.18 hands every ``GET`` with ``Connection: Upgrade`` and ``Upgrade: websocket`` to
 its ``WSStream``, which has two writers that do not see each other:
 
