@@ -66,6 +66,22 @@ os.execvp(sys.argv[3], sys.argv[3:])
 
 
 # -- machine, load, progress ------------------------------------------------------------------------------
+def cpu_ticks() -> tuple[int, int]:
+    """(steal, total) clock ticks of all CPUs so far (/proc/stat; (0, 0) where there is none)."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(f) for f in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
+def steal_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """The share of the machine's CPU time the hypervisor took (steal) between two cpu_ticks()."""
+    total = after[1] - before[1]
+    return round((after[0] - before[0]) / total, 4) if total > 0 else 0.0
+
+
 def machine() -> dict[str, Any]:
     cpu = platform.processor() or ""
     with contextlib.suppress(OSError):

@@ -315,6 +315,7 @@ async def qaex_phase(
             await trio.sleep(1.0)
             before = c.workers_command(workers, "RESET")
             cpu0, wall0, self0 = server_cpu(server.pid), time.monotonic(), c._cpu_seconds()
+            ticks0 = c.cpu_ticks()
             profiler = None
             if args.profile:
                 profile_path = args.out_dir / f"profile-latency-{fsync}.txt"
@@ -327,6 +328,7 @@ async def qaex_phase(
             result["load_after"] = c.load()
             result["server_cpu_share"] = round((cpu1 - cpu0) / (wall1 - wall0), 3)
             result["loadgen_cpu_share"] = round((self1 - self0) / (wall1 - wall0), 3)
+            result["steal_share"] = c.steal_share(ticks0, c.cpu_ticks())
             result["other_sessions"] = {
                 "sessions": sum(a["sessions"] for a in after),
                 "frames_per_s": round(sum(a["frames"] for a in after) / (wall1 - wall0), 1),
@@ -428,9 +430,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             echo = c.start_echo(workdir, core=server_core)
             try:
                 c.say(f"baseline echo: load {c.load()}")
-                cpu0, t0 = server_cpu(echo.pid), time.monotonic()
+                cpu0, t0, ticks0 = server_cpu(echo.pid), time.monotonic(), c.cpu_ticks()
                 base = trio.run(echo_phase, echo.diff_url, args)
                 base["server_cpu_share"] = round((server_cpu(echo.pid) - cpu0) / (time.monotonic() - t0), 3)
+                base["steal_share"] = c.steal_share(ticks0, c.cpu_ticks())
                 base["load_after"] = c.load()
                 result["runs"]["echo"] = base
             finally:
@@ -486,15 +489,15 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
     lines.append("")
     detail = [
         "| run | acked/s | lost / unsent | rejected | late sends | server CPU | loadgen CPU "
-        "| other sessions: frames/s, patches/s | RSS MB |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---:|",
+        "| other sessions: frames/s, patches/s | RSS MB | steal |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for name, run in runs.items():
         if name == "echo":
             detail.append(
                 f"| echo | {run['achieved_rate']:,} | {run['lost']} / {run['unsent']} | – "
                 f"| {run['late_sends']} | "
-                f"{run['server_cpu_share']:.0%} | – | – | – |"
+                f"{run['server_cpu_share']:.0%} | – | – | – | {run.get('steal_share', 0):.1%} |"
             )
             continue
         d, o = run["diff"], run["other_sessions"]
@@ -502,7 +505,8 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
             f"| {name} | {d['achieved_rate']:,} | {d['lost']} / {d['unsent']} | {d['rejected']} "
             f"| {d['late_sends']} | "
             f"{run['server_cpu_share']:.0%} | {run['loadgen_cpu_share']:.0%} | "
-            f"{o['frames_per_s']:,.0f}, {o['patches_per_s']:,.0f} | {run['rss_kb'] / 1024:.0f} |"
+            f"{o['frames_per_s']:,.0f}, {o['patches_per_s']:,.0f} | {run['rss_kb'] / 1024:.0f} "
+            f"| {run.get('steal_share', 0):.1%} |"
         )
     lines += [*detail, ""]
     http_rows = [

@@ -273,7 +273,7 @@ async def check_sessions(dep: Deployment, result: dict[str, Any]) -> None:
         lambda: c.workers_command(
             dep.workers,
             'ORDERS {"direction": "BUY", "price": %r}' % lat.CROSS_PRICE,  # noqa: UP031
-            timeout=180,  # starved session processes: fail the scenario rather than wait 10 min
+            timeout=dep.args.check_within,  # starved session processes: fail the scenario, within a bound
         )
     )
     result["user_orders_sent"] = sum(s["sent"] for s in sent)

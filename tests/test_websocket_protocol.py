@@ -292,3 +292,15 @@ def test_a_fast_path_text_frame_with_invalid_utf8_or_over_the_limit_closes() -> 
     frame[6], frame[7] = 0xFF ^ masked[0], 0xFE ^ masked[1]
     [closed] = server.receive(bytes(frame))
     assert isinstance(closed, Closed) and closed.code == 1007
+
+
+def test_a_large_frame_sent_a_byte_at_a_time_arrives_whole() -> None:
+    server, client = open_pair()
+    text = "x" * 60_000 + "é"  # under FAST_FRAME_MAX: the fast path buffers it
+    wire = client.send(TextMessage(data=text)) + client.send(TextMessage(data="next"))
+    events: list[Any] = []
+    for i in range(len(wire)):
+        events += server.receive(wire[i : i + 1])
+        if i < len(wire) - 12:
+            assert not events or events == [MessageReceived(text)]
+    assert events == [MessageReceived(text), MessageReceived("next")]

@@ -100,6 +100,7 @@ class ServerWebSocket:
         "_early",
         "_fast",
         "_head_tail",
+        "_need",
         "_parts",
         "_size",
         "_ws",
@@ -118,6 +119,7 @@ class ServerWebSocket:
         self._size = 0
         self._fast = True  # see _frames
         self._buffer = bytearray()  # the start of a frame the fast path has not all of yet
+        self._need = 0  # bytes the buffered frame needs before it is worth parsing again
         self._early = b""  # bytes behind the upgrade request, read before it was accepted
         self._head_tail = b""  # the last bytes of the request head so far (its end may be split)
 
@@ -160,19 +162,25 @@ class ServerWebSocket:
         to wsproto for good."""
         if self._buffer:
             self._buffer += data
+            if len(self._buffer) < self._need:
+                return []  # still incomplete: no copy (a frame sent a byte at a time stays linear)
             data = bytes(self._buffer)
             self._buffer.clear()
+        self._need = 0
         events: list[Event] = []
         size, i = len(data), 0
+        need = 2  # bytes the frame at i needs to be parsed, as far as its header tells
         while size - i >= 2:
             b0, b1 = data[i], data[i + 1]
             length, head = b1 & 0x7F, 2
             if length == 126:
                 if size - i < 4:
+                    need = 4
                     break
                 length, head = int.from_bytes(data[i + 2 : i + 4], "big"), 4
             elif length == 127:
                 if size - i < 10:
+                    need = 10
                     break
                 length, head = int.from_bytes(data[i + 2 : i + 10], "big"), 10
             if length > FAST_FRAME_MAX or (b0 & 0x0F) == 0 or ((b0 & 0x80) == 0 and (b0 & 0x0F) < 8):
@@ -184,6 +192,7 @@ class ServerWebSocket:
                 head += 4
             end = i + head + length
             if end > size:
+                need = end - i
                 break
             if masked and (b0 == 0x81 or b0 == 0x82):
                 payload = _unmask(data[i + head : end], data[i + head - 4 : i + head])
@@ -198,6 +207,7 @@ class ServerWebSocket:
             i = end
         if i < size:
             self._buffer += data[i:]
+            self._need = need
         return events
 
     def _whole_message(self, text: bool, payload: bytes) -> MessageReceived | Closed:
