@@ -304,3 +304,17 @@ def test_a_large_frame_sent_a_byte_at_a_time_arrives_whole() -> None:
         if i < len(wire) - 12:
             assert not events or events == [MessageReceived(text)]
     assert events == [MessageReceived(text), MessageReceived("next")]
+
+
+def test_a_frame_declaring_a_terabyte_is_refused_once_the_limit_is_passed() -> None:
+    server, _client = open_pair(max_message_size=100_000)
+    header = bytes((0x81, 0x80 | 127)) + (1 << 40).to_bytes(8, "big") + b"\x00\x00\x00\x00"  # zero mask
+    events = server.receive(header)
+    chunk = b"a" * 16_384
+    for _ in range(10):  # 160 KB of its terabyte: nothing is kept past the limit
+        if events:
+            break
+        events = server.receive(chunk)
+    assert events == [Closed(1009, "message over 100000 bytes")]
+    assert bytes(server.outgoing).startswith(b"\x88")
+    assert server.receive(chunk) == []
