@@ -78,7 +78,9 @@ async def test_serve_with_broker_publishes_its_heartbeat(nats_server: NatsServer
             # the first heartbeat goes out as soon as the core is connected, before the HTTP
             # listener (and its SIGTERM handling) is up: stop it once it is
             with trio.fail_after(30):
-                while "Running on" not in (tmp_path / "serve.log").read_text():
+                # hypercorn's own line, "[INFO] Running on http://..." (qaex.app's log line that
+                # points to it says "Running on" too, before the signal handler is installed)
+                while "] Running on http" not in (tmp_path / "serve.log").read_text():
                     await beats.receive()  # a heartbeat a second: a bounded wait between looks
         finally:
             process.send_signal(signal.SIGTERM)
