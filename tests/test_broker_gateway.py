@@ -375,9 +375,12 @@ async def test_a_tree_above_max_payload_logs_in_and_resyncs_in_parts(tmp_path: P
                 await embedded.insert_order(f"o{i}", CU, "BUY", "OPEN", 1, 80000.0 + 10 * (i % 50))
             await embedded.wait_for(lambda c: c.order("o79").get("status") == "ALIVE")
             async with DiffClient.connect(gateway.diff_url) as a:
-                for _ in range(3):  # rpc.login in parts; a loaded machine may need a second try
+                # rpc.login in parts. A gateway just started may not have heard the core's first
+                # heartbeat yet: it refuses at once (503, nothing sent); the client tries again.
+                for _ in range(40):
                     if await a.login(alice.user_id, alice.password, within=20):
                         break
+                    await trio.sleep(0.5)
                 else:
                     raise AssertionError(f"no login through the gateway: {a.notifies[-5:]}")
                 await converge(a, embedded, within=30)

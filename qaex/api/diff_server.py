@@ -319,6 +319,9 @@ class DiffServer:
             session.login_refused(retry_after_seconds=exc.retry_after_seconds)
             log.info("session %s: login throttled for %r", session.session_id, event.user_name[:64])
             return
+        except QaexError:  # nothing checked (a gateway that cannot reach the core): the client may retry
+            session.login_failed()
+            raise
         if not ok:
             session.login_refused()
             log.info("session %s: login failed for %r", session.session_id, event.user_name[:64])
