@@ -23,6 +23,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import resource
 import secrets
 import shutil
@@ -296,6 +297,12 @@ def start_qaex(
 HISTORY_TIMEOUT = 180.0
 
 
+def metric(text: str, name: str) -> float:
+    """One sample of a /metrics exposition (NaN when it is not there)."""
+    found = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else float("nan")
+
+
 def _wait_history(server: ServerProc, timeout: float) -> None:
     """Until every contract's history is loaded: a fresh data directory builds it in the background
     (a worker thread holding the GIL for seconds), which is a start-up cost, not the steady state the
@@ -304,9 +311,10 @@ def _wait_history(server: ServerProc, timeout: float) -> None:
 
     started = time.monotonic()
     while time.monotonic() - started < timeout:
-        text = httpx.get(server.http_url + "/metrics", timeout=5.0).text
-        pending = [line for line in text.splitlines() if line.startswith("qaex_market_history_pending ")]
-        if not pending or float(pending[0].split()[1]) == 0:
+        pending = metric(
+            httpx.get(server.http_url + "/metrics", timeout=5.0).text, "qaex_market_history_pending"
+        )
+        if not pending > 0:  # 0, or NaN: a server without a history store
             say(f"market history ready after {time.monotonic() - started:.1f} s")
             return
         time.sleep(0.25)

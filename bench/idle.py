@@ -18,23 +18,17 @@ Targets (issue #15): under 5 % of a core and under 20 MB of journal per hour. Ru
 from __future__ import annotations
 
 import argparse
-import re
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench._common import add_output_args, cores, new_result, say, start_qaex, workdir, write_outputs
+from bench._common import add_output_args, cores, metric, new_result, say, start_qaex, workdir, write_outputs
 
 
 def journal_bytes(data_dir: Path) -> int:
     return sum(f.stat().st_size for f in (data_dir / "journal").glob("*.log"))
-
-
-def metric(text: str, name: str) -> float:
-    found = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.MULTILINE)
-    return float(found.group(1)) if found else float("nan")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -37,6 +37,7 @@ import trio
 from qaex.protocol.websocket import (
     ABNORMAL,
     Closed,
+    Event,
     MessageReceived,
     PongReceived,
     RequestReceived,
@@ -222,6 +223,10 @@ class WebSocketConnection:
 
     async def _read(self) -> list[str | bytes]:
         """One read from the socket, through the protocol; answers owed to the peer are written."""
+        return self._handle(await self._receive_events())
+
+    async def _receive_events(self) -> list[Event]:
+        """One read from the socket, as the protocol's events (ConnectionClosed when it broke)."""
         if self._reading:
             raise trio.BusyResourceError("another task is reading this connection")
         if self._socket_closed:
@@ -236,11 +241,11 @@ class WebSocketConnection:
             except (OSError, trio.ClosedResourceError) as exc:
                 self._broken(exc)
                 raise ConnectionClosed(self.closed or CloseReason(ABNORMAL, str(exc))) from None
-            return self._handle(self.protocol.receive(data))
+            return self.protocol.receive(data)
         finally:
             self._reading = False
 
-    def _handle(self, events: list[Any]) -> list[str | bytes]:
+    def _handle(self, events: list[Event]) -> list[str | bytes]:
         messages: list[str | bytes] = []
         for event in events:
             if isinstance(event, MessageReceived):
@@ -446,16 +451,11 @@ async def _connection(
 
 async def _request(connection: WebSocketConnection) -> WebSocketRequest | None:
     """Read until the upgrade request is complete (or the connection ends)."""
-    protocol = connection.protocol
-    while protocol.closed is None:
+    while connection.protocol.closed is None:
         try:
-            await trio.lowlevel.wait_readable(connection._sock)
-            data = connection._sock.recv(RECEIVE_SIZE)
-        except BlockingIOError:
-            continue
-        except OSError:
+            events = await connection._receive_events()
+        except ConnectionClosed:
             return None
-        events = protocol.receive(data)
         connection._write_owed()
         for event in events:
             if isinstance(event, RequestReceived):
