@@ -23,6 +23,7 @@ import threading
 import time
 import traceback
 from collections import Counter
+from types import FrameType
 from typing import Any
 
 import trio
@@ -32,6 +33,8 @@ log = logging.getLogger("qaex.stalls")
 TOP_TASKS = 5  # tasks named per stall
 STACK_DEPTH = 12  # frames shown of a long task step
 IDLE = frozenset({"_work", "wait", "_wait_for_tstate_lock", "select", "poll"})  # threads doing nothing
+
+_Frame = tuple[str, int, str]  # file name, line number, function name
 
 
 class StallReporter(trio.abc.Instrument):
@@ -50,7 +53,7 @@ class StallReporter(trio.abc.Instrument):
         self._gc_collected = 0
         self._step_serial = 0  # counts task steps
         self._running = 0  # serial of the step running now, 0 between steps
-        self._caught: tuple[int, str] | None = None  # (step serial, stack) from the watchdog
+        self._caught: tuple[int, list[tuple[str, list[_Frame]]]] | None = None  # (step serial, stacks)
         self._loop_thread = threading.get_ident()
         self._stop = threading.Event()
 
@@ -92,16 +95,19 @@ class StallReporter(trio.abc.Instrument):
                 continue
             if self._caught is not None and self._caught[0] == serial:
                 continue  # one stack per step is enough
+            # Only reads of frame objects until the stack is recorded: no source lines, no file
+            # access. Anything that releases the GIL here (linecache's os.stat) lets the step run on
+            # and perhaps end before its stack is recorded; the lines are read in the loop's thread.
             frames = sys._current_frames()
             loop = frames.get(self._loop_thread)
             if loop is None or self._running != serial:
                 continue
-            parts = ["".join(traceback.format_stack(loop, limit=STACK_DEPTH))]
+            stacks: list[tuple[str, list[_Frame]]] = [("", _frames(loop, STACK_DEPTH))]
             for ident, frame in frames.items():
                 if ident in (self._loop_thread, threading.get_ident()) or frame.f_code.co_name in IDLE:
                     continue
-                parts.append(f"thread {ident}:\n" + "".join(traceback.format_stack(frame, limit=4)))
-            self._caught = (serial, "\n".join(parts))
+                stacks.append((f"thread {ident}:", _frames(frame, 4)))
+            self._caught = (serial, stacks)
 
     def _gc_event(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
@@ -134,7 +140,10 @@ class StallReporter(trio.abc.Instrument):
         self._steps += 1
         caught, self._caught = self._caught, None
         if caught is not None and caught[0] == serial:
-            log.warning("task %s ran %.1f ms in one step; it was here:\n%s", name, took * 1000, caught[1])
+            where = "\n".join(
+                "\n".join(filter(None, [title, "".join(_format(frames))])) for title, frames in caught[1]
+            )
+            log.warning("task %s ran %.1f ms in one step; it was here:\n%s", name, took * 1000, where)
 
     def before_io_wait(self, timeout: float) -> None:
         took = time.perf_counter() - self._pass_start
@@ -159,6 +168,23 @@ class StallReporter(trio.abc.Instrument):
             top,
             collector,
         )
+
+
+def _frames(frame: FrameType | None, limit: int) -> list[_Frame]:
+    """The innermost `limit` frames from `frame` outwards, outermost first, with no file access."""
+    out: list[_Frame] = []
+    while frame is not None and len(out) < limit:
+        out.append((frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name))
+        frame = frame.f_back
+    out.reverse()
+    return out
+
+
+def _format(frames: list[_Frame]) -> list[str]:
+    """`frames` as traceback.format_stack writes them, with their source lines (read now)."""
+    return traceback.StackSummary.from_list(
+        [traceback.FrameSummary(file, line, name) for file, line, name in frames]
+    ).format()
 
 
 def _short(name: str) -> str:
