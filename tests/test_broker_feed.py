@@ -319,7 +319,7 @@ async def test_a_lost_answer_is_an_outcome_unknown_refusal_and_a_down_broker_ref
     assert outcome.error.code == "outcome_unknown" and "结果未知" in outcome.error.message
     [(subject, payload)] = client.sent
     request = msgspec.msgpack.decode(payload)
-    assert subject == "qaex.x.cmd" and request["kind"] == "insert" and request["order"]["order_id"] == "o1"
+    assert subject == "qaex.x.v1.cmd" and request["kind"] == "insert" and request["order"]["order_id"] == "o1"
     client.up = False  # broker down: refused before anything is sent
     await remote.submit_cancel_order("u", "o1", outcomes.append)
     assert outcomes[1].error.code == "broker_unavailable" and len(client.sent) == 1
@@ -359,8 +359,24 @@ async def test_a_resync_the_core_refuses_is_told_to_the_users_sessions() -> None
     remote.snapshots.sessions["u"] = {link}
     await remote._fetch_snapshot("u")
     [(subject, _)] = client.sent
-    assert subject == "qaex.x.rpc.snapshot"
+    assert subject == "qaex.x.v1.rpc.snapshot"
     [note] = link.session._notifies.values()
     assert note["level"] == "ERROR" and "not resynchronized" in note["content"]
     assert "max_payload" in note["content"] and note["code"] == TOO_LARGE.diff_code
     assert not remote.feeds["u"].live and "u" not in remote._resyncing
+
+
+def test_subjects_carry_the_protocol_version_except_the_heartbeat() -> None:
+    from qaex.protocol import broker as wire
+
+    assert wire.subject("x", "u.alice") == f"qaex.x.v{wire.PROTOCOL}.u.alice"
+    assert wire.heartbeat_subject("x") == "qaex.x.core.hb"  # shared by every version: a mismatch is heard
+
+
+def test_heartbeats_of_other_versions_decode_with_their_protocol() -> None:
+    from qaex.protocol.broker import Heartbeat
+
+    before_versions = msgspec.msgpack.encode(["e1", 123])  # a core from before the version field
+    assert msgspec.msgpack.decode(before_versions, type=Heartbeat) == Heartbeat("e1", 123, 0)
+    later = msgspec.msgpack.encode(["e2", 456, 7, "a field of a later version"])
+    assert msgspec.msgpack.decode(later, type=Heartbeat) == Heartbeat("e2", 456, 7)

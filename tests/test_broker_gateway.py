@@ -466,3 +466,60 @@ async def test_two_gateways_share_one_port_with_so_reuseport(deployment: Deploym
         assert sum(logins) == 16 and min(logins) > 0, logins  # the kernel spread them
     finally:
         assert first.stop() == 0 and second.stop() == 0
+
+
+async def test_a_core_of_another_broker_protocol_gets_every_request_refused_by_name(
+    deployment: Deployment,
+) -> None:
+    """A core speaking another version of the broker messages (here: heartbeats of protocol
+    PROTOCOL + 1 while the real core is stopped) cannot be heard on this version's subjects: the
+    gateway refuses orders and logins at once with a notify naming both versions, and serves again
+    once the core it speaks with is back."""
+    import msgspec
+
+    from qaex.protocol import broker as wire
+
+    alice = open_user(deployment.core)
+    bob = open_user(deployment.core)
+    async with (
+        DiffClient.connect(deployment.gateway.diff_url) as a,
+        DiffClient.connect(deployment.core.diff_url) as embedded,
+    ):
+        assert await a.login(alice.user_id, alice.password)
+        assert await embedded.login(alice.user_id, alice.password)
+        other = NatsClient(deployment.broker.url)
+        os.kill(deployment.core.process.pid, signal.SIGSTOP)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(other.run)
+
+                async def beat_as_a_newer_core() -> None:
+                    beat = wire.Heartbeat("newer", time.time_ns(), wire.PROTOCOL + 1)
+                    while True:
+                        other.publish(wire.heartbeat_subject(EXCHANGE_ID), msgspec.msgpack.encode(beat))
+                        await trio.sleep(0.1)
+
+                nursery.start_soon(beat_as_a_newer_core)
+                await trio.sleep(0.5)
+                seen = len(a.notifies)
+                await a.insert_order("v1", CU, "BUY", "OPEN", 1, 80000.0)
+                with trio.fail_after(1):  # at once: not the command timeout, not the silent-core delay
+                    note = await a.wait_for(
+                        lambda c: next((n for n in c.notifies[seen:] if n.get("level") == "ERROR"), None)
+                    )
+                assert note["code"] == 503
+                assert f"broker protocol {wire.PROTOCOL + 1}" in note["content"]
+                assert f"this gateway {wire.PROTOCOL}" in note["content"]
+                async with DiffClient.connect(deployment.gateway.diff_url) as b:
+                    assert not await b.login(bob.user_id, bob.password)
+                    assert any(f"protocol {wire.PROTOCOL + 1}" in n.get("content", "") for n in b.notifies)
+                nursery.cancel_scope.cancel()
+        finally:
+            os.kill(deployment.core.process.pid, signal.SIGCONT)
+        await trio.sleep(1.5)  # the real core's next heartbeat
+        await a.insert_order("v2", CU, "BUY", "OPEN", 1, 80000.0)
+        await a.wait_for(lambda c: c.order("v2").get("status") == "ALIVE")
+        await converge(a, embedded, ignore_orders=("v1",))
+    log = deployment.gateway.log()
+    assert f"speaks broker protocol {wire.PROTOCOL + 1} and this gateway {wire.PROTOCOL}" in log
+    assert f"speaks broker protocol {wire.PROTOCOL} again" in log

@@ -117,7 +117,7 @@ class BrokerCore:
         self._user_prefix = wire.subject(exchange_id, "u.")
         self._quote_prefix = wire.subject(exchange_id, "q.")
         self._static_subject = wire.subject(exchange_id, "static")
-        self._heartbeat_subject = wire.subject(exchange_id, "core.hb")
+        self._heartbeat_subject = wire.heartbeat_subject(exchange_id)
         # Password checks and transfers in flight: a slot is taken before the task starts, so that a
         # flood of requests waits in the (bounded) subscription, not as thousands of tasks.
         self._slots = trio.Semaphore(MAX_CONCURRENT_RPC)
@@ -306,7 +306,9 @@ class BrokerCore:
     def _beat(self) -> None:
         """One heartbeat; also at each (re)connection, so that gateways know at once that this core
         (and its epoch) is there, not up to a heartbeat interval later."""
-        self.client.publish(self._heartbeat_subject, self._encode(wire.Heartbeat(self.epoch, time.time_ns())))
+        self.client.publish(
+            self._heartbeat_subject, self._encode(wire.Heartbeat(self.epoch, time.time_ns(), wire.PROTOCOL))
+        )
 
     def _reply(self, message: Msg, answer: msgspec.Struct) -> None:
         if message.reply is None:

@@ -86,6 +86,15 @@ def core_silent(seconds: float) -> QaexError:
     )
 
 
+def core_incompatible(protocol: int) -> QaexError:
+    return QaexError(
+        f"交易暂不可用: the exchange core speaks broker protocol {protocol} and this gateway "
+        f"{wire.PROTOCOL}; nothing was sent — the operator must run the same qaex version on both",
+        code="broker_incompatible",
+        diff_code=NOTIFY_BROKER_UNAVAILABLE,
+    )
+
+
 def outcome_unknown(what: str) -> QaexError:
     return QaexError(
         f"结果未知: the answer to {what} was lost (broker connection); it may or may not have been "
@@ -174,6 +183,7 @@ class RemoteExchange:
         self._patch_decoder = msgspec.msgpack.Decoder(wire.UserPatch)
         self._reply_decoder = msgspec.msgpack.Decoder(wire.LoginReply)
         self._core_epoch: str | None = None
+        self._core_protocol = wire.PROTOCOL  # the latest heartbeat's; another one refuses every request
         self._last_beat: float | None = None  # trio time of the core's latest heartbeat
         self._first_beat = trio.Event()
         self.resyncs = 0
@@ -187,7 +197,7 @@ class RemoteExchange:
             await nursery.start(self.snapshots.run)
             if self.snapshots.notifications is not None:
                 await nursery.start(self.snapshots.notifications.run)
-            self.client.subscribe(self._subject("core.hb"), callback=self._heartbeat)
+            self.client.subscribe(wire.heartbeat_subject(self.exchange_id), callback=self._heartbeat)
             self.client.on_connect.append(self._reconnected)
             self.client.on_disconnect.append(self._disconnected)
             await nursery.start(self.client.run)
@@ -228,6 +238,20 @@ class RemoteExchange:
             beat = msgspec.msgpack.decode(message.payload, type=wire.Heartbeat)
         except msgspec.DecodeError:
             return
+        if beat.protocol != self._core_protocol:
+            if beat.protocol != wire.PROTOCOL:
+                log.error(
+                    "the core (epoch %s) speaks broker protocol %d and this gateway %d: every request is "
+                    "refused until they match (run the same qaex version on both)",
+                    beat.epoch,
+                    beat.protocol,
+                    wire.PROTOCOL,
+                )
+            else:
+                log.warning("the core speaks broker protocol %d again: requests are served", beat.protocol)
+            self._core_protocol = beat.protocol
+        if beat.protocol != wire.PROTOCOL:
+            return  # a core this gateway cannot hear (its subjects are another version's)
         if self._core_epoch is not None and beat.epoch != self._core_epoch:
             log.warning("the core restarted (epoch %s): resyncing every user", beat.epoch)
         self._core_epoch = beat.epoch
@@ -364,6 +388,8 @@ class RemoteExchange:
         """Why a request cannot go now (no broker connection, a silent core), or None."""
         if not self.client.is_connected:
             return broker_unavailable()
+        if self._core_protocol != wire.PROTOCOL:
+            return core_incompatible(self._core_protocol)
         silent = trio.current_time() - (self._last_beat if self._last_beat is not None else -math.inf)
         if silent > CORE_SILENT:
             return core_silent(silent if math.isfinite(silent) else CORE_SILENT)

@@ -1,12 +1,12 @@
 """What the core and the DIFF gateways say to each other over the broker, and how a gateway keeps a
 user's trade tree exact from a stream of numbered patches. Sans-IO: no trio, no sockets.
 
-Subjects (prefix ``qaex.<exchange id>.``): ``u.<user_id>`` per-user trade patches
-(:class:`UserPatch`: the core's epoch, the user's sequence number, the merge patch); ``q.<symbol>``
-quote patches; ``core.hb`` the core's heartbeat (:class:`Heartbeat`, with the epoch); ``rpc.login``
-(:class:`LoginRequest` -> :class:`LoginReply`, the user's tree and its sequence number; a tree
-larger than the broker's max_payload in several replies, :func:`snapshot_parts` and
-:class:`SnapshotAssembly`),
+Subjects (prefix ``qaex.<exchange id>.v<PROTOCOL>.``, see Versions): ``u.<user_id>`` per-user
+trade patches (:class:`UserPatch`: the core's epoch, the user's sequence number, the merge patch);
+``q.<symbol>`` quote patches; ``qaex.<exchange id>.core.hb`` the core's heartbeat (:class:`Heartbeat`,
+with the epoch and the version); ``rpc.login`` (:class:`LoginRequest` -> :class:`LoginReply`, the
+user's tree and its sequence number; a tree larger than the broker's max_payload in several replies,
+:func:`snapshot_parts` and :class:`SnapshotAssembly`),
 ``rpc.snapshot`` (a resync: the tree without a password check, for gateways only) and ``cmd``
 (:class:`CommandRequest` -> :class:`CommandReply`); ``static`` the contract fields of listed or
 changed instruments, ``rpc.market`` full quotes and the static patch (:class:`MarketRequest` ->
@@ -23,6 +23,13 @@ applied in order. From then on a patch must be number last+1 of the same epoch: 
 duplicate (dropped), a higher one a gap (lost on the way: the buffer of the broker or of the core
 overflowed, the connection dropped), another epoch a core restart; both mean **resync**: ask for a
 new snapshot and buffer until it comes. The heartbeat's epoch catches a restart with no patches.
+
+**Versions.** Every subject but the heartbeat's carries :data:`PROTOCOL`, the version of everything
+in this module (``qaex.<exchange id>.v1.u.<user_id>``), so a core and a gateway of different versions
+never read each other's messages. The heartbeat (``qaex.<exchange id>.core.hb``, the same for every
+version) says which version the core speaks: a gateway that hears another one refuses every request
+at once with a notify that names both (qaex.exchange.remote) instead of waiting on a core it cannot
+hear. Upgrade the core and its gateways together.
 """
 
 from __future__ import annotations
@@ -37,12 +44,21 @@ from qaex.core.patch import merge_patch
 
 Patch = dict[str, Any]
 
+PROTOCOL = 1
+"""The version of these messages and subjects: raise it with any change an older peer would misread."""
+
 MAX_BUFFERED = 10_000
 """Patches a feed buffers while it waits for a snapshot; past it the snapshot is asked again."""
 
 
 def subject(exchange_id: str, suffix: str) -> str:
-    return f"qaex.{exchange_id}.{suffix}"
+    """The subject of this version's `suffix` (``u.<user_id>``, ``cmd``, ...)."""
+    return f"qaex.{exchange_id}.v{PROTOCOL}.{suffix}"
+
+
+def heartbeat_subject(exchange_id: str) -> str:
+    """The core's heartbeat: one subject for every version, so that a mismatch is heard."""
+    return f"qaex.{exchange_id}.core.hb"
 
 
 # -- wire messages --------------------------------------------------------------------------------
@@ -55,6 +71,9 @@ class UserPatch(msgspec.Struct, array_like=True):
 class Heartbeat(msgspec.Struct, array_like=True):
     epoch: str
     time_ns: int
+    # Trailing, with a default: a heartbeat from before versions (no field) reads as version 0, and
+    # a later version may append fields that this one ignores.
+    protocol: int = 0
 
 
 QuotePatch = UserPatch
