@@ -55,6 +55,14 @@ class Load:
     def __init__(self, rate: float, duration: float, warmup: float) -> None:
         self.rate, self.duration, self.warmup = rate, duration, warmup
         self.hist = c.new_histogram()
+        # The same latency in two parts, cut where the router stamps the order (its insert_date_time,
+        # the server's wall clock, read on this machine's clock): the way in (the client's send, the
+        # network, the connection's read, the router's queue) and the way out (engine, gateway,
+        # snapshot manager, writer, network, the client's read).
+        self.hist_in = c.new_histogram()
+        self.hist_out = c.new_histogram()
+        self.wall_offset = 0.0  # time.time() - trio.current_time(), set when the load starts
+        self.hist_lag = c.new_histogram()  # how late the client sent each order (its own delay)
         self.intended: dict[str, float] = {}
         self.record_from = 0.0
         self.acked = 0
@@ -81,6 +89,11 @@ class Load:
                 self.last_ack = now
                 if intended >= self.record_from:
                     self.hist.record_value(max(1, int((now - intended) * 1e6)))
+                    stamped = order.get("insert_date_time")
+                    if isinstance(stamped, int) and stamped > 0:
+                        at = stamped / 1e9 - self.wall_offset
+                        self.hist_in.record_value(max(1, int((at - intended) * 1e6)))
+                        self.hist_out.record_value(max(1, int((now - at) * 1e6)))
 
     def taker_callback(self, user: str) -> Any:
         def on_data(now: float, data: list[dict[str, Any]]) -> None:
@@ -112,6 +125,7 @@ async def run_diff_load(
     progress = c.Progress(total, f"{tag} {load.rate:g}/s", "orders")
     crossings_since_refill = 0
     start = trio.current_time() + 0.05
+    load.wall_offset = time.time() - trio.current_time()
     load.record_from = start + load.warmup
     load.first_send = start
     # Hard bound: when the server stops reading (TCP backpressure) the sender falls behind; stop sending
@@ -131,11 +145,13 @@ async def run_diff_load(
             break
         if target > now:
             await trio.sleep_until(target)
-        else:
-            lag = now - target
-            load.max_send_lag = max(load.max_send_lag, lag)
-            if lag > 0.001:
-                load.late_sends += 1
+            now = trio.current_time()
+        lag = now - target  # the client's own delay: behind schedule, or woken late from its sleep
+        load.max_send_lag = max(load.max_send_lag, lag)
+        if lag > 0.001:
+            load.late_sends += 1
+        if target >= load.record_from:
+            load.hist_lag.record_value(max(1, int(lag * 1e6)))
         taker = takers[i % len(takers)]
         crossing = i % 2 == 0
         order_id = f"{tag}{i}"
@@ -187,6 +203,9 @@ async def run_diff_load(
         "late_sends": load.late_sends,
         "max_send_lag_ms": round(load.max_send_lag * 1000, 3),
         "latency_ms": c.summarize(load.hist),
+        "to_router_ms": c.summarize(load.hist_in) if load.hist_in.get_total_count() else {},
+        "from_router_ms": c.summarize(load.hist_out) if load.hist_out.get_total_count() else {},
+        "send_lag_ms": c.summarize(load.hist_lag) if load.hist_lag.get_total_count() else {},
         "curve": c.percentile_curve(load.hist) if load.hist.get_total_count() else [],
     }
 
@@ -509,6 +528,29 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
             f"| {run.get('steal_share', 0):.1%} |"
         )
     lines += [*detail, ""]
+    parts = (
+        ("client send lag", "send_lag_ms"),
+        ("in: intended → router", "to_router_ms"),
+        ("out: router → seen", "from_router_ms"),
+    )
+    split = [
+        (f"{name} {part}", load[key])
+        for name, run in runs.items()
+        for load in [run if name == "echo" else run["diff"]]
+        for part, key in parts
+        if load.get(key)
+    ]
+    if split:
+        lines.append(
+            "Where the time goes: the client's own delay in sending each order (behind its schedule, "
+            "or woken late), and the DIFF latency cut where the router stamps the order (its "
+            "`insert_date_time`): the way in (the client's delay, network, the connection's read, the "
+            "router's queue) and the way out (engine, gateway, snapshot manager, writer, network, the "
+            "client's read):"
+        )
+        lines.append("")
+        lines.append(c.latency_table(split))
+        lines.append("")
     http_rows = [
         (f"{n} HTTP {args.http_rate:g}/s", r["http"]["latency_ms"]) for n, r in runs.items() if "http" in r
     ]
