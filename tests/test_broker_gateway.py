@@ -123,6 +123,15 @@ def same_trees(a: DiffClient, b: DiffClient, ignore_orders: tuple[str, ...] = ()
     return bool(a.trade()) and view(a, ignore_orders) == view(b, ignore_orders)
 
 
+def first_error_since(seen: int) -> Any:
+    """A wait_for predicate: the first ERROR notify after the client's first `seen` notifies."""
+
+    def first(client: DiffClient) -> dict[str, Any] | None:
+        return next((n for n in client.notifies[seen:] if n.get("level") == "ERROR"), None)
+
+    return first
+
+
 async def converge(
     a: DiffClient, b: DiffClient, within: float = 10.0, ignore_orders: tuple[str, ...] = ()
 ) -> None:
@@ -186,10 +195,7 @@ async def test_broker_down_refuses_orders_then_recovers(deployment: Deployment) 
         seen = len(a.notifies)
         await a.insert_order("x1", CU, "BUY", "OPEN", 1, 80000.0)
 
-        def broker_notify(client: DiffClient) -> dict[str, Any] | None:
-            return next((n for n in client.notifies[seen:] if n.get("level") == "ERROR"), None)
-
-        note = await a.wait_for(broker_notify)
+        note = await a.wait_for(first_error_since(seen))
         assert "broker" in note["content"]
         # meanwhile the core goes on (an order from its own session)
         await a_embedded.insert_order("e1", CU, "BUY", "OPEN", 1, 80000.0)
@@ -414,9 +420,7 @@ async def test_a_silent_core_gets_orders_refused_at_once_until_it_is_back(deploy
             seen = len(a.notifies)
             await a.insert_order("z1", CU, "BUY", "OPEN", 1, 80000.0)
             with trio.fail_after(1):  # at once, not after the command timeout
-                note = await a.wait_for(
-                    lambda c: next((n for n in c.notifies[seen:] if n.get("level") == "ERROR"), None)
-                )
+                note = await a.wait_for(first_error_since(seen))
             assert "core" in note["content"] and note["code"] == 503
         finally:
             os.kill(deployment.core.process.pid, signal.SIGCONT)
@@ -504,9 +508,7 @@ async def test_a_core_of_another_broker_protocol_gets_every_request_refused_by_n
                 seen = len(a.notifies)
                 await a.insert_order("v1", CU, "BUY", "OPEN", 1, 80000.0)
                 with trio.fail_after(1):  # at once: not the command timeout, not the silent-core delay
-                    note = await a.wait_for(
-                        lambda c: next((n for n in c.notifies[seen:] if n.get("level") == "ERROR"), None)
-                    )
+                    note = await a.wait_for(first_error_since(seen))
                 assert note["code"] == 503
                 assert f"broker protocol {wire.PROTOCOL + 1}" in note["content"]
                 assert f"this gateway {wire.PROTOCOL}" in note["content"]

@@ -22,7 +22,7 @@ from qaex.core.kline import NS_PER_DAY
 from qaex.core.orders import InsertOrder
 from qaex.core.patch import merge_patch
 from qaex.core.quote import QuoteBook
-from qaex.exchange.market import MarketData
+from qaex.exchange.market import PUSH_STEP, MarketData
 from qaex.exchange.snapshot import SessionLink
 from qaex.protocol.session import DiffSession
 
@@ -442,6 +442,53 @@ async def test_a_publish_wakes_writers_in_steps_so_other_tasks_run_between() -> 
     assert order.index("other") < 40  # not behind the whole burst of 80 writers
     for client in clients:
         assert client.take() == [] or client.quote()  # the quote patch was delivered
+
+
+async def test_a_publish_to_many_sessions_pushes_in_steps_and_follows_subscriptions_meanwhile() -> None:
+    """More subscribers than PUSH_STEP: the pushes pause (other tasks run), and a session that leaves
+    or unsubscribes meanwhile gets nothing more, one that subscribes gets the whole quote, and every
+    other one the publish's patches in the same order."""
+    market = Market()
+    clients = [Client(market) for _ in range(2 * PUSH_STEP + 100)]
+    for client in clients:
+        client.subscribe(f"{CU},{AU}")
+        client.take()
+        client.link.session.receive(b'{"aid":"peek_message"}')  # wants_data() now says "pushed to"
+    market.trade(86000.0)
+    market.trade(950.0, symbol=AU)
+    gone: list[Client] = []
+    late = Client(market)
+
+    async def meanwhile() -> None:  # e.g. DIFF readers handling a close and two subscribe_quote
+        # Its first step comes in the publish's first pause (trio runs a batch in either order: after
+        # 1,024 or 2,048 of cu's 2,148 pushes): without pauses, every session would have cu by now.
+        waiting = [c for c in clients if not c.link.session.wants_data()]  # not pushed to yet
+        assert len(waiting) >= 100
+        gone.extend(waiting[:2])
+        market.service.remove_session(gone[0].link)
+        gone[1].subscribe(AU)  # cu no more
+        late.subscribe(CU)
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(meanwhile)
+        await market.service.publish_in_steps()
+        nursery.cancel_scope.cancel()
+    assert len(gone) == 2
+    orders = set()
+    for client in clients:
+        if client in gone:
+            continue
+        data = client.take()
+        assert client.quote(CU)["last_price"] == 86000.0 and client.quote(AU)["last_price"] == 950.0
+        orders.add(tuple(symbol for patch in data for symbol in patch.get("quotes", {})))
+    assert len(orders) == 1  # the publish's order, the same for every session
+    assert not gone[0].link.session.wants_data()  # nothing after it left
+    for patch in gone[1].take():
+        assert "last_price" not in patch.get("quotes", {}).get(CU, {})  # no cu after unsubscribing
+    assert gone[1].quote(AU)["last_price"] == 950.0
+    late.take()
+    assert late.quote(CU)["last_price"] == 86000.0  # the whole quote, at its subscription
 
 
 def test_every_session_gets_the_new_contract_figures_after_a_settlement(market: Market) -> None:

@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import trio
@@ -63,6 +63,8 @@ Patch = dict[str, Any]
 
 WAKE_STEP = 4
 """Writers a publish wakes between two pauses (see MarketData.wake_in_steps)."""
+PUSH_STEP = 1024
+"""Quote patches a publish pushes into sessions in one step (about 0.5 ms; see MarketData._pushes)."""
 HISTORY_START_DELAY = 1.0
 """Seconds after the start before the background history build begins (the listing comes first)."""
 HISTORY_PAUSE = 0.1
@@ -366,8 +368,12 @@ class MarketData:
             link.wake()
 
     async def publish_in_steps(self) -> None:
-        """:meth:`publish`, waking the writers with :meth:`wake_in_steps`."""
-        await self.wake_in_steps(self._push_changes())
+        """:meth:`publish`, the pushes :data:`PUSH_STEP` at a time with other tasks in between, then
+        the writers woken with :meth:`wake_in_steps`."""
+        woken: dict[SessionLink, None] = {}
+        for _ in self._pushes(woken):
+            await trio.lowlevel.checkpoint()
+        await self.wake_in_steps(list(woken))
 
     async def wake_in_steps(self, links: list[SessionLink]) -> None:
         """Wake these sessions' writers :data:`WAKE_STEP` per scheduler pass, the passes spread over
@@ -387,8 +393,21 @@ class MarketData:
 
     def _push_changes(self) -> list[SessionLink]:
         """Push the state's changes since the last publish into the sessions; returns those to wake."""
-        changes = self.state.take_changes()
         woken: dict[SessionLink, None] = {}
+        for _ in self._pushes(woken):
+            pass
+        return list(woken)
+
+    def _pushes(self, woken: dict[SessionLink, None]) -> Iterator[None]:
+        """Push the state's changes since the last publish into the sessions, adding them to
+        `woken`; pauses (yields) after every :data:`PUSH_STEP` quote pushes.
+
+        While it is paused, sessions may come, go or change their subscriptions: a quote goes only to
+        a session still subscribed to it when its turn comes (one that subscribed meanwhile got the
+        whole quote then). Each session still gets the publish's patches in their order (contract
+        fields, quotes, series); between two sessions only the moment differs.
+        """
+        changes = self.state.take_changes()
         if changes.static is not None:
             static = market_patch(changes.static)
             if self.on_static is not None:
@@ -399,6 +418,7 @@ class MarketData:
                 woken[link] = None
         quote_links = self._quote_links
         on_quote = self.on_quote
+        pushed = 0
         for symbol, patch in changes.quotes:
             links = quote_links.get(symbol)
             if on_quote is not None:
@@ -411,9 +431,23 @@ class MarketData:
             else:
                 patch = market_patch(patch)
             shared = SharedPatch(patch)  # once per change, shared by every subscriber
-            for link in links:
+            if pushed + len(links) <= PUSH_STEP:  # no pause among these: the set stays as it is
+                for link in links:
+                    link.session.push_shared(shared)
+                    woken[link] = None
+                pushed += len(links)
+                continue
+            paused = False
+            for link in list(links):
+                if pushed >= PUSH_STEP:
+                    pushed = 0
+                    paused = True
+                    yield
+                if paused and link not in quote_links.get(symbol, ()):
+                    continue  # unsubscribed, or gone, while paused
                 link.session.push_shared(shared)
                 woken[link] = None
+                pushed += 1
         on_series = self.on_series
         series: list[tuple[SeriesKey, Patch]] = []
         for key, patch in changes.series:
@@ -424,7 +458,6 @@ class MarketData:
             elif self.charts.charted(key):
                 series.append((key, market_patch(patch)))  # once per change, shared by every chart
         self.charts.push_series(series, woken)
-        return list(woken)
 
     # What leaves here for a session is DIFF's rendering (qaex.protocol.diff.market_patch: NaN as
     # "-"); the state's patches hold real values. Shared patches are converted once and kept.
