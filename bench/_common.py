@@ -250,6 +250,29 @@ def start_qaex(
 ) -> ServerProc:
     """The real server, as the README starts it, pinned to `core`; waits for /health and the DIFF port,
     and (`wait_history`) until the market history of every contract is loaded."""
+    for attempt in range(START_ATTEMPTS):
+        try:
+            return _start_qaex_once(workdir, core, extra_env, nofile, timeout, wait_history)
+        except RuntimeError as exc:
+            # A port free_port() found free can be taken by another socket before the server binds
+            # it (seen right after a run with thousands of sessions): pick new ones.
+            if "Address already in use" not in str(exc) or attempt + 1 == START_ATTEMPTS:
+                raise
+            say(f"qaex did not start (a port was taken meanwhile); again with new ports ({exc})"[:200])
+    raise AssertionError("unreachable")
+
+
+START_ATTEMPTS = 3
+
+
+def _start_qaex_once(
+    workdir: Path,
+    core: int,
+    extra_env: dict[str, str] | None,
+    nofile: int,
+    timeout: float,
+    wait_history: bool,
+) -> ServerProc:
     workdir.mkdir(parents=True, exist_ok=True)
     http_port, diff_port = free_port(), free_port()
     admin_token = secrets.token_urlsafe(24)
