@@ -65,7 +65,8 @@ def tune(young_threshold: int = DEFAULT_THRESHOLD) -> None:
     """Set CPython's automatic thresholds to ``(young_threshold, 10, FULL_EVERY)``; 0 leaves CPython's.
 
     CPython counts every middle-generation collection towards the next full one, the timer's too:
-    at FULL_EVERY the timer's own full collection comes first, so the backstop never adds one.
+    with the threshold at FULL_EVERY the timer's own full collection comes first, unless automatic
+    middle collections (a loop too busy for the timer) came in between.
     """
     if young_threshold < 0:
         raise ValueError("the gc threshold must be >= 0")
