@@ -431,14 +431,10 @@ class MarketData:
             else:
                 patch = market_patch(patch)
             shared = SharedPatch(patch)  # once per change, shared by every subscriber
-            if pushed + len(links) <= PUSH_STEP:  # no pause among these: the set stays as it is
-                for link in links:
-                    link.session.push_shared(shared)
-                    woken[link] = None
-                pushed += len(links)
-                continue
+            # A pause can come only among more subscribers than this step has left; the set may
+            # change while paused, so then go over a copy.
             paused = False
-            for link in list(links):
+            for link in links if pushed + len(links) <= PUSH_STEP else list(links):
                 if pushed >= PUSH_STEP:
                     pushed = 0
                     paused = True
