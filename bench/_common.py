@@ -5,7 +5,7 @@
   a nats-server of its own and ``qaex gateway`` processes (bench.scaleout);
 * open accounts over HTTP;
 * a lean DIFF connection for the load generators (msgspec decoding, keeps a peek outstanding);
-* the "other sessions" worker process (``python -m bench._common sessions ...``): N DIFF sessions,
+* start the "other sessions" worker processes (bench/_session_worker.py): N DIFF sessions each,
   logged in and subscribed to quotes, that peek forever, count what they receive and can check it;
 * the bare trio-websocket echo server (``python -m bench._common echo --port P``), the baseline;
 * HdrHistogram summaries, JSON + Markdown output in bench/results/, the percentile plot, py-spy.
@@ -120,6 +120,35 @@ def cores(server: int | None = None, client: int | None = None) -> tuple[int, in
 def pin_self(core: int) -> None:
     if core >= 0 and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {core})
+
+
+def place_load_generator(args: argparse.Namespace) -> dict[str, Any]:
+    """Pin this process (the load generator) to the client core and, unless ``--no-client-rt``, run it
+    under SCHED_FIFO (priority 1, reset on fork: the servers, session workers and threads it starts
+    stay SCHED_OTHER).
+
+    The load generator is the measuring instrument. On a 2-core machine it shares its core with the
+    other sessions' processes (clients that would be on other machines); under the default scheduler
+    it waits behind them for up to a few ms when it should send or read, which shows up in every
+    latency as if it were the server's. Real-time priority lets it run the moment it is woken, the
+    same in every phase (the echo baseline has no other sessions to wait behind). Needs root or
+    CAP_SYS_NICE; without it the bench says so and runs at normal priority.
+    """
+    server_core, client_core = cores(args.server_core, args.client_core)
+    pin_self(client_core)
+    rt = False
+    if not args.no_client_rt and hasattr(os, "SCHED_FIFO"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(1))
+            rt = True
+        except PermissionError:
+            say("cannot run the load generator under SCHED_FIFO (no CAP_SYS_NICE): normal priority")
+    return {"server_core": server_core, "client_core": client_core, "client_rt": rt}
+
+
+def rt_note(pinning: dict[str, Any]) -> str:
+    """How a report says that the load generator ran under SCHED_FIFO (place_load_generator)."""
+    return " (the load generator under SCHED_FIFO)" if pinning.get("client_rt") else ""
 
 
 def raise_nofile(n: int) -> int:
@@ -870,7 +899,7 @@ def start_session_workers(
         assigned = [users[i % len(users)] for i in range(k, sessions, processes)]
         spec = workdir / f"sessions-{k}.json"
         spec.write_text(json.dumps({"url": url, "sessions": assigned, "symbols": symbols}))
-        command = [sys.executable, "-m", "bench._common", "sessions", "--spec", str(spec)]
+        command = [sys.executable, "-m", "bench._session_worker", "--spec", str(spec)]
         command += ["--core", str(core), "--nice", str(nice), "--nofile", str(len(assigned) + 512)]
         process = subprocess.Popen(
             command,
@@ -893,135 +922,6 @@ def workers_command(handles: list[WorkerHandle], line: str, timeout: float = 600
         h.process.stdin.write(line + "\n")
         h.process.stdin.flush()
     return [h.read(timeout) for h in handles]
-
-
-def _sessions_main(args: argparse.Namespace) -> None:
-    import trio
-    from trio_websocket import ConnectionClosed, open_websocket_url
-
-    spec = json.loads(Path(args.spec).read_text())
-    raise_nofile(args.nofile)
-    pin_self(args.core)
-    if args.nice:
-        os.nice(args.nice)
-    url, assigned, symbols = spec["url"], [tuple(u) for u in spec["sessions"]], spec["symbols"]
-    conns: list[DiffConn] = []
-    failures: list[str] = []
-
-    def answer(obj: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(obj) + "\n")
-        sys.stdout.flush()
-
-    async def one(
-        user: str, password: str, ready: trio.Event, limit: trio.Semaphore, stop: trio.Event
-    ) -> None:
-        try:
-            async with limit:
-                ws_cm = open_websocket_url(url, max_message_size=1 << 24, connect_timeout=60)
-                ws = await ws_cm.__aenter__()
-        except Exception as exc:
-            failures.append(f"connect: {exc!r}")
-            ready.set()
-            return
-        try:
-            conn = DiffConn(ws)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(conn.reader)
-                await ws.send_message(PEEK)
-                try:
-                    await conn.login(user, password)
-                    await conn.subscribe(symbols)
-                    first = symbols.split(",")[0]
-                    ok = await wait_until(lambda: "price_tick" in conn.quote.get(first, {}), 120.0)
-                    if not ok:
-                        failures.append(f"no quote snapshot for {user}")
-                except Exception as exc:
-                    failures.append(f"login/subscribe {user}: {exc!r}")
-                conns.append(conn)
-                ready.set()
-                await stop.wait()
-                nursery.cancel_scope.cancel()
-        except Exception as exc:
-            failures.append(f"session {user}: {exc!r}")
-            ready.set()
-        finally:
-            with trio.move_on_after(2) as scope:
-                scope.shield = True
-                with contextlib.suppress(Exception):
-                    await ws_cm.__aexit__(None, None, None)
-
-    async def main() -> None:
-        stop = trio.Event()
-        limit = trio.Semaphore(128)
-        async with trio.open_nursery() as nursery:
-            # First session of each user first (one scrypt check per user), then the rest.
-            seen: set[str] = set()
-            firsts = [i for i, (u, _) in enumerate(assigned) if not (u in seen or seen.add(u))]  # type: ignore[func-returns-value]
-            rest = [i for i in range(len(assigned)) if i not in set(firsts)]
-            t0 = time.monotonic()
-            for group in (firsts, rest):
-                events = []
-                for i in group:
-                    event = trio.Event()
-                    events.append(event)
-                    nursery.start_soon(one, *assigned[i], event, limit, stop)
-                for event in events:
-                    await event.wait()
-            answer(
-                {
-                    "ready": len(conns),
-                    "failed": len(failures),
-                    "failures": failures[:5],
-                    "seconds": round(time.monotonic() - t0, 2),
-                }
-            )
-            while True:
-                line = (await trio.to_thread.run_sync(sys.stdin.readline)).strip()
-                if not line or line == "EXIT":
-                    break
-                verb, _, rest_text = line.partition(" ")
-                if verb == "RESET":
-                    for c in conns:
-                        c.frames = c.patches = 0
-                    answer({"ok": True, "cpu": _cpu_seconds()})
-                elif verb == "STATS":
-                    answer(_stats(conns) | {"cpu": _cpu_seconds()})
-                elif verb == "ORDERS":
-                    # one order per user, from the user's first session: {"price":..., "direction":...}
-                    params = json.loads(rest_text)
-                    sent = 0
-                    seen_users: set[str] = set()
-                    unsendable: list[str] = []
-                    for c in conns:
-                        # from an open session of each user (a closed one would end this process)
-                        if c.user in seen_users or c.user is None or c.closed is not None:
-                            continue
-                        message = insert_order_message(
-                            c.user, f"chk-{c.user}", params["direction"], params["price"]
-                        )
-                        try:
-                            await c.ws.send_message(message)
-                        except ConnectionClosed as exc:
-                            unsendable.append(f"{c.user}: {exc.reason}")
-                            continue
-                        seen_users.add(c.user)
-                        sent += 1
-                        if sent % 50 == 0:
-                            await trio.sleep(0.05)
-                    answer({"sent": sent, "unsendable": unsendable[:5]})
-                elif verb == "CHECK":
-                    expected = json.loads(rest_text)
-                    ok = await wait_until(
-                        lambda expected=expected: _check(conns, expected)[0] == len(conns),
-                        expected.get("within", 10),
-                    )
-                    good, problems = _check(conns, expected)
-                    answer({"checked": len(conns), "good": good, "all_good": ok, "problems": problems[:10]})
-                else:
-                    answer({"error": f"unknown command {line!r}"})
-            stop.set()
-
-    trio.run(main)
 
 
 def _cpu_seconds() -> float:
@@ -1092,17 +992,9 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="what", required=True)
     echo = sub.add_parser("echo", help="a bare trio-websocket echo server (the baseline)")
     echo.add_argument("--port", type=int, required=True)
-    sessions = sub.add_parser("sessions", help="N DIFF sessions driven over stdin (used by the benches)")
-    sessions.add_argument("--spec", required=True)
-    sessions.add_argument("--core", type=int, default=-1)
-    sessions.add_argument("--nice", type=int, default=0)
-    sessions.add_argument("--nofile", type=int, default=4096)
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    if args.what == "echo":
-        _echo_main(args)
-    else:
-        _sessions_main(args)
+    _echo_main(args)
 
 
 if __name__ == "__main__":
@@ -1117,6 +1009,11 @@ def add_output_args(parser: argparse.ArgumentParser, *, cores: bool = True, prof
         )
         parser.add_argument(
             "--client-core", type=int, default=None, help="core for the clients (default: another)"
+        )
+        parser.add_argument(
+            "--no-client-rt",
+            action="store_true",
+            help="run the load generator at normal priority (default: SCHED_FIFO, see place_load_generator)",
         )
     if profile:
         parser.add_argument("--profile", action="store_true", help=f"py-spy the server {profile}")

@@ -437,12 +437,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import trio
 
     args = parse_args(argv)
-    server_core, client_core = c.cores(args.server_core, args.client_core)
-    c.pin_self(client_core)
+    pinning = c.place_load_generator(args)
+    server_core, client_core = pinning["server_core"], pinning["client_core"]
     c.raise_nofile(args.other_sessions + 4096)
-    result = c.new_result(
-        "latency", args, argv, pinning={"server_core": server_core, "client_core": client_core}, runs={}
-    )
+    result = c.new_result("latency", args, argv, pinning=pinning, runs={})
     c.say(f"load average {result['load_start']}; server on core {server_core}, clients on core {client_core}")
     with c.workdir(args.keep) as workdir:
         if not args.no_baseline:
@@ -488,7 +486,8 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         f"Machine: {m['nproc']} CPUs, {m['cpu']}, Linux {m['kernel']}, Python {m['python']}; "
         f"server pinned to core {result['pinning']['server_core']}, load generator and other sessions "
-        f"on core {result['pinning']['client_core']}. Load average at start {result['load_start']}, "
+        f"on core {result['pinning']['client_core']}{c.rt_note(result['pinning'])}. "
+        f"Load average at start {result['load_start']}, "
         f"at end {result['load_end']}.",
         "",
         f"Command: `{result['command']}`",

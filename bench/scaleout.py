@@ -372,14 +372,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    args.cores = c.cores(args.server_core, args.client_core)
-    server_core, client_core = args.cores
-    c.pin_self(client_core)
+    pinning = c.place_load_generator(args)
+    server_core, client_core = args.cores = pinning["server_core"], pinning["client_core"]
     c.raise_nofile(max(args.session_counts, default=0) + 4096)
-    result = c.new_result(
-        "scaleout", args, argv, pinning={"server_core": server_core, "client_core": client_core}, runs={}
-    )
-    result["split"] = SPLIT.format(server=server_core, client=client_core)
+    result = c.new_result("scaleout", args, argv, pinning=pinning, runs={})
+    result["split"] = SPLIT.format(server=server_core, client=client_core) + c.rt_note(pinning)
     c.say(f"load average {result['load_start']}; {result['split']}")
     with c.workdir(args.keep) as workdir:
         for gateways in args.gateway_counts:
