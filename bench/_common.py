@@ -123,7 +123,7 @@ def pin_self(core: int) -> None:
 
 
 def place_load_generator(args: argparse.Namespace) -> dict[str, Any]:
-    """Pin this process (the load generator) to the client core and, unless ``--no-client-rt``, run it
+    """Pin this process (the load generator) to the client core and, with ``--client-rt``, run it
     under SCHED_FIFO (priority 1, reset on fork: the servers, session workers and threads it starts
     stay SCHED_OTHER).
 
@@ -131,13 +131,16 @@ def place_load_generator(args: argparse.Namespace) -> dict[str, Any]:
     other sessions' processes (clients that would be on other machines); under the default scheduler
     it waits behind them for up to a few ms when it should send or read, which shows up in every
     latency as if it were the server's. Real-time priority lets it run the moment it is woken, the
-    same in every phase (the echo baseline has no other sessions to wait behind). Needs root or
-    CAP_SYS_NICE; without it the bench says so and runs at normal priority.
+    same in every phase (the echo baseline has no other sessions to wait behind). The default where
+    the server has a core of its own (bench.latency, bench.throughput); not in bench.scaleout, where
+    the gateways and the broker, which orders pass through, share the driver's core, and a driver
+    that always runs first lengthens their queue (docs/benchmarks.md). Needs root or CAP_SYS_NICE;
+    without it the bench says so and runs at normal priority.
     """
     server_core, client_core = cores(args.server_core, args.client_core)
     pin_self(client_core)
     rt = False
-    if not args.no_client_rt and hasattr(os, "SCHED_FIFO"):
+    if args.client_rt and hasattr(os, "SCHED_FIFO"):
         try:
             os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(1))
             rt = True
@@ -1001,7 +1004,9 @@ if __name__ == "__main__":
     main()
 
 
-def add_output_args(parser: argparse.ArgumentParser, *, cores: bool = True, profile: str = "") -> None:
+def add_output_args(
+    parser: argparse.ArgumentParser, *, cores: bool = True, profile: str = "", client_rt: bool = True
+) -> None:
     """The options every end-to-end bench shares: pinning, profiling, where results go."""
     if cores:
         parser.add_argument(
@@ -1011,9 +1016,10 @@ def add_output_args(parser: argparse.ArgumentParser, *, cores: bool = True, prof
             "--client-core", type=int, default=None, help="core for the clients (default: another)"
         )
         parser.add_argument(
-            "--no-client-rt",
-            action="store_true",
-            help="run the load generator at normal priority (default: SCHED_FIFO, see place_load_generator)",
+            "--client-rt",
+            action=argparse.BooleanOptionalAction,
+            default=client_rt,
+            help="run the load generator under SCHED_FIFO (see place_load_generator; default %(default)s)",
         )
     if profile:
         parser.add_argument("--profile", action="store_true", help=f"py-spy the server {profile}")

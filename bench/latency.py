@@ -2,7 +2,9 @@
 
 The real server runs in a subprocess pinned to one core (QAEX_MARKET_MAKER=0); the load generator runs
 here, pinned to the other core, with `--other-sessions` DIFF sessions (logged in, subscribed to quotes,
-peeking) in worker processes on the load generator's core at nice 10.
+peeking) in worker processes (bench/_session_worker.py) on the load generator's core at nice 10;
+the load generator runs under SCHED_FIFO (``_common.place_load_generator``; ``--no-client-rt`` to
+turn it off), so that it is not delayed behind them.
 
 Open loop: order i is scheduled at t0 + i/rate and its latency is measured from that *intended* time,
 so a stall in the server (or the client) shows up in the latency of every order it delayed

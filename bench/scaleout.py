@@ -5,12 +5,13 @@ nats-server on a free 127.0.0.1 port, the core (``hypercorn qaex.app:app`` with 
 data directory, the tests' pinned instruments, bench.latency's rate-limit settings) and
 ``qaex gateway --broker ... --diff-port N`` processes. The core is pinned alone to core 0; the
 broker, the gateways, the session processes and the order driver share core 1 (on 2 cores that is
-the best split there is: the core must not share).
+the best split there is: the core must not share). The order driver runs at normal priority
+(``--client-rt``: under SCHED_FIFO, see ``_common.place_load_generator``).
 
 Scenarios: for each gateway count (``--gateways``, default 1,2) and each session count
 (``--sessions``, default 0,2000,10000; 0 is the baseline), N sessions are spread over the gateways
 (each user's sessions on one gateway), logged in, subscribed to quotes (bench.latency's set) and
-peeking after every rtn_data, in ``python -m bench._common sessions`` processes at nice 10. Then
+peeking after every rtn_data, in ``bench/_session_worker.py`` processes at nice 10. Then
 bench.latency's open-loop order flow runs for ``--duration`` s through each route (``--routes``:
 the first gateway's DIFF port, then the core's own), from taker users of that route only. During
 each flow: the CPU share of the core (its hypercorn worker), of every gateway and of the broker,
@@ -358,7 +359,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: 1,2 gateways, 0,200 sessions, 200 orders/s, 5 s"
     )
-    c.add_output_args(parser)
+    c.add_output_args(parser, client_rt=False)
     args = parser.parse_args(argv)
     if args.quick:
         args.sessions, args.rate, args.duration, args.warmup = "0,200", 200.0, 5.0, 1.0
