@@ -23,6 +23,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import random
 import re
 import resource
 import secrets
@@ -196,11 +197,42 @@ class Progress:
 
 
 # -- servers ----------------------------------------------------------------------------------------------
+LISTEN_PORTS = range(20_000, 32_000)
+"""Where the benches' servers listen: below Linux's ephemeral range (32768-60999), where the local
+ends of thousands of session connections could take a port found free before the server binds it."""
+
+
 def free_port() -> int:
+    """A port of LISTEN_PORTS that is free now (the OS's choice if 50 random tries are not)."""
+    rng = random.Random()
+    for _ in range(50):
+        port = rng.choice(LISTEN_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        chosen: int = sock.getsockname()[1]
+        return chosen
+
+
+START_ATTEMPTS = 3
+
+
+def _port_retried(start: Callable[[], ServerProc], what: str) -> ServerProc:
+    """``start()``, again (up to START_ATTEMPTS times, each picking new ports) when it failed because
+    a port free_port() found free was taken before the server bound it."""
+    for _ in range(START_ATTEMPTS - 1):
+        try:
+            return start()
+        except RuntimeError as exc:
+            if "address already in use" not in str(exc).lower():
+                raise
+            say(f"{what} did not start (a port was taken meanwhile); again with new ports ({exc})"[:200])
+    return start()
 
 
 @dataclass
@@ -282,19 +314,9 @@ def start_qaex(
 ) -> ServerProc:
     """The real server, as the README starts it, pinned to `core`; waits for /health and the DIFF port,
     and (`wait_history`) until the market history of every contract is loaded."""
-    for _ in range(START_ATTEMPTS - 1):
-        try:
-            return _start_qaex_once(workdir, core, extra_env, nofile, timeout, wait_history)
-        except RuntimeError as exc:
-            # A port free_port() found free can be taken by another socket before the server binds
-            # it (seen right after a run with thousands of sessions): pick new ones.
-            if "Address already in use" not in str(exc):
-                raise
-            say(f"qaex did not start (a port was taken meanwhile); again with new ports ({exc})"[:200])
-    return _start_qaex_once(workdir, core, extra_env, nofile, timeout, wait_history)
-
-
-START_ATTEMPTS = 3
+    return _port_retried(
+        lambda: _start_qaex_once(workdir, core, extra_env, nofile, timeout, wait_history), "qaex"
+    )
 
 
 def _start_qaex_once(
@@ -422,6 +444,10 @@ def nats_server_binary() -> str:
 
 def start_nats(workdir: Path, *, core: int, config: str = "", timeout: float = 20.0) -> ServerProc:
     """A nats-server of our own on a free 127.0.0.1 port, pinned to `core`; stopped by its PID."""
+    return _port_retried(lambda: _start_nats_once(workdir, core, config, timeout), "nats-server")
+
+
+def _start_nats_once(workdir: Path, core: int, config: str, timeout: float) -> ServerProc:
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log_path = workdir / f"nats-{port}.log"
@@ -449,6 +475,14 @@ def start_gateway(
     timeout: float = 30.0,
 ) -> ServerProc:
     """``qaex gateway --broker URL --diff-port N`` with the core's settings, pinned to `core`."""
+    return _port_retried(
+        lambda: _start_gateway_once(core_server, broker_url, workdir, core, nofile, timeout), "qaex gateway"
+    )
+
+
+def _start_gateway_once(
+    core_server: ServerProc, broker_url: str, workdir: Path, core: int, nofile: int, timeout: float
+) -> ServerProc:
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log_path = workdir / f"gateway-{port}.log"
