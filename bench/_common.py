@@ -198,8 +198,9 @@ class Progress:
 
 # -- servers ----------------------------------------------------------------------------------------------
 LISTEN_PORTS = range(20_000, 32_000)
-"""Where the benches' servers listen: below Linux's ephemeral range (32768-60999), where the local
-ends of thousands of session connections could take a port found free before the server binds it."""
+"""Where the benches' and the tests' servers listen: below Linux's ephemeral range (32768-60999), so
+that a port found free here is not taken, before the server binds it, by the local end of some
+client's connection (thousands of them in a bench)."""
 
 
 def free_port() -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import secrets
 import shutil
 import signal
@@ -36,6 +35,7 @@ import pytest
 # logging's own root has.
 import shinny_structlog  # noqa: F401
 
+from bench._common import free_port
 from qaex.core.instruments import InstrumentRegistry
 
 logging.getLogger().setLevel(logging.WARNING)
@@ -81,28 +81,6 @@ def records_of(name: str, level: int = logging.DEBUG) -> Iterator[list[logging.L
     finally:
         logger.removeHandler(handler)
         logger.setLevel(before)
-
-
-LISTEN_PORTS = range(20_000, 32_000)
-"""Where tests' servers listen: below Linux's ephemeral range (32768-60999), so that a port found free
-here is not taken, before the server binds it, by the local end of some client's connection."""
-
-
-def free_port() -> int:
-    """A port of LISTEN_PORTS that is free now (the OS's choice if 50 random tries are not)."""
-    rng = random.Random()
-    for _ in range(50):
-        port = rng.choice(LISTEN_PORTS)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        chosen: int = sock.getsockname()[1]
-        return chosen
 
 
 @dataclass
